@@ -1,0 +1,379 @@
+"""Readers that turn PersonaChat in its common layouts into one canonical dialog schema.
+
+The canonical dialog (one per bot persona and conversation) is::
+
+    {"persona": ["i like cats.", "i am a nurse."],          # the bot's persona sentences
+     "turns": [{"history": ["hi!", "hello, how are you?", "good, you?"],  # utterances before the reply
+                "candidates": ["a distractor", "...", "the gold reply"]}]}  # gold reply LAST
+
+Accepted layouts (``dataset_format``, default ``auto``: detected from the content):
+
+- ``personachat_json``: the JSON of transfer-learning-conv-ai,
+  ``{"train": [{"personality": [...], "utterances": [{"history": [...], "candidates": [...]}]}], "valid": [...]}``.
+- ``parlai``: ParlAI/ConvAI2 text (``train_self_original.txt``, ``valid_self_revised.txt``,
+  ``*_no_cands.txt``): numbered lines, ``your persona:`` lines, ``text<TAB>label<TAB><TAB>c1|c2|...``;
+  a dialog starts where the numbering restarts at 1. A folder of such files is read split by split.
+- ``conversations``: whole conversations with both personas, as CSV (the Synthetic-Persona-Chat columns
+  ``user 1 personas``, ``user 2 personas``, ``Best Generated Conversation`` with ``User 1: ...`` lines)
+  or as JSON / JSONL records ``{"personas": [[user 1 sentences], [user 2 sentences]], "utterances":
+  [first utterance (user 1), second (user 2), ...]}``. Each side can serve as the bot (``bot_side``).
+- ``hub``: a Hugging Face Hub dataset id (or a folder saved by ``datasets``), read with
+  ``datasets.load_dataset``; rows in any of the shapes above, or one row per turn with
+  ``personality``, ``history``, ``candidates`` and ``conv_id`` (``bavard/personachat_truecased``).
+
+Splits come from the corpus (``train``, ``valid``, ``test``; ``validation`` and ``dev`` are read as
+``valid``); a single file takes the split its name mentions, else ``train``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable
+
+from persona.errors import DataError
+
+FORMATS = ("auto", "personachat_json", "parlai", "conversations", "hub")
+BOT_SIDES = ("both", "user1", "user2")
+CORPUS_SUFFIXES = (".txt", ".json", ".jsonl", ".csv")
+SPLIT_ALIASES = {"train": "train", "valid": "valid", "validation": "valid", "val": "valid", "dev": "valid", "test": "test"}
+_SPC_COLUMNS = ("user 1 personas", "user 2 personas", "Best Generated Conversation")
+_SPEAKER_LINE = re.compile(r"^[\s*_]*(?:user|person|speaker)\s*([12])\s*[*_]*:[*_\s]*(.*?)[*_\s]*$", re.IGNORECASE)
+_PARLAI_LINE = re.compile(r"^(\d+) (.*)$")
+
+Dialog = dict[str, Any]
+Corpus = dict[str, list[Dialog]]
+
+
+def split_of_filename(path: str | os.PathLike) -> str:
+    """The split a file's name mentions (``train_self_original.txt`` -> ``train``), else ``train``."""
+    for word in re.split(r"[^a-z]+", Path(path).name.lower()):
+        if word in SPLIT_ALIASES:
+            return SPLIT_ALIASES[word]
+    return "train"
+
+
+def read_text(path: Path) -> str:
+    """A file's text as UTF-8; a clear error for a missing, empty or binary file."""
+    if not path.exists():
+        raise DataError("file not found", where=str(path), fix="check dataset_path (a file, a folder, a URL or a Hub id).")
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise DataError("the file is empty", where=str(path), fix="point dataset_path at a non-empty corpus.")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise DataError(
+            f"not UTF-8 text (byte {error.start}, line {line}); binary or another encoding",
+            where=str(path),
+            fix="re-encode the file as UTF-8 (for example with iconv -t utf-8).",
+        ) from None
+
+
+def detect_format(path: Path, text: str) -> str:
+    """The layout of one file, decided from its content (the name only breaks no ties)."""
+    head = text.lstrip()[:4096]
+    if head.startswith("{"):
+        try:
+            start = json.JSONDecoder().raw_decode(text.lstrip())
+        except json.JSONDecodeError:
+            start = None
+        if start is not None and isinstance(start[0], dict):
+            if any(key in SPLIT_ALIASES for key in start[0]):
+                return "personachat_json"
+            return "conversations"
+        if re.match(r'\{\s*"(train|valid|validation|test)"\s*:', head):
+            return "personachat_json"
+        return "conversations"
+    if head.startswith("["):
+        return "conversations"
+    first_line = head.splitlines()[0] if head else ""
+    if _PARLAI_LINE.match(first_line):
+        return "parlai"
+    if all(column in first_line for column in _SPC_COLUMNS):
+        return "conversations"
+    raise DataError(
+        "cannot tell the corpus layout from its content (not PersonaChat JSON, ParlAI text, a conversation "
+        "CSV with the Synthetic-Persona-Chat columns, nor JSON/JSONL conversations)",
+        where=str(path),
+        fix="check the file, or set dataset_format to one of " + ", ".join(FORMATS[1:]) + ".",
+    )
+
+
+def _parse_json(path: Path, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DataError(
+            f"invalid JSON at line {error.lineno}, column {error.colno}: {error.msg} (truncated or not JSON?)",
+            where=str(path),
+            fix="repair or re-download the file.",
+        ) from None
+
+
+def _string_list(value: Any, where: str, field: str, *, allow_empty: bool = False) -> list[str]:
+    if isinstance(value, str):
+        value = [line for line in value.splitlines() if line.strip()]
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise DataError(f"field '{field}' must be a list of strings", where=where, fix=f"give '{field}' as a list of sentences.")
+    value = [item.strip() for item in value if item.strip()]
+    if not value and not allow_empty:
+        raise DataError(f"field '{field}' is empty", where=where, fix=f"give at least one sentence in '{field}', or drop the record.")
+    return value
+
+
+def _require(record: Any, fields: Iterable[str], where: str) -> None:
+    if not isinstance(record, dict):
+        raise DataError(f"expected an object, found {type(record).__name__}", where=where, fix="each record must be a JSON object.")
+    missing = [field for field in fields if field not in record]
+    if missing:
+        raise DataError(f"missing field(s) {missing}", where=where, fix="add them, or set dataset_format to the layout of the file.")
+
+
+def seed_dialog(record: Any, where: str) -> Dialog:
+    """One dialog of the transfer-learning-conv-ai JSON (``personality`` + ``utterances``), validated."""
+    _require(record, ("personality", "utterances"), where)
+    persona = _string_list(record["personality"], where, "personality")
+    if not isinstance(record["utterances"], list) or not record["utterances"]:
+        raise DataError("the dialog has no turns ('utterances' is empty)", where=where, fix="drop the dialog or add its turns.")
+    turns = []
+    for index, turn in enumerate(record["utterances"]):
+        turn_where = f"{where}, utterance {index}"
+        _require(turn, ("history", "candidates"), turn_where)
+        candidates = _string_list(turn["candidates"], turn_where, "candidates")
+        turns.append({"history": _string_list(turn["history"], turn_where, "history", allow_empty=True), "candidates": candidates})
+    return {"persona": persona, "turns": turns}
+
+
+def read_personachat_json(path: Path, text: str) -> Corpus:
+    """The transfer-learning-conv-ai JSON: ``{"train": [dialog, ...], "valid": [...]}``."""
+    data = _parse_json(path, text)
+    if not isinstance(data, dict) or not any(key in SPLIT_ALIASES for key in data):
+        raise DataError(
+            "expected an object with 'train'/'valid' lists of dialogs (the transfer-learning-conv-ai JSON)",
+            where=str(path),
+            fix="set dataset_format: conversations for JSON conversations, or fix the file.",
+        )
+    corpus: Corpus = {}
+    for key, dialogs in data.items():
+        if key not in SPLIT_ALIASES:
+            continue
+        if not isinstance(dialogs, list):
+            raise DataError(f"split '{key}' must be a list of dialogs", where=str(path), fix="fix the file.")
+        corpus[SPLIT_ALIASES[key]] = [seed_dialog(d, f"{path}, {key}[{i}]") for i, d in enumerate(dialogs)]
+    return corpus
+
+
+def read_parlai(path: Path, text: str) -> list[Dialog]:
+    """ParlAI/ConvAI2 text: ``N your persona: ...`` and ``N text<TAB>label[<TAB><TAB>c1|...|cK]`` lines."""
+    dialogs: list[Dialog] = []
+    persona: list[str] = []
+    history: list[str] = []
+    turns: list[dict] = []
+    previous_number = 0
+    start_line = 1
+
+    def close(line_number: int) -> None:
+        where = f"{path}, dialog starting at line {start_line}"
+        if not turns:
+            raise DataError("the dialog has no turns (only persona lines)", where=where, fix="drop the dialog or add its turns.")
+        if not persona:
+            raise DataError("the dialog has no 'your persona:' lines", where=where, fix="add the bot's persona lines.")
+        dialogs.append({"persona": list(persona), "turns": list(turns)})
+
+    for line_number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        match = _PARLAI_LINE.match(line)
+        if not match:
+            raise DataError(
+                "not a ParlAI line (expected a number, a space, then text)",
+                where=f"{path}, line {line_number}",
+                fix="check the file is ConvAI2 text, or set dataset_format.",
+            )
+        number, content = int(match.group(1)), match.group(2)
+        if number <= previous_number or (number == 1 and previous_number):
+            close(line_number)
+            persona, history, turns, start_line = [], [], [], line_number
+        previous_number = number
+        if content.startswith("your persona:"):
+            persona.append(content[len("your persona:") :].strip())
+            continue
+        if content.startswith("partner's persona:"):
+            continue
+        fields = content.split("\t")
+        if len(fields) < 2 or not fields[1].strip():
+            raise DataError(
+                "turn without its gold reply (expected 'text<TAB>label')",
+                where=f"{path}, line {line_number}",
+                fix="add the label after a tab, or drop the line.",
+            )
+        message, label = fields[0].strip(), fields[1].strip()
+        candidates = [c.strip() for c in fields[3].split("|")] if len(fields) > 3 and fields[3].strip() else []
+        candidates = [c for c in candidates if c and c != label] + [label]
+        history.append(message)
+        turns.append({"history": list(history), "candidates": candidates})
+        history.append(label)
+    if previous_number:
+        close(len(text.splitlines()))
+    return dialogs
+
+
+def conversation_dialogs(
+    personas: list[list[str]], utterances: list[str], bot_side: str, where: str, first_speaker: int = 0
+) -> list[Dialog]:
+    """The dialogs of one two-person conversation, one per side that serves as the bot.
+
+    ``personas[0]`` is user 1's; ``first_speaker`` (0 or 1) says which user spoke ``utterances[0]``.
+    """
+    if len(utterances) < 2:
+        raise DataError("the conversation has fewer than two utterances", where=where, fix="drop it or complete it.")
+    sides = {"both": (0, 1), "user1": (0,), "user2": (1,)}[bot_side]
+    dialogs = []
+    for side in sides:
+        persona = _string_list(personas[side], where, f"persona of user {side + 1}")
+        turns = [
+            {"history": utterances[:index], "candidates": [utterances[index]]}
+            for index in range((side - first_speaker) % 2, len(utterances), 2)
+        ]
+        dialogs.append({"persona": persona, "turns": turns})
+    return dialogs
+
+
+def parse_conversation_text(text: str) -> tuple[list[str], int]:
+    """``User 1: ...`` / ``User 2: ...`` lines into alternating utterances and the first speaker (0 or 1).
+
+    A line without a tag, or a second line of the same speaker, continues the last utterance; untagged
+    text before the first tag is user 1's; lines of mere decoration (``* * *``) are skipped.
+    """
+    utterances: list[str] = []
+    speakers: list[str] = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        match = _SPEAKER_LINE.match(line)
+        if match:
+            if speakers and speakers[-1] == match.group(1):
+                utterances[-1] += " " + match.group(2)
+            else:
+                speakers.append(match.group(1))
+                utterances.append(match.group(2))
+        elif utterances:
+            utterances[-1] += " " + line.strip()
+        elif re.search(r"\w", line):  # untagged text before the first tag opens the conversation as user 1
+            speakers.append("1")
+            utterances.append(line.strip())
+    return utterances, int(speakers[0]) - 1 if speakers else 0
+
+
+def record_dialogs(record: Any, where: str, bot_side: str) -> list[Dialog]:
+    """The dialogs of one record of a conversation CSV/JSON/JSONL or Hub row, whatever its shape."""
+    if isinstance(record, dict) and "personality" in record and "utterances" in record:
+        return [seed_dialog(record, where)]
+    if isinstance(record, dict) and all(column in record for column in _SPC_COLUMNS):
+        personas = [_string_list(record[c] or "", where, c, allow_empty=True) for c in _SPC_COLUMNS[:2]]
+        utterances, first_speaker = parse_conversation_text(record[_SPC_COLUMNS[2]] or "")
+        return conversation_dialogs(personas, utterances, bot_side, where, first_speaker)
+    _require(record, ("personas", "utterances"), where)
+    personas = record["personas"]
+    if not isinstance(personas, list) or len(personas) != 2:
+        raise DataError("'personas' must be a list of two lists (user 1, user 2)", where=where, fix="give both personas.")
+    utterances = _string_list(record["utterances"], where, "utterances")
+    return conversation_dialogs(personas, utterances, bot_side, where)
+
+
+def read_conversations(path: Path, text: str, bot_side: str) -> list[Dialog]:
+    """Conversation records from CSV (Synthetic-Persona-Chat columns), a JSON list, or JSONL."""
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        records = _parse_json(path, text)
+        names = [f"{path}, record {i}" for i in range(len(records))]
+    elif stripped.startswith("{"):
+        records, names = [], []
+        for line_number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise DataError(
+                        f"invalid JSON ({error.msg}); JSONL needs one object per line",
+                        where=f"{path}, line {line_number}",
+                        fix="repair the line, or check the file is not truncated.",
+                    ) from None
+                names.append(f"{path}, line {line_number}")
+    else:
+        reader = csv.DictReader(io.StringIO(text))
+        missing = [c for c in _SPC_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(f"the CSV lacks column(s) {missing}", where=str(path), fix="use the Synthetic-Persona-Chat columns.")
+        records = list(reader)
+        names = [f"{path}, row {i + 2}" for i in range(len(records))]
+    dialogs: list[Dialog] = []
+    for record, where in zip(records, names):
+        dialogs.extend(record_dialogs(record, where, bot_side))
+    if not dialogs:
+        raise DataError("no conversations found", where=str(path), fix="check the file.")
+    return dialogs
+
+
+def read_file(path: Path, dataset_format: str, bot_side: str) -> Corpus:
+    """One corpus file, in the given layout or the one its content shows."""
+    text = read_text(path)
+    layout = detect_format(path, text) if dataset_format == "auto" else dataset_format
+    if layout == "personachat_json":
+        return read_personachat_json(path, text)
+    split = split_of_filename(path)
+    if layout == "parlai":
+        return {split: read_parlai(path, text)}
+    if layout == "conversations":
+        return {split: read_conversations(path, text, bot_side)}
+    raise DataError(f"dataset_format '{layout}' does not apply to a file", where=str(path), fix="use auto for files.")
+
+
+def read_folder(path: Path, dataset_format: str, bot_side: str) -> Corpus:
+    """A folder of corpus files (ParlAI ``train_*.txt``/``valid_*.txt``, CSV, JSON), merged split by split."""
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in CORPUS_SUFFIXES)
+    if not files:
+        raise DataError("the folder holds no .txt, .json, .jsonl or .csv corpus file", where=str(path), fix="check dataset_path.")
+    corpus: Corpus = defaultdict(list)
+    for file in files:
+        for split, dialogs in read_file(file, dataset_format, bot_side).items():
+            corpus[split].extend(dialogs)
+    return dict(corpus)
+
+
+def hub_rows_to_corpus(dataset_dict, bot_side: str, name: str) -> Corpus:
+    """Rows of a ``datasets.DatasetDict`` (from the Hub or disk) in any accepted shape."""
+    corpus: Corpus = {}
+    for split_name, rows in dataset_dict.items():
+        split = SPLIT_ALIASES.get(split_name, split_name)
+        columns = set(rows.column_names)
+        if {"personality", "history", "candidates", "conv_id"} <= columns:
+            corpus[split] = _group_turn_rows(rows, f"{name}[{split_name}]")
+        else:
+            dialogs: list[Dialog] = []
+            for index, row in enumerate(rows):
+                dialogs.extend(record_dialogs(row, f"{name}[{split_name}] row {index}", bot_side))
+            corpus[split] = dialogs
+    return corpus
+
+
+def _group_turn_rows(rows, where: str) -> list[Dialog]:
+    """One row per turn (``bavard/personachat_truecased``) grouped into dialogs by ``conv_id``."""
+    grouped: dict[Any, Dialog] = {}
+    for index, row in enumerate(rows):
+        record_where = f"{where} row {index}"
+        dialog = grouped.setdefault(row["conv_id"], {"persona": _string_list(row["personality"], record_where, "personality"), "turns": []})
+        dialog["turns"].append(
+            {
+                "history": _string_list(row["history"], record_where, "history", allow_empty=True),
+                "candidates": _string_list(row["candidates"], record_where, "candidates"),
+            }
+        )
+    return list(grouped.values())

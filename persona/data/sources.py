@@ -1,0 +1,107 @@
+"""Where a corpus comes from (a file, a folder, a URL, a Hub id) and the fingerprint of its content."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+import urllib.request
+from pathlib import Path
+
+from persona.data.readers import CORPUS_SUFFIXES, Corpus, hub_rows_to_corpus, read_file, read_folder
+from persona.errors import DataError
+
+PERSONACHAT_URL = "https://s3.amazonaws.com/datasets.huggingface.co/personachat/personachat_self_original.json"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def is_url(path: str) -> bool:
+    """Whether ``path`` is an http(s) address."""
+    return path.startswith(("http://", "https://"))
+
+
+def download(url: str, cache_dir: str) -> Path:
+    """Download ``url`` once into ``cache_dir/downloads`` (atomically) and return the local file."""
+    target = Path(cache_dir) / "downloads" / (hashlib.sha256(url.encode()).hexdigest()[:16] + "-" + url.rsplit("/", 1)[-1])
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(dir=target.parent, prefix=".partial-")
+    try:
+        with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+        os.replace(partial, target)
+    except OSError as error:
+        Path(partial).unlink(missing_ok=True)
+        raise DataError(
+            f"cannot download the corpus ({error})",
+            where=url,
+            fix="download it on a machine with network access and pass its local path as dataset_path "
+            "(for example dataset_path: data/personachat_self_original.json).",
+        ) from None
+    return target
+
+
+def resolve(dataset_path: str, cache_dir: str) -> str:
+    """A local path for files, folders and URLs (downloading them); a Hub id is returned as is."""
+    source = dataset_path or PERSONACHAT_URL
+    return str(download(source, cache_dir)) if is_url(source) else source
+
+
+def is_hub_id(source: str) -> bool:
+    """Whether a resolved source is a Hub dataset id rather than a local path."""
+    path = Path(source)
+    return not path.exists() and path.suffix.lower() not in CORPUS_SUFFIXES and bool(_HUB_ID.match(source))
+
+
+def _load_hub_dataset(source: str):
+    import datasets
+
+    path = Path(source)
+    try:
+        if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
+            loaded = datasets.load_from_disk(source)
+        else:
+            loaded = datasets.load_dataset(source)
+    except Exception as error:  # datasets raises many kinds; all mean "cannot read this dataset"
+        raise DataError(
+            f"cannot load the dataset ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})",
+            where=source,
+            fix="check the id; offline, download it elsewhere (datasets save_to_disk) and pass the folder, "
+            "or pass a local corpus file as dataset_path.",
+        ) from None
+    if isinstance(loaded, datasets.Dataset):
+        loaded = datasets.DatasetDict({"train": loaded})
+    return loaded
+
+
+def fingerprint(source: str) -> str:
+    """A digest of the corpus content: file bytes for local files and folders, the dataset fingerprint for Hub ids."""
+    digest = hashlib.sha256()
+    path = Path(source)
+    if path.is_file():
+        files = [path]
+    elif path.is_dir() and not ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+    else:
+        for split, dataset in sorted(_load_hub_dataset(source).items()):
+            digest.update(f"{split}:{dataset._fingerprint}".encode())
+        return digest.hexdigest()
+    for file in files:
+        digest.update(file.name.encode())
+        with open(file, "rb") as handle:
+            while chunk := handle.read(1 << 22):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_corpus(source: str, dataset_format: str = "auto", bot_side: str = "both") -> Corpus:
+    """All splits of a resolved corpus, as canonical dialogs."""
+    path = Path(source)
+    if dataset_format == "hub" or is_hub_id(source) or (path.is_dir() and (path / "dataset_dict.json").exists()):
+        return hub_rows_to_corpus(_load_hub_dataset(source), bot_side, source)
+    if path.is_dir():
+        return read_folder(path, dataset_format, bot_side)
+    return read_file(path, dataset_format, bot_side)

@@ -1,0 +1,232 @@
+"""Double-heads models (language modelling + multiple choice) and their dual forward pass.
+
+The GPT-2 family (gpt2, distilgpt2, DialoGPT) loads as ``GPT2DoubleHeadsModel`` and openai-gpt as
+``OpenAIGPTDoubleHeadsModel``, chosen from the checkpoint's ``model_type``. Each is given
+:class:`PersonaDualHeads`, which adds one entry to ``forward``: a persona batch (from
+:class:`persona.data.PersonaCollator`) returns the gold reply's token NLL and the candidates' scores.
+
+Two ways to compute them (``forward_mode``):
+
+- ``shared_prefix`` (fast): the persona+history prefix runs once per turn, its key/value cache is
+  expanded over the candidates, which run as continuations at their true positions; LM logits are
+  computed only where labels are. Needs a model with a key/value cache (GPT-2); openai-gpt runs the
+  full sequences but still computes LM logits only where labels are.
+- ``classic``: every candidate as a full sequence through the model's own forward, logits for every
+  token of every candidate, as the reference implementation did.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import (
+    AutoConfig,
+    AutoTokenizer,
+    GPT2DoubleHeadsModel,
+    OpenAIGPTDoubleHeadsModel,
+)
+from transformers.utils import ModelOutput
+
+from persona.configs import ModelArguments, model_config_dict
+from persona.data.layout import IGNORE_INDEX
+from persona.errors import ModelLoadError
+from persona.special_tokens import add_special_tokens, resize_embeddings, special_ids
+
+logger = logging.getLogger(__name__)
+FORWARD_MODES = ("shared_prefix", "classic")
+
+
+@dataclass
+class DualOutput(ModelOutput):
+    """What the dual forward returns, per example: the gold reply's summed token NLL and token count, and
+    the multiple-choice logits (slots that pad a turn's candidates set to the dtype's minimum)."""
+
+    nll_sum: torch.Tensor | None = None
+    tokens: torch.Tensor | None = None
+    mc_logits: torch.Tensor | None = None
+
+
+def _gold_nll(hidden: torch.Tensor, labels: torch.Tensor, gold: torch.Tensor, lm_head) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token NLL of the gold candidate, LM logits computed only at the positions whose next token has a label.
+
+    ``hidden``: [B, C, L, H]; ``labels``: [B, C, L]; ``gold``: [B]. Returns the per-example NLL sum and count.
+    """
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    gold_hidden, gold_labels = hidden[rows, gold, :-1], labels[rows, gold, 1:]
+    where = gold_labels != IGNORE_INDEX
+    logits = lm_head(gold_hidden[where]).float()
+    nll = F.cross_entropy(logits, gold_labels[where], reduction="none")
+    owner = where.nonzero()[:, 0]
+    nll_sum = torch.zeros(hidden.shape[0], device=hidden.device, dtype=nll.dtype).index_add(0, owner, nll)
+    return nll_sum, where.sum(-1)
+
+
+def _mc_logits(hidden: torch.Tensor, mc_token_ids: torch.Tensor, valid: torch.Tensor, head) -> torch.Tensor:
+    """The multiple-choice head on the hidden state at each candidate's ``mc_token_ids`` ([B, C])."""
+    batch, count, _, width = hidden.shape
+    picked = hidden.gather(2, mc_token_ids[:, :, None, None].expand(batch, count, 1, width))
+    logits = head(picked, torch.zeros_like(mc_token_ids)).squeeze(-1).float()
+    return logits.masked_fill(~valid.bool(), torch.finfo(logits.dtype).min)
+
+
+def _classic(model, input_ids, token_type_ids, attention_mask, labels, mc_token_ids, candidate_valid, mc_labels) -> DualOutput:
+    output = model.forward_full(
+        input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask, mc_token_ids=mc_token_ids
+    )
+    shift_logits, shift_labels = output.logits[..., :-1, :].float(), labels[..., 1:]
+    nll = F.cross_entropy(shift_logits.flatten(0, -2), shift_labels.flatten(), reduction="none", ignore_index=IGNORE_INDEX)
+    nll_sum = nll.view(shift_labels.shape).sum((1, 2))
+    tokens = (shift_labels != IGNORE_INDEX).sum((1, 2))
+    mc_logits = output.mc_logits.float().masked_fill(~candidate_valid.bool(), torch.finfo(torch.float32).min)
+    return DualOutput(nll_sum=nll_sum, tokens=tokens, mc_logits=mc_logits)
+
+
+def _full_sequences(model, input_ids, token_type_ids, attention_mask, labels, mc_token_ids, candidate_valid, mc_labels) -> DualOutput:
+    batch, count, length = input_ids.shape
+    hidden = model.transformer(
+        input_ids=input_ids.view(-1, length),
+        token_type_ids=token_type_ids.view(-1, length),
+        attention_mask=attention_mask.view(-1, length),
+    ).last_hidden_state.view(batch, count, length, -1)
+    nll_sum, tokens = _gold_nll(hidden, labels, mc_labels, model.lm_head)
+    return DualOutput(nll_sum=nll_sum, tokens=tokens, mc_logits=_mc_logits(hidden, mc_token_ids, candidate_valid, model.multiple_choice_head))
+
+
+def _shared_prefix(
+    model, prefix_ids, prefix_type_ids, prefix_mask, candidate_ids, candidate_type_ids, candidate_mask, labels, mc_token_ids, candidate_valid, mc_labels
+) -> DualOutput:
+    batch, count, length = candidate_ids.shape
+    prefix_positions = torch.arange(prefix_ids.shape[1], device=prefix_ids.device).expand_as(prefix_ids)
+    prefix = model.transformer(
+        input_ids=prefix_ids, token_type_ids=prefix_type_ids, attention_mask=prefix_mask, position_ids=prefix_positions, use_cache=True
+    )
+    cache = prefix.past_key_values
+    cache.batch_repeat_interleave(count)
+    starts = prefix_mask.sum(-1).repeat_interleave(count)
+    positions = starts[:, None] + torch.arange(length, device=prefix_ids.device)
+    hidden = model.transformer(
+        input_ids=candidate_ids.view(-1, length),
+        token_type_ids=candidate_type_ids.view(-1, length),
+        attention_mask=torch.cat([prefix_mask.repeat_interleave(count, 0), candidate_mask.view(-1, length)], dim=1),
+        position_ids=positions,
+        cache=cache,
+        use_cache=False,
+    ).last_hidden_state.view(batch, count, length, -1)
+    nll_sum, tokens = _gold_nll(hidden, labels, mc_labels, model.lm_head)
+    return DualOutput(nll_sum=nll_sum, tokens=tokens, mc_logits=_mc_logits(hidden, mc_token_ids, candidate_valid, model.multiple_choice_head))
+
+
+class PersonaDualHeads:
+    """Mixin for a transformers double-heads model: ``forward(**persona_batch, forward_mode=...)`` gives a
+    :class:`DualOutput`; any other call is the model's own forward."""
+
+    supports_shared_prefix = False
+
+    def forward(self, *args, forward_mode: str | None = None, **kwargs):
+        if forward_mode is None:
+            return super().forward(*args, **kwargs)
+        if "prefix_ids" in kwargs:
+            return _shared_prefix(self, **kwargs)
+        if forward_mode == "classic":
+            return _classic(self, **kwargs)
+        return _full_sequences(self, **kwargs)
+
+    def forward_full(self, **kwargs):
+        """The base model's own forward (all logits), bypassing the persona entry."""
+        return super().forward(**kwargs)
+
+
+def _persona_class(base: type, shared_prefix: bool) -> type:
+    # Named like its base so that save_pretrained records the plain transformers architecture:
+    # the saved model loads with plain transformers, no persona code needed.
+    return type(base.__name__, (PersonaDualHeads, base), {"__module__": __name__, "supports_shared_prefix": shared_prefix})
+
+
+MODEL_CLASSES = {
+    "gpt2": _persona_class(GPT2DoubleHeadsModel, shared_prefix=True),
+    "openai-gpt": _persona_class(OpenAIGPTDoubleHeadsModel, shared_prefix=False),
+}
+
+
+def _offline_hint(name: str, error: Exception) -> ModelLoadError:
+    return ModelLoadError(
+        f"cannot load '{name}' ({type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''})",
+        where=name,
+        fix="check the name; offline, download it on a machine with network access "
+        f"(huggingface-cli download {name} --local-dir DIR) and pass DIR, or build a model from a config "
+        "with model_config and tokenizer_name_or_path.",
+    )
+
+
+def load_tokenizer(model_args: ModelArguments):
+    """The tokenizer of ``tokenizer_name_or_path`` (or of the model), with a clear error offline."""
+    name = model_args.tokenizer_name_or_path or model_args.model_name_or_path
+    try:
+        return AutoTokenizer.from_pretrained(name, revision=model_args.revision, trust_remote_code=model_args.trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise _offline_hint(name, error) from None
+
+
+def model_class(model_type: str) -> type:
+    """The persona double-heads class of a ``model_type``."""
+    if model_type not in MODEL_CLASSES:
+        raise ModelLoadError(
+            f"no double-heads model for model_type '{model_type}'",
+            where="model_name_or_path",
+            fix=f"use one of {sorted(MODEL_CLASSES)} (GPT-2, DialoGPT, distilgpt2, openai-gpt).",
+        )
+    return MODEL_CLASSES[model_type]
+
+
+def load_for_training(model_args: ModelArguments):
+    """The model and tokenizer to fine-tune: special tokens added, embeddings resized (new rows = mean of the old).
+
+    With ``model_config`` a fresh model is built from that config (no weights downloaded).
+    """
+    tokenizer = load_tokenizer(model_args)
+    added = add_special_tokens(tokenizer)
+    config_dict = model_config_dict(model_args)
+    if config_dict is not None:
+        config_dict = dict(config_dict)
+        config = AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
+        config.vocab_size = len(tokenizer)
+        model = model_class(config.model_type)(config)
+    else:
+        try:
+            config = AutoConfig.from_pretrained(
+                model_args.model_name_or_path, revision=model_args.revision, trust_remote_code=model_args.trust_remote_code
+            )
+            model = model_class(config.model_type).from_pretrained(
+                model_args.model_name_or_path, config=config, revision=model_args.revision, trust_remote_code=model_args.trust_remote_code
+            )
+        except (OSError, ValueError) as error:
+            raise _offline_hint(model_args.model_name_or_path, error) from None
+    resize_embeddings(model, tokenizer)
+    ids = special_ids(tokenizer)
+    model.config.pad_token_id, model.config.bos_token_id, model.config.eos_token_id = ids.pad, ids.bos, ids.eos
+    logger.info("Added %d special tokens; vocabulary %d", added, len(tokenizer))
+    return model, tokenizer
+
+
+def load_trained(name_or_path: str, revision: str = "main", trust_remote_code: bool = False):
+    """A persona model and its tokenizer, from a folder or a Hub id (a clear error if it lacks the special tokens)."""
+    args = ModelArguments(model_name_or_path=name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(args)
+    special_ids(tokenizer)
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+        model = model_class(config.model_type).from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise _offline_hint(name_or_path, error) from None
+    return model.eval(), tokenizer
+
+
+def max_positions(config) -> int:
+    """How many positions the model has (``n_positions`` for GPT-2/openai-gpt, ``max_position_embeddings`` else)."""
+    for name in ("n_positions", "max_position_embeddings", "n_ctx"):
+        if getattr(config, name, None):
+            return int(getattr(config, name))
+    raise ModelLoadError("the model config gives no maximum number of positions", where="model config", fix="set n_positions.")

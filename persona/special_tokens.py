@@ -1,0 +1,61 @@
+"""The TransferTransfo special tokens and how a tokenizer and a model receive them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from persona.errors import ModelLoadError
+
+BOS, EOS, SPEAKER1, SPEAKER2, PAD = "<bos>", "<eos>", "<speaker1>", "<speaker2>", "<pad>"
+SPECIAL_TOKENS = {
+    "bos_token": BOS,
+    "eos_token": EOS,
+    "pad_token": PAD,
+    "additional_special_tokens": [SPEAKER1, SPEAKER2],
+}
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    """The ids of the five special tokens in one tokenizer's vocabulary."""
+
+    bos: int
+    eos: int
+    speaker1: int
+    speaker2: int
+    pad: int
+
+
+def add_special_tokens(tokenizer) -> int:
+    """Give ``tokenizer`` the persona special tokens (bos, eos and pad as its own); return how many were new."""
+    return tokenizer.add_special_tokens(SPECIAL_TOKENS)
+
+
+def special_ids(tokenizer) -> SpecialIds:
+    """The ids of the special tokens; a clear error if the tokenizer was never given them."""
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in (BOS, EOS, SPEAKER1, SPEAKER2, PAD) if t not in vocab]
+    if missing:
+        raise ModelLoadError(
+            f"the tokenizer has no persona special tokens {missing}",
+            where=getattr(tokenizer, "name_or_path", None) or "tokenizer",
+            fix="use a model trained with persona-train (its folder holds the tokenizer with "
+            "<bos> <eos> <speaker1> <speaker2> <pad>), or train one from this base model first.",
+        )
+    return SpecialIds(*(vocab[t] for t in (BOS, EOS, SPEAKER1, SPEAKER2, PAD)))
+
+
+def resize_embeddings(model, tokenizer) -> None:
+    """Resize the model's token embeddings to the tokenizer, new rows set to the mean of the old ones."""
+    embeddings = model.get_input_embeddings()
+    old_rows = embeddings.weight.shape[0]
+    if len(tokenizer) == old_rows:
+        return
+    model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    weight = model.get_input_embeddings().weight
+    if len(tokenizer) > old_rows:
+        with torch.no_grad():
+            weight[old_rows:] = weight[:old_rows].mean(dim=0, keepdim=True)
+    model.config.vocab_size = len(tokenizer)

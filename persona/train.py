@@ -1,0 +1,99 @@
+"""``persona-train RECIPE.yaml [--field value ...]``: fine-tune a persona chatbot with the dual loss.
+
+Also runs under ``accelerate launch [--config_file accelerate_configs/X.yaml] -m persona.train RECIPE.yaml``.
+Writes to ``output_dir``: the weights (safetensors), the tokenizer, ``persona_recipe.yaml`` (the recipe as
+run), ``train_results.json``, ``eval_results.json``, ``trainer_state.json`` and ``loss_curves.png``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import yaml
+from transformers import set_seed
+from transformers.trainer_utils import get_last_checkpoint
+from transformers.utils import logging as hf_logging
+
+from persona.configs import parse_recipe
+from persona.data import prepare_corpus
+from persona.errors import ConfigError, cli_entry
+from persona.modeling import load_for_training, max_positions
+from persona.plots import plot_losses
+from persona.trainer import PersonaTrainer
+
+logger = logging.getLogger("persona")
+
+
+def setup_logging(level: int) -> None:
+    """Log persona's and transformers' messages at ``level`` (the Trainer's per-process level)."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
+    logger.setLevel(level)
+    hf_logging.set_verbosity(level)
+    hf_logging.disable_default_handler()
+    hf_logging.enable_propagation()
+
+
+def resolve_checkpoint(value: str | None, output_dir: str) -> str | None:
+    """``resume_from_checkpoint``: a folder, or ``true``/``last`` for the newest checkpoint in ``output_dir``."""
+    if value is None or value.lower() in ("false", "none", ""):
+        return None
+    if value.lower() in ("true", "last"):
+        last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        if last is None:
+            raise ConfigError("no checkpoint to resume from", where=output_dir, fix="train once with save_strategy set, or drop resume_from_checkpoint.")
+        return last
+    if not os.path.isdir(value):
+        raise ConfigError("checkpoint folder not found", where=value, fix="pass a checkpoint-N folder of output_dir, or 'last'.")
+    return value
+
+
+@cli_entry
+def main(argv: list[str]) -> int:
+    """Parse the recipe, prepare the data, train, evaluate and save."""
+    (model_args, data_args, training_args), recipe = parse_recipe(argv)
+    setup_logging(training_args.get_process_log_level())
+    set_seed(training_args.seed)
+    checkpoint = resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    model, tokenizer = load_for_training(model_args)
+    with training_args.main_process_first(desc="dataset preparation"):
+        corpus = prepare_corpus(
+            data_args, tokenizer, max_length=max_positions(model.config), stats_batch_size=training_args.per_device_train_batch_size
+        )
+    for role, stats in corpus.stats["splits"].items():
+        logger.info("%s split: %s", role, stats)
+    trainer = PersonaTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=corpus.features["train"],
+        eval_dataset=corpus.features["eval"],
+        processing_class=tokenizer,
+    )
+    output_dir = Path(training_args.output_dir)
+    if trainer.is_world_process_zero():
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "persona_recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model()
+    train_metrics = {
+        **result.metrics,
+        "world_size": training_args.world_size,
+        "mixed_precision": trainer.accelerator.mixed_precision,
+        "train_examples": len(corpus.features["train"]),
+    }
+    trainer.log_metrics("train", train_metrics)
+    trainer.save_metrics("train", train_metrics)
+    trainer.save_state()
+    eval_metrics = trainer.evaluate()
+    trainer.log_metrics("eval", eval_metrics)
+    trainer.save_metrics("eval", eval_metrics)
+    if trainer.is_world_process_zero():
+        plot_losses(trainer.state.log_history, output_dir / "loss_curves.png")
+        logger.info("Saved the model, its tokenizer, metrics and loss curves to %s", output_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""``PersonaTrainer``: the Hugging Face Trainer with TransferTransfo's dual loss and ConvAI2's metrics.
+
+loss = ``lm_coef`` × LM loss (mean NLL of the gold reply's tokens) + ``mc_coef`` × multiple-choice loss
+(cross-entropy of picking the gold reply among the candidates). Both parts are logged (``lm_loss``,
+``mc_loss``). Evaluation reports ``eval_loss``, ``eval_lm_loss``, ``eval_mc_loss``,
+``eval_perplexity`` (exp of the gold tokens' mean NLL over the whole split, so the batch size does not
+change it), ``eval_hits@1`` and ``eval_num_candidates``. Everything else is the Trainer's own.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import EvalPrediction, Trainer
+
+from persona.data.collator import PersonaCollator
+from persona.modeling import DualOutput
+
+
+def dual_loss(output: DualOutput, mc_labels: torch.Tensor, lm_coef: float, mc_coef: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The weighted loss of one batch and its two parts (LM: mean over the batch's gold tokens; MC: mean over turns)."""
+    lm_loss = output.nll_sum.sum() / output.tokens.sum().clamp(min=1)
+    mc_loss = F.cross_entropy(output.mc_logits, mc_labels)
+    return lm_coef * lm_loss + mc_coef * mc_loss, lm_loss, mc_loss
+
+
+def turn_scores(output: DualOutput, mc_labels: torch.Tensor, candidate_valid: torch.Tensor) -> torch.Tensor:
+    """Per turn: the gold reply's rank among the candidates (0 = first), its NLL sum and token count, the
+    MC loss and the number of candidates, as a [B, 5] float64 tensor that the Trainer gathers."""
+    rows = torch.arange(len(mc_labels), device=mc_labels.device)
+    gold_logit = output.mc_logits[rows, mc_labels]
+    rank = ((output.mc_logits > gold_logit[:, None]) & candidate_valid.bool()).sum(-1)
+    mc_loss = F.cross_entropy(output.mc_logits, mc_labels, reduction="none")
+    columns = (rank, output.nll_sum, output.tokens, mc_loss, candidate_valid.sum(-1))
+    return torch.stack([c.double() for c in columns], dim=-1)
+
+
+def metrics_from_scores(scores: np.ndarray, lm_coef: float, mc_coef: float, ks: tuple[int, ...] = (1,)) -> dict[str, float]:
+    """Split-level metrics from the rows of :func:`turn_scores`."""
+    rank, nll, tokens, mc_loss, counts = scores.T
+    lm_loss = float(nll.sum() / max(tokens.sum(), 1))
+    metrics = {
+        "loss": lm_coef * lm_loss + mc_coef * float(mc_loss.mean()),
+        "lm_loss": lm_loss,
+        "mc_loss": float(mc_loss.mean()),
+        "perplexity": math.exp(lm_loss),
+        "num_candidates": float(counts.mean()),
+        "num_turns": int(len(rank)),
+        "num_reply_tokens": int(tokens.sum()),
+    }
+    for k in ks:
+        metrics[f"hits@{k}"] = float((rank < k).mean())
+    return metrics
+
+
+class PersonaTrainer(Trainer):
+    """A Trainer whose loss is TransferTransfo's dual loss; its args are a ``PersonaTrainingArguments``."""
+
+    def __init__(self, *args, **kwargs):
+        processing_class = kwargs.get("processing_class")
+        training_args = kwargs.get("args") if "args" in kwargs else args[1]
+        model = kwargs.get("model") if "model" in kwargs else args[0]
+        if kwargs.get("data_collator") is None:
+            kwargs["data_collator"] = PersonaCollator(processing_class, layout=self.batch_layout(model, training_args.forward_mode))
+        kwargs.setdefault("compute_metrics", self._compute_metrics)
+        super().__init__(*args, **kwargs)
+        self.model_accepts_loss_kwargs = False
+        self.loss_is_scaled_for_ga = False
+        self._loss_parts: dict[str, list[float]] = defaultdict(list)
+
+    @staticmethod
+    def batch_layout(model, forward_mode: str) -> str:
+        """The collator layout a model and mode need: the shared prefix only where the model has a key/value cache."""
+        return "shared_prefix" if forward_mode == "shared_prefix" and getattr(model, "supports_shared_prefix", False) else "classic"
+
+    def _forward(self, model, inputs) -> DualOutput:
+        return model(**inputs, forward_mode=self.args.forward_mode)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        output = self._forward(model, inputs)
+        loss, lm_loss, mc_loss = dual_loss(output, inputs["mc_labels"], self.args.lm_coef, self.args.mc_coef)
+        if model.training:
+            self._loss_parts["lm_loss"].append(lm_loss.detach())
+            self._loss_parts["mc_loss"].append(mc_loss.detach())
+        return (loss, output) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Adds the mean LM and MC losses since the last log (averaged over processes) to training logs."""
+        if "loss" in logs and self._loss_parts:
+            for name, values in self._loss_parts.items():
+                mean = torch.stack(values).mean()
+                logs[name] = round(self.accelerator.reduce(mean, reduction="mean").item(), 4)
+            self._loss_parts.clear()
+        super().log(logs, start_time)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            output = self._forward(model, inputs)
+        return None, turn_scores(output, inputs["mc_labels"], inputs["candidate_valid"]), inputs["mc_labels"]
+
+    def _compute_metrics(self, prediction: EvalPrediction) -> dict[str, float]:
+        return metrics_from_scores(np.asarray(prediction.predictions), self.args.lm_coef, self.args.mc_coef)
