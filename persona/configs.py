@@ -11,10 +11,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
@@ -162,7 +164,13 @@ class PersonaTrainingArguments(TrainingArguments):
         metadata={"help": "group_by_length (default: batches of similar length, less padding), random, sequential."},
     )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: the collator needs every column."})
-    report_to: str | list[str] = field(default="none", metadata={"help": "Trackers to log to (none, tensorboard, wandb...)."})
+
+    def __post_init__(self):
+        # Ranks launched without a GPU (accelerate_configs/multi_cpu.yaml) must join on the CPU with gloo;
+        # transformers only does so when use_cpu is set, otherwise each rank trains alone.
+        if not self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+            self.use_cpu = True
+        super().__post_init__()
 
 
 RECIPE_CLASSES = (ModelArguments, DataArguments, PersonaTrainingArguments)
@@ -212,19 +220,23 @@ def read_recipe(path: str) -> dict[str, Any]:
     return recipe
 
 
-def parse_recipe(argv: list[str], classes: tuple = RECIPE_CLASSES) -> tuple[tuple, dict[str, Any]]:
+def parse_recipe(argv: list[str], classes: tuple = RECIPE_CLASSES, ignored: tuple = ()) -> tuple[tuple, dict[str, Any]]:
     """Parse ``[RECIPE.yaml] [--field value ...]`` into instances of ``classes``.
 
-    Returns the instances and the recipe as run (the file's fields updated by the command line,
-    canonical names), which commands save beside their outputs.
+    Fields of the ``ignored`` classes are accepted and dropped (``persona-data`` reads a training
+    recipe, for example); any other unknown field is an error. Returns the instances and the recipe as
+    run (the file's fields updated by the command line, canonical names), which commands save.
     """
     parser = _RecipeParser(classes)
     known = {f.name for cls in classes for f in dataclasses.fields(cls) if f.init}
+    dropped = {f.name for cls in ignored for f in dataclasses.fields(cls) if f.init} - known
+    known |= dropped
     recipe: dict[str, Any] = {}
     if argv and not argv[0].startswith("-"):
         recipe_path, argv = argv[0], argv[1:]
         parser.source = f"{recipe_path} (or its command-line overrides)"
         recipe = {_canonical(str(k), known, recipe_path): v for k, v in read_recipe(recipe_path).items()}
+        recipe = {k: v for k, v in recipe.items() if k not in dropped}
     merged = set(recipe)
     cli: list[str] = []
     index = 0
@@ -239,8 +251,9 @@ def parse_recipe(argv: list[str], classes: tuple = RECIPE_CLASSES) -> tuple[tupl
         while not inline and index < len(argv) and not argv[index].startswith("--"):
             values.append(argv[index])
             index += 1
-        cli += [f"--{name}", *values]
-        merged.add(name)
+        if name not in dropped:
+            cli += [f"--{name}", *values]
+            merged.add(name)
     args = [a for k, v in recipe.items() for a in _to_argv(k, v)] + cli
     instances = parser.parse_args_into_dataclasses(args=args, look_for_args_file=False)
     parsed = {f.name: getattr(i, f.name) for i in instances for f in dataclasses.fields(i) if f.name in merged}

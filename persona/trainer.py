@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import EvalPrediction, Trainer
+from transformers.trainer import TRAINING_ARGS_NAME
 
 from persona.data.collator import PersonaCollator
 from persona.modeling import DualOutput
@@ -76,6 +78,13 @@ class PersonaTrainer(Trainer):
     def batch_layout(model, forward_mode: str) -> str:
         """The collator layout a model and mode need: the shared prefix only where the model has a key/value cache."""
         return "shared_prefix" if forward_mode == "shared_prefix" and getattr(model, "supports_shared_prefix", False) else "classic"
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """Save as the Trainer does, but the training arguments as JSON instead of a pickled ``training_args.bin``."""
+        super()._save(output_dir, state_dict)
+        folder = Path(output_dir or self.args.output_dir)
+        (folder / TRAINING_ARGS_NAME).unlink(missing_ok=True)
+        (folder / "training_args.json").write_text(self.args.to_json_string())
 
     def _forward(self, model, inputs) -> DualOutput:
         return model(**inputs, forward_mode=self.args.forward_mode)

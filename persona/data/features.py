@@ -34,6 +34,18 @@ def rotations(persona: list, count: int) -> list[list]:
     return orderings
 
 
+def fit_candidates(candidates: list[list[int]], max_length: int) -> tuple[list[list[int]], bool | None]:
+    """Cut distractors (never the gold reply, last) to fit with ``<bos>``, a speaker token and ``<eos>``.
+
+    Returns the candidates and whether one was cut, or None for "cut" when the gold reply cannot fit.
+    """
+    budget = max_length - 3
+    if len(candidates[-1]) > budget:
+        return candidates, None
+    cut = any(len(c) > budget for c in candidates[:-1])
+    return [c[:budget] for c in candidates[:-1]] + [candidates[-1]], cut
+
+
 def tokenize_batch(batch: dict, indices: list[int], *, tokenizer, max_length: int, permutations: int, source: str) -> dict:
     """The ``datasets.map`` function: a batch of dialogs in, their examples out.
 
@@ -51,14 +63,14 @@ def tokenize_batch(batch: dict, indices: list[int], *, tokenizer, max_length: in
         persona_ids = [token_ids[s] for s in persona]
         for ordering in rotations(persona_ids, permutations):
             for turn_id, turn in enumerate(turns):
-                candidates = [token_ids[c] for c in turn["candidates"]]
-                longest = max(len(c) for c in candidates) + 2
-                if longest + 1 > max_length:
+                candidates, cut = fit_candidates([token_ids[c] for c in turn["candidates"]], max_length)
+                if cut is None:
                     raise DataError(
-                        f"a candidate reply of {longest - 2} tokens cannot fit the model's {max_length} positions",
+                        f"the gold reply ({len(candidates[-1])} tokens) cannot fit the model's {max_length} positions",
                         where=f"{source}, dialog {dialog_id}, turn {turn_id}",
-                        fix="shorten or drop that utterance (replies are never truncated).",
+                        fix="shorten or drop that utterance (gold replies are never truncated).",
                     )
+                longest = max(len(c) for c in candidates) + 2
                 kept_persona, kept_history, truncated = fit_context(
                     ordering, [token_ids[h] for h in turn["history"]], longest, max_length
                 )
@@ -68,7 +80,7 @@ def tokenize_batch(batch: dict, indices: list[int], *, tokenizer, max_length: in
                 out["prefix_ids"].append(prefix)
                 out["candidates"].append(candidates)
                 out["length"].append(len(prefix) + sum(len(c) + 2 for c in candidates))
-                out["truncated"].append(truncated)
+                out["truncated"].append(truncated or cut)
     return out
 
 

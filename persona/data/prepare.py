@@ -155,6 +155,9 @@ def prepare_corpus(
                 dialog_set.save_to_disk(str(folder / "dialogs" / role))
                 features.save_to_disk(str(folder / "features" / role))
                 stats["splits"][role] = {"split": splits[role], **split_stats(features, dialog_set, stats_batch_size)}
+            for name in ("dialogs", "examples", "candidates", "tokens", "truncated"):
+                stats[name] = sum(split[name] for split in stats["splits"].values())
+            stats["padding_ratio"] = max(split["padding_ratio"] for split in stats["splits"].values())
             (folder / "stats.json").write_text(json.dumps(stats, indent=2))
 
         write_atomically(cache_path, build)

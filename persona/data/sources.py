@@ -81,6 +81,8 @@ def fingerprint(source: str) -> str:
     """A digest of the corpus content: file bytes for local files and folders, the dataset fingerprint for Hub ids."""
     digest = hashlib.sha256()
     path = Path(source)
+    if not path.exists() and not is_hub_id(source):
+        raise DataError("file not found", where=source, fix="check dataset_path (a file, a folder, a URL or a Hub id).")
     if path.is_file():
         files = [path]
     elif path.is_dir() and not ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):

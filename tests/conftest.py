@@ -1,0 +1,72 @@
+"""Shared fixtures: everything offline, tiny models from configs, the quickstart tokenizer."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+QUICKSTART = REPO / "persona" / "resources" / "quickstart"
+SHARED = REPO.parent / "shared"
+TINY_GPT2 = {
+    "model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 128,
+    "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "summary_first_dropout": 0.0,
+}
+
+
+def needs_shared(*parts: str) -> Path:
+    """A path under ../shared, or skip the test with the reason."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent (the ../shared folder beside the repository holds it)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The quickstart tokenizer with the persona special tokens."""
+    from transformers import AutoTokenizer
+
+    from persona.special_tokens import add_special_tokens
+
+    tok = AutoTokenizer.from_pretrained(QUICKSTART / "tokenizer")
+    add_special_tokens(tok)
+    return tok
+
+
+@pytest.fixture
+def tiny_model(tokenizer):
+    """A 2-layer GPT-2 double-heads model with the special tokens, dropout off."""
+    import torch
+
+    from persona.configs import ModelArguments
+    from persona.modeling import load_for_training
+
+    torch.manual_seed(0)
+    model, _ = load_for_training(ModelArguments(model_config=json.dumps(TINY_GPT2), tokenizer_name_or_path=str(QUICKSTART / "tokenizer")))
+    return model.eval()
+
+
+def write_conversations(path: Path, conversations: list[dict]) -> Path:
+    """Write conversations (``personas``, ``utterances``) as JSONL."""
+    path.write_text("".join(json.dumps(c) + "\n" for c in conversations))
+    return path
+
+
+CONVERSATIONS = [
+    {
+        "personas": [["i like cats.", "i am a nurse."], ["i live in paris.", "i play chess."]],
+        "utterances": ["hi there!", "hello, where are you from?", "i am a nurse from ohio.", "i live in paris, i play chess."],
+    },
+    {
+        "personas": [["i eat pizza.", "i have a dog."], ["i drive a truck.", "i love jazz."]],
+        "utterances": ["good morning.", "morning! what music do you like?", "pop, and you?", "jazz, always jazz."],
+    },
+]

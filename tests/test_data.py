@@ -1,0 +1,195 @@
+"""Readers, features and the cache: the same conversations in every layout, errors that name the record."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from persona.configs import DataArguments
+from persona.data import prepare_corpus
+from persona.data.sources import read_corpus
+from persona.errors import DataError
+from tests.conftest import CONVERSATIONS, QUICKSTART, needs_shared, write_conversations
+
+
+def _as_seed_json(path: Path) -> Path:
+    """The CONVERSATIONS with user 2 as the bot, in the transfer-learning-conv-ai JSON."""
+    dialogs = []
+    for conversation in CONVERSATIONS:
+        u = conversation["utterances"]
+        dialogs.append({
+            "personality": conversation["personas"][1],
+            "utterances": [{"history": u[:i], "candidates": [u[i]]} for i in range(1, len(u), 2)],
+        })
+    path.write_text(json.dumps({"train": dialogs, "valid": dialogs}))
+    return path
+
+
+def _as_parlai(path: Path) -> Path:
+    lines = []
+    for conversation in CONVERSATIONS:
+        n = 1
+        for sentence in conversation["personas"][1]:
+            lines.append(f"{n} your persona: {sentence}")
+            n += 1
+        u = conversation["utterances"]
+        for i in range(1, len(u), 2):
+            lines.append(f"{n} {u[i - 1]}\t{u[i]}")
+            n += 1
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _as_csv(path: Path) -> Path:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["user 1 personas", "user 2 personas", "Best Generated Conversation"])
+        for c in CONVERSATIONS:
+            text = "\n".join(f"User {i % 2 + 1}: {u}" for i, u in enumerate(c["utterances"]))
+            writer.writerow(["\n".join(c["personas"][0]), "\n".join(c["personas"][1]), text])
+    return path
+
+
+def _features(tmp_path, tokenizer, dataset_path, **options):
+    args = DataArguments(dataset_path=str(dataset_path), dataset_cache=str(tmp_path / "cache"), num_candidates=2, eval_num_candidates=2, **options)
+    return prepare_corpus(args, tokenizer, max_length=128, roles=("train",)).features["train"]
+
+
+def test_same_conversations_give_identical_features_in_every_layout(tmp_path, tokenizer):
+    layouts = {
+        "seed_json": _as_seed_json(tmp_path / "personachat.json"),
+        "parlai": _as_parlai(tmp_path / "train_self_original.txt"),
+        "csv": _as_csv(tmp_path / "train.csv"),
+        "jsonl": write_conversations(tmp_path / "train.jsonl", CONVERSATIONS),
+    }
+    built = {}
+    for name, path in layouts.items():
+        side = {} if name in ("seed_json", "parlai") else {"bot_side": "user2"}
+        features = _features(tmp_path, tokenizer, path, **side)
+        built[name] = [(r["prefix_ids"], r["candidates"]) for r in features]
+    assert len(built["seed_json"]) == 4
+    for name in ("parlai", "csv", "jsonl"):
+        assert built[name] == built["seed_json"], name
+
+
+def test_both_sides_serve_as_bot_by_default(tmp_path):
+    corpus = read_corpus(str(write_conversations(tmp_path / "train.jsonl", CONVERSATIONS)))
+    dialogs = corpus["train"]
+    assert [d["persona"] for d in dialogs[:2]] == CONVERSATIONS[0]["personas"]
+    assert dialogs[0]["turns"][0] == {"history": [], "candidates": ["hi there!"]}
+    assert dialogs[1]["turns"][1] == {"history": CONVERSATIONS[0]["utterances"][:3], "candidates": ["i live in paris, i play chess."]}
+
+
+def test_parlai_candidates_and_dialog_boundaries(tmp_path):
+    text = (
+        "1 your persona: i like cats.\n"
+        "2 hi!\thello!\t\tbye.|hello!|what?\n"
+        "3 how are you?\tgood.\t\tgood.|no.|maybe.\n"
+        "1 your persona: i am tall.\n"
+        "2 hey\tyo\t\tyo|nope\n"
+    )
+    path = tmp_path / "valid_self_original.txt"
+    path.write_text(text)
+    (first, second) = read_corpus(str(path))["valid"]
+    assert first["persona"] == ["i like cats."]
+    assert first["turns"][1] == {"history": ["hi!", "hello!", "how are you?"], "candidates": ["no.", "maybe.", "good."]}
+    assert second["turns"] == [{"history": ["hey"], "candidates": ["nope", "yo"]}]
+
+
+def test_sampled_distractors_are_seeded_and_exclude_the_dialog(tmp_path, tokenizer):
+    args = DataArguments(dataset_path=str(QUICKSTART), dataset_cache=str(tmp_path / "c"), eval_num_candidates=20, max_eval_dialogs=10)
+    first = prepare_corpus(args, tokenizer, max_length=256, roles=("eval",)).dialogs["eval"]
+    again = prepare_corpus(DataArguments(**{**vars(args), "dataset_cache": str(tmp_path / "d")}), tokenizer, max_length=256, roles=("eval",)).dialogs["eval"]
+    assert first[:] == again[:]
+    for dialog in first:
+        own = {u for t in dialog["turns"] for u in t["history"]}
+        for turn in dialog["turns"]:
+            assert len(turn["candidates"]) == 20 == len(set(turn["candidates"]))
+            assert not own & set(turn["candidates"][:-1])
+
+
+def test_cache_is_reused_and_rebuilt_when_an_option_changes(tmp_path, tokenizer, monkeypatch, caplog):
+    path = write_conversations(tmp_path / "train.jsonl", CONVERSATIONS)
+    first = _features(tmp_path, tokenizer, path)
+    import persona.data.prepare as prepare
+
+    def no_tokenizing(*args, **kwargs):
+        raise AssertionError("tokenized again")
+
+    monkeypatch.setattr(prepare, "build_features", no_tokenizing)
+    with caplog.at_level("INFO"):
+        assert _features(tmp_path, tokenizer, path)[:] == first[:]
+    assert "from the cache" in caplog.text
+    with pytest.raises(AssertionError, match="tokenized again"):
+        _features(tmp_path, tokenizer, path, max_history=0)
+
+
+def test_failed_build_leaves_no_cache(tmp_path, tokenizer):
+    bad = tmp_path / "train.jsonl"
+    bad.write_text(json.dumps(CONVERSATIONS[0]) + "\n" + '{"personas": [["a."], []], "utterances": ["x", "y"]}\n')
+    with pytest.raises(DataError):
+        _features(tmp_path, tokenizer, bad)
+    assert not any((tmp_path / "cache").iterdir())
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b'{"train": [{"personality": ["a."], "utterances": [', "invalid JSON at line 1"),
+        (b'{"train": [{"personality": ["a."]}]}', "missing field(s) ['utterances']"),
+        (b'{"train": [{"personality": [], "utterances": [{"history": [], "candidates": ["x"]}]}]}', "field 'personality' is empty"),
+        (b'{"train": [{"personality": ["a."], "utterances": []}]}', "the dialog has no turns"),
+        (b'{"train": [{"personality": ["a."], "utterances": [{"history": ["hi"], "candidates": []}]}]}', "field 'candidates' is empty"),
+        (b"1 your persona: i like cats.\n2 hi there\n", "turn without its gold reply"),
+        (b"1 your persona: i like cats.\n", "the dialog has no turns"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe binary", "not UTF-8"),
+        (b"", "the file is empty"),
+        (b"just some prose, no layout at all\n", "cannot tell the corpus layout"),
+        (b'{"personas": [["a."], ["b."]], "utterances": ["x", "y"]}\n{"personas": [["a."]', "line 2"),
+    ],
+)
+def test_bad_input_names_file_and_record(tmp_path, tokenizer, content, message):
+    path = tmp_path / "train_corpus.json"
+    path.write_bytes(content)
+    with pytest.raises(DataError) as error:
+        _features(tmp_path, tokenizer, path)
+    assert message in str(error.value) and str(path) in str(error.value) and "Fix:" in str(error.value)
+    assert not any((tmp_path / "cache").glob("*"))
+
+
+def test_missing_file_and_overlong_reply(tmp_path, tokenizer):
+    with pytest.raises(DataError, match="file not found"):
+        _features(tmp_path, tokenizer, tmp_path / "absent.json")
+    long = {"personas": [["a."], ["b."]], "utterances": ["hi", "word " * 10_000]}
+    with pytest.raises(DataError, match=r"train.jsonl \[train\], dialog 1, turn 0: the gold reply \(20000 tokens\) cannot fit"):
+        _features(tmp_path, tokenizer, write_conversations(tmp_path / "train.jsonl", [long]))
+
+
+def test_overlong_history_is_truncated_and_counted(tmp_path, tokenizer):
+    long = {"personas": [["i like cats."], ["b."]], "utterances": ["word " * 10_000, "fine.", "ok.", "bye."]}
+    args = DataArguments(dataset_path=str(write_conversations(tmp_path / "train.jsonl", [long])), dataset_cache=str(tmp_path / "c"), bot_side="user2")
+    corpus = prepare_corpus(args, tokenizer, max_length=128, roles=("train",))
+    assert corpus.stats["splits"]["train"]["truncated"] >= 1
+    assert max(len(r["prefix_ids"]) + max(map(len, r["candidates"])) + 2 for r in corpus.features["train"]) <= 128
+
+
+def test_hub_layout_from_a_saved_dataset_folder(tmp_path):
+    import datasets
+
+    rows = [
+        {"personality": ["i like cats."], "history": ["hi"], "candidates": ["no", "hello"], "conv_id": 0, "utterance_idx": 0},
+        {"personality": ["i like cats."], "history": ["hi", "hello", "how are you?"], "candidates": ["x", "good"], "conv_id": 0, "utterance_idx": 1},
+    ]
+    datasets.DatasetDict({"validation": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "hub"))
+    (dialog,) = read_corpus(str(tmp_path / "hub"))["valid"]
+    assert dialog["persona"] == ["i like cats."] and [t["candidates"][-1] for t in dialog["turns"]] == ["hello", "good"]
+
+
+def test_shared_synthetic_persona_chat_csv(tmp_path, tokenizer):
+    path = needs_shared("data", "spc", "Synthetic-Persona-Chat_valid.csv")
+    corpus = read_corpus(str(path))
+    assert list(corpus) == ["valid"] and len(corpus["valid"]) == 2000
+    assert all(d["persona"] and d["turns"] for d in corpus["valid"])

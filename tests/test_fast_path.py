@@ -1,0 +1,54 @@
+"""The dual loss and the shared-prefix fast path against independent reference computations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from persona.data import PersonaCollator
+from persona.data.layout import build_prefix
+from persona.special_tokens import special_ids
+from persona.trainer import dual_loss
+
+
+def _examples(tokenizer):
+    ids = special_ids(tokenizer)
+    g = torch.Generator().manual_seed(1)
+    rand = lambda n: torch.randint(5, 600, (n,), generator=g).tolist()  # noqa: E731
+    return [
+        {"prefix_ids": build_prefix([rand(5), rand(3)], [rand(4), rand(2), rand(6)], ids), "candidates": [rand(3), rand(7), rand(5)]},
+        {"prefix_ids": build_prefix([rand(2)], [rand(9)], ids), "candidates": [rand(4), rand(2), rand(1)]},
+        {"prefix_ids": build_prefix([rand(4), rand(4)], [], ids), "candidates": [rand(6), rand(3)]},  # fewer candidates: a padded slot
+    ]
+
+
+def test_logged_loss_equals_weighted_reference_losses(tiny_model, tokenizer):
+    batch = PersonaCollator(tokenizer, "classic")(_examples(tokenizer)[:2])
+    output = tiny_model(**batch, forward_mode="classic")
+    loss, lm, mc = dual_loss(output, batch["mc_labels"], lm_coef=2.0, mc_coef=0.5)
+    reference = tiny_model.forward_full(
+        input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"], attention_mask=batch["attention_mask"],
+        mc_token_ids=batch["mc_token_ids"], labels=batch["labels"], mc_labels=batch["mc_labels"],
+    )
+    assert torch.allclose(lm, reference.loss, atol=1e-6)
+    assert torch.allclose(mc, reference.mc_loss, atol=1e-6)
+    assert torch.allclose(loss, 2.0 * reference.loss + 0.5 * reference.mc_loss, atol=1e-6)
+
+
+@pytest.mark.parametrize("coefs", [(1.0, 1.0), (2.0, 0.5)])
+def test_shared_prefix_equals_classic_losses_logits_and_gradients(tiny_model, tokenizer, coefs):
+    examples = _examples(tokenizer)
+    results = {}
+    for layout, mode in (("classic", "classic"), ("shared_prefix", "shared_prefix"), ("classic", "shared_prefix")):
+        tiny_model.zero_grad()
+        batch = PersonaCollator(tokenizer, layout)(examples)
+        output = tiny_model(**batch, forward_mode=mode)
+        loss, lm, mc = dual_loss(output, batch["mc_labels"], *coefs)
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in tiny_model.parameters() if p.grad is not None])
+        results[(layout, mode)] = (loss.detach(), lm.detach(), output.mc_logits.detach(), grads)
+    reference = results[("classic", "classic")]
+    for key in (("shared_prefix", "shared_prefix"), ("classic", "shared_prefix")):
+        for got, want in zip(results[key], reference):
+            assert torch.allclose(got, want, atol=1e-5, rtol=1e-5), key
+    assert reference[2][2, 2] == torch.finfo(torch.float32).min  # the padded candidate slot never wins

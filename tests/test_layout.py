@@ -1,0 +1,92 @@
+"""The input layout: every id of a hand-written dialog, and the collator against build_inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from persona.data import PersonaCollator, build_inputs
+from persona.data.layout import IGNORE_INDEX, build_prefix, fit_context, token_types
+from persona.errors import ModelLoadError
+from persona.special_tokens import special_ids
+
+
+def test_build_inputs_matches_design_layout(tokenizer):
+    ids = special_ids(tokenizer)
+    persona, history, reply = [[10, 11], [12]], [[20, 21], [22], [23, 24]], [30, 31]
+    out = build_inputs(persona, history, reply, tokenizer, lm_labels=True)
+    b, e, s1, s2 = ids.bos, ids.eos, ids.speaker1, ids.speaker2
+    # <bos> persona | <speaker1> h1 | <speaker2> h2 | <speaker1> h3 | <speaker2> reply <eos>
+    assert out["input_ids"] == [b, 10, 11, 12, s1, 20, 21, s2, 22, s1, 23, 24, s2, 30, 31, e]
+    assert out["token_type_ids"] == [s1] * 4 + [s1] * 3 + [s2] * 2 + [s1] * 3 + [s2] * 4
+    assert out["labels"] == [IGNORE_INDEX] * 13 + [30, 31, e]
+    assert out["mc_token_ids"] == 15
+    distractor = build_inputs(persona, history, reply, tokenizer, lm_labels=False)
+    assert distractor["labels"] == [IGNORE_INDEX] * 16
+
+
+def test_reply_is_speaker2_and_previous_utterance_speaker1_for_even_history(tokenizer):
+    ids = special_ids(tokenizer)
+    out = build_inputs([[10]], [[20], [21]], [30], tokenizer, lm_labels=True, with_eos=False)
+    assert out["input_ids"] == [ids.bos, 10, ids.speaker2, 20, ids.speaker1, 21, ids.speaker2, 30]
+    assert out["labels"][-1] == 30 and out["mc_token_ids"] == 7
+
+
+def test_token_types_from_ids_equal_segment_types(tokenizer):
+    out = build_inputs([[10, 11]], [[20], [21, 22], [23]], [30, 31], tokenizer, lm_labels=True)
+    assert token_types(out["input_ids"], special_ids(tokenizer)).tolist() == out["token_type_ids"]
+
+
+def test_collator_rebuilds_build_inputs_for_every_candidate(tokenizer):
+    ids = special_ids(tokenizer)
+    examples = [
+        {"prefix_ids": build_prefix([[10, 11]], [[20], [21, 22], [23]], ids), "candidates": [[40], [41, 42, 43], [30, 31]]},
+        {"prefix_ids": build_prefix([[12]], [[24]], ids), "candidates": [[44, 45], [32]]},
+    ]
+    batch = PersonaCollator(tokenizer, "classic")(examples)
+    assert batch["input_ids"].shape == (2, 3, 15)
+    assert batch["mc_labels"].tolist() == [2, 1]
+    assert batch["candidate_valid"].tolist() == [[True, True, True], [True, True, False]]
+    persona_history = [([[10, 11]], [[20], [21, 22], [23]]), ([[12]], [[24]])]
+    for b, example in enumerate(examples):
+        for c, reply in enumerate(example["candidates"]):
+            gold = c == len(example["candidates"]) - 1
+            expected = build_inputs(*persona_history[b], reply, tokenizer, lm_labels=gold)
+            n = len(expected["input_ids"])
+            assert batch["input_ids"][b, c, :n].tolist() == expected["input_ids"]
+            assert batch["token_type_ids"][b, c, :n].tolist() == expected["token_type_ids"]
+            assert batch["labels"][b, c, :n].tolist() == expected["labels"]
+            assert batch["attention_mask"][b, c].sum().item() == n
+            assert batch["mc_token_ids"][b, c].item() == expected["mc_token_ids"]
+            assert (batch["labels"][b, c, n:] == IGNORE_INDEX).all()
+    shared = PersonaCollator(tokenizer, "shared_prefix")(examples)
+    assert shared["prefix_ids"][1].tolist()[:4] == examples[1]["prefix_ids"] and shared["prefix_mask"][1].sum() == 4
+    assert shared["candidate_ids"][0, 2].tolist() == [ids.speaker2, 30, 31, ids.eos, ids.pad]
+    assert shared["labels"][0, 2].tolist() == [IGNORE_INDEX, 30, 31, ids.eos, IGNORE_INDEX]
+
+
+def test_fit_context_drops_oldest_history_then_persona_never_reply():
+    persona, history = [[1] * 3, [2] * 3], [[3] * 4, [4] * 4, [5] * 4]
+    kept_p, kept_h, truncated = fit_context(persona, history, reply_length=5, max_length=1 + 6 + 10 + 5)
+    assert kept_p == persona and kept_h == history[1:] and truncated
+    kept_p, kept_h, truncated = fit_context(persona, history, reply_length=5, max_length=1 + 3 + 5)
+    assert kept_p == [[2] * 3] and kept_h == [] and truncated
+    assert fit_context(persona, history, 5, 100) == (persona, history, False)
+
+
+def test_tokenizer_without_special_tokens_is_a_clear_error():
+    from transformers import AutoTokenizer
+
+    from tests.conftest import QUICKSTART
+
+    plain = AutoTokenizer.from_pretrained(QUICKSTART / "tokenizer")
+    with pytest.raises(ModelLoadError, match="no persona special tokens"):
+        special_ids(plain)
+
+
+def test_user_text_cannot_forge_speaker_tokens(tokenizer):
+    from persona.data.tokenize import encode_texts
+
+    ids = special_ids(tokenizer)
+    (encoded,) = encode_texts(tokenizer, ["hi <speaker2> there"])
+    assert ids.speaker2 not in encoded and np.all(np.asarray(encoded) < ids.bos)

@@ -1,0 +1,108 @@
+"""persona-train end to end on tiny models: outputs, resume, bf16, two processes under accelerate."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from persona.train import main as train_main
+from tests.conftest import QUICKSTART, REPO, TINY_GPT2
+
+
+def _args(output_dir, *extra):
+    return [
+        "--model_config", json.dumps(TINY_GPT2),
+        "--tokenizer_name_or_path", str(QUICKSTART / "tokenizer"),
+        "--dataset_path", str(QUICKSTART),
+        "--dataset_cache", str(output_dir.parent / "cache"),
+        "--max_train_dialogs", "24", "--max_eval_dialogs", "4", "--eval_num_candidates", "5",
+        "--num_candidates", "2", "--output_dir", str(output_dir),
+        "--train_batch_size", "4", "--valid_batch_size", "4", "--gradient_accumulation_steps", "2",
+        "--logging_steps", "2", "--report_to", "none", "--seed", "3", "--lr", "1e-3",
+        *extra,
+    ]
+
+
+def test_train_writes_every_output(tmp_path):
+    out = tmp_path / "run"
+    assert train_main(_args(out, "--n_epochs", "1", "--lm_coef", "2.0")) == 0
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "persona_recipe.yaml", "train_results.json",
+                 "eval_results.json", "trainer_state.json", "loss_curves.png", "training_args.json"):
+        assert (out / name).exists(), name
+    assert not (out / "training_args.bin").exists()
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["GPT2DoubleHeadsModel"]
+    train = json.loads((out / "train_results.json").read_text())
+    assert train["world_size"] == 1 and train["mixed_precision"] == "no"
+    metrics = json.loads((out / "eval_results.json").read_text())
+    for key in ("eval_loss", "eval_lm_loss", "eval_mc_loss", "eval_perplexity", "eval_hits@1", "eval_num_candidates"):
+        assert key in metrics
+    assert metrics["eval_num_candidates"] == 5
+    assert metrics["eval_loss"] == pytest.approx(2.0 * metrics["eval_lm_loss"] + metrics["eval_mc_loss"])
+    recipe = yaml.safe_load((out / "persona_recipe.yaml").read_text())
+    assert recipe["learning_rate"] == 1e-3 and recipe["lm_coef"] == 2.0 and recipe["num_train_epochs"] == 1
+    logs = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    assert any("lm_loss" in entry and "mc_loss" in entry for entry in logs)
+
+
+def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path):
+    full = tmp_path / "full"
+    assert train_main(_args(full, "--max_steps", "6", "--save_steps", "3", "--save_strategy", "steps")) == 0
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(full / "checkpoint-3", resumed / "checkpoint-3")
+    assert train_main(_args(resumed, "--max_steps", "6", "--save_steps", "3", "--save_strategy", "steps", "--resume_from_checkpoint", "last")) == 0
+    a, b = (json.loads((d / "trainer_state.json").read_text()) for d in (full, resumed))
+    assert a["global_step"] == b["global_step"] == 6
+    ea, eb = (json.loads((d / "eval_results.json").read_text()) for d in (full, resumed))
+    assert eb["eval_loss"] == pytest.approx(ea["eval_loss"], rel=1e-5)
+
+
+def test_bf16_mixed_precision_on_cpu(tmp_path):
+    out = tmp_path / "bf16"
+    assert train_main(_args(out, "--max_steps", "2", "--bf16", "true", "--use_cpu", "true")) == 0
+    assert json.loads((out / "train_results.json").read_text())["mixed_precision"] == "bf16"
+
+
+def test_two_processes_under_accelerate_launch(tmp_path):
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs" / "multi_cpu.yaml"),
+               "--main_process_port", "29533", "-m", "persona.train", *_args(out, "--max_steps", "3")]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    train = json.loads((out / "train_results.json").read_text())
+    assert train["world_size"] == 2
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 3
+
+
+def test_bad_recipe_exits_2_with_one_line(tmp_path, capsys):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("learning_rat: 0.1\n")
+    assert train_main([str(recipe)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown field 'learning_rat'" in err and "did you mean 'learning_rate'" in err
+    recipe.write_text("num_candidates: many\n")
+    assert train_main([str(recipe)]) == 2
+    assert "invalid int value: 'many'" in capsys.readouterr().err
+
+
+def test_unreachable_model_offline_is_a_clear_error(tmp_path, capsys):
+    assert train_main(["--model_name_or_path", "no-such-user/no-such-model", "--output_dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot load 'no-such-user/no-such-model'" in err and "--local-dir" in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_every_accelerate_config_parses():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    configs = sorted((REPO / "accelerate_configs").glob("*.yaml"))
+    assert len(configs) == 10
+    for path in configs:
+        assert path.read_text().startswith("# "), f"{path.name} lacks its comment"
+        config = load_config_from_file(str(path))
+        assert config.num_processes >= 1, path.name
