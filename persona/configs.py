@@ -115,7 +115,7 @@ class DataArguments:
     personality_permutations: int = field(
         default=1, metadata={"help": "Copies of each training dialog, the persona sentences rotated each time."}
     )
-    max_length: int | None = field(
+    max_input_length: int | None = field(
         default=None,
         metadata={"help": "Longest input in tokens; defaults to the model's positions. Longer inputs lose the "
                   "oldest history first, then persona sentences, never the reply."},
@@ -255,7 +255,10 @@ def parse_recipe(argv: list[str], classes: tuple = RECIPE_CLASSES, ignored: tupl
             cli += [f"--{name}", *values]
             merged.add(name)
     args = [a for k, v in recipe.items() for a in _to_argv(k, v)] + cli
-    instances = parser.parse_args_into_dataclasses(args=args, look_for_args_file=False)
+    try:
+        instances = parser.parse_args_into_dataclasses(args=args, look_for_args_file=False)
+    except ValueError as error:  # the dataclasses' own checks (bf16 without support, bad combinations)
+        raise ConfigError(str(error).splitlines()[0], where=parser.source, fix="change the value the message names.") from None
     parsed = {f.name: getattr(i, f.name) for i in instances for f in dataclasses.fields(i) if f.name in merged}
     return tuple(instances), {name: getattr(value, "value", value) for name, value in parsed.items()}
 

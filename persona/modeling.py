@@ -17,6 +17,7 @@ Two ways to compute them (``forward_mode``):
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass
 
@@ -126,6 +127,7 @@ class PersonaDualHeads:
     supports_shared_prefix = False
 
     def forward(self, *args, forward_mode: str | None = None, **kwargs):
+        """A persona batch with ``forward_mode`` gives a :class:`DualOutput`; anything else, the base forward."""
         if forward_mode is None:
             return super().forward(*args, **kwargs)
         if "prefix_ids" in kwargs:
@@ -139,10 +141,26 @@ class PersonaDualHeads:
         return super().forward(**kwargs)
 
 
+def _with_forward_mode(signature: inspect.Signature) -> inspect.Signature:
+    """The base forward's signature plus ``forward_mode`` (``generate`` checks its arguments against it)."""
+    params = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    extra = inspect.Parameter("forward_mode", inspect.Parameter.KEYWORD_ONLY, default=None)
+    tail = [p for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD]
+    return signature.replace(parameters=[*params, extra, *tail])
+
+
 def _persona_class(base: type, shared_prefix: bool) -> type:
     # Named like its base so that save_pretrained records the plain transformers architecture:
     # the saved model loads with plain transformers, no persona code needed.
-    return type(base.__name__, (PersonaDualHeads, base), {"__module__": __name__, "supports_shared_prefix": shared_prefix})
+    cls = type(base.__name__, (PersonaDualHeads, base), {"__module__": __name__, "supports_shared_prefix": shared_prefix})
+
+    def forward(self, *args, forward_mode: str | None = None, **kwargs):
+        return PersonaDualHeads.forward(self, *args, forward_mode=forward_mode, **kwargs)
+
+    forward.__signature__ = _with_forward_mode(inspect.signature(base.forward))
+    forward.__doc__ = PersonaDualHeads.forward.__doc__
+    cls.forward = forward
+    return cls
 
 
 MODEL_CLASSES = {

@@ -116,10 +116,10 @@ def prepare_corpus(
     """Load the prepared splits from the cache, or build and cache them (atomically).
 
     ``roles`` picks the splits (``train``, ``eval``); ``max_length`` is the model's positions unless
-    ``args.max_length`` is smaller. Under a multi-process launch, call it inside
+    ``args.max_input_length`` is smaller. Under a multi-process launch, call it inside
     ``main_process_first()`` so that one process builds and the others load.
     """
-    max_length = min(max_length, args.max_length or max_length)
+    max_length = min(max_length, args.max_input_length or max_length)
     splits = {role: getattr(args, f"{role}_split") for role in roles}
     source = resolve(args.dataset_path, args.dataset_cache)
     eval_source = resolve(args.eval_dataset_path, args.dataset_cache) if args.eval_dataset_path and "eval" in roles else None

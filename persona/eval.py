@@ -1,0 +1,125 @@
+"""``persona-eval RECIPE.yaml [--field value ...]``: ConvAI2's automatic metrics for a persona model.
+
+Also under ``accelerate launch -m persona.eval RECIPE.yaml`` (turns sharded over the processes and
+gathered). Writes to ``output_dir``:
+
+- ``eval_results.json``: ``perplexity`` of the gold replies' tokens, ``hits@k`` over every candidate of
+  each turn, ``f1`` of generated replies (ParlAI's ConvAI2 normalisation), each with the number of turns
+  behind it, and the model, data and decoding settings. Fractions are in [0, 1].
+- ``generations.jsonl``: ``persona``, ``history``, ``prediction`` and ``gold`` of each generated turn.
+- ``report.md``: the metrics and a sample of dialogs with their generated replies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from accelerate import PartialState
+from accelerate.utils import gather_object
+from transformers import set_seed
+
+from persona.configs import DataArguments, ModelArguments, PersonaTrainingArguments, parse_recipe
+from persona.data import prepare_corpus
+from persona.errors import cli_entry
+from persona.generation import DecodingArguments, generate_replies
+from persona.metrics import load_metric
+from persona.modeling import load_trained, max_positions
+from persona.report import write_report
+from persona.trainer import PersonaTrainer, metrics_from_scores
+
+logger = logging.getLogger("persona")
+
+
+@dataclass
+class EvalArguments:
+    """Options of persona-eval."""
+
+    output_dir: str = field(default="runs/eval", metadata={"help": "Where the results, generations and report go."})
+    per_device_eval_batch_size: int = field(default=16, metadata={"help": "Turns per batch when scoring candidates."})
+    generation_batch_size: int = field(default=32, metadata={"help": "Turns per batch when generating replies."})
+    hits_k: list[int] = field(default_factory=lambda: [1, 5, 10], metadata={"help": "The k of each reported hits@k."})
+    max_generation_turns: int | None = field(default=None, metadata={"help": "Generate (for F1) on the first N turns only; default all."})
+    forward_mode: str = field(default="shared_prefix", metadata={"help": "shared_prefix (fast) or classic scoring.", "choices": ["shared_prefix", "classic"]})
+    report_samples: int = field(default=5, metadata={"help": "Dialogs shown in report.md."})
+    seed: int = field(default=42, metadata={"help": "Seed of sampling, when do_sample is true."})
+
+
+def score_candidates(model, tokenizer, features, args: EvalArguments) -> dict:
+    """Perplexity and hits@k over the split's candidates, through the Trainer (sharded and gathered)."""
+    training_args = PersonaTrainingArguments(
+        output_dir=args.output_dir, per_device_eval_batch_size=args.per_device_eval_batch_size, forward_mode=args.forward_mode, report_to="none"
+    )
+    trainer = PersonaTrainer(model=model, args=training_args, processing_class=tokenizer)
+    scores = trainer.predict(features).predictions
+    return metrics_from_scores(scores, training_args.lm_coef, training_args.mc_coef, ks=tuple(args.hits_k))
+
+
+def generate_turns(model, tokenizer, dialogs, args: EvalArguments, decoding: DecodingArguments) -> list[dict]:
+    """A generated reply for each turn (the first ``max_generation_turns``), sharded over processes."""
+    turns = [
+        {"persona": d["persona"], "history": t["history"], "gold": t["candidates"][-1]}
+        for d in dialogs
+        for t in d["turns"]
+    ][: args.max_generation_turns]
+    state = PartialState()
+    with state.split_between_processes(turns) as shard:
+        predictions = generate_replies(
+            model.to(state.device), tokenizer, [(t["persona"], t["history"]) for t in shard], decoding,
+            max_positions=max_positions(model.config), batch_size=args.generation_batch_size,
+        )
+        records = [{**t, "prediction": p} for t, p in zip(shard, predictions)]
+    return gather_object(records) if state.num_processes > 1 else records
+
+
+@cli_entry
+def main(argv: list[str]) -> int:
+    """Score the candidates, generate replies, and write the results, generations and report."""
+    (model_args, data_args, eval_args, decoding), recipe = parse_recipe(argv, (ModelArguments, DataArguments, EvalArguments, DecodingArguments))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    set_seed(eval_args.seed)
+    model, tokenizer = load_trained(model_args.model_name_or_path, model_args.revision, model_args.trust_remote_code)
+    state = PartialState()
+    with state.main_process_first():
+        corpus = prepare_corpus(data_args, tokenizer, max_length=max_positions(model.config), roles=("eval",))
+    metrics = score_candidates(model, tokenizer, corpus.features["eval"], eval_args)
+    records = generate_turns(model, tokenizer, corpus.dialogs["eval"], eval_args, decoding)
+    f1 = load_metric("convai2_f1").compute(predictions=[r["prediction"] for r in records], references=[r["gold"] for r in records])
+    for record, score in zip(records, f1["f1_per_example"]):
+        record["f1"] = score
+    if not state.is_main_process:
+        return 0
+    results = {
+        "model": model_args.model_name_or_path,
+        "dataset": data_args.dataset_path or "PersonaChat",
+        "split": corpus.stats["splits"]["eval"]["split"],
+        "perplexity": metrics["perplexity"],
+        **{f"hits@{k}": metrics[f"hits@{k}"] for k in eval_args.hits_k},
+        "f1": f1["f1"],
+        "num_turns": {"perplexity": metrics["num_turns"], "hits": metrics["num_turns"], "f1": len(records)},
+        "num_candidates": metrics["num_candidates"],
+        "num_reply_tokens": metrics["num_reply_tokens"],
+        "lm_loss": metrics["lm_loss"],
+        "mc_loss": metrics["mc_loss"],
+        "decoding": dataclasses.asdict(decoding),
+        "data": {k: v for k, v in dataclasses.asdict(data_args).items() if k not in ("dataset_cache", "preprocessing_num_workers")},
+        "recipe": recipe,
+    }
+    out = Path(eval_args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval_results.json").write_text(json.dumps(results, indent=2))
+    with open(out / "generations.jsonl", "w") as handle:
+        for record in records:
+            handle.write(json.dumps({k: record[k] for k in ("persona", "history", "prediction", "gold", "f1")}) + "\n")
+    write_report(results, records, out / "report.md", samples=eval_args.report_samples)
+    logger.info("perplexity %.2f, hits@1 %.3f over %d turns, f1 %.3f over %d turns; written to %s",
+                results["perplexity"], results["hits@1"], metrics["num_turns"], results["f1"], len(records), out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

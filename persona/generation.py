@@ -1,0 +1,77 @@
+"""Reply generation with ``model.generate``: batched, left-padded, only ``<eos>`` among the special tokens.
+
+Evaluation and chat both go through :func:`generate_replies`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import GenerationConfig
+
+from persona.data.layout import build_inputs, fit_context
+from persona.data.tokenize import encode_texts
+from persona.special_tokens import special_ids
+
+
+@dataclass
+class DecodingArguments:
+    """How replies are decoded (defaults: the seed's interact.py)."""
+
+    do_sample: bool = field(default=True, metadata={"help": "Sample (nucleus/top-k); false: greedy or beam search."})
+    num_beams: int = field(default=1, metadata={"help": "Beam width when not sampling (1: greedy)."})
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature."})
+    top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling: keep the smallest token set of this probability."})
+    top_k: int = field(default=0, metadata={"help": "Keep the k most likely tokens (0: no limit)."})
+    max_length: int = field(default=20, metadata={"help": "Most tokens in a reply."})
+    min_length: int = field(default=1, metadata={"help": "Fewest tokens in a reply before <eos> may end it."})
+
+    def generation_config(self, tokenizer) -> GenerationConfig:
+        """The ``GenerationConfig``: these settings, ``<eos>`` to stop, every other special token suppressed."""
+        ids = special_ids(tokenizer)
+        suppressed = sorted(set(tokenizer.all_special_ids) - {ids.eos})
+        sampling = {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k} if self.do_sample else {}
+        return GenerationConfig(
+            do_sample=self.do_sample,
+            num_beams=1 if self.do_sample else self.num_beams,
+            max_new_tokens=self.max_length,
+            min_new_tokens=self.min_length,
+            eos_token_id=ids.eos,
+            pad_token_id=ids.pad,
+            suppress_tokens=suppressed,
+            **sampling,
+        )
+
+
+def prompt_inputs(persona: list[str], history: list[str], tokenizer, max_positions: int, reply_budget: int) -> dict:
+    """``<bos> persona ... <speaker1> last utterance <speaker2>``: the model input before a reply, fitted to the positions."""
+    encoded = encode_texts(tokenizer, [*persona, *history]) if persona or history else []
+    persona_ids, history_ids = encoded[: len(persona)], encoded[len(persona) :]
+    persona_ids, history_ids, _ = fit_context(persona_ids, history_ids, reply_budget + 2, max_positions)
+    return build_inputs(persona_ids, history_ids, [], tokenizer, lm_labels=False, with_eos=False)
+
+
+@torch.no_grad()
+def generate_replies(model, tokenizer, dialogs: list[tuple[list[str], list[str]]], decoding: DecodingArguments, *, max_positions: int, batch_size: int = 32) -> list[str]:
+    """One reply per ``(persona sentences, history utterances)``, generated in left-padded batches."""
+    config = decoding.generation_config(tokenizer)
+    ids = special_ids(tokenizer)
+    device = next(model.parameters()).device
+    replies: list[str] = []
+    for start in range(0, len(dialogs), batch_size):
+        prompts = [prompt_inputs(p, h, tokenizer, max_positions, decoding.max_length) for p, h in dialogs[start : start + batch_size]]
+        width = max(len(p["input_ids"]) for p in prompts)
+        input_ids = torch.full((len(prompts), width), ids.pad, dtype=torch.long)
+        token_types = torch.full_like(input_ids, ids.pad)
+        mask = torch.zeros_like(input_ids)
+        for row, prompt in enumerate(prompts):
+            n = len(prompt["input_ids"])
+            input_ids[row, width - n :] = torch.tensor(prompt["input_ids"])
+            token_types[row, width - n :] = torch.tensor(prompt["token_type_ids"])
+            mask[row, width - n :] = 1
+        output = model.generate(
+            input_ids=input_ids.to(device), attention_mask=mask.to(device), token_type_ids=token_types.to(device), generation_config=config
+        )
+        replies += [text.strip() for text in tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)]
+    return replies

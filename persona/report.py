@@ -1,0 +1,43 @@
+"""``report.md``: the evaluation metrics and a readable sample of dialogs, written for a person."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DEFINITIONS = {
+    "perplexity": "exp of the mean negative log-likelihood of the gold replies' tokens (lower is better)",
+    "hits@k": "fraction of turns whose gold reply is among the k candidates the multiple-choice head scores highest",
+    "f1": "unigram F1 between the generated and the gold reply after ConvAI2's normalisation (mean over turns)",
+}
+
+
+def metrics_table(results: dict) -> list[str]:
+    """The metrics as Markdown table rows, each with its number of turns and definition."""
+    turns = results["num_turns"]
+    rows = ["| metric | value | turns | definition |", "| --- | --- | --- | --- |"]
+    rows.append(f"| perplexity | {results['perplexity']:.2f} | {turns['perplexity']} | {DEFINITIONS['perplexity']} |")
+    for key in [k for k in results if k.startswith("hits@")]:
+        rows.append(f"| {key} | {results[key]:.3f} | {turns['hits']} | {DEFINITIONS['hits@k']} ({results['num_candidates']:g} candidates per turn) |")
+    rows.append(f"| F1 | {results['f1']:.3f} | {turns['f1']} | {DEFINITIONS['f1']} |")
+    return rows
+
+
+def write_report(results: dict, records: list[dict], path: Path, samples: int = 5) -> None:
+    """Write the metrics table, the settings and ``samples`` dialogs with their generated replies."""
+    decoding = results["decoding"]
+    mode = "sampling" if decoding["do_sample"] else ("greedy" if decoding["num_beams"] == 1 else f"beam search ({decoding['num_beams']} beams)")
+    lines = [
+        f"# Evaluation of `{results['model']}`",
+        "",
+        f"Data: `{results['dataset']}`, split `{results['split']}`. Replies decoded by {mode}, at most "
+        f"{decoding['max_length']} tokens.",
+        "",
+        *metrics_table(results),
+        "",
+        "## Sample dialogs",
+    ]
+    for record in records[:samples]:
+        lines += ["", "**Persona:** " + " ".join(record["persona"]), ""]
+        lines += [f"> {utterance}" for utterance in record["history"]] or ["> (the bot opens the conversation)"]
+        lines += ["", f"- generated: {record['prediction']}", f"- gold: {record['gold']}", f"- F1: {record['f1']:.2f}"]
+    path.write_text("\n".join(lines) + "\n")
