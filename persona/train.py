@@ -27,11 +27,11 @@ from persona.trainer import PersonaTrainer
 logger = logging.getLogger("persona")
 
 
-def setup_logging(level: int) -> None:
-    """Log persona's and transformers' messages at ``level`` (the Trainer's per-process level)."""
+def setup_logging(training_args) -> None:
+    """persona's progress at INFO on the main process (WARNING elsewhere); transformers' at the Trainer's level."""
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
-    logger.setLevel(level)
-    hf_logging.set_verbosity(level)
+    logger.setLevel(logging.INFO if training_args.should_log else logging.WARNING)
+    hf_logging.set_verbosity(training_args.get_process_log_level())
     hf_logging.disable_default_handler()
     hf_logging.enable_propagation()
 
@@ -54,7 +54,7 @@ def resolve_checkpoint(value: str | None, output_dir: str) -> str | None:
 def main(argv: list[str]) -> int:
     """Parse the recipe, prepare the data, train, evaluate and save."""
     (model_args, data_args, training_args), recipe = parse_recipe(argv)
-    setup_logging(training_args.get_process_log_level())
+    setup_logging(training_args)
     set_seed(training_args.seed)
     checkpoint = resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     model, tokenizer = load_for_training(model_args)

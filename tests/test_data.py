@@ -120,7 +120,7 @@ def test_cache_is_reused_and_rebuilt_when_an_option_changes(tmp_path, tokenizer,
         raise AssertionError("tokenized again")
 
     monkeypatch.setattr(prepare, "build_features", no_tokenizing)
-    with caplog.at_level("INFO"):
+    with caplog.at_level("INFO", logger="persona"):
         assert _features(tmp_path, tokenizer, path)[:] == first[:]
     assert "from the cache" in caplog.text
     with pytest.raises(AssertionError, match="tokenized again"):

@@ -9,16 +9,20 @@ import numpy as np
 from persona.data.readers import Dialog
 
 
-def split_view(dialogs: list[Dialog], *, wanted: int, max_history: int, seed: int, split: str) -> tuple[list[Dialog], int]:
+def reply_pool(dialogs: list[Dialog]) -> list[str]:
+    """The distinct gold replies of a split, sorted: where distractors are drawn from."""
+    return sorted({turn["candidates"][-1] for dialog in dialogs for turn in dialog["turns"]})
+
+
+def split_view(dialogs: list[Dialog], *, wanted: int, max_history: int, seed: int, split: str, pool: list[str]) -> tuple[list[Dialog], int]:
     """New dialogs with each turn's history cut to ``2*max_history+1`` and exactly ``wanted`` candidates.
 
     Turns with more candidates keep the last ``wanted`` (the gold reply is last). Turns with fewer are
-    topped up with distractors: gold replies of the same split that occur nowhere in the dialog itself,
+    topped up with distractors from ``pool`` (the split's :func:`reply_pool`) that occur nowhere in the dialog itself,
     never twice, sampled with ``seed`` and the split's name (the same on every run and process); a turn
     keeps fewer only when the split has too few distinct replies. ``wanted <= 0`` keeps every candidate.
     Returns the dialogs and how many distractors were sampled.
     """
-    pool = sorted({turn["candidates"][-1] for dialog in dialogs for turn in dialog["turns"]})
     rng = np.random.default_rng([seed, zlib.crc32(split.encode())])
     sampled = 0
     view = []

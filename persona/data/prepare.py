@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from persona.configs import DataArguments
 from persona.data.cache import cache_key, tokenizer_fingerprint, write_atomically
-from persona.data.candidates import split_view
+from persona.data.candidates import reply_pool, split_view
 from persona.data.features import build_features
 from persona.data.readers import Corpus
 from persona.data.sources import fingerprint, read_corpus, resolve
@@ -80,7 +80,9 @@ def read_splits(args: DataArguments, splits: dict[str, str]) -> Corpus:
         limit = args.max_train_dialogs if role == "train" else args.max_eval_dialogs
         dialogs = corpus[split][:limit] if limit else corpus[split]
         wanted = args.num_candidates if role == "train" else args.eval_num_candidates
-        out[role], sampled = split_view(dialogs, wanted=wanted, max_history=args.max_history, seed=args.sampling_seed, split=split)
+        out[role], sampled = split_view(
+            dialogs, wanted=wanted, max_history=args.max_history, seed=args.sampling_seed, split=split, pool=reply_pool(corpus[split])
+        )
         if sampled:
             logger.info("Sampled %d distractors for the %s split (%d candidates per turn)", sampled, split, wanted)
     return out

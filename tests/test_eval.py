@@ -1,0 +1,71 @@
+"""persona-eval and the metrics: hand-checked values, batch-size invariance, ParlAI candidates, F1 recomputed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from persona.eval import main as eval_main
+from persona.metrics import load_metric
+from persona.train import main as train_main
+from tests.conftest import QUICKSTART, TINY_GPT2
+
+
+def test_convai2_f1_on_hand_checked_examples():
+    f1 = load_metric("convai2_f1")
+    # "I like the cats!" -> [i, like, cats]; "i like dogs" -> [i, like, dogs]: P = R = 2/3
+    assert f1.compute(predictions=["I like the cats!"], references=[["i like dogs"]])["f1"] == pytest.approx(2 / 3)
+    # the best of several references; articles and punctuation vanish; an empty prediction scores 0
+    result = f1.compute(predictions=["A dog, a cat.", ""], references=[["the bird", "dog cat"], ["x"]])
+    assert result["f1_per_example"] == [1.0, 0.0] and result["f1"] == 0.5
+
+
+def test_hits_at_k_on_hand_checked_examples():
+    hits = load_metric("hits_at_k")
+    assert hits.compute(predictions=[[0.1, 0.9, 0.5], [0.8, 0.2, 0.3], [1.0, 1.0, 0.0]], references=[1, 1, 0], k=[1, 2]) == {
+        "hits@1": 2 / 3, "hits@2": 2 / 3,
+    }
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("model")
+    args = ["--model_config", json.dumps(TINY_GPT2), "--tokenizer_name_or_path", str(QUICKSTART / "tokenizer"),
+            "--dataset_path", str(QUICKSTART), "--dataset_cache", str(out / "cache"), "--max_train_dialogs", "16",
+            "--max_eval_dialogs", "2", "--eval_num_candidates", "4", "--output_dir", str(out), "--max_steps", "2", "--report_to", "none"]
+    assert train_main(args) == 0
+    return out
+
+
+def _evaluate(trained, out, *extra):
+    args = ["--model_name_or_path", str(trained), "--dataset_path", str(QUICKSTART), "--dataset_cache", str(trained / "cache"),
+            "--max_eval_dialogs", "3", "--output_dir", str(out), "--do_sample", "false", "--max_length", "8", *extra]
+    assert eval_main(args) == 0
+    return json.loads((out / "eval_results.json").read_text())
+
+
+def test_eval_writes_metrics_generations_and_report(trained, tmp_path):
+    results = _evaluate(trained, tmp_path / "a", "--per_device_eval_batch_size", "1", "--generation_batch_size", "1")
+    assert results["num_candidates"] == 20 and results["num_turns"]["hits"] == results["num_turns"]["f1"] == 18
+    assert 0 <= results["hits@1"] <= results["hits@5"] <= results["hits@10"] <= 1
+    lines = [json.loads(line) for line in (tmp_path / "a" / "generations.jsonl").read_text().splitlines()]
+    assert len(lines) == 18 and set(lines[0]) >= {"persona", "history", "prediction", "gold"}
+    assert results["f1"] == pytest.approx(sum(line["f1"] for line in lines) / len(lines))
+    recomputed = load_metric("convai2_f1").compute(predictions=[l["prediction"] for l in lines], references=[l["gold"] for l in lines])
+    assert results["f1"] == pytest.approx(recomputed["f1"])
+    report = (tmp_path / "a" / "report.md").read_text()
+    assert "| hits@1 |" in report and "generated:" in report
+    again = _evaluate(trained, tmp_path / "b", "--per_device_eval_batch_size", "7", "--generation_batch_size", "5")
+    for key in ("perplexity", "hits@1", "hits@5", "f1"):
+        assert again[key] == pytest.approx(results[key], rel=1e-6, abs=1e-6), key
+
+
+def test_parlai_turns_keep_their_own_candidates(trained, tmp_path):
+    lines = ["1 your persona: i like cats."]
+    for n in range(2, 4):
+        candidates = [f"distractor number {n}-{i}." for i in range(19)] + [f"gold reply {n}."]
+        lines.append(f"{n} question {n}?\tgold reply {n}.\t\t" + "|".join(candidates))
+    (tmp_path / "valid_self_original.txt").write_text("\n".join(lines) + "\n")
+    results = _evaluate(trained, tmp_path / "out", "--dataset_path", str(tmp_path / "valid_self_original.txt"), "--max_eval_dialogs", "1")
+    assert results["num_candidates"] == 20 and results["num_turns"]["hits"] == 2
