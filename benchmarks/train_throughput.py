@@ -1,0 +1,100 @@
+"""Training throughput and peak memory of the shared-prefix fast path against the classic path, side by side.
+
+    python benchmarks/train_throughput.py [--steps 6] [--eval_turns 32]
+
+For each model (the quickstart model; a 2-layer 128-wide GPT-2 with GPT-2's 50k vocabulary; a
+GPT-2-small-sized model), random weights, the seed's settings (4 candidates, max_history 2), it times
+forward+backward steps of each path on the same batches and prints examples/s and the growth of peak
+RSS; then hits@1 scoring over 20 candidates (no gradients) of each path. Each measurement runs in a
+fresh process so that one path's peak memory does not hide the other's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+QUICKSTART = REPO / "persona" / "resources" / "quickstart"
+SHARED_GPT2_TOKENIZER = REPO.parent / "shared" / "tokenizers" / "gpt2"
+MODELS = {
+    "quickstart (2x128, 0.7k vocab)": ({"n_layer": 2, "n_embd": 128, "n_head": 4, "n_positions": 256}, QUICKSTART / "tokenizer", 4),
+    "2x128, GPT-2 vocab": ({"n_layer": 2, "n_embd": 128, "n_head": 4, "n_positions": 1024}, SHARED_GPT2_TOKENIZER, 4),
+    "GPT-2 small size (12x768)": ({"n_layer": 12, "n_embd": 768, "n_head": 12, "n_positions": 1024}, SHARED_GPT2_TOKENIZER, 2),
+}
+
+
+def measure(model_config: dict, tokenizer_path: str, batch_size: int, mode: str, steps: int, candidates: int, train: bool) -> dict:
+    """One path in this process: examples/s and peak RSS growth over ``steps`` batches."""
+    import psutil
+    import resource
+    import torch
+
+    from persona.configs import DataArguments, ModelArguments
+    from persona.data import PersonaCollator, prepare_corpus
+    from persona.modeling import load_for_training
+    from persona.trainer import PersonaTrainer, dual_loss
+
+    torch.manual_seed(0)
+    model, tokenizer = load_for_training(ModelArguments(model_config=json.dumps({"model_type": "gpt2", **model_config}), tokenizer_name_or_path=tokenizer_path))
+    role = "train" if train else "eval"
+    data = DataArguments(dataset_path=str(QUICKSTART), dataset_cache=str(REPO / "dataset_cache"), num_candidates=candidates, eval_num_candidates=candidates, max_history=2)
+    features = prepare_corpus(data, tokenizer, max_length=model_config["n_positions"], roles=(role,)).features[role]
+    collator = PersonaCollator(tokenizer, PersonaTrainer.batch_layout(model, mode))
+    batches = [collator([features[i] for i in range(s * batch_size, (s + 1) * batch_size)]) for s in range(steps + 1)]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model.train(train)
+    rss_before = psutil.Process().memory_info().rss
+    start = None
+    for step, batch in enumerate(batches):
+        if step == 1:
+            start = time.perf_counter()  # the first batch warms up
+        with torch.set_grad_enabled(train):
+            output = model(**batch, forward_mode=mode)
+            loss, _, _ = dual_loss(output, batch["mc_labels"], 1.0, 1.0)
+            if train:
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad()
+    elapsed = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"examples_per_s": steps * batch_size / elapsed, "peak_rss_gb": peak / 1e9, "rss_growth_gb": (peak - rss_before) / 1e9}
+
+
+def run_child(args: list[str]) -> dict:
+    output = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    if output.returncode:
+        raise RuntimeError(output.stderr[-2000:])
+    return json.loads(output.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--eval_batches", type=int, default=4)
+    parser.add_argument("--child", nargs="*")
+    args = parser.parse_args()
+    if args.child is not None:
+        name, mode, steps, candidates, train = args.child
+        config, tokenizer, batch = MODELS[name]
+        print(json.dumps(measure(config, str(tokenizer), batch, mode, int(steps), int(candidates), train == "train")))
+        return
+    print(f"{'model':32} {'what':28} {'classic':>16} {'shared_prefix':>16} {'speed-up':>9}")
+    for name, (config, tokenizer, batch) in MODELS.items():
+        if not Path(tokenizer).exists():
+            print(f"{name:32} skipped: {tokenizer} is absent")
+            continue
+        for what, candidates, steps, train in (("train, 4 candidates", 4, args.steps, "train"), ("hits@1 scoring, 20 candidates", 20, args.eval_batches, "eval")):
+            results = {mode: run_child([name, mode, str(steps), str(candidates), train]) for mode in ("classic", "shared_prefix")}
+            c, f = results["classic"], results["shared_prefix"]
+            print(f"{name:32} {what + ' ex/s':28} {c['examples_per_s']:16.2f} {f['examples_per_s']:16.2f} {f['examples_per_s'] / c['examples_per_s']:8.1f}x")
+            print(f"{'':32} {'  peak RSS GB':28} {c['peak_rss_gb']:16.2f} {f['peak_rss_gb']:16.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""``persona-chat --model_name_or_path DIR_OR_HUB_ID [--persona "i like cats." --persona ...]``: talk to a persona bot.
+
+With no ``--persona``, one is drawn from ``--dataset_path`` (default: the corpus shipped with the
+package) and printed. In the prompt loop, ``/persona`` shows the persona, ``/persona TEXT`` sets it (one
+sentence per ``.``-ended phrase), ``/reset`` clears the history, ``/quit`` (or Ctrl-D, Ctrl-C) leaves.
+``--json`` reads one JSON object per line on stdin (``{"persona": [...], "history": [...]}``) and writes
+one per line (``{"reply": "..."}``), for scripts and services.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import set_seed
+
+from persona.configs import parse_recipe
+from persona.data.sources import read_corpus, resolve
+from persona.errors import cli_entry
+from persona.generation import DecodingArguments, generate_replies
+from persona.modeling import load_trained, max_positions
+
+SAMPLE_CORPUS = str(Path(__file__).resolve().parent / "resources" / "quickstart" / "valid_conversations.jsonl")
+
+
+@dataclass
+class ChatArguments:
+    """Options of persona-chat."""
+
+    model_name_or_path: str = field(default="runs/quickstart", metadata={"help": "A trained persona model: folder or Hub id."})
+    persona: list[str] = field(default_factory=list, metadata={"help": "A persona sentence; repeat the flag for more."})
+    dataset_path: str = field(default=SAMPLE_CORPUS, metadata={"help": "Where a persona is drawn from when none is given."})
+    max_history: int = field(default=2, metadata={"help": "Previous exchanges kept: the last 2*max_history+1 utterances."})
+    seed: int = field(default=0, metadata={"help": "Seed of the persona draw and of sampling."})
+    json: bool = field(default=False, metadata={"help": "JSON lines on stdin and stdout instead of the prompt loop."})
+    revision: str = field(default="main", metadata={"help": "Branch, tag or commit of a Hub model."})
+
+
+def split_sentences(text: str) -> list[str]:
+    """``"i like cats. i am tall."`` -> ``["i like cats.", "i am tall."]``."""
+    return [s.strip() for s in re.findall(r"[^.!?]+[.!?]?", text) if s.strip()]
+
+
+class Bot:
+    """A model, its tokenizer and decoding settings: replies to a persona and a history."""
+
+    def __init__(self, model, tokenizer, decoding: DecodingArguments, max_history: int):
+        self.model, self.tokenizer, self.decoding, self.max_history = model, tokenizer, decoding, max_history
+
+    def reply(self, persona: list[str], history: list[str]) -> str:
+        """The bot's next utterance."""
+        recent = history[-(2 * self.max_history + 1) :]
+        (text,) = generate_replies(self.model, self.tokenizer, [(persona, recent)], self.decoding, max_positions=max_positions(self.model.config))
+        return text
+
+
+def serve_json(bot: Bot, stdin, stdout) -> None:
+    """One request per input line, one ``{"reply": ...}`` (or ``{"error": ...}``) per output line."""
+    for number, line in enumerate(stdin, start=1):
+        if not line.strip():
+            continue
+        try:
+            request = json.loads(line)
+            persona, history = request.get("persona", []), request.get("history", [])
+            if not all(isinstance(x, str) for x in [*persona, *history]):
+                raise ValueError("persona and history must be lists of strings")
+            answer = {"reply": bot.reply(persona, history)}
+        except (ValueError, AttributeError) as error:
+            answer = {"error": f"line {number}: {error}"}
+        stdout.write(json.dumps(answer) + "\n")
+        stdout.flush()
+
+
+def chat_loop(bot: Bot, persona: list[str], read=input, write=print) -> None:
+    """The prompt loop: history kept, ``/persona``, ``/reset``, ``/quit``, Ctrl-D and Ctrl-C."""
+    history: list[str] = []
+    write("Persona: " + " ".join(persona))
+    write("Type a message; /persona [TEXT] shows or sets the persona, /reset clears the history, /quit leaves.")
+    while True:
+        try:
+            text = read(">>> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            write("")
+            return
+        if not text:
+            continue
+        if text == "/quit":
+            return
+        if text == "/reset":
+            history = []
+            write("(history cleared)")
+            continue
+        if text.startswith("/persona"):
+            new = split_sentences(text[len("/persona") :])
+            persona = new or persona
+            write("Persona: " + " ".join(persona))
+            continue
+        history.append(text)
+        answer = bot.reply(persona, history)
+        history.append(answer)
+        history = history[-(2 * bot.max_history + 1) :]
+        write(answer)
+
+
+def _merge_repeated(argv: list[str], flag: str) -> list[str]:
+    values, rest, index = [], [], 0
+    while index < len(argv):
+        if argv[index] == flag and index + 1 < len(argv):
+            values.append(argv[index + 1])
+            index += 2
+        else:
+            rest.append(argv[index])
+            index += 1
+    return rest + ([flag, *values] if values else [])
+
+
+@cli_entry
+def main(argv: list[str]) -> int:
+    """Load the model, choose the persona, then chat or serve JSON lines."""
+    argv = [token for a in _merge_repeated(argv, "--persona") for token in (["--do_sample", "false"] if a == "--no_sample" else [a])]
+    (args, decoding), _ = parse_recipe(argv, (ChatArguments, DecodingArguments))
+    set_seed(args.seed)
+    model, tokenizer = load_trained(args.model_name_or_path, args.revision)
+    bot = Bot(model, tokenizer, decoding, args.max_history)
+    if args.json:
+        serve_json(bot, sys.stdin, sys.stdout)
+        return 0
+    persona = args.persona
+    if not persona:
+        dialogs = [d for split in read_corpus(resolve(args.dataset_path, "./dataset_cache")).values() for d in split]
+        persona = random.Random(args.seed).choice(dialogs)["persona"]
+    chat_loop(bot, persona)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

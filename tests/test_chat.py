@@ -1,0 +1,108 @@
+"""persona-chat: the prompt loop through a pseudo-terminal, JSON lines, and a model without persona tokens."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+
+import pytest
+
+from persona.chat import main as chat_main
+from persona.train import main as train_main
+from tests.conftest import QUICKSTART, REPO, TINY_GPT2
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("chatmodel")
+    args = ["--model_config", json.dumps(TINY_GPT2), "--tokenizer_name_or_path", str(QUICKSTART / "tokenizer"),
+            "--dataset_path", str(QUICKSTART), "--dataset_cache", str(out / "cache"), "--max_train_dialogs", "8",
+            "--max_eval_dialogs", "1", "--eval_num_candidates", "2", "--output_dir", str(out), "--max_steps", "1", "--report_to", "none"]
+    assert train_main(args) == 0
+    return out
+
+
+def _read_until(fd, marker: bytes, timeout: float = 60) -> bytes:
+    data, deadline = b"", time.time() + timeout
+    while marker not in data and time.time() < deadline:
+        ready, _, _ = select.select([fd], [], [], 1)
+        if ready:
+            try:
+                data += os.read(fd, 4096)
+            except OSError:
+                break
+    return data
+
+
+def test_interactive_loop_in_a_pseudo_terminal(model_dir):
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "persona.chat", "--model_name_or_path", str(model_dir), "--persona", "i like cats.", "--persona", "i am tall.", "--no_sample"],
+        stdin=follower, stdout=follower, stderr=subprocess.DEVNULL, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    os.close(follower)
+    try:
+        assert b"Persona: i like cats. i am tall." in _read_until(leader, b">>> ")
+        os.write(leader, b"hello, who are you?\n")
+        exchange = _read_until(leader, b"?\r\n")
+        exchange += _read_until(leader, b"\r\n")
+        assert exchange.startswith(b"hello, who are you?") and len(exchange.split(b"\r\n")[1].strip()) > 0  # the reply
+        os.write(leader, b"/reset\n")
+        assert b"(history cleared)" in _read_until(leader, b"(history cleared)")
+        os.write(leader, b"/persona i love jazz.\n")
+        assert b"Persona: i love jazz." in _read_until(leader, b"Persona: i love jazz.")
+        os.write(leader, b"/quit\n")
+        assert process.wait(timeout=60) == 0
+    finally:
+        process.kill()
+        os.close(leader)
+
+
+def test_history_is_kept_and_reset(model_dir):
+    from persona.chat import Bot, chat_loop
+    from persona.generation import DecodingArguments
+    from persona.modeling import load_trained
+
+    seen = []
+
+    class Recording(Bot):
+        def reply(self, persona, history):
+            seen.append(list(history))
+            return "ok."
+
+    model, tokenizer = load_trained(str(model_dir))
+    inputs = iter(["a", "b", "/reset", "c"])
+
+    def read(_prompt):
+        try:
+            return next(inputs)
+        except StopIteration:
+            raise EOFError from None  # Ctrl-D
+
+    out = []
+    chat_loop(Recording(model, tokenizer, DecodingArguments(), 2), ["i like cats."], read=read, write=out.append)
+    assert seen == [["a"], ["a", "ok.", "b"], ["c"]]
+
+
+def test_json_lines_answer_each_request(model_dir, tmp_path):
+    requests = [{"persona": ["i like cats."], "history": ["hi!"]}, {"persona": ["i love jazz."], "history": ["what music?", "jazz.", "nice."]}]
+    stdin = "".join(json.dumps(r) + "\n" for r in requests) + "not json\n"
+    result = subprocess.run([sys.executable, "-m", "persona.chat", "--model_name_or_path", str(model_dir), "--json", "--no_sample"],
+                            input=stdin, capture_output=True, text=True, cwd=REPO, timeout=300)
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert result.returncode == 0 and len(lines) == 3
+    assert all(isinstance(line["reply"], str) for line in lines[:2]) and "line 3" in lines[2]["error"]
+
+
+def test_model_without_persona_tokens_is_a_clear_message(tmp_path, capsys):
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=700)).save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(QUICKSTART / "tokenizer").save_pretrained(tmp_path)
+    assert chat_main(["--model_name_or_path", str(tmp_path), "--persona", "i like cats."]) == 2
+    assert "no persona special tokens" in capsys.readouterr().err
