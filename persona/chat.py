@@ -106,22 +106,10 @@ def chat_loop(bot: Bot, persona: list[str], read=input, write=print) -> None:
         write(answer)
 
 
-def _merge_repeated(argv: list[str], flag: str) -> list[str]:
-    values, rest, index = [], [], 0
-    while index < len(argv):
-        if argv[index] == flag and index + 1 < len(argv):
-            values.append(argv[index + 1])
-            index += 2
-        else:
-            rest.append(argv[index])
-            index += 1
-    return rest + ([flag, *values] if values else [])
-
-
 @cli_entry
 def main(argv: list[str]) -> int:
     """Load the model, choose the persona, then chat or serve JSON lines."""
-    argv = [token for a in _merge_repeated(argv, "--persona") for token in (["--do_sample", "false"] if a == "--no_sample" else [a])]
+    argv = [token for a in argv for token in (["--do_sample", "false"] if a == "--no_sample" else [a])]
     (args, decoding), _ = parse_recipe(argv, (ChatArguments, DecodingArguments))
     set_seed(args.seed)
     model, tokenizer = load_trained(args.model_name_or_path, args.revision)

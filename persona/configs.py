@@ -237,8 +237,8 @@ def parse_recipe(argv: list[str], classes: tuple = RECIPE_CLASSES, ignored: tupl
         parser.source = f"{recipe_path} (or its command-line overrides)"
         recipe = {_canonical(str(k), known, recipe_path): v for k, v in read_recipe(recipe_path).items()}
         recipe = {k: v for k, v in recipe.items() if k not in dropped}
-    merged = set(recipe)
-    cli: list[str] = []
+    list_fields = {f.name for cls in classes for f in dataclasses.fields(cls) if str(f.type).startswith("list")}
+    overrides: dict[str, list[str]] = {}
     index = 0
     while index < len(argv):
         token = argv[index]
@@ -251,10 +251,12 @@ def parse_recipe(argv: list[str], classes: tuple = RECIPE_CLASSES, ignored: tupl
         while not inline and index < len(argv) and not argv[index].startswith("--"):
             values.append(argv[index])
             index += 1
-        if name not in dropped:
-            cli += [f"--{name}", *values]
-            merged.add(name)
-    args = [a for k, v in recipe.items() for a in _to_argv(k, v)] + cli
+        if name in dropped:
+            continue
+        # a repeated list field collects its values (--persona a --persona b); any other field: the last wins
+        overrides[name] = overrides.get(name, []) + values if name in list_fields else values
+    merged = set(recipe) | set(overrides)
+    args = [a for k, v in recipe.items() for a in _to_argv(k, v)] + [a for k, v in overrides.items() for a in (f"--{k}", *v)]
     try:
         instances = parser.parse_args_into_dataclasses(args=args, look_for_args_file=False)
     except ValueError as error:  # the dataclasses' own checks (bf16 without support, bad combinations)

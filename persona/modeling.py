@@ -37,7 +37,6 @@ from persona.errors import ModelLoadError
 from persona.special_tokens import add_special_tokens, resize_embeddings, special_ids
 
 logger = logging.getLogger(__name__)
-FORWARD_MODES = ("shared_prefix", "classic")
 
 
 @dataclass

@@ -20,6 +20,7 @@ from transformers import EvalPrediction, Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 
 from persona.data.collator import PersonaCollator
+from persona.metrics import hits_from_ranks
 from persona.modeling import DualOutput
 
 
@@ -54,22 +55,22 @@ def metrics_from_scores(scores: np.ndarray, lm_coef: float, mc_coef: float, ks: 
         "num_turns": int(len(rank)),
         "num_reply_tokens": int(tokens.sum()),
     }
-    for k in ks:
-        metrics[f"hits@{k}"] = float((rank < k).mean())
-    return metrics
+    return {**metrics, **hits_from_ranks(rank, ks)}
 
 
 class PersonaTrainer(Trainer):
     """A Trainer whose loss is TransferTransfo's dual loss; its args are a ``PersonaTrainingArguments``."""
 
-    def __init__(self, *args, **kwargs):
-        processing_class = kwargs.get("processing_class")
-        training_args = kwargs.get("args") if "args" in kwargs else args[1]
-        model = kwargs.get("model") if "model" in kwargs else args[0]
-        if kwargs.get("data_collator") is None:
-            kwargs["data_collator"] = PersonaCollator(processing_class, layout=self.batch_layout(model, training_args.forward_mode))
-        kwargs.setdefault("compute_metrics", self._compute_metrics)
-        super().__init__(*args, **kwargs)
+    def __init__(self, model, args, *, processing_class, data_collator=None, compute_metrics=None, **kwargs):
+        data_collator = data_collator or PersonaCollator(processing_class, layout=self.batch_layout(model, args.forward_mode))
+        super().__init__(
+            model=model,
+            args=args,
+            processing_class=processing_class,
+            data_collator=data_collator,
+            compute_metrics=compute_metrics or self._compute_metrics,
+            **kwargs,
+        )
         self.model_accepts_loss_kwargs = False
         self.loss_is_scaled_for_ga = False
         self._loss_parts: dict[str, list[float]] = defaultdict(list)

@@ -21,6 +21,19 @@ TINY_GPT2 = {
 }
 
 
+def tiny_train_args(output_dir: Path, *extra: str) -> list[str]:
+    """persona-train arguments for a tiny GPT-2 on the quickstart corpus, offline; ``extra`` adds or overrides."""
+    return [
+        "--model_config", json.dumps(TINY_GPT2),
+        "--tokenizer_name_or_path", str(QUICKSTART / "tokenizer"),
+        "--dataset_path", str(QUICKSTART),
+        "--dataset_cache", str(output_dir.parent / "cache"),
+        "--output_dir", str(output_dir),
+        "--report_to", "none",
+        *extra,
+    ]
+
+
 def needs_shared(*parts: str) -> Path:
     """A path under ../shared, or skip the test with the reason."""
     path = SHARED.joinpath(*parts)

@@ -14,16 +14,13 @@ import pytest
 
 from persona.chat import main as chat_main
 from persona.train import main as train_main
-from tests.conftest import QUICKSTART, REPO, TINY_GPT2
+from tests.conftest import QUICKSTART, REPO, tiny_train_args
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("chatmodel")
-    args = ["--model_config", json.dumps(TINY_GPT2), "--tokenizer_name_or_path", str(QUICKSTART / "tokenizer"),
-            "--dataset_path", str(QUICKSTART), "--dataset_cache", str(out / "cache"), "--max_train_dialogs", "8",
-            "--max_eval_dialogs", "1", "--eval_num_candidates", "2", "--output_dir", str(out), "--max_steps", "1", "--report_to", "none"]
-    assert train_main(args) == 0
+    out = tmp_path_factory.mktemp("chatmodel") / "run"
+    assert train_main(tiny_train_args(out, "--max_train_dialogs", "8", "--max_eval_dialogs", "1", "--eval_num_candidates", "2", "--max_steps", "1")) == 0
     return out
 
 

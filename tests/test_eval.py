@@ -9,7 +9,7 @@ import pytest
 from persona.eval import main as eval_main
 from persona.metrics import load_metric
 from persona.train import main as train_main
-from tests.conftest import QUICKSTART, TINY_GPT2
+from tests.conftest import QUICKSTART, tiny_train_args
 
 
 def test_convai2_f1_on_hand_checked_examples():
@@ -30,16 +30,13 @@ def test_hits_at_k_on_hand_checked_examples():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    out = tmp_path_factory.mktemp("model")
-    args = ["--model_config", json.dumps(TINY_GPT2), "--tokenizer_name_or_path", str(QUICKSTART / "tokenizer"),
-            "--dataset_path", str(QUICKSTART), "--dataset_cache", str(out / "cache"), "--max_train_dialogs", "16",
-            "--max_eval_dialogs", "2", "--eval_num_candidates", "4", "--output_dir", str(out), "--max_steps", "2", "--report_to", "none"]
-    assert train_main(args) == 0
+    out = tmp_path_factory.mktemp("model") / "run"
+    assert train_main(tiny_train_args(out, "--max_train_dialogs", "16", "--max_eval_dialogs", "2", "--eval_num_candidates", "4", "--max_steps", "2")) == 0
     return out
 
 
 def _evaluate(trained, out, *extra):
-    args = ["--model_name_or_path", str(trained), "--dataset_path", str(QUICKSTART), "--dataset_cache", str(trained / "cache"),
+    args = ["--model_name_or_path", str(trained), "--dataset_path", str(QUICKSTART), "--dataset_cache", str(trained.parent / "cache"),
             "--max_eval_dialogs", "3", "--output_dir", str(out), "--do_sample", "false", "--max_length", "8", *extra]
     assert eval_main(args) == 0
     return json.loads((out / "eval_results.json").read_text())

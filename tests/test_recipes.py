@@ -32,6 +32,14 @@ def test_command_line_and_seed_aliases_override_the_recipe():
     assert model_args.model_name_or_path == recipe["model_name_or_path"] == "distilgpt2"
 
 
+def test_a_repeated_list_field_collects_its_values_and_a_repeated_scalar_keeps_the_last():
+    from persona.chat import ChatArguments
+    from persona.generation import DecodingArguments
+
+    (chat, _), _ = parse_recipe(["--persona", "i like cats.", "--persona", "i am tall.", "--max_history", "3", "--max_history", "1"], (ChatArguments, DecodingArguments))
+    assert chat.persona == ["i like cats.", "i am tall."] and chat.max_history == 1
+
+
 def test_seed_defaults_without_a_recipe():
     (model_args, data_args, args), _ = parse_recipe([])
     assert model_args.model_name_or_path == "openai-gpt"

@@ -11,21 +11,17 @@ import pytest
 import yaml
 
 from persona.train import main as train_main
-from tests.conftest import QUICKSTART, REPO, TINY_GPT2
+from tests.conftest import REPO, tiny_train_args
 
 
 def _args(output_dir, *extra):
-    return [
-        "--model_config", json.dumps(TINY_GPT2),
-        "--tokenizer_name_or_path", str(QUICKSTART / "tokenizer"),
-        "--dataset_path", str(QUICKSTART),
-        "--dataset_cache", str(output_dir.parent / "cache"),
-        "--max_train_dialogs", "24", "--max_eval_dialogs", "4", "--eval_num_candidates", "5",
-        "--num_candidates", "2", "--output_dir", str(output_dir),
+    return tiny_train_args(
+        output_dir,
+        "--max_train_dialogs", "24", "--max_eval_dialogs", "4", "--eval_num_candidates", "5", "--num_candidates", "2",
         "--train_batch_size", "4", "--valid_batch_size", "4", "--gradient_accumulation_steps", "2",
-        "--logging_steps", "2", "--report_to", "none", "--seed", "3", "--lr", "1e-3",
+        "--logging_steps", "2", "--seed", "3", "--lr", "1e-3",
         *extra,
-    ]
+    )
 
 
 def test_train_writes_every_output(tmp_path):

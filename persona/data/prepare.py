@@ -56,21 +56,30 @@ def _holdout(corpus: Corpus, args: DataArguments) -> None:
     corpus[args.train_split] = [d for i, d in enumerate(dialogs) if i not in held]
 
 
-def read_splits(args: DataArguments, splits: dict[str, str]) -> Corpus:
-    """The canonical dialogs of the wanted splits (``{role: split name}``), views trimmed and topped up."""
-    corpus = read_corpus(resolve(args.dataset_path, args.dataset_cache), args.dataset_format, args.bot_side)
-    if args.eval_dataset_path and "eval" in splits:
-        eval_corpus = read_corpus(resolve(args.eval_dataset_path, args.dataset_cache), args.dataset_format, args.bot_side)
+def role_splits(args: DataArguments, roles: tuple[str, ...]) -> dict[str, str]:
+    """The split each role reads: ``train_split``, ``eval_split``, or the held-out part of the training split."""
+    splits = {role: getattr(args, f"{role}_split") for role in roles}
+    if "eval" in splits and args.validation_split_size > 0 and not args.eval_dataset_path:
+        splits["eval"] = HELDOUT
+    return splits
+
+
+def read_splits(args: DataArguments, splits: dict[str, str], source: str, eval_source: str | None) -> Corpus:
+    """The canonical dialogs of the wanted splits (``{role: split name}``), views trimmed and topped up.
+
+    ``source`` and ``eval_source`` are the resolved ``dataset_path`` and ``eval_dataset_path``.
+    """
+    corpus = read_corpus(source, args.dataset_format, args.bot_side)
+    if eval_source:
+        eval_corpus = read_corpus(eval_source, args.dataset_format, args.bot_side)
         name = args.eval_split if args.eval_split in eval_corpus else next(iter(eval_corpus))
         corpus[args.eval_split] = eval_corpus[name]
-    elif args.validation_split_size > 0 and "eval" in splits:
+    elif splits.get("eval") == HELDOUT:
         if args.train_split not in corpus:
             raise DataError(f"no '{args.train_split}' split to hold dialogs out of", where=args.dataset_path, fix=f"set train_split to one of {sorted(corpus)}.")
         _holdout(corpus, args)
     out: Corpus = {}
     for role, split in splits.items():
-        if role == "eval" and args.validation_split_size > 0 and not args.eval_dataset_path:
-            split = HELDOUT
         if split not in corpus:
             raise DataError(
                 f"the corpus has no '{split}' split (it has {sorted(corpus)})",
@@ -122,7 +131,7 @@ def prepare_corpus(
     ``main_process_first()`` so that one process builds and the others load.
     """
     max_length = min(max_length, args.max_input_length or max_length)
-    splits = {role: getattr(args, f"{role}_split") for role in roles}
+    splits = role_splits(args, roles)
     source = resolve(args.dataset_path, args.dataset_cache)
     eval_source = resolve(args.eval_dataset_path, args.dataset_cache) if args.eval_dataset_path and "eval" in roles else None
     options = {k: v for k, v in vars(args).items() if k not in ("dataset_path", "eval_dataset_path", "dataset_cache", "preprocessing_num_workers")}
@@ -142,7 +151,7 @@ def prepare_corpus(
         logger.info("Preparing %s (cache %s)", source, cache_path)
 
         def build(folder: Path) -> None:
-            corpus = read_splits(args, splits)
+            corpus = read_splits(args, splits, source, eval_source)
             stats = {"cache_path": str(cache_path), "max_length": max_length, "splits": {}}
             for role, dialogs in corpus.items():
                 dialog_set = datasets.Dataset.from_list(dialogs)

@@ -39,7 +39,6 @@ from typing import Any, Iterable
 from persona.errors import DataError
 
 FORMATS = ("auto", "personachat_json", "parlai", "conversations", "hub")
-BOT_SIDES = ("both", "user1", "user2")
 CORPUS_SUFFIXES = (".txt", ".json", ".jsonl", ".csv")
 SPLIT_ALIASES = {"train": "train", "valid": "valid", "validation": "valid", "val": "valid", "dev": "valid", "test": "test"}
 _SPC_COLUMNS = ("user 1 personas", "user 2 personas", "Best Generated Conversation")
@@ -179,7 +178,7 @@ def read_parlai(path: Path, text: str) -> list[Dialog]:
     previous_number = 0
     start_line = 1
 
-    def close(line_number: int) -> None:
+    def close() -> None:
         where = f"{path}, dialog starting at line {start_line}"
         if not turns:
             raise DataError("the dialog has no turns (only persona lines)", where=where, fix="drop the dialog or add its turns.")
@@ -199,7 +198,7 @@ def read_parlai(path: Path, text: str) -> list[Dialog]:
             )
         number, content = int(match.group(1)), match.group(2)
         if number <= previous_number or (number == 1 and previous_number):
-            close(line_number)
+            close()
             persona, history, turns, start_line = [], [], [], line_number
         previous_number = number
         if content.startswith("your persona:"):
@@ -221,7 +220,7 @@ def read_parlai(path: Path, text: str) -> list[Dialog]:
         turns.append({"history": list(history), "candidates": candidates})
         history.append(label)
     if previous_number:
-        close(len(text.splitlines()))
+        close()
     return dialogs
 
 

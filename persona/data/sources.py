@@ -56,12 +56,17 @@ def is_hub_id(source: str) -> bool:
     return not path.exists() and path.suffix.lower() not in CORPUS_SUFFIXES and bool(_HUB_ID.match(source))
 
 
+def is_saved_dataset(path: Path) -> bool:
+    """Whether ``path`` is a folder written by ``datasets`` ``save_to_disk`` (a DatasetDict or a Dataset)."""
+    return path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists())
+
+
 def _load_hub_dataset(source: str):
     import datasets
 
     path = Path(source)
     try:
-        if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
+        if is_saved_dataset(path):
             loaded = datasets.load_from_disk(source)
         else:
             loaded = datasets.load_dataset(source)
@@ -85,7 +90,7 @@ def fingerprint(source: str) -> str:
         raise DataError("file not found", where=source, fix="check dataset_path (a file, a folder, a URL or a Hub id).")
     if path.is_file():
         files = [path]
-    elif path.is_dir() and not ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
+    elif path.is_dir() and not is_saved_dataset(path):
         files = sorted(p for p in path.rglob("*") if p.is_file())
     else:
         for split, dataset in sorted(_load_hub_dataset(source).items()):
@@ -102,7 +107,7 @@ def fingerprint(source: str) -> str:
 def read_corpus(source: str, dataset_format: str = "auto", bot_side: str = "both") -> Corpus:
     """All splits of a resolved corpus, as canonical dialogs."""
     path = Path(source)
-    if dataset_format == "hub" or is_hub_id(source) or (path.is_dir() and (path / "dataset_dict.json").exists()):
+    if dataset_format == "hub" or is_hub_id(source) or is_saved_dataset(path):
         return hub_rows_to_corpus(_load_hub_dataset(source), bot_side, source)
     if path.is_dir():
         return read_folder(path, dataset_format, bot_side)

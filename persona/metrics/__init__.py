@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterable
 
 import evaluate
+import numpy as np
 
 _HERE = Path(__file__).resolve().parent
+
+
+def hits_from_ranks(ranks: Iterable[int], ks: Iterable[int]) -> dict[str, float]:
+    """``hits@k`` for each k: the fraction of turns whose gold reply's rank (0 = best) is below k."""
+    ranks = np.asarray(list(ranks))
+    return {f"hits@{k}": float((ranks < k).mean()) if len(ranks) else 0.0 for k in ks}
 
 
 def load_metric(name: str) -> evaluate.EvaluationModule:

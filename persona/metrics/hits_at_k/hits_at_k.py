@@ -5,6 +5,8 @@ from __future__ import annotations
 import datasets
 import evaluate
 
+from persona.metrics import hits_from_ranks
+
 _DESCRIPTION = """hits@k over candidate scores: for each turn, the gold candidate's rank is the number of
 candidates scored strictly higher; hits@k is the fraction of turns whose rank is below k (ties favour
 the gold reply). ConvAI2 ranks 20 candidates per turn and reports hits@1."""
@@ -36,6 +38,5 @@ class HitsAtK(evaluate.Metric):
         )
 
     def _compute(self, predictions, references, k=(1,)):
-        ks = [k] if isinstance(k, int) else list(k)
         ranks = [sum(score > scores[gold] for score in scores) for scores, gold in zip(predictions, references)]
-        return {f"hits@{value}": sum(rank < value for rank in ranks) / len(ranks) for value in ks}
+        return hits_from_ranks(ranks, [k] if isinstance(k, int) else k)
