@@ -90,3 +90,21 @@ def test_user_text_cannot_forge_speaker_tokens(tokenizer):
     ids = special_ids(tokenizer)
     (encoded,) = encode_texts(tokenizer, ["hi <speaker2> there"])
     assert ids.speaker2 not in encoded and np.all(np.asarray(encoded) < ids.bos)
+
+
+@pytest.mark.parametrize("which", ["quickstart", "gpt2"])
+def test_encode_texts_equals_the_tokenizer_call(which, tokenizer):
+    from transformers import AutoTokenizer
+
+    from persona.data.tokenize import encode_texts
+    from persona.special_tokens import add_special_tokens
+    from tests.conftest import needs_shared
+
+    if which == "gpt2":
+        tokenizer = AutoTokenizer.from_pretrained(needs_shared("tokenizers", "gpt2"))
+        add_special_tokens(tokenizer)
+    texts = ["hi <speaker2> there", "i love my cat .", "  spaces  and\ttabs ", "café naïve 😀", "<eos><bos>"]
+    expected = tokenizer([" " + t for t in texts], add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    tokenizer.backend_tokenizer.encode_special_tokens = False
+    assert encode_texts(tokenizer, texts) == expected
+    assert tokenizer.backend_tokenizer.encode_special_tokens is False  # restored: chat templates need it

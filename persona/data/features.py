@@ -11,7 +11,7 @@ import datasets
 from persona.data.layout import build_prefix, fit_context
 from persona.data.tokenize import encode_texts
 from persona.errors import DataError
-from persona.special_tokens import special_ids
+from persona.special_tokens import SpecialIds, special_ids
 
 FEATURES = datasets.Features(
     {
@@ -46,13 +46,14 @@ def fit_candidates(candidates: list[list[int]], max_length: int) -> tuple[list[l
     return [c[:budget] for c in candidates[:-1]] + [candidates[-1]], cut
 
 
-def tokenize_batch(batch: dict, indices: list[int], *, tokenizer, max_length: int, permutations: int, source: str) -> dict:
-    """The ``datasets.map`` function: a batch of dialogs in, their examples out.
+def tokenize_batch(
+    batch: dict, indices: list[int], *, tokenizer, ids: SpecialIds, max_length: int, permutations: int, source: str
+) -> dict:
+    """The ``datasets.map`` function: a batch of dialogs in, their examples out (``ids``: the special tokens).
 
     Every distinct string of the batch is tokenized once, in one call of the fast tokenizer, with
     special tokens split so that user text can never forge a ``<speaker>`` token.
     """
-    ids = special_ids(tokenizer)
     strings = sorted(
         {s for persona in batch["persona"] for s in persona}
         | {s for turns in batch["turns"] for turn in turns for s in (*turn["history"], *turn["candidates"])}
@@ -96,7 +97,7 @@ def build_features(
         remove_columns=dialogs.column_names,
         features=FEATURES,
         num_proc=num_proc if num_proc > 1 and len(dialogs) >= 1000 else None,
-        fn_kwargs={"tokenizer": tokenizer, "max_length": max_length, "permutations": permutations, "source": source},
+        fn_kwargs={"tokenizer": tokenizer, "ids": special_ids(tokenizer), "max_length": max_length, "permutations": permutations, "source": source},
         desc=f"Tokenizing {source}",
         load_from_cache_file=False,
     )

@@ -153,8 +153,11 @@ def prepare_corpus(
         def build(folder: Path) -> None:
             corpus = read_splits(args, splits, source, eval_source)
             stats = {"cache_path": str(cache_path), "max_length": max_length, "splits": {}}
-            for role, dialogs in corpus.items():
-                dialog_set = datasets.Dataset.from_list(dialogs)
+            for role in list(corpus):
+                # Written first and read back memory-mapped: map's workers then open the file
+                # instead of receiving a pickled copy of the dialogs, and the Python lists are freed.
+                datasets.Dataset.from_list(corpus.pop(role)).save_to_disk(str(folder / "dialogs" / role))
+                dialog_set = datasets.load_from_disk(str(folder / "dialogs" / role))
                 features = build_features(
                     dialog_set,
                     tokenizer,
@@ -163,8 +166,8 @@ def prepare_corpus(
                     num_proc=args.preprocessing_num_workers,
                     source=f"{args.dataset_path or 'PersonaChat'} [{splits[role]}]",
                 )
-                dialog_set.save_to_disk(str(folder / "dialogs" / role))
                 features.save_to_disk(str(folder / "features" / role))
+                dialog_set.cleanup_cache_files()  # map's own output, now copied into features/
                 stats["splits"][role] = {"split": splits[role], **split_stats(features, dialog_set, stats_batch_size)}
             for name in ("dialogs", "examples", "candidates", "tokens", "truncated"):
                 stats[name] = sum(split[name] for split in stats["splits"].values())

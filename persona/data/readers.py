@@ -79,15 +79,13 @@ def detect_format(path: Path, text: str) -> str:
     """The layout of one file, decided from its content (the name only breaks no ties)."""
     head = text.lstrip()[:4096]
     if head.startswith("{"):
+        if re.match(r'\{\s*"(train|valid|validation|test|dev|val)"\s*:', head):
+            return "personachat_json"  # decided from the head: a 200 MB corpus is parsed once, later
         try:
             start = json.JSONDecoder().raw_decode(text.lstrip())
         except json.JSONDecodeError:
-            start = None
-        if start is not None and isinstance(start[0], dict):
-            if any(key in SPLIT_ALIASES for key in start[0]):
-                return "personachat_json"
             return "conversations"
-        if re.match(r'\{\s*"(train|valid|validation|test)"\s*:', head):
+        if isinstance(start[0], dict) and any(key in SPLIT_ALIASES for key in start[0]):
             return "personachat_json"
         return "conversations"
     if head.startswith("["):
@@ -119,9 +117,12 @@ def _parse_json(path: Path, text: str) -> Any:
 def _string_list(value: Any, where: str, field: str, *, allow_empty: bool = False) -> list[str]:
     if isinstance(value, str):
         value = [line for line in value.splitlines() if line.strip()]
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise DataError(f"field '{field}' must be a list of strings", where=where, fix=f"give '{field}' as a list of sentences.")
-    value = [item.strip() for item in value if item.strip()]
+    try:
+        if not isinstance(value, list):
+            raise TypeError
+        value = [item for item in map(str.strip, value) if item]  # str.strip refuses anything but text
+    except TypeError:
+        raise DataError(f"field '{field}' must be a list of strings", where=where, fix=f"give '{field}' as a list of sentences.") from None
     if not value and not allow_empty:
         raise DataError(f"field '{field}' is empty", where=where, fix=f"give at least one sentence in '{field}', or drop the record.")
     return value
