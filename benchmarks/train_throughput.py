@@ -31,8 +31,9 @@ MODELS = {
 
 def measure(model_config: dict, tokenizer_path: str, batch_size: int, mode: str, steps: int, candidates: int, train: bool) -> dict:
     """One path in this process: examples/s and peak RSS growth over ``steps`` batches."""
-    import psutil
     import resource
+
+    import psutil
     import torch
 
     from persona.configs import DataArguments, ModelArguments
@@ -85,7 +86,7 @@ def main() -> None:
         print(json.dumps(measure(config, str(tokenizer), batch, mode, int(steps), int(candidates), train == "train")))
         return
     print(f"{'model':32} {'what':28} {'classic':>16} {'shared_prefix':>16} {'speed-up':>9}")
-    for name, (config, tokenizer, batch) in MODELS.items():
+    for name, (_, tokenizer, _) in MODELS.items():
         if not Path(tokenizer).exists():
             print(f"{name:32} skipped: {tokenizer} is absent")
             continue

@@ -49,7 +49,7 @@ def test_eval_writes_metrics_generations_and_report(trained, tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "a" / "generations.jsonl").read_text().splitlines()]
     assert len(lines) == 18 and set(lines[0]) >= {"persona", "history", "prediction", "gold"}
     assert results["f1"] == pytest.approx(sum(line["f1"] for line in lines) / len(lines))
-    recomputed = load_metric("convai2_f1").compute(predictions=[l["prediction"] for l in lines], references=[l["gold"] for l in lines])
+    recomputed = load_metric("convai2_f1").compute(predictions=[line["prediction"] for line in lines], references=[line["gold"] for line in lines])
     assert results["f1"] == pytest.approx(recomputed["f1"])
     report = (tmp_path / "a" / "report.md").read_text()
     assert "| hits@1 |" in report and "generated:" in report

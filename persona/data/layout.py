@@ -15,8 +15,8 @@ the feature builder, the collator and the fast path use.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from itertools import chain
-from typing import Sequence
 
 import numpy as np
 
