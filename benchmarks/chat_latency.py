@@ -1,0 +1,76 @@
+"""Reply latency of a trained persona bot on this machine, as persona-chat produces replies.
+
+    python benchmarks/chat_latency.py [--model_name_or_path runs/quickstart] [--requests 40]
+
+Train the quickstart model first (``persona-train recipes/quickstart/train.yaml``). The requests are
+turns of the quickstart validation conversations (a persona and the last ``2*max_history+1``
+utterances). Each reply goes through ``persona.chat.Bot.reply``, one at a time as in the prompt loop,
+with the seed's decoding (sampling: temperature 0.7, top-p 0.9, at most 20 tokens) and greedily. It
+prints the model's load time, then the median and 90th percentile of the reply latency and the reply
+tokens per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def requests_from(corpus: Path, count: int, max_history: int) -> list[tuple[list[str], list[str]]]:
+    """``count`` (persona, history) pairs: the bot (user 2) about to answer, turn after turn."""
+    pairs = []
+    for line in corpus.read_text().splitlines():
+        record = json.loads(line)
+        utterances = record["utterances"]
+        for end in range(1, len(utterances), 2):
+            pairs.append((record["personas"][1], utterances[max(0, end - 2 * max_history - 1) : end]))
+    return pairs[:count]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_name_or_path", default=str(REPO / "runs" / "quickstart"))
+    parser.add_argument("--requests", type=int, default=40)
+    parser.add_argument("--max_history", type=int, default=2)
+    args = parser.parse_args()
+    if not (Path(args.model_name_or_path) / "config.json").exists():
+        sys.exit(f"No trained model in {args.model_name_or_path}: run `persona-train recipes/quickstart/train.yaml` first.")
+
+    import torch
+    from transformers import set_seed
+
+    from persona.chat import SAMPLE_CORPUS, Bot
+    from persona.data.tokenize import encode_texts
+    from persona.generation import DecodingArguments
+    from persona.modeling import load_trained
+
+    started = time.perf_counter()
+    model, tokenizer = load_trained(args.model_name_or_path)
+    load_seconds = time.perf_counter() - started
+    requests = requests_from(Path(SAMPLE_CORPUS), args.requests + 1, args.max_history)
+    parameters = sum(p.numel() for p in model.parameters())
+    print(f"model: {args.model_name_or_path} ({parameters / 1e6:.1f} M parameters), loaded in {load_seconds:.2f} s; torch threads: {torch.get_num_threads()}")
+    print(f"{len(requests) - 1} requests, one at a time (the first, a warm-up, is not counted)")
+    print(f"{'decoding':12}{'median ms':>12}{'p90 ms':>10}{'tokens/s':>10}{'mean tokens':>13}")
+    for name, decoding in (("sampling", DecodingArguments()), ("greedy", DecodingArguments(do_sample=False))):
+        set_seed(0)
+        bot = Bot(model, tokenizer, decoding, args.max_history)
+        latencies, tokens = [], []
+        for persona, history in requests:
+            start = time.perf_counter()
+            reply = bot.reply(persona, history)
+            latencies.append(time.perf_counter() - start)
+            tokens.append(len(encode_texts(tokenizer, [reply])[0]) + 1)  # and its <eos>
+        latencies, tokens = latencies[1:], tokens[1:]
+        p90 = statistics.quantiles(latencies, n=10)[-1]
+        print(f"{name:12}{statistics.median(latencies) * 1e3:12.1f}{p90 * 1e3:10.1f}{sum(tokens) / sum(latencies):10.0f}{statistics.mean(tokens):13.1f}")
+
+
+if __name__ == "__main__":
+    main()
