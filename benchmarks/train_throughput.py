@@ -1,11 +1,12 @@
 """Training throughput and peak memory of the shared-prefix fast path against the classic path, side by side.
 
-    python benchmarks/train_throughput.py [--steps 6] [--eval_turns 32]
+    python benchmarks/train_throughput.py [--steps 10] [--warmup 3] [--eval_batches 4]
 
 For each model (the quickstart model; a 2-layer 128-wide GPT-2 with GPT-2's 50k vocabulary; a
 GPT-2-small-sized model), random weights, the seed's settings (4 candidates, max_history 2), it times
-forward+backward steps of each path on the same batches and prints examples/s and the growth of peak
-RSS; then hits@1 scoring over 20 candidates (no gradients) of each path. Each measurement runs in a
+forward+backward+optimizer steps of each path on the same batches (after ``--warmup`` steps: a fresh
+process runs its first steps several times slower while the allocator and the optimizer state grow)
+and prints examples/s and peak RSS; then hits@1 scoring over 20 candidates (no gradients) of each path. Each measurement runs in a
 fresh process so that one path's peak memory does not hide the other's.
 """
 
@@ -29,11 +30,10 @@ MODELS = {
 }
 
 
-def measure(model_config: dict, tokenizer_path: str, batch_size: int, mode: str, steps: int, candidates: int, train: bool) -> dict:
-    """One path in this process: examples/s and peak RSS growth over ``steps`` batches."""
+def measure(model_config: dict, tokenizer_path: str, batch_size: int, mode: str, steps: int, warmup: int, candidates: int, train: bool) -> dict:
+    """One path in this process: examples/s over ``steps`` batches after ``warmup`` batches, and peak RSS."""
     import resource
 
-    import psutil
     import torch
 
     from persona.configs import DataArguments, ModelArguments
@@ -47,14 +47,13 @@ def measure(model_config: dict, tokenizer_path: str, batch_size: int, mode: str,
     data = DataArguments(dataset_path=str(QUICKSTART), dataset_cache=str(REPO / "dataset_cache"), num_candidates=candidates, eval_num_candidates=candidates, max_history=2)
     features = prepare_corpus(data, tokenizer, max_length=model_config["n_positions"], roles=(role,)).features[role]
     collator = PersonaCollator(tokenizer, PersonaTrainer.batch_layout(model, mode))
-    batches = [collator([features[i] for i in range(s * batch_size, (s + 1) * batch_size)]) for s in range(steps + 1)]
+    batches = [collator([features[i] for i in range(s * batch_size, (s + 1) * batch_size)]) for s in range(warmup + steps)]
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model.train(train)
-    rss_before = psutil.Process().memory_info().rss
     start = None
     for step, batch in enumerate(batches):
-        if step == 1:
-            start = time.perf_counter()  # the first batch warms up
+        if step == warmup:
+            start = time.perf_counter()
         with torch.set_grad_enabled(train):
             output = model(**batch, forward_mode=mode)
             loss, _, _ = dual_loss(output, batch["mc_labels"], 1.0, 1.0)
@@ -64,7 +63,7 @@ def measure(model_config: dict, tokenizer_path: str, batch_size: int, mode: str,
                 optimizer.zero_grad()
     elapsed = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"examples_per_s": steps * batch_size / elapsed, "peak_rss_gb": peak / 1e9, "rss_growth_gb": (peak - rss_before) / 1e9}
+    return {"examples_per_s": steps * batch_size / elapsed, "peak_rss_gb": peak / 1e9}
 
 
 def run_child(args: list[str]) -> dict:
@@ -76,14 +75,15 @@ def run_child(args: list[str]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--eval_batches", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=10, help="timed training steps")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before them")
+    parser.add_argument("--eval_batches", type=int, default=4, help="timed scoring batches")
     parser.add_argument("--child", nargs="*")
     args = parser.parse_args()
     if args.child is not None:
-        name, mode, steps, candidates, train = args.child
+        name, mode, steps, warmup, candidates, train = args.child
         config, tokenizer, batch = MODELS[name]
-        print(json.dumps(measure(config, str(tokenizer), batch, mode, int(steps), int(candidates), train == "train")))
+        print(json.dumps(measure(config, str(tokenizer), batch, mode, int(steps), int(warmup), int(candidates), train == "train")))
         return
     print(f"{'model':32} {'what':28} {'classic':>16} {'shared_prefix':>16} {'speed-up':>9}")
     for name, (_, tokenizer, _) in MODELS.items():
@@ -91,7 +91,7 @@ def main() -> None:
             print(f"{name:32} skipped: {tokenizer} is absent")
             continue
         for what, candidates, steps, train in (("train, 4 candidates", 4, args.steps, "train"), ("hits@1 scoring, 20 candidates", 20, args.eval_batches, "eval")):
-            results = {mode: run_child([name, mode, str(steps), str(candidates), train]) for mode in ("classic", "shared_prefix")}
+            results = {mode: run_child([name, mode, str(steps), str(args.warmup if train == "train" else 1), str(candidates), train]) for mode in ("classic", "shared_prefix")}
             c, f = results["classic"], results["shared_prefix"]
             print(f"{name:32} {what + ' ex/s':28} {c['examples_per_s']:16.2f} {f['examples_per_s']:16.2f} {f['examples_per_s'] / c['examples_per_s']:8.1f}x")
             print(f"{'':32} {'  peak RSS GB':28} {c['peak_rss_gb']:16.2f} {f['peak_rss_gb']:16.2f}")

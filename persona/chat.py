@@ -22,7 +22,7 @@ from persona.configs import parse_recipe
 from persona.data.sources import read_corpus, resolve
 from persona.errors import cli_entry
 from persona.generation import DecodingArguments, generate_replies
-from persona.modeling import load_trained, max_positions
+from persona.modeling import load_trained, max_positions, uses_token_types
 
 SAMPLE_CORPUS = str(Path(__file__).resolve().parent / "resources" / "quickstart" / "valid_conversations.jsonl")
 
@@ -54,7 +54,10 @@ class Bot:
     def reply(self, persona: list[str], history: list[str]) -> str:
         """The bot's next utterance."""
         recent = history[-(2 * self.max_history + 1) :]
-        (text,) = generate_replies(self.model, self.tokenizer, [(persona, recent)], self.decoding, max_positions=max_positions(self.model.config))
+        (text,) = generate_replies(
+            self.model, self.tokenizer, [(persona, recent)], self.decoding,
+            max_positions=max_positions(self.model.config), token_types=uses_token_types(self.model.config),
+        )
         return text
 
 

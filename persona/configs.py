@@ -153,6 +153,11 @@ class PersonaTrainingArguments(TrainingArguments):
             "choices": ["shared_prefix", "classic"],
         },
     )
+    use_token_types: bool = field(
+        default=True,
+        metadata={"help": "Add the speaker embeddings (token types) to the inputs, as TransferTransfo does; false "
+                  "feeds the model as its chat template does (no token types)."},
+    )
     learning_rate: float = field(default=6.25e-5, metadata={"help": "Peak learning rate (linear decay to 0)."})
     num_train_epochs: float = field(default=3.0, metadata={"help": "Training epochs."})
     per_device_train_batch_size: int = field(default=4, metadata={"help": "Training examples per device."})
@@ -220,12 +225,16 @@ def read_recipe(path: str) -> dict[str, Any]:
     return recipe
 
 
+SECRET_FIELDS = {"hub_token"}
+
+
 def parse_recipe(argv: list[str], classes: tuple = RECIPE_CLASSES, ignored: tuple = ()) -> tuple[tuple, dict[str, Any]]:
     """Parse ``[RECIPE.yaml] [--field value ...]`` into instances of ``classes``.
 
     Fields of the ``ignored`` classes are accepted and dropped (``persona-data`` reads a training
     recipe, for example); any other unknown field is an error. Returns the instances and the recipe as
-    run (the file's fields updated by the command line, canonical names), which commands save.
+    run (the file's fields updated by the command line, canonical names, secrets such as ``hub_token``
+    left out), which commands save.
     """
     parser = _RecipeParser(classes)
     known = {f.name for cls in classes for f in dataclasses.fields(cls) if f.init}
@@ -261,7 +270,7 @@ def parse_recipe(argv: list[str], classes: tuple = RECIPE_CLASSES, ignored: tupl
         instances = parser.parse_args_into_dataclasses(args=args, look_for_args_file=False)
     except ValueError as error:  # the dataclasses' own checks (bf16 without support, bad combinations)
         raise ConfigError(str(error).splitlines()[0], where=parser.source, fix="change the value the message names.") from None
-    parsed = {f.name: getattr(i, f.name) for i in instances for f in dataclasses.fields(i) if f.name in merged}
+    parsed = {f.name: getattr(i, f.name) for i in instances for f in dataclasses.fields(i) if f.name in merged - SECRET_FIELDS}
     return tuple(instances), {name: getattr(value, "value", value) for name, value in parsed.items()}
 
 

@@ -28,7 +28,7 @@ from persona.data import prepare_corpus
 from persona.errors import cli_entry
 from persona.generation import DecodingArguments, generate_replies
 from persona.metrics import load_metric
-from persona.modeling import load_trained, max_positions
+from persona.modeling import load_trained, max_positions, uses_token_types
 from persona.report import write_report
 from persona.trainer import PersonaTrainer, metrics_from_scores
 
@@ -45,6 +45,11 @@ class EvalArguments:
     hits_k: list[int] = field(default_factory=lambda: [1, 5, 10], metadata={"help": "The k of each reported hits@k."})
     max_generation_turns: int | None = field(default=None, metadata={"help": "Generate (for F1) on the first N turns only; default all."})
     forward_mode: str = field(default="shared_prefix", metadata={"help": "shared_prefix (fast) or classic scoring.", "choices": ["shared_prefix", "classic"]})
+    use_token_types: bool | None = field(
+        default=None,
+        metadata={"help": "Feed token types (speaker embeddings); default: as the model was trained. False: as plain "
+                  "transformers with the chat template."},
+    )
     report_samples: int = field(default=5, metadata={"help": "Dialogs shown in report.md."})
     seed: int = field(default=42, metadata={"help": "Seed of sampling, when do_sample is true."})
 
@@ -52,7 +57,8 @@ class EvalArguments:
 def score_candidates(model, tokenizer, features, args: EvalArguments) -> dict:
     """Perplexity and hits@k over the split's candidates, through the Trainer (sharded and gathered)."""
     training_args = PersonaTrainingArguments(
-        output_dir=args.output_dir, per_device_eval_batch_size=args.per_device_eval_batch_size, forward_mode=args.forward_mode, report_to="none"
+        output_dir=args.output_dir, per_device_eval_batch_size=args.per_device_eval_batch_size, forward_mode=args.forward_mode,
+        use_token_types=args.use_token_types, report_to="none",
     )
     trainer = PersonaTrainer(model=model, args=training_args, processing_class=tokenizer)
     scores = trainer.predict(features).predictions
@@ -71,6 +77,7 @@ def generate_turns(model, tokenizer, dialogs, args: EvalArguments, decoding: Dec
         predictions = generate_replies(
             model.to(state.device), tokenizer, [(t["persona"], t["history"]) for t in shard], decoding,
             max_positions=max_positions(model.config), batch_size=args.generation_batch_size,
+            token_types=args.use_token_types,
         )
         records = [{**t, "prediction": p} for t, p in zip(shard, predictions)]
     return gather_object(records) if state.num_processes > 1 else records
@@ -83,6 +90,8 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     set_seed(eval_args.seed)
     model, tokenizer = load_trained(model_args.model_name_or_path, model_args.revision, model_args.trust_remote_code)
+    if eval_args.use_token_types is None:
+        eval_args.use_token_types = uses_token_types(model.config)
     state = PartialState()
     with state.main_process_first():
         corpus = prepare_corpus(data_args, tokenizer, max_length=max_positions(model.config), roles=("eval",))
@@ -102,6 +111,7 @@ def main(argv: list[str]) -> int:
         "f1": f1["f1"],
         "num_turns": {"perplexity": metrics["num_turns"], "hits": metrics["num_turns"], "f1": len(records)},
         "num_candidates": metrics["num_candidates"],
+        "token_types": eval_args.use_token_types,
         "num_reply_tokens": metrics["num_reply_tokens"],
         "lm_loss": metrics["lm_loss"],
         "mc_loss": metrics["mc_loss"],

@@ -37,6 +37,7 @@ class DecodingArguments:
             num_beams=1 if self.do_sample else self.num_beams,
             max_new_tokens=self.max_length,
             min_new_tokens=self.min_length,
+            bos_token_id=ids.bos,
             eos_token_id=ids.eos,
             pad_token_id=ids.pad,
             suppress_tokens=suppressed,
@@ -53,8 +54,12 @@ def prompt_inputs(persona: list[str], history: list[str], tokenizer, max_positio
 
 
 @torch.no_grad()
-def generate_replies(model, tokenizer, dialogs: list[tuple[list[str], list[str]]], decoding: DecodingArguments, *, max_positions: int, batch_size: int = 32) -> list[str]:
-    """One reply per ``(persona sentences, history utterances)``, generated in left-padded batches."""
+def generate_replies(
+    model, tokenizer, dialogs: list[tuple[list[str], list[str]]], decoding: DecodingArguments, *, max_positions: int, batch_size: int = 32, token_types: bool = True
+) -> list[str]:
+    """One reply per ``(persona sentences, history utterances)``, generated in left-padded batches.
+
+    ``token_types=False`` leaves the speaker embeddings out, as a chat template does."""
     config = decoding.generation_config(tokenizer)
     ids = special_ids(tokenizer)
     device = next(model.parameters()).device
@@ -63,15 +68,14 @@ def generate_replies(model, tokenizer, dialogs: list[tuple[list[str], list[str]]
         prompts = [prompt_inputs(p, h, tokenizer, max_positions, decoding.max_length) for p, h in dialogs[start : start + batch_size]]
         width = max(len(p["input_ids"]) for p in prompts)
         input_ids = torch.full((len(prompts), width), ids.pad, dtype=torch.long)
-        token_types = torch.full_like(input_ids, ids.pad)
+        type_ids = torch.full_like(input_ids, ids.pad)
         mask = torch.zeros_like(input_ids)
         for row, prompt in enumerate(prompts):
             n = len(prompt["input_ids"])
             input_ids[row, width - n :] = torch.tensor(prompt["input_ids"])
-            token_types[row, width - n :] = torch.tensor(prompt["token_type_ids"])
+            type_ids[row, width - n :] = torch.tensor(prompt["token_type_ids"])
             mask[row, width - n :] = 1
-        output = model.generate(
-            input_ids=input_ids.to(device), attention_mask=mask.to(device), token_type_ids=token_types.to(device), generation_config=config
-        )
+        types = {"token_type_ids": type_ids.to(device)} if token_types else {}
+        output = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), generation_config=config, **types)
         replies += [text.strip() for text in tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)]
     return replies

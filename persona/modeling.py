@@ -31,9 +31,11 @@ from transformers import (
 )
 from transformers.utils import ModelOutput
 
+from persona.chat_template import add_chat_template
 from persona.configs import ModelArguments, model_config_dict
 from persona.data.layout import IGNORE_INDEX
 from persona.errors import ModelLoadError
+from persona.generation import DecodingArguments
 from persona.special_tokens import add_special_tokens, resize_embeddings, special_ids
 
 logger = logging.getLogger(__name__)
@@ -72,7 +74,11 @@ def _mc_logits(hidden: torch.Tensor, mc_token_ids: torch.Tensor, valid: torch.Te
     return logits.masked_fill(~valid.bool(), torch.finfo(logits.dtype).min)
 
 
-def _classic(model, input_ids, token_type_ids, attention_mask, labels, mc_token_ids, candidate_valid, mc_labels) -> DualOutput:
+def _flat(tensor: torch.Tensor | None, length: int) -> torch.Tensor | None:
+    return None if tensor is None else tensor.reshape(-1, length)
+
+
+def _classic(model, input_ids, attention_mask, labels, mc_token_ids, candidate_valid, mc_labels, token_type_ids=None) -> DualOutput:
     output = model.forward_full(
         input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask, mc_token_ids=mc_token_ids
     )
@@ -84,11 +90,11 @@ def _classic(model, input_ids, token_type_ids, attention_mask, labels, mc_token_
     return DualOutput(nll_sum=nll_sum, tokens=tokens, mc_logits=mc_logits)
 
 
-def _full_sequences(model, input_ids, token_type_ids, attention_mask, labels, mc_token_ids, candidate_valid, mc_labels) -> DualOutput:
+def _full_sequences(model, input_ids, attention_mask, labels, mc_token_ids, candidate_valid, mc_labels, token_type_ids=None) -> DualOutput:
     batch, count, length = input_ids.shape
     hidden = model.transformer(
         input_ids=input_ids.view(-1, length),
-        token_type_ids=token_type_ids.view(-1, length),
+        token_type_ids=_flat(token_type_ids, length),
         attention_mask=attention_mask.view(-1, length),
     ).last_hidden_state.view(batch, count, length, -1)
     nll_sum, tokens = _gold_nll(hidden, labels, mc_labels, model.lm_head)
@@ -96,7 +102,7 @@ def _full_sequences(model, input_ids, token_type_ids, attention_mask, labels, mc
 
 
 def _shared_prefix(
-    model, prefix_ids, prefix_type_ids, prefix_mask, candidate_ids, candidate_type_ids, candidate_mask, labels, mc_token_ids, candidate_valid, mc_labels
+    model, prefix_ids, prefix_mask, candidate_ids, candidate_mask, labels, mc_token_ids, candidate_valid, mc_labels, prefix_type_ids=None, candidate_type_ids=None
 ) -> DualOutput:
     batch, count, length = candidate_ids.shape
     prefix_positions = torch.arange(prefix_ids.shape[1], device=prefix_ids.device).expand_as(prefix_ids)
@@ -109,7 +115,7 @@ def _shared_prefix(
     positions = starts[:, None] + torch.arange(length, device=prefix_ids.device)
     hidden = model.transformer(
         input_ids=candidate_ids.view(-1, length),
-        token_type_ids=candidate_type_ids.view(-1, length),
+        token_type_ids=_flat(candidate_type_ids, length),
         attention_mask=torch.cat([prefix_mask.repeat_interleave(count, 0), candidate_mask.view(-1, length)], dim=1),
         position_ids=positions,
         cache=cache,
@@ -224,6 +230,10 @@ def load_for_training(model_args: ModelArguments):
     resize_embeddings(model, tokenizer)
     ids = special_ids(tokenizer)
     model.config.pad_token_id, model.config.bos_token_id, model.config.eos_token_id = ids.pad, ids.bos, ids.eos
+    # Saved with the model: plain transformers then prompts it with the chat template and decodes as
+    # the seed's interact.py did (sampling, temperature 0.7, top-p 0.9, other special tokens suppressed).
+    add_chat_template(tokenizer)
+    model.generation_config = DecodingArguments().generation_config(tokenizer)
     logger.info("Added %d special tokens; vocabulary %d", added, len(tokenizer))
     return model, tokenizer
 
@@ -239,6 +249,11 @@ def load_trained(name_or_path: str, revision: str = "main", trust_remote_code: b
     except (OSError, ValueError) as error:
         raise _offline_hint(name_or_path, error) from None
     return model.eval(), tokenizer
+
+
+def uses_token_types(config) -> bool:
+    """Whether the model was trained with token types (``persona_token_types`` in its config; default yes)."""
+    return bool(getattr(config, "persona_token_types", True))
 
 
 def max_positions(config) -> int:

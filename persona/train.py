@@ -1,8 +1,11 @@
 """``persona-train RECIPE.yaml [--field value ...]``: fine-tune a persona chatbot with the dual loss.
 
 Also runs under ``accelerate launch [--config_file accelerate_configs/X.yaml] -m persona.train RECIPE.yaml``.
-Writes to ``output_dir``: the weights (safetensors), the tokenizer, ``persona_recipe.yaml`` (the recipe as
-run), ``train_results.json``, ``eval_results.json``, ``trainer_state.json`` and ``loss_curves.png``.
+Writes to ``output_dir``: the weights (safetensors), the tokenizer with its chat template,
+``persona_recipe.yaml`` (the recipe as run), ``train_results.json``, ``eval_results.json``,
+``trainer_state.json``, ``loss_curves.png`` and the model card ``README.md``. With ``push_to_hub: true``
+(and ``hub_model_id``) the Trainer uploads that folder at the end; the token comes from ``HF_TOKEN`` or
+``huggingface-cli login`` and is never written anywhere.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ def main(argv: list[str]) -> int:
     set_seed(training_args.seed)
     checkpoint = resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     model, tokenizer = load_for_training(model_args)
+    model.config.persona_token_types = training_args.use_token_types  # saved: eval and chat feed the model alike
     with training_args.main_process_first(desc="dataset preparation"):
         corpus = prepare_corpus(
             data_args, tokenizer, max_length=max_positions(model.config), stats_batch_size=training_args.per_device_train_batch_size
@@ -76,7 +80,6 @@ def main(argv: list[str]) -> int:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "persona_recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
     result = trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.save_model()
     train_metrics = {
         **result.metrics,
         "world_size": training_args.world_size,
@@ -91,7 +94,13 @@ def main(argv: list[str]) -> int:
     trainer.save_metrics("eval", eval_metrics)
     if trainer.is_world_process_zero():
         plot_losses(trainer.state.log_history, output_dir / "loss_curves.png")
-        logger.info("Saved the model, its tokenizer, metrics and loss curves to %s", output_dir)
+    if training_args.push_to_hub:
+        trainer.push_to_hub(commit_message="persona-train: end of training")  # saves, writes the card, uploads
+        logger.info("Pushed %s to the Hub as %s", output_dir, trainer.hub_model_id)
+    else:
+        trainer.save_model()
+        trainer.create_model_card()
+    logger.info("Saved the model, its tokenizer, metrics, model card and loss curves to %s", output_dir)
     return 0
 
 

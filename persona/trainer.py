@@ -21,6 +21,7 @@ from transformers.trainer import TRAINING_ARGS_NAME
 
 from persona.data.collator import PersonaCollator
 from persona.metrics import hits_from_ranks
+from persona.model_card import write_model_card
 from persona.modeling import DualOutput
 
 
@@ -62,7 +63,9 @@ class PersonaTrainer(Trainer):
     """A Trainer whose loss is TransferTransfo's dual loss; its args are a ``PersonaTrainingArguments``."""
 
     def __init__(self, model, args, *, processing_class, data_collator=None, compute_metrics=None, **kwargs):
-        data_collator = data_collator or PersonaCollator(processing_class, layout=self.batch_layout(model, args.forward_mode))
+        data_collator = data_collator or PersonaCollator(
+            processing_class, layout=self.batch_layout(model, args.forward_mode), token_types=args.use_token_types
+        )
         super().__init__(
             model=model,
             args=args,
@@ -86,6 +89,11 @@ class PersonaTrainer(Trainer):
         folder = Path(output_dir or self.args.output_dir)
         (folder / TRAINING_ARGS_NAME).unlink(missing_ok=True)
         (folder / "training_args.json").write_text(self.args.to_json_string())
+
+    def create_model_card(self, **kwargs) -> None:
+        """Write persona's model card (README.md) into ``output_dir``; ``Trainer.push_to_hub`` uploads it."""
+        if self.is_world_process_zero():
+            write_model_card(self.args.output_dir, hub_model_id=self.hub_model_id or self.args.hub_model_id)
 
     def _forward(self, model, inputs) -> DualOutput:
         return model(**inputs, forward_mode=self.args.forward_mode)

@@ -67,6 +67,16 @@ def tiny_model(tokenizer):
     return model.eval()
 
 
+@pytest.fixture(scope="session")
+def trained_model_dir(tmp_path_factory):
+    """A tiny model trained for one step by persona-train (its output folder), shared by the tests that read one."""
+    from persona.train import main as train_main
+
+    out = tmp_path_factory.mktemp("trained") / "run"
+    assert train_main(tiny_train_args(out, "--max_train_dialogs", "8", "--max_eval_dialogs", "2", "--eval_num_candidates", "4", "--max_steps", "1")) == 0
+    return out
+
+
 def write_conversations(path: Path, conversations: list[dict]) -> Path:
     """Write conversations (``personas``, ``utterances``) as JSONL."""
     path.write_text("".join(json.dumps(c) + "\n" for c in conversations))

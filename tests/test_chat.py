@@ -10,18 +10,8 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from persona.chat import main as chat_main
-from persona.train import main as train_main
-from tests.conftest import QUICKSTART, REPO, tiny_train_args
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("chatmodel") / "run"
-    assert train_main(tiny_train_args(out, "--max_train_dialogs", "8", "--max_eval_dialogs", "1", "--eval_num_candidates", "2", "--max_steps", "1")) == 0
-    return out
+from tests.conftest import QUICKSTART, REPO
 
 
 def _read_until(fd, marker: bytes, timeout: float = 60) -> bytes:
@@ -36,10 +26,10 @@ def _read_until(fd, marker: bytes, timeout: float = 60) -> bytes:
     return data
 
 
-def test_interactive_loop_in_a_pseudo_terminal(model_dir):
+def test_interactive_loop_in_a_pseudo_terminal(trained_model_dir):
     leader, follower = pty.openpty()
     process = subprocess.Popen(
-        [sys.executable, "-m", "persona.chat", "--model_name_or_path", str(model_dir), "--persona", "i like cats.", "--persona", "i am tall.", "--no_sample"],
+        [sys.executable, "-m", "persona.chat", "--model_name_or_path", str(trained_model_dir), "--persona", "i like cats.", "--persona", "i am tall.", "--no_sample"],
         stdin=follower, stdout=follower, stderr=follower, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     os.close(follower)  # input() writes its prompt to stderr when the readline module is not loaded
@@ -59,7 +49,7 @@ def test_interactive_loop_in_a_pseudo_terminal(model_dir):
         os.close(leader)
 
 
-def test_history_is_kept_and_reset(model_dir):
+def test_history_is_kept_and_reset(trained_model_dir):
     from persona.chat import Bot, chat_loop
     from persona.generation import DecodingArguments
     from persona.modeling import load_trained
@@ -71,7 +61,7 @@ def test_history_is_kept_and_reset(model_dir):
             seen.append(list(history))
             return "ok."
 
-    model, tokenizer = load_trained(str(model_dir))
+    model, tokenizer = load_trained(str(trained_model_dir))
     inputs = iter(["a", "b", "/reset", "c"])
 
     def read(_prompt):
@@ -85,10 +75,10 @@ def test_history_is_kept_and_reset(model_dir):
     assert seen == [["a"], ["a", "ok.", "b"], ["c"]]
 
 
-def test_json_lines_answer_each_request(model_dir, tmp_path):
+def test_json_lines_answer_each_request(trained_model_dir, tmp_path):
     requests = [{"persona": ["i like cats."], "history": ["hi!"]}, {"persona": ["i love jazz."], "history": ["what music?", "jazz.", "nice."]}]
     stdin = "".join(json.dumps(r) + "\n" for r in requests) + "not json\n"
-    result = subprocess.run([sys.executable, "-m", "persona.chat", "--model_name_or_path", str(model_dir), "--json", "--no_sample"],
+    result = subprocess.run([sys.executable, "-m", "persona.chat", "--model_name_or_path", str(trained_model_dir), "--json", "--no_sample"],
                             input=stdin, capture_output=True, text=True, cwd=REPO, timeout=300)
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert result.returncode == 0 and len(lines) == 3

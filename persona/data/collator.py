@@ -90,10 +90,14 @@ def classic_batch(shared: dict[str, np.ndarray], ids: SpecialIds) -> dict[str, n
 
 @dataclass
 class PersonaCollator:
-    """Pads a list of feature rows into tensors; ``layout`` is ``shared_prefix`` (fast path) or ``classic``."""
+    """Pads a list of feature rows into tensors; ``layout`` is ``shared_prefix`` (fast path) or ``classic``.
+
+    ``token_types=False`` leaves the token types (speaker embeddings) out, as a chat template must.
+    """
 
     tokenizer: object
     layout: str = "shared_prefix"
+    token_types: bool = True
 
     def __post_init__(self):
         if self.layout not in LAYOUTS:
@@ -104,4 +108,6 @@ class PersonaCollator:
         batch = shared_prefix_batch(examples, self.ids)
         if self.layout == "classic":
             batch = classic_batch(batch, self.ids)
-        return {name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in batch.items()}
+        return {
+            name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in batch.items() if self.token_types or not name.endswith("type_ids")
+        }

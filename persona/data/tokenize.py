@@ -6,7 +6,8 @@ from functools import lru_cache
 
 
 @lru_cache(maxsize=8)
-def _wants_leading_space(tokenizer) -> bool:
+def wants_leading_space(tokenizer) -> bool:
+    """Whether each text gets a leading space before tokenization (byte-level BPE tokenizers)."""
     # Byte-level BPE (GPT-2, SmolLM2...) reads " word" and "word" as different tokens and was pretrained
     # on words preceded by a space; utterances are tokenized alone and concatenated, so give each one
     # its space. Tokenizers that strip or add spaces themselves (openai-gpt, SentencePiece) are left as is.
@@ -20,7 +21,7 @@ def encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:
 
     Splitting means a user who types ``<speaker2>`` cannot forge a speaker token.
     """
-    texts = [" " + text for text in texts] if _wants_leading_space(tokenizer) else list(texts)
+    texts = [" " + text for text in texts] if wants_leading_space(tokenizer) else list(texts)
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None or backend.truncation or backend.padding:
         return tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]

@@ -1,0 +1,55 @@
+"""The chat template saved with a persona model's tokenizer, so that plain transformers can prompt it.
+
+``tokenizer.apply_chat_template`` renders a system message (the persona text), then user and
+assistant messages alternating, into the layout of :func:`persona.data.build_inputs`::
+
+    <bos> persona  <speaker1> user  <speaker2> assistant  ...  <speaker1> user  <speaker2>
+
+User messages are ``<speaker1>``, the bot's ``<speaker2>``; ``add_generation_prompt`` ends with
+``<speaker2>``; a final assistant message ends with ``<eos>`` (as a training input does). For
+byte-level BPE tokenizers each text gets the leading space that :func:`persona.data.tokenize.encode_texts`
+gives it, so the rendered ids equal ``build_inputs`` for the same persona (as one sentence) and history.
+
+What a template cannot carry: token types (the speaker embeddings added at every position) and the
+splitting of special-token text typed by a user. ``persona-eval --use_token_types false`` measures the
+first; the model card reports it.
+"""
+
+from __future__ import annotations
+
+from persona.data.tokenize import wants_leading_space
+from persona.special_tokens import SPEAKER1, SPEAKER2
+
+_TEMPLATE = """\
+{%- set space = "SPACE" -%}
+{%- set ns = namespace(previous="system") -%}
+{{- bos_token -}}
+{%- for message in messages -%}
+    {%- if message["role"] == "system" -%}
+        {%- if not loop.first -%}{{- raise_exception("The system message (the persona) must come first.") -}}{%- endif -%}
+        {{- space + message["content"] -}}
+    {%- elif message["role"] in ["user", "assistant"] -%}
+        {%- if message["role"] == ns.previous -%}{{- raise_exception("User and assistant messages must alternate.") -}}{%- endif -%}
+        {%- set ns.previous = message["role"] -%}
+        {{- ("SPEAKER1" if message["role"] == "user" else "SPEAKER2") + space + message["content"] -}}
+        {%- if loop.last and message["role"] == "assistant" -%}{{- eos_token -}}{%- endif -%}
+    {%- else -%}
+        {{- raise_exception("Only system, user and assistant messages.") -}}
+    {%- endif -%}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {%- if ns.previous == "assistant" -%}{{- raise_exception("The last message must be the user's when a reply is asked for.") -}}{%- endif -%}
+    {{- "SPEAKER2" -}}
+{%- endif -%}
+"""
+
+
+def persona_chat_template(tokenizer) -> str:
+    """The Jinja chat template for ``tokenizer`` (its leading-space rule built in)."""
+    space = " " if wants_leading_space(tokenizer) else ""
+    return _TEMPLATE.replace("SPACE", space).replace("SPEAKER1", SPEAKER1).replace("SPEAKER2", SPEAKER2)
+
+
+def add_chat_template(tokenizer) -> None:
+    """Give ``tokenizer`` the persona chat template (saved by ``save_pretrained`` with the tokenizer)."""
+    tokenizer.chat_template = persona_chat_template(tokenizer)

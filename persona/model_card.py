@@ -1,0 +1,197 @@
+"""The model card (README.md) of a trained persona model, written for the people who will use it.
+
+It is built from what training left in the model folder (``persona_recipe.yaml``, ``eval_results.json``,
+``train_results.json``) and, when given, the ``eval_results.json`` of ``persona-eval`` (F1, hits@k).
+Its metadata carries the tags ``persona-chat`` and ``conversational`` and a ``model-index`` with the
+evaluation metrics, so that the Hub shows them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from persona.data.sources import is_hub_id
+
+METRIC_DEFINITIONS = {
+    "perplexity": "exp of the mean token negative log-likelihood of the gold replies (lower is better)",
+    "hits@1": "how often the gold reply scores highest among the turn's candidates (higher is better)",
+    "hits@5": "how often the gold reply is among the 5 highest-scored candidates",
+    "hits@10": "how often the gold reply is among the 10 highest-scored candidates",
+    "f1": "ConvAI2's unigram F1 of the generated reply against the gold reply, after normalisation",
+}
+TAGS = ["persona-chat", "conversational", "transfertransfo", "persona"]
+
+
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def collect_metrics(model_dir: Path, eval_results: Path | None = None) -> dict:
+    """The metrics to publish: the training run's evaluation, overridden by ``persona-eval``'s results if given.
+
+    Returns ``{"metrics": {name: value}, "num_turns": int, "num_candidates": float, "split": str, "source": str}``.
+    """
+    training = _read(model_dir / "eval_results.json")
+    metrics = {name: training[f"eval_{name}"] for name in ("perplexity", "hits@1") if f"eval_{name}" in training}
+    found = {"metrics": metrics, "num_turns": training.get("eval_num_turns"), "num_candidates": training.get("eval_num_candidates")}
+    found.update(split="evaluation split of training", source="persona-train")
+    if eval_results is not None:
+        evaluation = json.loads(Path(eval_results).read_text())
+        found["metrics"] = {name: evaluation[name] for name in METRIC_DEFINITIONS if name in evaluation}
+        turns = evaluation.get("num_turns", {})
+        found.update(num_turns=turns.get("hits"), num_f1_turns=turns.get("f1"), num_candidates=evaluation.get("num_candidates"))
+        found.update(split=evaluation.get("split"), source="persona-eval", token_types=evaluation.get("token_types", True))
+    return found
+
+
+def _base_model(recipe: dict) -> str | None:
+    name = recipe.get("model_name_or_path")
+    return name if name and is_hub_id(name) else None
+
+
+def _dataset(recipe: dict) -> str:
+    return recipe.get("dataset_path") or "PersonaChat (transfer-learning-conv-ai's personachat_self_original.json)"
+
+
+def model_card(model_dir: str | Path, *, hub_model_id: str | None = None, eval_results: str | Path | None = None) -> ModelCard:
+    """The card of the model in ``model_dir`` (to be published as ``hub_model_id``)."""
+    model_dir = Path(model_dir)
+    recipe_path = model_dir / "persona_recipe.yaml"
+    recipe = yaml.safe_load(recipe_path.read_text()) if recipe_path.exists() else {}
+    found = collect_metrics(model_dir, Path(eval_results) if eval_results else None)
+    repo = hub_model_id or model_dir.name
+    base = _base_model(recipe)
+    dataset = _dataset(recipe)
+    data = ModelCardData(
+        language="en",
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=TAGS,
+        base_model=base,
+        datasets=[dataset] if is_hub_id(dataset) else None,
+        model_name=repo,
+        eval_results=[
+            EvalResult(
+                task_type="text-generation",
+                task_name="Persona dialogue",
+                dataset_type=dataset if is_hub_id(dataset) else "persona-chat",
+                dataset_name=dataset,
+                dataset_split=found["split"],
+                metric_type=name,
+                metric_name=name,
+                metric_value=round(float(value), 4),
+            )
+            for name, value in found["metrics"].items()
+        ]
+        or None,
+    )
+    token_types = _read(model_dir / "config.json").get("persona_token_types", True)
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{_body(repo, recipe, found, base, dataset, token_types)}")
+
+
+def _hyperparameters(recipe: dict) -> list[str]:
+    skip = {"dataset_cache", "output_dir", "report_to", "logging_steps", "hub_model_id", "push_to_hub"}
+    rows = ["| field | value |", "| --- | --- |"]
+    rows += [f"| `{name}` | `{value}` |" for name, value in recipe.items() if name not in skip]
+    return rows
+
+
+def _metrics_table(found: dict) -> list[str]:
+    if not found["metrics"]:
+        return ["No evaluation was recorded: run `persona-eval` and publish with `persona-push --eval_results`."]
+    rows = ["| metric | value | what it measures |", "| --- | --- | --- |"]
+    rows += [f"| {name} | {value:.4f} | {METRIC_DEFINITIONS[name]} |" for name, value in found["metrics"].items()]
+    turns = f"{found['num_turns']:,}" if found.get("num_turns") else "an unrecorded number of"
+    candidates = f"{found['num_candidates']:.0f}" if found.get("num_candidates") else "its"
+    note = f"Measured by `{found['source']}` on {turns} turns ({found['split']}), each with {candidates} candidates"
+    if found.get("num_f1_turns"):
+        note += f"; F1 over {found['num_f1_turns']:,} generated replies"
+    return [*rows, "", note + "."]
+
+
+def _body(repo: str, recipe: dict, found: dict, base: str | None, dataset: str, token_types: bool) -> str:
+    start = f"`{base}`" if base else "a model built from a config (random weights)" if recipe.get("model_config") else "a causal language model"
+    return "\n".join(
+        [
+            f"# {repo}",
+            "",
+            f"A persona chatbot trained from {start} with the TransferTransfo recipe (Wolf et al., 2019): a",
+            "language-modelling loss on the gold reply plus a next-utterance classification loss that ranks the gold",
+            "reply above distractors, given the bot's persona sentences and the dialogue history. Trained with",
+            "the `persona` pipeline (Hugging Face `Trainer`, `datasets` and `accelerate`).",
+            "",
+            "## Chat with it",
+            "",
+            "With persona (fed exactly as in training):",
+            "",
+            "```bash",
+            f'persona-chat --model_name_or_path {repo} --persona "i love cats." --persona "i work as a nurse."',
+            "```",
+            "",
+            "With plain transformers, through the chat template saved with the tokenizer (the system message is the",
+            "persona, user and assistant messages alternate):",
+            "",
+            "```python",
+            "from transformers import AutoModelForCausalLM, AutoTokenizer",
+            "",
+            f'tokenizer = AutoTokenizer.from_pretrained("{repo}")',
+            f'model = AutoModelForCausalLM.from_pretrained("{repo}")',
+            'messages = [{"role": "system", "content": "i love cats. i work as a nurse."},',
+            '            {"role": "user", "content": "hi! what do you do for a living?"}]',
+            'inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)',
+            "reply = model.generate(**inputs)  # the saved generation config samples as the reference did",
+            'print(tokenizer.decode(reply[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))',
+            "```",
+            "",
+            "The template renders exactly the input layout of training (`<bos> persona <speaker1> user <speaker2> bot ... <speaker2>`).",
+            *(
+                ["It cannot carry token types (speaker embeddings added at each position); this model was trained",
+                 "without them (`use_token_types: false`), so plain transformers feeds it exactly as training did."]
+                if not token_types
+                else ["It cannot carry the token types (speaker embeddings added at each position) that training used, and",
+                      "their absence degrades the replies; `persona-eval --use_token_types false` measures by how much. Prefer",
+                      "persona-chat, or pass `token_type_ids` built by `persona.data.build_inputs`."]
+            ),
+            "",
+            "## Evaluation",
+            "",
+            *_metrics_table(found),
+            "",
+            "## Training",
+            "",
+            f"Data: `{dataset}`. The recipe as run:",
+            "",
+            *_hyperparameters(recipe),
+            "",
+            "## Limitations",
+            "",
+            "- It imitates crowd-sourced chit-chat: replies are short, generic and can contradict the persona or",
+            "  earlier turns; it has no knowledge beyond its persona and no notion of truth.",
+            "- It may reproduce biases of its pretraining data and of the dialogue corpus. Do not deploy it where",
+            "  its replies could be taken as advice.",
+            "- Metrics come from the corpus's own distribution; hits@1 depends on how distractors were drawn.",
+            "",
+            "## Citation",
+            "",
+            "```bibtex",
+            "@article{wolf2019transfertransfo,",
+            "  title={TransferTransfo: A Transfer Learning Approach for Neural Network Based Conversational Agents},",
+            "  author={Wolf, Thomas and Sanh, Victor and Chaumond, Julien and Delangue, Clement},",
+            "  journal={arXiv preprint arXiv:1901.08149},",
+            "  year={2019}",
+            "}",
+            "```",
+            "",
+        ]
+    )
+
+
+def write_model_card(model_dir: str | Path, **kwargs) -> Path:
+    """Write :func:`model_card` as ``model_dir/README.md``; returns its path."""
+    path = Path(model_dir) / "README.md"
+    path.write_text(str(model_card(model_dir, **kwargs)))
+    return path
