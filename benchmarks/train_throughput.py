@@ -1,12 +1,13 @@
 """Training throughput and peak memory of the shared-prefix fast path against the classic path, side by side.
 
-    python benchmarks/train_throughput.py [--steps 10] [--warmup 3] [--eval_batches 4]
+    python benchmarks/train_throughput.py [--steps 16] [--accumulation 8] [--eval_batches 4]
 
 For each model (the quickstart model; a 2-layer 128-wide GPT-2 with GPT-2's 50k vocabulary; a
 GPT-2-small-sized model), random weights, the seed's settings (4 candidates, max_history 2), it times
-forward+backward+optimizer steps of each path on the same batches (after ``--warmup`` steps: a fresh
-process runs its first steps several times slower while the allocator and the optimizer state grow)
-and prints examples/s and peak RSS; then hits@1 scoring over 20 candidates (no gradients) of each path. Each measurement runs in a
+forward+backward passes of each path on the same batches, with an optimizer update every
+``--accumulation`` batches (the seed's gradient_accumulation_steps, 8), after one untimed update (a
+fresh process runs its first steps several times slower while the allocator and the optimizer state
+grow), and prints examples/s and peak RSS; then hits@1 scoring over 20 candidates (no gradients) of each path. Each measurement runs in a
 fresh process so that one path's peak memory does not hide the other's.
 """
 
@@ -30,8 +31,9 @@ MODELS = {
 }
 
 
-def measure(model_config: dict, tokenizer_path: str, batch_size: int, mode: str, steps: int, warmup: int, candidates: int, train: bool) -> dict:
-    """One path in this process: examples/s over ``steps`` batches after ``warmup`` batches, and peak RSS."""
+def measure(model_config: dict, tokenizer_path: str, batch_size: int, mode: str, steps: int, accumulation: int, candidates: int, train: bool) -> dict:
+    """One path in this process: examples/s over ``steps`` batches after one untimed update (training; one
+    untimed batch for scoring), an optimizer update every ``accumulation`` batches, and peak RSS."""
     import resource
 
     import torch
@@ -47,6 +49,7 @@ def measure(model_config: dict, tokenizer_path: str, batch_size: int, mode: str,
     data = DataArguments(dataset_path=str(QUICKSTART), dataset_cache=str(REPO / "dataset_cache"), num_candidates=candidates, eval_num_candidates=candidates, max_history=2)
     features = prepare_corpus(data, tokenizer, max_length=model_config["n_positions"], roles=(role,)).features[role]
     collator = PersonaCollator(tokenizer, PersonaTrainer.batch_layout(model, mode))
+    warmup = accumulation if train else 1
     batches = [collator([features[i] for i in range(s * batch_size, (s + 1) * batch_size)]) for s in range(warmup + steps)]
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model.train(train)
@@ -58,9 +61,10 @@ def measure(model_config: dict, tokenizer_path: str, batch_size: int, mode: str,
             output = model(**batch, forward_mode=mode)
             loss, _, _ = dual_loss(output, batch["mc_labels"], 1.0, 1.0)
             if train:
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad()
+                (loss / accumulation).backward()
+                if (step + 1) % accumulation == 0:
+                    optimizer.step()
+                    optimizer.zero_grad()
     elapsed = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"examples_per_s": steps * batch_size / elapsed, "peak_rss_gb": peak / 1e9}
@@ -75,15 +79,15 @@ def run_child(args: list[str]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=10, help="timed training steps")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before them")
+    parser.add_argument("--steps", type=int, default=16, help="timed training batches")
+    parser.add_argument("--accumulation", type=int, default=8, help="batches per optimizer update (the seed's 8)")
     parser.add_argument("--eval_batches", type=int, default=4, help="timed scoring batches")
     parser.add_argument("--child", nargs="*")
     args = parser.parse_args()
     if args.child is not None:
-        name, mode, steps, warmup, candidates, train = args.child
+        name, mode, steps, accumulation, candidates, train = args.child
         config, tokenizer, batch = MODELS[name]
-        print(json.dumps(measure(config, str(tokenizer), batch, mode, int(steps), int(warmup), int(candidates), train == "train")))
+        print(json.dumps(measure(config, str(tokenizer), batch, mode, int(steps), int(accumulation), int(candidates), train == "train")))
         return
     print(f"{'model':32} {'what':28} {'classic':>16} {'shared_prefix':>16} {'speed-up':>9}")
     for name, (_, tokenizer, _) in MODELS.items():
@@ -91,7 +95,7 @@ def main() -> None:
             print(f"{name:32} skipped: {tokenizer} is absent")
             continue
         for what, candidates, steps, train in (("train, 4 candidates", 4, args.steps, "train"), ("hits@1 scoring, 20 candidates", 20, args.eval_batches, "eval")):
-            results = {mode: run_child([name, mode, str(steps), str(args.warmup if train == "train" else 1), str(candidates), train]) for mode in ("classic", "shared_prefix")}
+            results = {mode: run_child([name, mode, str(steps), str(args.accumulation), str(candidates), train]) for mode in ("classic", "shared_prefix")}
             c, f = results["classic"], results["shared_prefix"]
             print(f"{name:32} {what + ' ex/s':28} {c['examples_per_s']:16.2f} {f['examples_per_s']:16.2f} {f['examples_per_s'] / c['examples_per_s']:8.1f}x")
             print(f"{'':32} {'  peak RSS GB':28} {c['peak_rss_gb']:16.2f} {f['peak_rss_gb']:16.2f}")

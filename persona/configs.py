@@ -52,6 +52,24 @@ class ModelArguments:
         default=None,
         metadata={"help": "Hub id or folder of the tokenizer; defaults to model_name_or_path."},
     )
+    gguf_file: str | None = field(
+        default=None,
+        metadata={"help": "A GGUF checkpoint inside model_name_or_path (a folder or Hub id), de-quantized on load by "
+                  "transformers (needs the gguf package); its tokenizer too unless tokenizer_name_or_path is set."},
+    )
+    use_peft: bool = field(
+        default=False,
+        metadata={"help": "Train LoRA adapters (PEFT) instead of every weight; the multiple-choice head and the new "
+                  "special tokens' embeddings are trained fully; the adapters are merged into the saved model."},
+    )
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (the update is scaled by alpha / r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA branch's input."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["all-linear"],
+        metadata={"help": "Module names that get adapters (q_proj v_proj ..., c_attn for GPT-2); all-linear: every linear "
+                  "layer of the transformer body."},
+    )
     revision: str = field(default="main", metadata={"help": "Branch, tag or commit of a Hub model."})
     trust_remote_code: bool = field(
         default=False,

@@ -1,34 +1,41 @@
 """Double-heads models (language modelling + multiple choice) and their dual forward pass.
 
 The GPT-2 family (gpt2, distilgpt2, DialoGPT) loads as ``GPT2DoubleHeadsModel`` and openai-gpt as
-``OpenAIGPTDoubleHeadsModel``, chosen from the checkpoint's ``model_type``. Each is given
-:class:`PersonaDualHeads`, which adds one entry to ``forward``: a persona batch (from
-:class:`persona.data.PersonaCollator`) returns the gold reply's token NLL and the candidates' scores.
+``OpenAIGPTDoubleHeadsModel``, chosen from the checkpoint's ``model_type``; any other decoder-only model
+(Llama, SmolLM2, Qwen2...) as its ``AutoModelForCausalLM`` class with :class:`CausalDualHeads` (a
+multiple-choice head, token types through the word embeddings). Each is given :class:`PersonaDualHeads`,
+which adds one entry to ``forward``: a persona batch (from :class:`persona.data.PersonaCollator`)
+returns the gold reply's token NLL and the candidates' scores.
 
 Two ways to compute them (``forward_mode``):
 
 - ``shared_prefix`` (fast): the persona+history prefix runs once per turn, its key/value cache is
   expanded over the candidates, which run as continuations at their true positions; LM logits are
-  computed only where labels are. Needs a model with a key/value cache (GPT-2); openai-gpt runs the
-  full sequences but still computes LM logits only where labels are.
+  computed only where labels are. Needs a model with a key/value cache (all but openai-gpt, which runs
+  the full sequences but still computes LM logits only where labels are).
 - ``classic``: every candidate as a full sequence through the model's own forward, logits for every
   token of every candidate, as the reference implementation did.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import transformers
+from torch import nn
 from transformers import (
     AutoConfig,
     AutoTokenizer,
+    GgufConfig,
     GPT2DoubleHeadsModel,
     OpenAIGPTDoubleHeadsModel,
 )
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 from transformers.utils import ModelOutput
 
 from persona.chat_template import add_chat_template
@@ -51,6 +58,14 @@ class DualOutput(ModelOutput):
     mc_logits: torch.Tensor | None = None
 
 
+@dataclass
+class FullOutput(ModelOutput):
+    """Logits of every token of every candidate and the multiple-choice logits (the classic path)."""
+
+    logits: torch.Tensor | None = None
+    mc_logits: torch.Tensor | None = None
+
+
 def _gold_nll(hidden: torch.Tensor, labels: torch.Tensor, gold: torch.Tensor, lm_head) -> tuple[torch.Tensor, torch.Tensor]:
     """Token NLL of the gold candidate, LM logits computed only at the positions whose next token has a label.
 
@@ -66,11 +81,11 @@ def _gold_nll(hidden: torch.Tensor, labels: torch.Tensor, gold: torch.Tensor, lm
     return nll_sum, where.sum(-1)
 
 
-def _mc_logits(hidden: torch.Tensor, mc_token_ids: torch.Tensor, valid: torch.Tensor, head) -> torch.Tensor:
+def _mc_logits(model, hidden: torch.Tensor, mc_token_ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """The multiple-choice head on the hidden state at each candidate's ``mc_token_ids`` ([B, C])."""
     batch, count, _, width = hidden.shape
-    picked = hidden.gather(2, mc_token_ids[:, :, None, None].expand(batch, count, 1, width))
-    logits = head(picked, torch.zeros_like(mc_token_ids)).squeeze(-1).float()
+    picked = hidden.gather(2, mc_token_ids[:, :, None, None].expand(batch, count, 1, width)).squeeze(2)
+    logits = model.persona_mc_logits(picked).float()
     return logits.masked_fill(~valid.bool(), torch.finfo(logits.dtype).min)
 
 
@@ -92,13 +107,11 @@ def _classic(model, input_ids, attention_mask, labels, mc_token_ids, candidate_v
 
 def _full_sequences(model, input_ids, attention_mask, labels, mc_token_ids, candidate_valid, mc_labels, token_type_ids=None) -> DualOutput:
     batch, count, length = input_ids.shape
-    hidden = model.transformer(
-        input_ids=input_ids.view(-1, length),
-        token_type_ids=_flat(token_type_ids, length),
-        attention_mask=attention_mask.view(-1, length),
+    hidden = model.persona_backbone(
+        input_ids=input_ids.view(-1, length), token_type_ids=_flat(token_type_ids, length), attention_mask=attention_mask.view(-1, length)
     ).last_hidden_state.view(batch, count, length, -1)
     nll_sum, tokens = _gold_nll(hidden, labels, mc_labels, model.lm_head)
-    return DualOutput(nll_sum=nll_sum, tokens=tokens, mc_logits=_mc_logits(hidden, mc_token_ids, candidate_valid, model.multiple_choice_head))
+    return DualOutput(nll_sum=nll_sum, tokens=tokens, mc_logits=_mc_logits(model, hidden, mc_token_ids, candidate_valid))
 
 
 def _shared_prefix(
@@ -106,14 +119,14 @@ def _shared_prefix(
 ) -> DualOutput:
     batch, count, length = candidate_ids.shape
     prefix_positions = torch.arange(prefix_ids.shape[1], device=prefix_ids.device).expand_as(prefix_ids)
-    prefix = model.transformer(
+    prefix = model.persona_backbone(
         input_ids=prefix_ids, token_type_ids=prefix_type_ids, attention_mask=prefix_mask, position_ids=prefix_positions, use_cache=True
     )
     cache = prefix.past_key_values
     cache.batch_repeat_interleave(count)
     starts = prefix_mask.sum(-1).repeat_interleave(count)
     positions = starts[:, None] + torch.arange(length, device=prefix_ids.device)
-    hidden = model.transformer(
+    hidden = model.persona_backbone(
         input_ids=candidate_ids.view(-1, length),
         token_type_ids=_flat(candidate_type_ids, length),
         attention_mask=torch.cat([prefix_mask.repeat_interleave(count, 0), candidate_mask.view(-1, length)], dim=1),
@@ -122,56 +135,133 @@ def _shared_prefix(
         use_cache=False,
     ).last_hidden_state.view(batch, count, length, -1)
     nll_sum, tokens = _gold_nll(hidden, labels, mc_labels, model.lm_head)
-    return DualOutput(nll_sum=nll_sum, tokens=tokens, mc_logits=_mc_logits(hidden, mc_token_ids, candidate_valid, model.multiple_choice_head))
+    return DualOutput(nll_sum=nll_sum, tokens=tokens, mc_logits=_mc_logits(model, hidden, mc_token_ids, candidate_valid))
 
 
 class PersonaDualHeads:
-    """Mixin for a transformers double-heads model: ``forward(**persona_batch, forward_mode=...)`` gives a
-    :class:`DualOutput`; any other call is the model's own forward."""
+    """Mixin for a language model with a multiple-choice head: ``forward(**persona_batch, forward_mode=...)``
+    gives a :class:`DualOutput`; any other call is the model's own forward.
+
+    A family provides ``persona_backbone`` (the transformer body with token types: hidden states and,
+    with ``use_cache``, the key/value cache) and ``persona_mc_logits`` (the head on picked hidden states).
+    """
 
     supports_shared_prefix = False
 
     def forward(self, *args, forward_mode: str | None = None, **kwargs):
         """A persona batch with ``forward_mode`` gives a :class:`DualOutput`; anything else, the base forward."""
         if forward_mode is None:
-            return super().forward(*args, **kwargs)
+            return self.forward_full(*args, **kwargs)
         if "prefix_ids" in kwargs:
             return _shared_prefix(self, **kwargs)
         if forward_mode == "classic":
             return _classic(self, **kwargs)
         return _full_sequences(self, **kwargs)
 
-    def forward_full(self, **kwargs):
-        """The base model's own forward (all logits), bypassing the persona entry."""
-        return super().forward(**kwargs)
+
+class GPTDualHeads(PersonaDualHeads):
+    """GPT2DoubleHeadsModel / OpenAIGPTDoubleHeadsModel: their own token types and multiple-choice head."""
+
+    def persona_backbone(self, **kwargs):
+        """The transformer body (token types are GPT's own input)."""
+        return self.transformer(**kwargs)
+
+    def persona_mc_logits(self, picked: torch.Tensor) -> torch.Tensor:
+        """GPT's SequenceSummary head on the picked hidden states [B, C, H] -> [B, C]."""
+        return self.multiple_choice_head(picked[:, :, None], torch.zeros(picked.shape[:2], dtype=torch.long, device=picked.device)).squeeze(-1)
+
+    def forward_full(self, *args, **kwargs):
+        """The base double-heads model's own forward (all logits)."""
+        return super(PersonaDualHeads, self).forward(*args, **kwargs)
 
 
-def _with_forward_mode(signature: inspect.Signature) -> inspect.Signature:
-    """The base forward's signature plus ``forward_mode`` (``generate`` checks its arguments against it)."""
+class MultipleChoiceHead(nn.Module):
+    """GPT-2's multiple-choice head for any model: dropout, then a linear map of a hidden state to one score."""
+
+    def __init__(self, hidden_size: int, dropout: float = 0.1):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.summary = nn.Linear(hidden_size, 1)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Scores [...] of hidden states [..., H]."""
+        return self.summary(self.dropout(hidden)).squeeze(-1)
+
+
+class CausalDualHeads(PersonaDualHeads):
+    """Any ``AutoModelForCausalLM`` plus a :class:`MultipleChoiceHead` (``multiple_choice_head``).
+
+    Token types are added as GPT-2 adds them: the word embedding of each token plus the word embedding of
+    its token type (``<speaker1>``, ``<speaker2>``), so every model gets the same speaker signal.
+    """
+
+    supports_shared_prefix = True
+
+    def __init__(self, config, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        self.multiple_choice_head = MultipleChoiceHead(config.hidden_size, getattr(config, "summary_first_dropout", 0.1))
+
+    def _embed(self, input_ids, token_type_ids):
+        embed = self.get_input_embeddings()
+        return embed(input_ids) + embed(token_type_ids)
+
+    def persona_backbone(self, *, input_ids, token_type_ids=None, **kwargs):
+        """The decoder body on the input ids (plus token types through the word embeddings)."""
+        if token_type_ids is None:
+            return self.base_model(input_ids=input_ids, **kwargs)
+        return self.base_model(inputs_embeds=self._embed(input_ids, token_type_ids), **kwargs)
+
+    def persona_mc_logits(self, picked: torch.Tensor) -> torch.Tensor:
+        """The multiple-choice head on the picked hidden states [B, C, H] -> [B, C]."""
+        return self.multiple_choice_head(picked)
+
+    def forward_full(self, input_ids=None, token_type_ids=None, mc_token_ids=None, **kwargs):
+        """The causal LM's own forward (all logits), token types folded into the embeddings; with
+        ``mc_token_ids`` ([B, C] for inputs [B, C, L]) also ``mc_logits``, as GPT2DoubleHeadsModel gives."""
+        if mc_token_ids is None:
+            if token_type_ids is not None:
+                kwargs["inputs_embeds"], input_ids = self._embed(input_ids, token_type_ids), None
+            return super(PersonaDualHeads, self).forward(input_ids=input_ids, **kwargs)
+        batch, count, length = input_ids.shape
+        mask = kwargs.pop("attention_mask")
+        hidden = self.persona_backbone(
+            input_ids=input_ids.view(-1, length), token_type_ids=_flat(token_type_ids, length), attention_mask=mask.view(-1, length), **kwargs
+        ).last_hidden_state
+        hidden = hidden.view(batch, count, length, -1)
+        picked = hidden.gather(2, mc_token_ids[:, :, None, None].expand(batch, count, 1, hidden.shape[-1])).squeeze(2)
+        return FullOutput(logits=self.lm_head(hidden), mc_logits=self.persona_mc_logits(picked))
+
+
+def _with_extra_arguments(signature: inspect.Signature, names: tuple[str, ...]) -> inspect.Signature:
+    """The base forward's signature plus keyword arguments ``names`` (``generate`` checks its arguments against it)."""
+    present = set(signature.parameters)
     params = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
-    extra = inspect.Parameter("forward_mode", inspect.Parameter.KEYWORD_ONLY, default=None)
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None) for name in names if name not in present]
     tail = [p for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD]
-    return signature.replace(parameters=[*params, extra, *tail])
+    return signature.replace(parameters=[*params, *extra, *tail])
 
 
-def _persona_class(base: type, shared_prefix: bool) -> type:
-    # Named like its base so that save_pretrained records the plain transformers architecture:
-    # the saved model loads with plain transformers, no persona code needed.
-    cls = type(base.__name__, (PersonaDualHeads, base), {"__module__": __name__, "supports_shared_prefix": shared_prefix})
+@functools.cache
+def persona_class(base: type) -> type:
+    """The persona double-heads class of a transformers model class (GPT's double-heads, or any causal LM).
+
+    Named like its base so that ``save_pretrained`` records the plain transformers architecture: the
+    saved model loads with plain transformers, no persona code needed (a causal LM drops the head).
+    """
+    family = GPTDualHeads if base in (GPT2DoubleHeadsModel, OpenAIGPTDoubleHeadsModel) else CausalDualHeads
+    shared_prefix = base is not OpenAIGPTDoubleHeadsModel
+    cls = type(base.__name__, (family, base), {"__module__": __name__, "supports_shared_prefix": shared_prefix})
 
     def forward(self, *args, forward_mode: str | None = None, **kwargs):
         return PersonaDualHeads.forward(self, *args, forward_mode=forward_mode, **kwargs)
 
-    forward.__signature__ = _with_forward_mode(inspect.signature(base.forward))
+    forward.__signature__ = _with_extra_arguments(inspect.signature(base.forward), ("forward_mode", "token_type_ids"))
     forward.__doc__ = PersonaDualHeads.forward.__doc__
     cls.forward = forward
     return cls
 
 
-MODEL_CLASSES = {
-    "gpt2": _persona_class(GPT2DoubleHeadsModel, shared_prefix=True),
-    "openai-gpt": _persona_class(OpenAIGPTDoubleHeadsModel, shared_prefix=False),
-}
+DOUBLE_HEADS = {"gpt2": GPT2DoubleHeadsModel, "openai-gpt": OpenAIGPTDoubleHeadsModel}
 
 
 def _offline_hint(name: str, error: Exception) -> ModelLoadError:
@@ -187,21 +277,25 @@ def _offline_hint(name: str, error: Exception) -> ModelLoadError:
 def load_tokenizer(model_args: ModelArguments):
     """The tokenizer of ``tokenizer_name_or_path`` (or of the model), with a clear error offline."""
     name = model_args.tokenizer_name_or_path or model_args.model_name_or_path
+    gguf = {} if model_args.tokenizer_name_or_path or not model_args.gguf_file else {"gguf_file": model_args.gguf_file}
     try:
-        return AutoTokenizer.from_pretrained(name, revision=model_args.revision, trust_remote_code=model_args.trust_remote_code)
+        return AutoTokenizer.from_pretrained(name, revision=model_args.revision, trust_remote_code=model_args.trust_remote_code, **gguf)
     except (OSError, ValueError) as error:
         raise _offline_hint(name, error) from None
 
 
 def model_class(model_type: str) -> type:
-    """The persona double-heads class of a ``model_type``."""
-    if model_type not in MODEL_CLASSES:
+    """The persona double-heads class of a ``model_type``: GPT's own double-heads model, else the causal LM's."""
+    if model_type in DOUBLE_HEADS:
+        return persona_class(DOUBLE_HEADS[model_type])
+    name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
+    if name is None:
         raise ModelLoadError(
-            f"no double-heads model for model_type '{model_type}'",
+            f"no causal language model for model_type '{model_type}'",
             where="model_name_or_path",
-            fix=f"use one of {sorted(MODEL_CLASSES)} (GPT-2, DialoGPT, distilgpt2, openai-gpt).",
+            fix="use a decoder-only model (GPT-2, DialoGPT, openai-gpt, Llama, SmolLM2, Qwen2, Mistral...).",
         )
-    return MODEL_CLASSES[model_type]
+    return persona_class(getattr(transformers, name))
 
 
 def load_for_training(model_args: ModelArguments):
@@ -218,15 +312,18 @@ def load_for_training(model_args: ModelArguments):
         config.vocab_size = len(tokenizer)
         model = model_class(config.model_type)(config)
     else:
+        options = {"revision": model_args.revision, "trust_remote_code": model_args.trust_remote_code}
+        if model_args.gguf_file:
+            options["gguf_file"] = model_args.gguf_file
         try:
-            config = AutoConfig.from_pretrained(
-                model_args.model_name_or_path, revision=model_args.revision, trust_remote_code=model_args.trust_remote_code
-            )
-            model = model_class(config.model_type).from_pretrained(
-                model_args.model_name_or_path, config=config, revision=model_args.revision, trust_remote_code=model_args.trust_remote_code
-            )
+            config = AutoConfig.from_pretrained(model_args.model_name_or_path, **options)
+            gguf = {"quantization_config": GgufConfig(dequantize=True)} if model_args.gguf_file else {}
+            model = model_class(config.model_type).from_pretrained(model_args.model_name_or_path, config=config, **options, **gguf)
         except (OSError, ValueError) as error:
             raise _offline_hint(model_args.model_name_or_path, error) from None
+        if getattr(model, "hf_quantizer", None) is not None and model_args.gguf_file:
+            # De-quantized on load: plain float weights that train and save as safetensors like any other.
+            model.hf_quantizer.remove_quantization_config(model)
     resize_embeddings(model, tokenizer)
     ids = special_ids(tokenizer)
     model.config.pad_token_id, model.config.bos_token_id, model.config.eos_token_id = ids.pad, ids.bos, ids.eos

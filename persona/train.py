@@ -17,12 +17,13 @@ from pathlib import Path
 
 import yaml
 from transformers import set_seed
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.utils import logging as hf_logging
 
 from persona.configs import parse_recipe
 from persona.data import prepare_corpus
 from persona.errors import ConfigError, cli_entry
+from persona.lora import merged, with_lora
 from persona.modeling import load_for_training, max_positions
 from persona.plots import plot_losses
 from persona.trainer import PersonaTrainer
@@ -39,14 +40,29 @@ def setup_logging(training_args) -> None:
     hf_logging.enable_propagation()
 
 
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest ``checkpoint-N`` of ``output_dir`` that was written to the end.
+
+    The Trainer writes ``trainer_state.json`` last; a run killed while saving leaves a checkpoint
+    without it, which is skipped (with a warning) rather than resumed from.
+    """
+    folder = Path(output_dir)
+    steps = sorted((int(p.name.split("-")[1]), p) for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[1].isdigit()) if folder.is_dir() else []
+    for _, checkpoint in reversed(steps):
+        if (checkpoint / TRAINER_STATE_NAME).is_file():
+            return str(checkpoint)
+        logger.warning("Skipping %s: written only in part (no %s)", checkpoint, TRAINER_STATE_NAME)
+    return None
+
+
 def resolve_checkpoint(value: str | None, output_dir: str) -> str | None:
     """``resume_from_checkpoint``: a folder, or ``true``/``last`` for the newest checkpoint in ``output_dir``."""
     if value is None or value.lower() in ("false", "none", ""):
         return None
     if value.lower() in ("true", "last"):
-        last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        last = last_complete_checkpoint(output_dir)
         if last is None:
-            raise ConfigError("no checkpoint to resume from", where=output_dir, fix="train once with save_strategy set, or drop resume_from_checkpoint.")
+            raise ConfigError("no complete checkpoint to resume from", where=output_dir, fix="train once with save_strategy set, or drop resume_from_checkpoint.")
         return last
     if not os.path.isdir(value):
         raise ConfigError("checkpoint folder not found", where=value, fix="pass a checkpoint-N folder of output_dir, or 'last'.")
@@ -62,6 +78,8 @@ def main(argv: list[str]) -> int:
     checkpoint = resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     model, tokenizer = load_for_training(model_args)
     model.config.persona_token_types = training_args.use_token_types  # saved: eval and chat feed the model alike
+    if model_args.use_peft:
+        model = with_lora(model, model_args, tokenizer)
     with training_args.main_process_first(desc="dataset preparation"):
         corpus = prepare_corpus(
             data_args, tokenizer, max_length=max_positions(model.config), stats_batch_size=training_args.per_device_train_batch_size
@@ -80,6 +98,7 @@ def main(argv: list[str]) -> int:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "persona_recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
     result = trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.model = merged(trainer.model)  # LoRA adapters merged: what is evaluated and saved is a plain model
     train_metrics = {
         **result.metrics,
         "world_size": training_args.world_size,

@@ -19,6 +19,10 @@ TINY_GPT2 = {
     "model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 128,
     "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "summary_first_dropout": 0.0,
 }
+TINY_LLAMA = {
+    "model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "max_position_embeddings": 128, "tie_word_embeddings": True,
+}
 
 
 def tiny_train_args(output_dir: Path, *extra: str) -> list[str]:
@@ -54,17 +58,28 @@ def tokenizer():
     return tok
 
 
-@pytest.fixture
-def tiny_model(tokenizer):
-    """A 2-layer GPT-2 double-heads model with the special tokens, dropout off."""
+def build_tiny(config: dict):
+    """A model built from ``config`` by load_for_training with the quickstart tokenizer, seeded, in eval mode."""
     import torch
 
     from persona.configs import ModelArguments
     from persona.modeling import load_for_training
 
     torch.manual_seed(0)
-    model, _ = load_for_training(ModelArguments(model_config=json.dumps(TINY_GPT2), tokenizer_name_or_path=str(QUICKSTART / "tokenizer")))
+    model, _ = load_for_training(ModelArguments(model_config=json.dumps(config), tokenizer_name_or_path=str(QUICKSTART / "tokenizer")))
     return model.eval()
+
+
+@pytest.fixture
+def tiny_model(tokenizer):
+    """A 2-layer GPT-2 double-heads model with the special tokens, dropout off."""
+    return build_tiny(TINY_GPT2)
+
+
+@pytest.fixture
+def tiny_llama(tokenizer):
+    """A 2-layer Llama (any causal LM) with persona's multiple-choice head and the special tokens."""
+    return build_tiny(TINY_LLAMA)
 
 
 @pytest.fixture(scope="session")

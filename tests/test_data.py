@@ -83,6 +83,19 @@ def test_both_sides_serve_as_bot_by_default(tmp_path):
     assert dialogs[1]["turns"][1] == {"history": CONVERSATIONS[0]["utterances"][:3], "candidates": ["i live in paris, i play chess."]}
 
 
+def test_held_out_dialogs_take_whole_conversations(tmp_path, tokenizer):
+    conversations = [
+        {"personas": [[f"i am person {i}."], [f"i am partner {i}."]], "utterances": [f"hello {i}.", f"hi {i}!", f"bye {i}.", f"ciao {i}."]}
+        for i in range(10)
+    ]
+    path = write_conversations(tmp_path / "train.jsonl", conversations)
+    args = DataArguments(dataset_path=str(path), dataset_cache=str(tmp_path / "cache"), validation_split_size=0.3, eval_num_candidates=2)
+    dialogs = prepare_corpus(args, tokenizer, max_length=128).dialogs
+    seen = {role: {u for d in dialogs[role] for t in d["turns"] for u in (*t["history"], t["candidates"][-1])} for role in ("train", "eval")}
+    assert len(dialogs["eval"]) == 6 and len(dialogs["train"]) == 14  # 3 of 10 conversations, both sides each
+    assert not seen["train"] & seen["eval"]
+
+
 def test_parlai_candidates_and_dialog_boundaries(tmp_path):
     text = (
         "1 your persona: i like cats.\n"

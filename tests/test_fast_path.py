@@ -35,8 +35,10 @@ def test_logged_loss_equals_weighted_reference_losses(tiny_model, tokenizer):
     assert torch.allclose(loss, 2.0 * reference.loss + 0.5 * reference.mc_loss, atol=1e-6)
 
 
+@pytest.mark.parametrize("model_name", ["tiny_model", "tiny_llama"])
 @pytest.mark.parametrize("coefs", [(1.0, 1.0), (2.0, 0.5)])
-def test_shared_prefix_equals_classic_losses_logits_and_gradients(tiny_model, tokenizer, coefs):
+def test_shared_prefix_equals_classic_losses_logits_and_gradients(model_name, request, tokenizer, coefs):
+    tiny_model = request.getfixturevalue(model_name)
     examples = _examples(tokenizer)
     results = {}
     for layout, mode in (("classic", "classic"), ("shared_prefix", "shared_prefix"), ("classic", "shared_prefix")):
@@ -52,3 +54,24 @@ def test_shared_prefix_equals_classic_losses_logits_and_gradients(tiny_model, to
         for got, want in zip(results[key], reference):
             assert torch.allclose(got, want, atol=1e-5, rtol=1e-5), key
     assert reference[2][2, 2] == torch.finfo(torch.float32).min  # the padded candidate slot never wins
+
+
+def test_causal_lm_classic_path_equals_the_base_model_with_types_in_the_embeddings(tiny_llama, tokenizer):
+    """Any causal LM: the LM loss is the base model's own loss on the gold sequences, token types added
+    to the word embeddings; the multiple-choice logits are the head on the hidden state at mc_token_ids."""
+    from transformers import LlamaForCausalLM
+
+    batch = PersonaCollator(tokenizer, "classic")(_examples(tokenizer)[:2])
+    output = tiny_llama(**batch, forward_mode="classic")
+    _, lm, _ = dual_loss(output, batch["mc_labels"], 1.0, 1.0)
+    rows = torch.arange(2)
+    gold = {name: batch[name][rows, batch["mc_labels"]] for name in ("input_ids", "token_type_ids", "attention_mask", "labels")}
+    embed = tiny_llama.get_input_embeddings()
+    plain = LlamaForCausalLM.forward(
+        tiny_llama, inputs_embeds=embed(gold["input_ids"]) + embed(gold["token_type_ids"]), attention_mask=gold["attention_mask"],
+        labels=gold["labels"], output_hidden_states=True,
+    )
+    assert torch.allclose(lm, plain.loss, atol=1e-6)
+    last = plain.hidden_states[-1][rows, batch["mc_token_ids"][rows, batch["mc_labels"]]]
+    expected = tiny_llama.multiple_choice_head.summary(last).squeeze(-1)
+    assert torch.allclose(output.mc_logits[rows, batch["mc_labels"]], expected, atol=1e-5)

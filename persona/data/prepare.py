@@ -40,18 +40,38 @@ class PreparedCorpus:
 HELDOUT = "heldout"
 
 
+def conversation_key(dialog: dict) -> tuple[str, ...]:
+    """The first three utterances of the conversation a dialog comes from: the same for both sides of a
+    conversation of four utterances or more (different conversations that open alike share it too, and
+    are then held out together)."""
+    last = dialog["turns"][-1]
+    return tuple([*last["history"], last["candidates"][-1]][:3])
+
+
 def _holdout(corpus: Corpus, args: DataArguments) -> None:
+    """Move about ``validation_split_size`` dialogs (a fraction or a count) of the training split to HELDOUT.
+
+    Whole conversations move: with ``bot_side: both`` the other side of a held-out dialog would
+    otherwise train on its very utterances.
+    """
     dialogs = corpus[args.train_split]
     size = args.validation_split_size
     count = int(size) if size >= 1 else int(round(size * len(dialogs)))
-    if not 0 < count < len(dialogs):
+    groups: dict[tuple, list[int]] = {}
+    for index, dialog in enumerate(dialogs):
+        groups.setdefault(conversation_key(dialog), []).append(index)
+    if not 0 < count < len(dialogs) or len(groups) < 2:
         raise DataError(
             f"validation_split_size {size} leaves no training or no evaluation dialogs of {len(dialogs)}",
             where=args.dataset_path,
             fix="choose a fraction in (0, 1) or a count below the number of dialogs.",
         )
-    order = np.random.default_rng(args.sampling_seed).permutation(len(dialogs))
-    held = set(order[:count].tolist())
+    members = list(groups.values())
+    held: set[int] = set()
+    for group in np.random.default_rng(args.sampling_seed).permutation(len(members)):
+        if len(held) >= count:
+            break
+        held.update(members[group])
     corpus[HELDOUT] = [d for i, d in enumerate(dialogs) if i in held]
     corpus[args.train_split] = [d for i, d in enumerate(dialogs) if i not in held]
 

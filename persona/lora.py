@@ -1,0 +1,41 @@
+"""LoRA through PEFT: adapters on the transformer body, the multiple-choice head and the special tokens trained fully.
+
+The persona special tokens are new rows of the embedding (tied to the LM head where the model ties
+them): PEFT's ``trainable_token_indices`` trains those rows only, the rest of the vocabulary stays
+frozen. At the end of training the adapters are merged, so that the saved model is a plain model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from persona.configs import ModelArguments
+from persona.special_tokens import special_ids
+
+logger = logging.getLogger(__name__)
+
+
+def with_lora(model, model_args: ModelArguments, tokenizer):
+    """``model`` wrapped by PEFT with the LoRA settings of ``model_args``."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=model_args.lora_target_modules[0] if model_args.lora_target_modules == ["all-linear"] else model_args.lora_target_modules,
+        modules_to_save=["multiple_choice_head"],
+        trainable_token_indices=sorted(set(dataclasses.astuple(special_ids(tokenizer)))),
+    )
+    model = get_peft_model(model, config)
+    trainable, total = model.get_nb_trainable_parameters()
+    logger.info("LoRA: %s trainable parameters of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+    return model
+
+
+def merged(model):
+    """The plain model with the LoRA adapters (and trained token rows, and the head) merged in; others as given."""
+    from peft import PeftModel
+
+    return model.merge_and_unload() if isinstance(model, PeftModel) else model

@@ -1,0 +1,97 @@
+"""Any causal LM as a persona bot: a tiny random Llama trains, round-trips through save/load, and trains with LoRA."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import torch
+from safetensors import safe_open
+
+from persona.configs import ModelArguments
+from persona.data import PersonaCollator
+from persona.generation import DecodingArguments, generate_replies
+from persona.lora import merged, with_lora
+from persona.modeling import load_trained, max_positions
+from persona.special_tokens import special_ids
+from persona.train import main as train_main
+from persona.trainer import dual_loss
+from tests.conftest import TINY_LLAMA, tiny_train_args
+from tests.test_fast_path import _examples
+
+
+def test_save_and_load_give_the_same_outputs(tiny_llama, tokenizer, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    tiny_llama.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
+    with safe_open(tmp_path / "model.safetensors", "pt") as weights:
+        assert "multiple_choice_head.summary.weight" in weights.keys()
+    loaded, _ = load_trained(str(tmp_path))
+    batch = PersonaCollator(tokenizer, "shared_prefix")(_examples(tokenizer))
+    with torch.no_grad():
+        before, after = tiny_llama(**batch, forward_mode="shared_prefix"), loaded(**batch, forward_mode="shared_prefix")
+    for name in ("nll_sum", "tokens", "mc_logits"):
+        assert torch.equal(before[name], after[name]), name
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path)  # plain transformers: the causal LM without the head
+    ids = torch.tensor([[special_ids(tokenizer).bos, 10, 11, 12]])
+    assert torch.allclose(plain(input_ids=ids).logits, loaded(input_ids=ids).logits)
+
+
+def test_generation_feeds_token_types_through_the_embeddings(tiny_llama, tokenizer):
+    decoding = DecodingArguments(do_sample=False, max_length=6)
+    dialogs = [(["i like cats."], ["hi! who are you?"]), (["i am tall.", "i love jazz."], ["hello.", "hi!", "what music?"])]
+    with_types = generate_replies(tiny_llama, tokenizer, dialogs, decoding, max_positions=max_positions(tiny_llama.config))
+    single = [generate_replies(tiny_llama, tokenizer, [d], decoding, max_positions=128)[0] for d in dialogs]
+    assert with_types == single  # left padding changes nothing
+    assert all(isinstance(reply, str) for reply in with_types)
+
+
+def test_a_tiny_llama_trains_with_persona_train(tmp_path):
+    out = tmp_path / "run"
+    args = ["--max_train_dialogs", "8", "--max_eval_dialogs", "2", "--eval_num_candidates", "4", "--max_steps", "3", "--learning_rate", "1e-3"]
+    assert train_main([*tiny_train_args(out, *args), "--model_config", json.dumps(TINY_LLAMA)]) == 0
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["eval_num_candidates"] == 4 and results["eval_perplexity"] > 1
+    loaded, tokenizer = load_trained(str(out))
+    assert type(loaded).__name__ == "LlamaForCausalLM" and tokenizer.chat_template
+
+
+def test_lora_trains_only_adapters_the_head_and_the_special_token_rows(tokenizer):
+    from tests.conftest import build_tiny
+
+    model = build_tiny(TINY_LLAMA).train()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    lora = with_lora(model, ModelArguments(use_peft=True, lora_r=4, lora_alpha=8, lora_dropout=0.0), tokenizer)
+    trainable = [name for name, p in lora.named_parameters() if p.requires_grad]
+    assert trainable and all(("lora_" in n) or ("trainable_tokens" in n) or ("multiple_choice_head.modules_to_save" in n) for n in trainable)
+    assert any("lora_" in n for n in trainable) and any("trainable_tokens" in n for n in trainable)
+    optimizer = torch.optim.AdamW([p for p in lora.parameters() if p.requires_grad], lr=1e-2)
+    batch = PersonaCollator(tokenizer, "shared_prefix")(_examples(tokenizer))
+    for _ in range(2):
+        loss, _, _ = dual_loss(lora(**batch, forward_mode="shared_prefix"), batch["mc_labels"], 1.0, 1.0)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    after = dict(merged(lora).named_parameters())
+    special = sorted(set(dataclasses.astuple(special_ids(tokenizer))))
+    embedding = "model.embed_tokens.weight"
+    changed_rows = (after[embedding] != before[embedding]).any(-1).nonzero().flatten().tolist()
+    assert changed_rows == special  # only the special tokens' rows of the vocabulary moved
+    assert not torch.equal(after["multiple_choice_head.summary.weight"], before["multiple_choice_head.summary.weight"])
+    assert not torch.equal(after["model.layers.0.self_attn.q_proj.weight"], before["model.layers.0.self_attn.q_proj.weight"])  # merged
+    assert torch.equal(after["model.norm.weight"], before["model.norm.weight"])  # not adapted: frozen
+
+
+def test_persona_train_with_lora_saves_a_merged_plain_model(tmp_path):
+    out = tmp_path / "run"
+    args = ["--max_train_dialogs", "8", "--max_eval_dialogs", "2", "--eval_num_candidates", "4", "--max_steps", "2"]
+    argv = [*tiny_train_args(out, *args), "--model_config", json.dumps(TINY_LLAMA), "--use_peft", "true", "--lora_r", "4"]
+    assert train_main(argv) == 0
+    with safe_open(out / "model.safetensors", "pt") as weights:
+        names = list(weights.keys())
+    assert "multiple_choice_head.summary.weight" in names and not [n for n in names if "lora" in n or "base_model" in n]
+    assert not (out / "adapter_config.json").exists()
+    loaded, _ = load_trained(str(out))
+    assert type(loaded).__name__ == "LlamaForCausalLM"
