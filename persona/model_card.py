@@ -44,7 +44,7 @@ def collect_metrics(model_dir: Path, eval_results: Path | None = None) -> dict:
         found["metrics"] = {name: evaluation[name] for name in METRIC_DEFINITIONS if name in evaluation}
         turns = evaluation.get("num_turns", {})
         found.update(num_turns=turns.get("hits"), num_f1_turns=turns.get("f1"), num_candidates=evaluation.get("num_candidates"))
-        found.update(split=evaluation.get("split"), source="persona-eval", token_types=evaluation.get("token_types", True))
+        found.update(split=evaluation.get("split"), source="persona-eval")
     return found
 
 
