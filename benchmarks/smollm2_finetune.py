@@ -1,6 +1,6 @@
 """Does persona turn a real pretrained model into a better persona bot? SmolLM2-135M-Instruct, offline, on this CPU.
 
-    python benchmarks/smollm2_finetune.py [--max_steps 40] [--eval_dialogs 6] [--use_peft] [--token_types]
+    python benchmarks/smollm2_finetune.py [--max_steps 120] [--eval_dialogs 6] [--use_peft] [--token_types]
 
 The model is the Q4_1 GGUF of ``../shared/models/smollm2-135m-instruct`` (de-quantized on load) and the
 data the shared Synthetic-Persona-Chat validation CSV, split as ``recipes/smollm2-135m-offline/`` split
@@ -155,7 +155,7 @@ def fine_tuned(max_steps: int, eval_dialogs: int, use_peft: bool, token_types: b
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--max_steps", type=int, default=40, help="training updates of 8 turns (the CPU budget)")
+    parser.add_argument("--max_steps", type=int, default=120, help="training updates of 8 turns (the CPU budget)")
     parser.add_argument("--eval_dialogs", type=int, default=6, help="held-out dialogs scored (20 candidates per turn)")
     parser.add_argument("--use_peft", action="store_true", help="LoRA instead of every weight")
     parser.add_argument("--token_types", action="store_true", help="train with token types (the recipe trains without)")
