@@ -69,7 +69,7 @@ def chat_template_baseline(dialogs: list[dict]) -> dict:
                 prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
                 candidates = [tokenizer(c, add_special_tokens=False)["input_ids"] + [end] for c in turn["candidates"]]
                 scores, gold_nll = _log_likelihoods(model, prompt, candidates)
-                hits += int(max(range(len(scores)), key=scores.__getitem__) == len(scores) - 1)
+                hits += _gold_wins(scores)
                 nll, tokens = nll + gold_nll, tokens + len(candidates[-1])
                 output = model.generate(prompt, max_new_tokens=20, do_sample=False, eos_token_id=end, pad_token_id=end)
                 predictions.append(tokenizer.decode(output[0, prompt.shape[1] :], skip_special_tokens=True).strip())
@@ -77,6 +77,11 @@ def chat_template_baseline(dialogs: list[dict]) -> dict:
     turns = len(predictions)
     f1 = load_metric("convai2_f1").compute(predictions=predictions, references=references)["f1"]
     return {"hits@1": hits / turns, "perplexity": math.exp(nll / tokens), "f1": f1, "turns": turns}
+
+
+def _gold_wins(scores: list[float]) -> int:
+    """1 when the gold candidate (last) scores highest, else 0."""
+    return int(max(range(len(scores)), key=scores.__getitem__) == len(scores) - 1)
 
 
 def _log_likelihoods(model, prompt, candidates: list[list[int]], types: dict | None = None) -> tuple[list[float], float]:
@@ -125,13 +130,14 @@ def likelihood_hits(model_dir: Path, dialogs: list[dict]) -> float:
                 candidates = [c + [ids.eos] for c in encode_texts(tokenizer, turn["candidates"])]
                 types = {"prompt": torch.tensor([prompt["token_type_ids"]]), "reply": ids.speaker2} if uses_token_types(model.config) else None
                 scores, _ = _log_likelihoods(model, torch.tensor([prompt["input_ids"]]), candidates, types)
-                hits += int(max(range(len(scores)), key=scores.__getitem__) == len(scores) - 1)
+                hits += _gold_wins(scores)
                 turns += 1
     return hits / turns
 
 
-def fine_tuned(max_steps: int, eval_dialogs: int, use_peft: bool, token_types: bool, folder: Path) -> tuple[dict, dict, float]:
-    """Train with the offline recipe for ``max_steps``, evaluate with its eval recipe; the metrics and training minutes."""
+def fine_tuned(max_steps: int, dialogs: list[dict], use_peft: bool, token_types: bool, folder: Path) -> tuple[dict, dict, float]:
+    """Train with the offline recipe for ``max_steps``, evaluate with its eval recipe on as many held-out dialogs
+    as ``dialogs`` holds (and rank ``dialogs``' candidates by likelihood); both rows and the training minutes."""
     from persona.eval import main as eval_main
     from persona.train import main as train_main
 
@@ -145,12 +151,12 @@ def fine_tuned(max_steps: int, eval_dialogs: int, use_peft: bool, token_types: b
     if train_main(train_args) != 0:
         raise SystemExit("persona-train failed")
     minutes = (time.perf_counter() - started) / 60
-    eval_args = [str(RECIPES / "eval.yaml"), "--model_name_or_path", str(model_dir), "--output_dir", str(eval_dir), "--max_eval_dialogs", str(eval_dialogs)]
+    eval_args = [str(RECIPES / "eval.yaml"), "--model_name_or_path", str(model_dir), "--output_dir", str(eval_dir), "--max_eval_dialogs", str(len(dialogs))]
     if eval_main(eval_args) != 0:
         raise SystemExit("persona-eval failed")
     results = json.loads((eval_dir / "eval_results.json").read_text())
     row = {"hits@1": results["hits@1"], "perplexity": results["perplexity"], "f1": results["f1"], "turns": results["num_turns"]["hits"]}
-    return row, {**row, "hits@1": likelihood_hits(model_dir, held_out_dialogs(eval_dialogs))}, minutes
+    return row, {**row, "hits@1": likelihood_hits(model_dir, dialogs)}, minutes
 
 
 def main() -> None:
@@ -168,7 +174,7 @@ def main() -> None:
     untrained = chat_template_baseline(dialogs)
     baseline_minutes = (time.perf_counter() - started) / 60
     with tempfile.TemporaryDirectory(prefix="smollm2-bench-") as folder:
-        trained, trained_likelihood, minutes = fine_tuned(args.max_steps, args.eval_dialogs, args.use_peft, args.token_types, Path(folder))
+        trained, trained_likelihood, minutes = fine_tuned(args.max_steps, dialogs, args.use_peft, args.token_types, Path(folder))
     print(f"\nSmolLM2-135M-Instruct (GGUF Q4_1, de-quantized), Synthetic-Persona-Chat valid CSV, {untrained['turns']} held-out turns x 20 candidates")
     print(f"fine-tuning budget: {args.max_steps} updates x 8 turns = {args.max_steps * 8} training turns, {minutes:.1f} min "
           f"({'LoRA' if args.use_peft else 'all weights'}, {'' if args.token_types else 'no '}token types); untrained baseline scored in {baseline_minutes:.1f} min")

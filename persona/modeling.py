@@ -81,11 +81,15 @@ def _gold_nll(hidden: torch.Tensor, labels: torch.Tensor, gold: torch.Tensor, lm
     return nll_sum, where.sum(-1)
 
 
+def _picked(hidden: torch.Tensor, mc_token_ids: torch.Tensor) -> torch.Tensor:
+    """The hidden state [B, C, H] at each candidate's ``mc_token_ids`` of hidden states [B, C, L, H]."""
+    batch, count, _, width = hidden.shape
+    return hidden.gather(2, mc_token_ids[:, :, None, None].expand(batch, count, 1, width)).squeeze(2)
+
+
 def _mc_logits(model, hidden: torch.Tensor, mc_token_ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """The multiple-choice head on the hidden state at each candidate's ``mc_token_ids`` ([B, C])."""
-    batch, count, _, width = hidden.shape
-    picked = hidden.gather(2, mc_token_ids[:, :, None, None].expand(batch, count, 1, width)).squeeze(2)
-    logits = model.persona_mc_logits(picked).float()
+    logits = model.persona_mc_logits(_picked(hidden, mc_token_ids)).float()
     return logits.masked_fill(~valid.bool(), torch.finfo(logits.dtype).min)
 
 
@@ -228,8 +232,7 @@ class CausalDualHeads(PersonaDualHeads):
             input_ids=input_ids.view(-1, length), token_type_ids=_flat(token_type_ids, length), attention_mask=mask.view(-1, length), **kwargs
         ).last_hidden_state
         hidden = hidden.view(batch, count, length, -1)
-        picked = hidden.gather(2, mc_token_ids[:, :, None, None].expand(batch, count, 1, hidden.shape[-1])).squeeze(2)
-        return FullOutput(logits=self.lm_head(hidden), mc_logits=self.persona_mc_logits(picked))
+        return FullOutput(logits=self.lm_head(hidden), mc_logits=self.persona_mc_logits(_picked(hidden, mc_token_ids)))
 
 
 def _with_extra_arguments(signature: inspect.Signature, names: tuple[str, ...]) -> inspect.Signature:
