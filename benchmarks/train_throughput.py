@@ -1,14 +1,15 @@
 """Training throughput and peak memory of the shared-prefix fast path against the classic path, side by side.
 
-    python benchmarks/train_throughput.py [--steps 16] [--accumulation 8] [--eval_batches 4]
+    python benchmarks/train_throughput.py [--steps 16] [--accumulation 8] [--eval_batches 8]
 
 For each model (the quickstart model; a 2-layer 128-wide GPT-2 with GPT-2's 50k vocabulary; a
 GPT-2-small-sized model), random weights, the seed's settings (4 candidates, max_history 2), it times
 forward+backward passes of each path on the same batches, with an optimizer update every
 ``--accumulation`` batches (the seed's gradient_accumulation_steps, 8), after one untimed update (a
 fresh process runs its first steps several times slower while the allocator and the optimizer state
-grow), and prints examples/s and peak RSS; then hits@1 scoring over 20 candidates (no gradients) of each path. Each measurement runs in a
-fresh process so that one path's peak memory does not hide the other's.
+grow), and prints examples/s and peak RSS; then hits@1 scoring over 20 candidates (no gradients) of each
+path, after two untimed batches. Each measurement runs in a fresh process so that one path's peak memory
+does not hide the other's.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ MODELS = {
 
 
 def measure(model_config: dict, tokenizer_path: str, batch_size: int, mode: str, steps: int, accumulation: int, candidates: int, train: bool) -> dict:
-    """One path in this process: examples/s over ``steps`` batches after one untimed update (training; one
-    untimed batch for scoring), an optimizer update every ``accumulation`` batches, and peak RSS."""
+    """One path in this process: examples/s over ``steps`` batches after one untimed update (training; two
+    untimed batches for scoring), an optimizer update every ``accumulation`` batches, and peak RSS."""
     import resource
 
     import torch
@@ -49,7 +50,7 @@ def measure(model_config: dict, tokenizer_path: str, batch_size: int, mode: str,
     data = DataArguments(dataset_path=str(QUICKSTART), dataset_cache=str(REPO / "dataset_cache"), num_candidates=candidates, eval_num_candidates=candidates, max_history=2)
     features = prepare_corpus(data, tokenizer, max_length=model_config["n_positions"], roles=(role,)).features[role]
     collator = PersonaCollator(tokenizer, PersonaTrainer.batch_layout(model, mode))
-    warmup = accumulation if train else 1
+    warmup = accumulation if train else 2
     batches = [collator([features[i] for i in range(s * batch_size, (s + 1) * batch_size)]) for s in range(warmup + steps)]
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model.train(train)
@@ -81,7 +82,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=16, help="timed training batches")
     parser.add_argument("--accumulation", type=int, default=8, help="batches per optimizer update (the seed's 8)")
-    parser.add_argument("--eval_batches", type=int, default=4, help="timed scoring batches")
+    parser.add_argument("--eval_batches", type=int, default=8, help="timed scoring batches")
     parser.add_argument("--child", nargs="*")
     args = parser.parse_args()
     if args.child is not None:

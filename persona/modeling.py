@@ -9,10 +9,11 @@ returns the gold reply's token NLL and the candidates' scores.
 
 Two ways to compute them (``forward_mode``):
 
-- ``shared_prefix`` (fast): the persona+history prefix runs once per turn, its key/value cache is
-  expanded over the candidates, which run as continuations at their true positions; LM logits are
-  computed only where labels are. Needs a model with a key/value cache (all but openai-gpt, which runs
-  the full sequences but still computes LM logits only where labels are).
+- ``shared_prefix`` (fast): one packed row per turn, the persona+history prefix once and every candidate
+  after it, each candidate at its true positions and attending (through a block causal mask) to the
+  prefix and to itself only; no candidate is padded, and LM logits are computed only where labels are.
+  Needs a body that takes a custom 4D attention mask (all but openai-gpt, which runs the full sequences
+  but still computes LM logits only where labels are).
 - ``classic``: every candidate as a full sequence through the model's own forward, logits for every
   token of every candidate, as the reference implementation did.
 """
@@ -35,6 +36,7 @@ from transformers import (
     GPT2DoubleHeadsModel,
     OpenAIGPTDoubleHeadsModel,
 )
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, and_masks, causal_mask_function
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 from transformers.utils import ModelOutput
 
@@ -66,30 +68,35 @@ class FullOutput(ModelOutput):
     mc_logits: torch.Tensor | None = None
 
 
-def _gold_nll(hidden: torch.Tensor, labels: torch.Tensor, gold: torch.Tensor, lm_head) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token NLL of the gold candidate, LM logits computed only at the positions whose next token has a label.
+def _label_nll(hidden: torch.Tensor, labels: torch.Tensor, lm_head) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token NLL of the labelled tokens, LM logits computed only at the positions whose next token has a label.
 
-    ``hidden``: [B, C, L, H]; ``labels``: [B, C, L]; ``gold``: [B]. Returns the per-example NLL sum and count.
+    ``hidden``: [B, L, H]; ``labels``: [B, L]. Returns the per-row NLL sum and labelled-token count.
     """
-    rows = torch.arange(hidden.shape[0], device=hidden.device)
-    gold_hidden, gold_labels = hidden[rows, gold, :-1], labels[rows, gold, 1:]
-    where = gold_labels != IGNORE_INDEX
-    logits = lm_head(gold_hidden[where]).float()
-    nll = F.cross_entropy(logits, gold_labels[where], reduction="none")
+    targets = labels[:, 1:]
+    where = targets != IGNORE_INDEX
+    logits = lm_head(hidden[:, :-1][where]).float()
+    nll = F.cross_entropy(logits, targets[where], reduction="none")
     owner = where.nonzero()[:, 0]
     nll_sum = torch.zeros(hidden.shape[0], device=hidden.device, dtype=nll.dtype).index_add(0, owner, nll)
     return nll_sum, where.sum(-1)
 
 
-def _picked(hidden: torch.Tensor, mc_token_ids: torch.Tensor) -> torch.Tensor:
-    """The hidden state [B, C, H] at each candidate's ``mc_token_ids`` of hidden states [B, C, L, H]."""
-    batch, count, _, width = hidden.shape
-    return hidden.gather(2, mc_token_ids[:, :, None, None].expand(batch, count, 1, width)).squeeze(2)
+def _picked(hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The hidden states [B, C, H] at positions ``index`` [B, C] of hidden states [B, T, H]."""
+    return hidden.gather(1, index[..., None].expand(*index.shape, hidden.shape[-1]))
 
 
-def _mc_logits(model, hidden: torch.Tensor, mc_token_ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """The multiple-choice head on the hidden state at each candidate's ``mc_token_ids`` ([B, C])."""
-    logits = model.persona_mc_logits(_picked(hidden, mc_token_ids)).float()
+def _candidate_ends(hidden: torch.Tensor, mc_token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Classic hidden states [B, C, L, H] as rows [B, C*L, H], and each candidate's ``mc_token_ids`` as indices in them."""
+    length = hidden.shape[2]
+    offsets = torch.arange(hidden.shape[1], device=hidden.device) * length
+    return hidden.flatten(1, 2), mc_token_ids + offsets
+
+
+def _mc_logits(model, hidden: torch.Tensor, index: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The multiple-choice head on the hidden states [B, T, H] at each candidate's ``<eos>`` ``index`` ([B, C])."""
+    logits = model.persona_mc_logits(_picked(hidden, index)).float()
     return logits.masked_fill(~valid.bool(), torch.finfo(logits.dtype).min)
 
 
@@ -98,8 +105,9 @@ def _flat(tensor: torch.Tensor | None, length: int) -> torch.Tensor | None:
 
 
 def _classic(model, input_ids, attention_mask, labels, mc_token_ids, candidate_valid, mc_labels, token_type_ids=None) -> DualOutput:
+    # The mask flattened to [B*C, L]: openai-gpt's own forward flattens the ids and types but not the mask.
     output = model.forward_full(
-        input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask, mc_token_ids=mc_token_ids
+        input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=_flat(attention_mask, input_ids.shape[-1]), mc_token_ids=mc_token_ids
     )
     shift_logits, shift_labels = output.logits[..., :-1, :].float(), labels[..., 1:]
     nll = F.cross_entropy(shift_logits.flatten(0, -2), shift_labels.flatten(), reduction="none", ignore_index=IGNORE_INDEX)
@@ -112,33 +120,41 @@ def _classic(model, input_ids, attention_mask, labels, mc_token_ids, candidate_v
 def _full_sequences(model, input_ids, attention_mask, labels, mc_token_ids, candidate_valid, mc_labels, token_type_ids=None) -> DualOutput:
     batch, count, length = input_ids.shape
     hidden = model.persona_backbone(
-        input_ids=input_ids.view(-1, length), token_type_ids=_flat(token_type_ids, length), attention_mask=attention_mask.view(-1, length)
+        inputs_embeds=model.persona_embeddings(input_ids.view(-1, length), _flat(token_type_ids, length)),
+        attention_mask=attention_mask.view(-1, length),
+        use_cache=False,
     ).last_hidden_state.view(batch, count, length, -1)
-    nll_sum, tokens = _gold_nll(hidden, labels, mc_labels, model.lm_head)
-    return DualOutput(nll_sum=nll_sum, tokens=tokens, mc_logits=_mc_logits(model, hidden, mc_token_ids, candidate_valid))
+    rows = torch.arange(batch, device=input_ids.device)
+    nll_sum, tokens = _label_nll(hidden[rows, mc_labels], labels[rows, mc_labels], model.lm_head)
+    return DualOutput(nll_sum=nll_sum, tokens=tokens, mc_logits=_mc_logits(model, *_candidate_ends(hidden, mc_token_ids), candidate_valid))
+
+
+def _block_causal_mask(model, block_ids: torch.Tensor, attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The 4D mask of a packed batch, in the form the model's attention implementation takes (SDPA's boolean,
+    eager's additive): causal, padding out, and each token seeing the prefix (block 0) and its own block only.
+
+    transformers passes a 4D mask through to every layer unchanged. The mask function is index-based, so
+    it is built by broadcasting (``create_causal_mask`` would vmap a custom function, element by element).
+    """
+
+    def prefix_or_own_block(batch_idx, head_idx, q_idx, kv_idx):
+        key_block = block_ids[batch_idx, kv_idx]
+        return (key_block == 0) | (key_block == block_ids[batch_idx, q_idx])
+
+    batch, length = block_ids.shape
+    return ALL_MASK_ATTENTION_FUNCTIONS[model.config._attn_implementation](
+        batch_size=batch, q_length=length, kv_length=length, mask_function=and_masks(causal_mask_function, prefix_or_own_block),
+        attention_mask=attention_mask.bool(), allow_is_causal_skip=False, use_vmap=False, dtype=dtype, device=block_ids.device,
+    )
 
 
 def _shared_prefix(
-    model, prefix_ids, prefix_mask, candidate_ids, candidate_mask, labels, mc_token_ids, candidate_valid, mc_labels, prefix_type_ids=None, candidate_type_ids=None
+    model, input_ids, attention_mask, position_ids, block_ids, labels, mc_token_ids, candidate_valid, mc_labels, token_type_ids=None
 ) -> DualOutput:
-    batch, count, length = candidate_ids.shape
-    prefix_positions = torch.arange(prefix_ids.shape[1], device=prefix_ids.device).expand_as(prefix_ids)
-    prefix = model.persona_backbone(
-        input_ids=prefix_ids, token_type_ids=prefix_type_ids, attention_mask=prefix_mask, position_ids=prefix_positions, use_cache=True
-    )
-    cache = prefix.past_key_values
-    cache.batch_repeat_interleave(count)
-    starts = prefix_mask.sum(-1).repeat_interleave(count)
-    positions = starts[:, None] + torch.arange(length, device=prefix_ids.device)
-    hidden = model.persona_backbone(
-        input_ids=candidate_ids.view(-1, length),
-        token_type_ids=_flat(candidate_type_ids, length),
-        attention_mask=torch.cat([prefix_mask.repeat_interleave(count, 0), candidate_mask.view(-1, length)], dim=1),
-        position_ids=positions,
-        cache=cache,
-        use_cache=False,
-    ).last_hidden_state.view(batch, count, length, -1)
-    nll_sum, tokens = _gold_nll(hidden, labels, mc_labels, model.lm_head)
+    embeds = model.persona_embeddings(input_ids, token_type_ids)
+    mask = _block_causal_mask(model, block_ids, attention_mask, embeds.dtype)
+    hidden = model.persona_backbone(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, use_cache=False).last_hidden_state
+    nll_sum, tokens = _label_nll(hidden, labels, model.lm_head)
     return DualOutput(nll_sum=nll_sum, tokens=tokens, mc_logits=_mc_logits(model, hidden, mc_token_ids, candidate_valid))
 
 
@@ -146,17 +162,34 @@ class PersonaDualHeads:
     """Mixin for a language model with a multiple-choice head: ``forward(**persona_batch, forward_mode=...)``
     gives a :class:`DualOutput`; any other call is the model's own forward.
 
-    A family provides ``persona_backbone`` (the transformer body with token types: hidden states and,
-    with ``use_cache``, the key/value cache) and ``persona_mc_logits`` (the head on picked hidden states).
+    A family provides ``persona_mc_logits`` (the head on picked hidden states) and says whether its body
+    takes a custom 4D attention mask (``packs_candidates``: the packed fast path).
     """
 
-    supports_shared_prefix = False
+    packs_candidates = False
+
+    def supports_shared_prefix(self) -> bool:
+        """Whether the packed fast path applies: the body takes a custom 4D mask and its attention (eager or
+        SDPA) honours it."""
+        return self.packs_candidates and self.config._attn_implementation in ("eager", "sdpa")
+
+    def persona_embeddings(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Word embeddings of the ids plus, as GPT-2 adds token types, the word embeddings of the types,
+        looked up together (one gradient of the embedding matrix per batch, not one per lookup)."""
+        embed = self.get_input_embeddings()
+        if token_type_ids is None:
+            return embed(input_ids)
+        return embed(torch.stack([input_ids, token_type_ids])).sum(0)
+
+    def persona_backbone(self, **kwargs):
+        """The transformer body (no LM head): hidden states of ``inputs_embeds``."""
+        return self.base_model(**kwargs)
 
     def forward(self, *args, forward_mode: str | None = None, **kwargs):
         """A persona batch with ``forward_mode`` gives a :class:`DualOutput`; anything else, the base forward."""
         if forward_mode is None:
             return self.forward_full(*args, **kwargs)
-        if "prefix_ids" in kwargs:
+        if "block_ids" in kwargs:
             return _shared_prefix(self, **kwargs)
         if forward_mode == "classic":
             return _classic(self, **kwargs)
@@ -165,10 +198,6 @@ class PersonaDualHeads:
 
 class GPTDualHeads(PersonaDualHeads):
     """GPT2DoubleHeadsModel / OpenAIGPTDoubleHeadsModel: their own token types and multiple-choice head."""
-
-    def persona_backbone(self, **kwargs):
-        """The transformer body (token types are GPT's own input)."""
-        return self.transformer(**kwargs)
 
     def persona_mc_logits(self, picked: torch.Tensor) -> torch.Tensor:
         """GPT's SequenceSummary head on the picked hidden states [B, C, H] -> [B, C]."""
@@ -199,21 +228,11 @@ class CausalDualHeads(PersonaDualHeads):
     its token type (``<speaker1>``, ``<speaker2>``), so every model gets the same speaker signal.
     """
 
-    supports_shared_prefix = True
+    packs_candidates = True
 
     def __init__(self, config, *args, **kwargs):
         super().__init__(config, *args, **kwargs)
         self.multiple_choice_head = MultipleChoiceHead(config.hidden_size, getattr(config, "summary_first_dropout", 0.1))
-
-    def _embed(self, input_ids, token_type_ids):
-        embed = self.get_input_embeddings()
-        return embed(input_ids) + embed(token_type_ids)
-
-    def persona_backbone(self, *, input_ids, token_type_ids=None, **kwargs):
-        """The decoder body on the input ids (plus token types through the word embeddings)."""
-        if token_type_ids is None:
-            return self.base_model(input_ids=input_ids, **kwargs)
-        return self.base_model(inputs_embeds=self._embed(input_ids, token_type_ids), **kwargs)
 
     def persona_mc_logits(self, picked: torch.Tensor) -> torch.Tensor:
         """The multiple-choice head on the picked hidden states [B, C, H] -> [B, C]."""
@@ -224,15 +243,15 @@ class CausalDualHeads(PersonaDualHeads):
         ``mc_token_ids`` ([B, C] for inputs [B, C, L]) also ``mc_logits``, as GPT2DoubleHeadsModel gives."""
         if mc_token_ids is None:
             if token_type_ids is not None:
-                kwargs["inputs_embeds"], input_ids = self._embed(input_ids, token_type_ids), None
+                kwargs["inputs_embeds"], input_ids = self.persona_embeddings(input_ids, token_type_ids), None
             return super(PersonaDualHeads, self).forward(input_ids=input_ids, **kwargs)
         batch, count, length = input_ids.shape
         mask = kwargs.pop("attention_mask")
         hidden = self.persona_backbone(
-            input_ids=input_ids.view(-1, length), token_type_ids=_flat(token_type_ids, length), attention_mask=mask.view(-1, length), **kwargs
+            inputs_embeds=self.persona_embeddings(input_ids.view(-1, length), _flat(token_type_ids, length)), attention_mask=mask.view(-1, length), **kwargs
         ).last_hidden_state
         hidden = hidden.view(batch, count, length, -1)
-        return FullOutput(logits=self.lm_head(hidden), mc_logits=self.persona_mc_logits(_picked(hidden, mc_token_ids)))
+        return FullOutput(logits=self.lm_head(hidden), mc_logits=self.persona_mc_logits(_picked(*_candidate_ends(hidden, mc_token_ids))))
 
 
 def _with_extra_arguments(signature: inspect.Signature, names: tuple[str, ...]) -> inspect.Signature:
@@ -252,8 +271,9 @@ def persona_class(base: type) -> type:
     saved model loads with plain transformers, no persona code needed (a causal LM drops the head).
     """
     family = GPTDualHeads if base in (GPT2DoubleHeadsModel, OpenAIGPTDoubleHeadsModel) else CausalDualHeads
-    shared_prefix = base is not OpenAIGPTDoubleHeadsModel
-    cls = type(base.__name__, (family, base), {"__module__": __name__, "supports_shared_prefix": shared_prefix})
+    # openai-gpt's attention takes no custom 4D mask: it runs full sequences (LM logits still only where labels are).
+    packs = base is not OpenAIGPTDoubleHeadsModel
+    cls = type(base.__name__, (family, base), {"__module__": __name__, "packs_candidates": packs})
 
     def forward(self, *args, forward_mode: str | None = None, **kwargs):
         return PersonaDualHeads.forward(self, *args, forward_mode=forward_mode, **kwargs)

@@ -80,8 +80,8 @@ class PersonaTrainer(Trainer):
 
     @staticmethod
     def batch_layout(model, forward_mode: str) -> str:
-        """The collator layout a model and mode need: the shared prefix only where the model has a key/value cache."""
-        return "shared_prefix" if forward_mode == "shared_prefix" and getattr(model, "supports_shared_prefix", False) else "classic"
+        """The collator layout a model and mode need: the packed shared prefix only where the model supports it."""
+        return "shared_prefix" if forward_mode == "shared_prefix" and model.supports_shared_prefix() else "classic"
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """Save as the Trainer does, but the training arguments as JSON instead of a pickled ``training_args.bin``."""

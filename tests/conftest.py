@@ -19,6 +19,10 @@ TINY_GPT2 = {
     "model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 128,
     "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "summary_first_dropout": 0.0,
 }
+TINY_OPENAI_GPT = {
+    "model_type": "openai-gpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 128,
+    "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "summary_first_dropout": 0.0,
+}
 TINY_LLAMA = {
     "model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
     "num_key_value_heads": 2, "max_position_embeddings": 128, "tie_word_embeddings": True,
@@ -74,6 +78,12 @@ def build_tiny(config: dict):
 def tiny_model(tokenizer):
     """A 2-layer GPT-2 double-heads model with the special tokens, dropout off."""
     return build_tiny(TINY_GPT2)
+
+
+@pytest.fixture
+def tiny_openai_gpt(tokenizer):
+    """A 2-layer openai-gpt double-heads model (the seed's default family), dropout off."""
+    return build_tiny(TINY_OPENAI_GPT)
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import torch
 from persona.data import PersonaCollator
 from persona.data.layout import build_prefix
 from persona.special_tokens import special_ids
-from persona.trainer import dual_loss
+from persona.trainer import PersonaTrainer, dual_loss
 
 
 def _examples(tokenizer):
@@ -35,25 +35,41 @@ def test_logged_loss_equals_weighted_reference_losses(tiny_model, tokenizer):
     assert torch.allclose(loss, 2.0 * reference.loss + 0.5 * reference.mc_loss, atol=1e-6)
 
 
-@pytest.mark.parametrize("model_name", ["tiny_model", "tiny_llama"])
-@pytest.mark.parametrize("coefs", [(1.0, 1.0), (2.0, 0.5)])
-def test_shared_prefix_equals_classic_losses_logits_and_gradients(model_name, request, tokenizer, coefs):
-    tiny_model = request.getfixturevalue(model_name)
-    examples = _examples(tokenizer)
+def _losses_logits_and_gradients(model, tokenizer, runs, coefs) -> dict:
     results = {}
-    for layout, mode in (("classic", "classic"), ("shared_prefix", "shared_prefix"), ("classic", "shared_prefix")):
-        tiny_model.zero_grad()
-        batch = PersonaCollator(tokenizer, layout)(examples)
-        output = tiny_model(**batch, forward_mode=mode)
+    for layout, mode in runs:
+        model.zero_grad()
+        batch = PersonaCollator(tokenizer, layout)(_examples(tokenizer))
+        output = model(**batch, forward_mode=mode)
         loss, lm, mc = dual_loss(output, batch["mc_labels"], *coefs)
         loss.backward()
-        grads = torch.cat([p.grad.flatten() for p in tiny_model.parameters() if p.grad is not None])
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
         results[(layout, mode)] = (loss.detach(), lm.detach(), output.mc_logits.detach(), grads)
+    return results
+
+
+@pytest.mark.parametrize("model_name", ["tiny_model", "tiny_llama"])
+@pytest.mark.parametrize(("coefs", "attention"), [((1.0, 1.0), "sdpa"), ((2.0, 0.5), "eager")])
+def test_shared_prefix_equals_classic_losses_logits_and_gradients(model_name, request, tokenizer, coefs, attention):
+    """The packed fast path against the classic one, under both attention implementations that take its mask."""
+    tiny_model = request.getfixturevalue(model_name)
+    tiny_model.set_attn_implementation(attention)
+    assert tiny_model.config._attn_implementation == attention and tiny_model.supports_shared_prefix()
+    results = _losses_logits_and_gradients(tiny_model, tokenizer, (("classic", "classic"), ("shared_prefix", "shared_prefix"), ("classic", "shared_prefix")), coefs)
     reference = results[("classic", "classic")]
     for key in (("shared_prefix", "shared_prefix"), ("classic", "shared_prefix")):
         for got, want in zip(results[key], reference):
             assert torch.allclose(got, want, atol=1e-5, rtol=1e-5), key
     assert reference[2][2, 2] == torch.finfo(torch.float32).min  # the padded candidate slot never wins
+
+
+def test_openai_gpt_runs_full_sequences_with_lm_logits_only_where_labels_are(tiny_openai_gpt, tokenizer):
+    """openai-gpt's attention takes no custom mask: its fast path is the classic layout, its results the classic path's."""
+    assert not tiny_openai_gpt.supports_shared_prefix()
+    assert PersonaTrainer.batch_layout(tiny_openai_gpt, "shared_prefix") == "classic"
+    results = _losses_logits_and_gradients(tiny_openai_gpt, tokenizer, (("classic", "classic"), ("classic", "shared_prefix")), (1.0, 1.0))
+    for got, want in zip(results[("classic", "shared_prefix")], results[("classic", "classic")]):
+        assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
 
 
 def test_causal_lm_classic_path_equals_the_base_model_with_types_in_the_embeddings(tiny_llama, tokenizer):

@@ -59,10 +59,35 @@ def test_collator_rebuilds_build_inputs_for_every_candidate(tokenizer):
             assert batch["attention_mask"][b, c].sum().item() == n
             assert batch["mc_token_ids"][b, c].item() == expected["mc_token_ids"]
             assert (batch["labels"][b, c, n:] == IGNORE_INDEX).all()
-    shared = PersonaCollator(tokenizer, "shared_prefix")(examples)
-    assert shared["prefix_ids"][1].tolist()[:4] == examples[1]["prefix_ids"] and shared["prefix_mask"][1].sum() == 4
-    assert shared["candidate_ids"][0, 2].tolist() == [ids.speaker2, 30, 31, ids.eos, ids.pad]
-    assert shared["labels"][0, 2].tolist() == [IGNORE_INDEX, 30, 31, ids.eos, IGNORE_INDEX]
+
+
+def test_packed_rows_hold_each_classic_sequence_as_the_prefix_plus_one_block(tokenizer):
+    """The fast path's packed row: what each candidate sees (the prefix and its own block) is exactly
+    build_inputs' sequence, at the same positions, with the same token types and labels."""
+    ids = special_ids(tokenizer)
+    persona_history = [([[10, 11]], [[20], [21, 22], [23]]), ([[12]], [[24]])]
+    examples = [
+        {"prefix_ids": build_prefix(*persona_history[0], ids), "candidates": [[40], [41, 42, 43], [30, 31]]},
+        {"prefix_ids": build_prefix(*persona_history[1], ids), "candidates": [[44, 45], [32]]},
+    ]
+    packed = PersonaCollator(tokenizer, "shared_prefix")(examples)
+    assert packed["input_ids"][1].tolist() == [ids.bos, 12, ids.speaker1, 24, ids.speaker2, 44, 45, ids.eos, ids.speaker2, 32, ids.eos] + [ids.pad] * 11
+    assert packed["position_ids"][1, :11].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 4, 5, 6]
+    assert packed["block_ids"][1].tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2] + [-1] * 11
+    assert packed["labels"][1, :11].tolist() == [IGNORE_INDEX] * 9 + [32, ids.eos]
+    assert packed["attention_mask"].sum(-1).tolist() == [22, 11]
+    assert packed["mc_token_ids"].tolist() == [[12, 17, 21], [7, 10, 0]]
+    assert packed["candidate_valid"].tolist() == [[True, True, True], [True, True, False]] and packed["mc_labels"].tolist() == [2, 1]
+    for b, example in enumerate(examples):
+        for c, reply in enumerate(example["candidates"]):
+            expected = build_inputs(*persona_history[b], reply, tokenizer, lm_labels=c == len(example["candidates"]) - 1)
+            seen = (packed["block_ids"][b] == 0) | (packed["block_ids"][b] == c + 1)
+            assert packed["input_ids"][b, seen].tolist() == expected["input_ids"]
+            assert packed["position_ids"][b, seen].tolist() == list(range(len(expected["input_ids"])))
+            assert packed["token_type_ids"][b, seen].tolist() == expected["token_type_ids"]
+            own = packed["block_ids"][b] == c + 1
+            assert packed["labels"][b, own].tolist() == expected["labels"][-own.sum() :]
+            assert packed["mc_token_ids"][b, c] == own.nonzero()[-1, 0]
 
 
 def test_fit_context_drops_oldest_history_then_persona_never_reply():

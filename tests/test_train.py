@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from persona.train import main as train_main
-from tests.conftest import REPO, tiny_train_args
+from tests.conftest import REPO, TINY_OPENAI_GPT, tiny_train_args
 
 
 def _args(output_dir, *extra):
@@ -62,6 +62,17 @@ def test_bf16_mixed_precision_on_cpu(tmp_path):
     out = tmp_path / "bf16"
     assert train_main(_args(out, "--max_steps", "2", "--bf16", "true", "--use_cpu", "true")) == 0
     assert json.loads((out / "train_results.json").read_text())["mixed_precision"] == "bf16"
+
+
+def test_openai_gpt_trains_in_both_forward_modes_to_the_same_evaluation(tmp_path):
+    """The seed's default family: its fast mode (full sequences, LM logits only where labels are) and the
+    classic mode train to the same model."""
+    results = {}
+    for mode in ("shared_prefix", "classic"):
+        out = tmp_path / mode
+        assert train_main(_args(out, "--model_config", json.dumps(TINY_OPENAI_GPT), "--max_steps", "2", "--forward_mode", mode)) == 0
+        results[mode] = json.loads((out / "eval_results.json").read_text())
+    assert results["shared_prefix"]["eval_loss"] == pytest.approx(results["classic"]["eval_loss"], rel=1e-4)
 
 
 def test_two_processes_under_accelerate_launch(tmp_path):

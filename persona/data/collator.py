@@ -1,4 +1,4 @@
-"""Batches with per-batch dynamic padding, in the shared-prefix form or the classic [batch, candidates, length] one."""
+"""Batches with per-batch dynamic padding: packed (each prefix once, its candidates after it) or classic [batch, candidates, length]."""
 
 from __future__ import annotations
 
@@ -23,68 +23,74 @@ def _pad(rows: list[list[int]], value: int) -> tuple[np.ndarray, np.ndarray]:
     return array, mask
 
 
-def shared_prefix_batch(examples: list[dict], ids: SpecialIds) -> dict[str, np.ndarray]:
-    """The compact batch: each prefix once, each candidate ``<speaker2> reply <eos>`` beside it.
+def _gold_labels(candidate: list[int]) -> list[int]:
+    """LM labels of the gold candidate ``<speaker2> reply <eos>``: every token but the speaker token."""
+    return [IGNORE_INDEX, *candidate[1:]]
 
-    Keys: ``prefix_ids``/``prefix_type_ids``/``prefix_mask`` [B, Lp]; ``candidate_ids``/``candidate_type_ids``/
-    ``candidate_mask``/``labels`` [B, C, Lc]
-    (labels on the gold candidate only); ``mc_token_ids`` [B, C] (the ``<eos>`` index inside each
-    candidate); ``candidate_valid`` [B, C] (False for slots padding a turn with fewer candidates);
-    ``mc_labels`` [B] (the gold index: the last real candidate).
+
+def shared_prefix_batch(examples: list[dict], ids: SpecialIds) -> dict[str, np.ndarray]:
+    """The packed batch: one row per turn, its prefix once, then each candidate ``<speaker2> reply <eos>``.
+
+    Every candidate restarts its positions where the prefix ends and (through ``block_ids``: 0 for the
+    prefix, c+1 for candidate c) attends to the prefix and to itself only, so each of its tokens sees
+    exactly what it sees in the classic layout, while the prefix runs once and no candidate is padded.
+
+    Keys: ``input_ids``/``token_type_ids``/``attention_mask``/``position_ids``/``block_ids``/``labels``
+    [B, T] (labels on the gold reply only); ``mc_token_ids`` [B, C] (the index in the row of each
+    candidate's ``<eos>``); ``candidate_valid`` [B, C] (False for slots padding a turn with fewer
+    candidates, which point at index 0); ``mc_labels`` [B] (the gold index: the last candidate).
     """
-    prefix_ids, prefix_mask = _pad([e["prefix_ids"] for e in examples], ids.pad)
     count = max(len(e["candidates"]) for e in examples)
-    filler = [[]]  # a padding slot: "<speaker2> <eos>", masked out of the classification
-    replies = [e["candidates"] + filler * (count - len(e["candidates"])) for e in examples]
-    flat, flat_mask = _pad([build_candidate(r, ids) for rs in replies for r in rs], ids.pad)
-    batch, width = len(examples), flat.shape[1]
-    candidate_ids, candidate_mask = flat.reshape(batch, count, width), flat_mask.reshape(batch, count, width)
-    labels = np.full_like(candidate_ids, IGNORE_INDEX)
-    gold = np.array([len(e["candidates"]) - 1 for e in examples])
-    rows = np.arange(batch)
-    labels[rows, gold, 1:] = np.where(candidate_mask[rows, gold, 1:] == 1, candidate_ids[rows, gold, 1:], IGNORE_INDEX)
-    valid = np.arange(count)[None, :] < np.array([len(e["candidates"]) for e in examples])[:, None]
+    rows, positions, blocks, labels, ends = [], [], [], [], []
+    for example in examples:
+        prefix, gold = example["prefix_ids"], len(example["candidates"]) - 1
+        row, label, block, position, end = list(prefix), [IGNORE_INDEX] * len(prefix), [0] * len(prefix), list(range(len(prefix))), []
+        for c, reply in enumerate(example["candidates"]):
+            candidate = build_candidate(reply, ids)
+            row += candidate
+            label += _gold_labels(candidate) if c == gold else [IGNORE_INDEX] * len(candidate)
+            block += [c + 1] * len(candidate)
+            position += range(len(prefix), len(prefix) + len(candidate))
+            end.append(len(row) - 1)
+        rows.append(row), labels.append(label), blocks.append(block), positions.append(position)
+        ends.append(end + [0] * (count - len(end)))
+    input_ids, attention_mask = _pad(rows, ids.pad)
+    numbers = np.array([len(e["candidates"]) for e in examples])
     return {
-        "prefix_ids": prefix_ids,
-        "prefix_type_ids": np.where(prefix_mask == 1, token_types(prefix_ids, ids), ids.pad),
-        "prefix_mask": prefix_mask,
-        "candidate_ids": candidate_ids,
-        "candidate_type_ids": np.where(candidate_mask == 1, ids.speaker2, ids.pad),
-        "candidate_mask": candidate_mask,
-        "labels": labels,
-        "mc_token_ids": candidate_mask.sum(-1) - 1,
-        "candidate_valid": valid,
-        "mc_labels": gold,
+        "input_ids": input_ids,
+        "token_type_ids": np.where(attention_mask == 1, token_types(input_ids, ids), ids.pad),
+        "attention_mask": attention_mask,
+        "position_ids": _pad(positions, 0)[0],
+        "block_ids": _pad(blocks, -1)[0],
+        "labels": _pad(labels, IGNORE_INDEX)[0],
+        "mc_token_ids": np.array(ends),
+        "candidate_valid": np.arange(count)[None, :] < numbers[:, None],
+        "mc_labels": numbers - 1,
     }
 
 
-def classic_batch(shared: dict[str, np.ndarray], ids: SpecialIds) -> dict[str, np.ndarray]:
-    """The classic layout: every candidate as the full sequence prefix + reply, [B, C, L], right-padded."""
-    prefix_lengths = shared["prefix_mask"].sum(-1)
-    reply_lengths = shared["candidate_mask"].sum(-1)
-    batch, count, _ = shared["candidate_ids"].shape
-    width = int((prefix_lengths[:, None] + reply_lengths).max())
-    input_ids = np.full((batch, count, width), ids.pad, dtype=np.int64)
-    labels = np.full_like(input_ids, IGNORE_INDEX)
-    attention_mask = np.zeros_like(input_ids)
-    for b in range(batch):
-        p = prefix_lengths[b]
-        input_ids[b, :, :p] = shared["prefix_ids"][b, :p]
-        attention_mask[b, :, :p] = 1
+def classic_batch(examples: list[dict], ids: SpecialIds) -> dict[str, np.ndarray]:
+    """The classic layout: every candidate as the full sequence prefix + reply, [B, C, L], right-padded
+    (a turn with fewer candidates is padded with ``prefix <speaker2> <eos>`` slots, not valid)."""
+    count = max(len(e["candidates"]) for e in examples)
+    sequences, labels = [], []
+    for example in examples:
+        prefix, gold = example["prefix_ids"], len(example["candidates"]) - 1
         for c in range(count):
-            r = reply_lengths[b, c]
-            input_ids[b, c, p : p + r] = shared["candidate_ids"][b, c, :r]
-            labels[b, c, p : p + r] = shared["labels"][b, c, :r]
-            attention_mask[b, c, p : p + r] = 1
-    types = np.where(attention_mask == 1, token_types(input_ids, ids), ids.pad)
+            candidate = build_candidate(example["candidates"][c] if c <= gold else [], ids)
+            sequences.append([*prefix, *candidate])
+            labels.append([IGNORE_INDEX] * len(prefix) + (_gold_labels(candidate) if c == gold else [IGNORE_INDEX] * len(candidate)))
+    input_ids, attention_mask = _pad(sequences, ids.pad)
+    shape = (len(examples), count, input_ids.shape[1])
+    numbers = np.array([len(e["candidates"]) for e in examples])
     return {
-        "input_ids": input_ids,
-        "token_type_ids": types,
-        "attention_mask": attention_mask,
-        "labels": labels,
-        "mc_token_ids": prefix_lengths[:, None] + reply_lengths - 1,
-        "candidate_valid": shared["candidate_valid"],
-        "mc_labels": shared["mc_labels"],
+        "input_ids": input_ids.reshape(shape),
+        "token_type_ids": np.where(attention_mask == 1, token_types(input_ids, ids), ids.pad).reshape(shape),
+        "attention_mask": attention_mask.reshape(shape),
+        "labels": _pad(labels, IGNORE_INDEX)[0].reshape(shape),
+        "mc_token_ids": attention_mask.sum(-1).reshape(shape[:2]) - 1,
+        "candidate_valid": np.arange(count)[None, :] < numbers[:, None],
+        "mc_labels": numbers - 1,
     }
 
 
@@ -105,9 +111,8 @@ class PersonaCollator:
         self.ids = special_ids(self.tokenizer)
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        batch = shared_prefix_batch(examples, self.ids)
-        if self.layout == "classic":
-            batch = classic_batch(batch, self.ids)
+        build = shared_prefix_batch if self.layout == "shared_prefix" else classic_batch
+        batch = build(examples, self.ids)
         return {
             name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in batch.items() if self.token_types or not name.endswith("type_ids")
         }
