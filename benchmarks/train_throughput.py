@@ -1,9 +1,10 @@
 """Training throughput and peak memory of the shared-prefix fast path against the classic path, side by side.
 
-    python benchmarks/train_throughput.py [--steps 16] [--accumulation 8] [--eval_batches 8]
+    python benchmarks/train_throughput.py [--steps 16] [--accumulation 8] [--eval_batches 8] [--models NAME ...]
 
 For each model (the quickstart model; a 2-layer 128-wide GPT-2 with GPT-2's 50k vocabulary; a
-GPT-2-small-sized model), random weights, the seed's settings (4 candidates, max_history 2), it times
+GPT-2-small-sized model, these three with random weights; SmolLM2-135M from the shared GGUF, any causal
+LM's path), the seed's settings (4 candidates, max_history 2), it times
 forward+backward passes of each path on the same batches, with an optimizer update every
 ``--accumulation`` batches (the seed's gradient_accumulation_steps, 8), after one untimed update (a
 fresh process runs its first steps several times slower while the allocator and the optimizer state
@@ -24,15 +25,25 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 QUICKSTART = REPO / "persona" / "resources" / "quickstart"
-SHARED_GPT2_TOKENIZER = REPO.parent / "shared" / "tokenizers" / "gpt2"
+SHARED = REPO.parent / "shared"
+SMOLLM2_GGUF = SHARED / "models" / "smollm2-135m-instruct" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _gpt2(tokenizer: Path, **config) -> dict:
+    """ModelArguments of a random-weights GPT-2 of ``config`` with ``tokenizer``."""
+    return {"model_config": json.dumps({"model_type": "gpt2", **config}), "tokenizer_name_or_path": str(tokenizer)}
+
+
+# name: (ModelArguments fields, the file they need, per-device batch size)
 MODELS = {
-    "quickstart (2x128, 0.7k vocab)": ({"n_layer": 2, "n_embd": 128, "n_head": 4, "n_positions": 256}, QUICKSTART / "tokenizer", 4),
-    "2x128, GPT-2 vocab": ({"n_layer": 2, "n_embd": 128, "n_head": 4, "n_positions": 1024}, SHARED_GPT2_TOKENIZER, 4),
-    "GPT-2 small size (12x768)": ({"n_layer": 12, "n_embd": 768, "n_head": 12, "n_positions": 1024}, SHARED_GPT2_TOKENIZER, 2),
+    "quickstart (2x128, 0.7k vocab)": (_gpt2(QUICKSTART / "tokenizer", n_layer=2, n_embd=128, n_head=4, n_positions=256), QUICKSTART, 4),
+    "2x128, GPT-2 vocab": (_gpt2(SHARED / "tokenizers" / "gpt2", n_layer=2, n_embd=128, n_head=4, n_positions=1024), SHARED / "tokenizers" / "gpt2", 4),
+    "GPT-2 small size (12x768)": (_gpt2(SHARED / "tokenizers" / "gpt2", n_layer=12, n_embd=768, n_head=12, n_positions=1024), SHARED / "tokenizers" / "gpt2", 2),
+    "SmolLM2-135M (Llama, GGUF)": ({"model_name_or_path": str(SMOLLM2_GGUF.parent), "gguf_file": SMOLLM2_GGUF.name}, SMOLLM2_GGUF, 2),
 }
 
 
-def measure(model_config: dict, tokenizer_path: str, batch_size: int, mode: str, steps: int, accumulation: int, candidates: int, train: bool) -> dict:
+def measure(model_fields: dict, batch_size: int, mode: str, steps: int, accumulation: int, candidates: int, train: bool) -> dict:
     """One path in this process: examples/s over ``steps`` batches after one untimed update (training; two
     untimed batches for scoring), an optimizer update every ``accumulation`` batches, and peak RSS."""
     import resource
@@ -41,14 +52,14 @@ def measure(model_config: dict, tokenizer_path: str, batch_size: int, mode: str,
 
     from persona.configs import DataArguments, ModelArguments
     from persona.data import PersonaCollator, prepare_corpus
-    from persona.modeling import load_for_training
+    from persona.modeling import load_for_training, max_positions
     from persona.trainer import PersonaTrainer, dual_loss
 
     torch.manual_seed(0)
-    model, tokenizer = load_for_training(ModelArguments(model_config=json.dumps({"model_type": "gpt2", **model_config}), tokenizer_name_or_path=tokenizer_path))
+    model, tokenizer = load_for_training(ModelArguments(**model_fields))
     role = "train" if train else "eval"
     data = DataArguments(dataset_path=str(QUICKSTART), dataset_cache=str(REPO / "dataset_cache"), num_candidates=candidates, eval_num_candidates=candidates, max_history=2)
-    features = prepare_corpus(data, tokenizer, max_length=model_config["n_positions"], roles=(role,)).features[role]
+    features = prepare_corpus(data, tokenizer, max_length=max_positions(model.config), roles=(role,)).features[role]
     collator = PersonaCollator(tokenizer, PersonaTrainer.batch_layout(model, mode))
     warmup = accumulation if train else 2
     batches = [collator([features[i] for i in range(s * batch_size, (s + 1) * batch_size)]) for s in range(warmup + steps)]
@@ -83,17 +94,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=16, help="timed training batches")
     parser.add_argument("--accumulation", type=int, default=8, help="batches per optimizer update (the seed's 8)")
     parser.add_argument("--eval_batches", type=int, default=8, help="timed scoring batches")
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS), metavar="NAME", help=f"which models (default all: {', '.join(MODELS)})")
     parser.add_argument("--child", nargs="*")
     args = parser.parse_args()
     if args.child is not None:
         name, mode, steps, accumulation, candidates, train = args.child
-        config, tokenizer, batch = MODELS[name]
-        print(json.dumps(measure(config, str(tokenizer), batch, mode, int(steps), int(accumulation), int(candidates), train == "train")))
+        fields, _, batch = MODELS[name]
+        print(json.dumps(measure(fields, batch, mode, int(steps), int(accumulation), int(candidates), train == "train")))
         return
     print(f"{'model':32} {'what':28} {'classic':>16} {'shared_prefix':>16} {'speed-up':>9}")
-    for name, (_, tokenizer, _) in MODELS.items():
-        if not Path(tokenizer).exists():
-            print(f"{name:32} skipped: {tokenizer} is absent")
+    for name in args.models:
+        needed = MODELS[name][1]
+        if not needed.exists():
+            print(f"{name:32} skipped: {needed} is absent")
             continue
         for what, candidates, steps, train in (("train, 4 candidates", 4, args.steps, "train"), ("hits@1 scoring, 20 candidates", 20, args.eval_batches, "eval")):
             results = {mode: run_child([name, mode, str(steps), str(args.accumulation), str(candidates), train]) for mode in ("classic", "shared_prefix")}
