@@ -91,7 +91,7 @@ def _log_likelihoods(model, prompt, candidates: list[list[int]], types: dict | N
     import torch
 
     prefix = model(input_ids=prompt, use_cache=True, **({"token_type_ids": types["prompt"]} if types else {}))
-    cache = prefix.past_key_values
+    cache = prefix.cache
     cache.batch_repeat_interleave(len(candidates))
     width = max(map(len, candidates))
     ids = torch.zeros(len(candidates), width, dtype=torch.long)
