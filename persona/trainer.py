@@ -86,6 +86,8 @@ class PersonaTrainer(Trainer):
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """Save as the Trainer does, but the training arguments as JSON instead of a pickled ``training_args.bin``."""
         super()._save(output_dir, state_dict)
+        if not self.args.should_save:  # every process calls _save; only the writer writes (the folder may not exist here)
+            return
         folder = Path(output_dir or self.args.output_dir)
         (folder / TRAINING_ARGS_NAME).unlink(missing_ok=True)
         (folder / "training_args.json").write_text(self.args.to_json_string())

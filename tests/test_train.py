@@ -75,6 +75,18 @@ def test_openai_gpt_trains_in_both_forward_modes_to_the_same_evaluation(tmp_path
     assert results["shared_prefix"]["eval_loss"] == pytest.approx(results["classic"]["eval_loss"], rel=1e-4)
 
 
+def test_a_process_that_does_not_save_writes_nothing(tmp_path, monkeypatch, tiny_model, tokenizer):
+    """Every process calls Trainer._save; another rank writing training_args.json raced rank 0's folder creation."""
+    from persona.configs import PersonaTrainingArguments
+    from persona.trainer import PersonaTrainer
+
+    args = PersonaTrainingArguments(output_dir=str(tmp_path / "run"), report_to="none")
+    trainer = PersonaTrainer(model=tiny_model, args=args, processing_class=tokenizer)
+    monkeypatch.setattr(PersonaTrainingArguments, "should_save", property(lambda self: False))
+    trainer._save(str(tmp_path / "checkpoint-1"))
+    assert not (tmp_path / "checkpoint-1").exists()
+
+
 def test_two_processes_under_accelerate_launch(tmp_path):
     out = tmp_path / "ddp"
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs" / "multi_cpu.yaml"),
