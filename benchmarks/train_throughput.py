@@ -26,6 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 QUICKSTART = REPO / "persona" / "resources" / "quickstart"
 SHARED = REPO.parent / "shared"
+GPT2_TOKENIZER = SHARED / "tokenizers" / "gpt2"
 SMOLLM2_GGUF = SHARED / "models" / "smollm2-135m-instruct" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -37,8 +38,8 @@ def _gpt2(tokenizer: Path, **config) -> dict:
 # name: (ModelArguments fields, the file they need, per-device batch size)
 MODELS = {
     "quickstart (2x128, 0.7k vocab)": (_gpt2(QUICKSTART / "tokenizer", n_layer=2, n_embd=128, n_head=4, n_positions=256), QUICKSTART, 4),
-    "2x128, GPT-2 vocab": (_gpt2(SHARED / "tokenizers" / "gpt2", n_layer=2, n_embd=128, n_head=4, n_positions=1024), SHARED / "tokenizers" / "gpt2", 4),
-    "GPT-2 small size (12x768)": (_gpt2(SHARED / "tokenizers" / "gpt2", n_layer=12, n_embd=768, n_head=12, n_positions=1024), SHARED / "tokenizers" / "gpt2", 2),
+    "2x128, GPT-2 vocab": (_gpt2(GPT2_TOKENIZER, n_layer=2, n_embd=128, n_head=4, n_positions=1024), GPT2_TOKENIZER, 4),
+    "GPT-2 small size (12x768)": (_gpt2(GPT2_TOKENIZER, n_layer=12, n_embd=768, n_head=12, n_positions=1024), GPT2_TOKENIZER, 2),
     "SmolLM2-135M (Llama, GGUF)": ({"model_name_or_path": str(SMOLLM2_GGUF.parent), "gguf_file": SMOLLM2_GGUF.name}, SMOLLM2_GGUF, 2),
 }
 

@@ -28,6 +28,13 @@ def _gold_labels(candidate: list[int]) -> list[int]:
     return [IGNORE_INDEX, *candidate[1:]]
 
 
+def _candidate_slots(examples: list[dict]) -> dict[str, np.ndarray]:
+    """``candidate_valid`` [B, C] (False for slots padding a turn with fewer candidates) and ``mc_labels`` [B]
+    (the gold index: the last candidate), C being the most candidates of any turn."""
+    numbers = np.array([len(e["candidates"]) for e in examples])
+    return {"candidate_valid": np.arange(numbers.max())[None, :] < numbers[:, None], "mc_labels": numbers - 1}
+
+
 def shared_prefix_batch(examples: list[dict], ids: SpecialIds) -> dict[str, np.ndarray]:
     """The packed batch: one row per turn, its prefix once, then each candidate ``<speaker2> reply <eos>``.
 
@@ -58,7 +65,6 @@ def shared_prefix_batch(examples: list[dict], ids: SpecialIds) -> dict[str, np.n
         positions.append(position)
         ends.append(end + [0] * (count - len(end)))
     input_ids, attention_mask = _pad(rows, ids.pad)
-    numbers = np.array([len(e["candidates"]) for e in examples])
     return {
         "input_ids": input_ids,
         "token_type_ids": np.where(attention_mask == 1, token_types(input_ids, ids), ids.pad),
@@ -67,8 +73,7 @@ def shared_prefix_batch(examples: list[dict], ids: SpecialIds) -> dict[str, np.n
         "block_ids": _pad(blocks, -1)[0],
         "labels": _pad(labels, IGNORE_INDEX)[0],
         "mc_token_ids": np.array(ends),
-        "candidate_valid": np.arange(count)[None, :] < numbers[:, None],
-        "mc_labels": numbers - 1,
+        **_candidate_slots(examples),
     }
 
 
@@ -85,15 +90,13 @@ def classic_batch(examples: list[dict], ids: SpecialIds) -> dict[str, np.ndarray
             labels.append([IGNORE_INDEX] * len(prefix) + (_gold_labels(candidate) if c == gold else [IGNORE_INDEX] * len(candidate)))
     input_ids, attention_mask = _pad(sequences, ids.pad)
     shape = (len(examples), count, input_ids.shape[1])
-    numbers = np.array([len(e["candidates"]) for e in examples])
     return {
         "input_ids": input_ids.reshape(shape),
         "token_type_ids": np.where(attention_mask == 1, token_types(input_ids, ids), ids.pad).reshape(shape),
         "attention_mask": attention_mask.reshape(shape),
         "labels": _pad(labels, IGNORE_INDEX)[0].reshape(shape),
         "mc_token_ids": attention_mask.sum(-1).reshape(shape[:2]) - 1,
-        "candidate_valid": np.arange(count)[None, :] < numbers[:, None],
-        "mc_labels": numbers - 1,
+        **_candidate_slots(examples),
     }
 
 
