@@ -39,14 +39,15 @@ def held_out_dialogs(count: int) -> list[dict]:
     """The first ``count`` held-out dialogs of the offline recipes' split, as persona-eval reads them
     (the same distractors: 20 candidates per turn; history cut to ``max_history``)."""
     from persona.configs import DataArguments, ModelArguments, parse_recipe
-    from persona.data.prepare import read_splits, role_splits
+    from persona.data.prepare import read_splits
+    from persona.data.skips import SkipLog
     from persona.data.sources import resolve
     from persona.eval import EvalArguments
     from persona.generation import DecodingArguments
 
     (data,), _ = parse_recipe([str(RECIPES / "eval.yaml")], (DataArguments,), ignored=(ModelArguments, EvalArguments, DecodingArguments))
     data.max_eval_dialogs = count
-    return read_splits(data, role_splits(data, ("eval",)), resolve(data.dataset_path, data.dataset_cache), None)["eval"]
+    return read_splits(data, ("eval",), resolve(data.dataset_path, data.dataset_cache), None, SkipLog())[0]["eval"]
 
 
 def chat_template_baseline(dialogs: list[dict]) -> dict:
@@ -128,7 +129,7 @@ def likelihood_hits(model_dir: Path, dialogs: list[dict]) -> float:
             for turn in dialog["turns"]:
                 prompt = prompt_inputs(dialog["persona"], turn["history"], tokenizer, max_positions(model.config), 32)
                 candidates = [c + [ids.eos] for c in encode_texts(tokenizer, turn["candidates"])]
-                types = {"prompt": torch.tensor([prompt["token_type_ids"]]), "reply": ids.speaker2} if uses_token_types(model.config) else None
+                types = {"prompt": torch.tensor([prompt["token_type_ids"]]), "reply": ids.bot} if uses_token_types(model.config) else None
                 scores, _ = _log_likelihoods(model, torch.tensor([prompt["input_ids"]]), candidates, types)
                 hits += _gold_wins(scores)
                 turns += 1

@@ -3,10 +3,10 @@
 ``tokenizer.apply_chat_template`` renders a system message (the persona text), then user and
 assistant messages alternating, into the layout of :func:`persona.data.build_inputs`::
 
-    <bos> persona  <speaker1> user  <speaker2> assistant  ...  <speaker1> user  <speaker2>
+    <bos> persona  <speaker2> user  <speaker1> assistant  ...  <speaker2> user  <speaker1>
 
-User messages are ``<speaker1>``, the bot's ``<speaker2>``; ``add_generation_prompt`` ends with
-``<speaker2>``; a final assistant message ends with ``<eos>`` (as a training input does). For
+User messages are the partner's ``<speaker2>``, the bot's (assistant) ``<speaker1>``, as in the reference;
+``add_generation_prompt`` ends with ``<speaker1>``; a final assistant message ends with ``<eos>`` (as a training input does). For
 byte-level BPE tokenizers each text gets the leading space that :func:`persona.data.tokenize.encode_texts`
 gives it, so the rendered ids equal ``build_inputs`` for the same persona (as one sentence) and history.
 
@@ -18,7 +18,7 @@ first; the model card reports it.
 from __future__ import annotations
 
 from persona.data.tokenize import wants_leading_space
-from persona.special_tokens import SPEAKER1, SPEAKER2
+from persona.special_tokens import BOT, PARTNER
 
 _TEMPLATE = """\
 {%- set space = "SPACE" -%}
@@ -31,7 +31,7 @@ _TEMPLATE = """\
     {%- elif message["role"] in ["user", "assistant"] -%}
         {%- if message["role"] == ns.previous -%}{{- raise_exception("User and assistant messages must alternate.") -}}{%- endif -%}
         {%- set ns.previous = message["role"] -%}
-        {{- ("SPEAKER1" if message["role"] == "user" else "SPEAKER2") + space + message["content"] -}}
+        {{- ("PARTNER_TOKEN" if message["role"] == "user" else "BOT_TOKEN") + space + message["content"] -}}
         {%- if loop.last and message["role"] == "assistant" -%}{{- eos_token -}}{%- endif -%}
     {%- else -%}
         {{- raise_exception("Only system, user and assistant messages.") -}}
@@ -39,7 +39,7 @@ _TEMPLATE = """\
 {%- endfor -%}
 {%- if add_generation_prompt -%}
     {%- if ns.previous == "assistant" -%}{{- raise_exception("The last message must be the user's when a reply is asked for.") -}}{%- endif -%}
-    {{- "SPEAKER2" -}}
+    {{- "BOT_TOKEN" -}}
 {%- endif -%}
 """
 
@@ -47,7 +47,7 @@ _TEMPLATE = """\
 def persona_chat_template(tokenizer) -> str:
     """The Jinja chat template for ``tokenizer`` (its leading-space rule built in)."""
     space = " " if wants_leading_space(tokenizer) else ""
-    return _TEMPLATE.replace("SPACE", space).replace("SPEAKER1", SPEAKER1).replace("SPEAKER2", SPEAKER2)
+    return _TEMPLATE.replace("SPACE", space).replace("PARTNER_TOKEN", PARTNER).replace("BOT_TOKEN", BOT)
 
 
 def add_chat_template(tokenizer) -> None:

@@ -150,6 +150,11 @@ class DataArguments:
     preprocessing_num_workers: int = field(
         default=2, metadata={"help": "Processes used by datasets.map to tokenize large corpora."}
     )
+    strict: bool = field(
+        default=False,
+        metadata={"help": "Stop at the first unusable record (an empty conversation, a turn without its gold reply, a "
+                  "reply longer than the model's positions...) instead of skipping it with a warning and counting it."},
+    )
 
 
 @dataclass

@@ -111,6 +111,7 @@ def main(argv: list[str]) -> int:
         "f1": f1["f1"],
         "num_turns": {"perplexity": metrics["num_turns"], "hits": metrics["num_turns"], "f1": len(records)},
         "num_candidates": metrics["num_candidates"],
+        "skipped": corpus.stats["splits"]["eval"]["skipped"],
         "token_types": eval_args.use_token_types,
         "num_reply_tokens": metrics["num_reply_tokens"],
         "lm_loss": metrics["lm_loss"],

@@ -46,7 +46,7 @@ class DecodingArguments:
 
 
 def prompt_inputs(persona: list[str], history: list[str], tokenizer, max_positions: int, reply_budget: int) -> dict:
-    """``<bos> persona ... <speaker1> last utterance <speaker2>``: the model input before a reply, fitted to the positions."""
+    """``<bos> persona ... <speaker2> last utterance <speaker1>``: the model input before a reply, fitted to the positions."""
     encoded = encode_texts(tokenizer, [*persona, *history]) if persona or history else []
     persona_ids, history_ids = encoded[: len(persona)], encoded[len(persona) :]
     persona_ids, history_ids, _ = fit_context(persona_ids, history_ids, reply_budget + 2, max_positions)

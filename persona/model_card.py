@@ -147,7 +147,7 @@ def _body(repo: str, recipe: dict, found: dict, base: str | None, dataset: str, 
             'print(tokenizer.decode(reply[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))',
             "```",
             "",
-            "The template renders exactly the input layout of training (`<bos> persona <speaker1> user <speaker2> bot ... <speaker2>`).",
+            "The template renders exactly the input layout of training (`<bos> persona <speaker2> user <speaker1> bot ... <speaker1>`).",
             *(
                 ["It cannot carry token types (speaker embeddings added at each position); this model was trained",
                  "without them (`use_token_types: false`), so plain transformers feeds it exactly as training did."]

@@ -321,6 +321,21 @@ def model_class(model_type: str) -> type:
     return persona_class(getattr(transformers, name))
 
 
+def base_config(model_args: ModelArguments):
+    """The config of the model to fine-tune (built from ``model_config``, or read from the checkpoint), no weights."""
+    config_dict = model_config_dict(model_args)
+    if config_dict is not None:
+        config_dict = dict(config_dict)
+        return AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
+    options = {"revision": model_args.revision, "trust_remote_code": model_args.trust_remote_code}
+    if model_args.gguf_file:
+        options["gguf_file"] = model_args.gguf_file
+    try:
+        return AutoConfig.from_pretrained(model_args.model_name_or_path, **options)
+    except (OSError, ValueError) as error:
+        raise _offline_hint(model_args.model_name_or_path, error) from None
+
+
 def load_for_training(model_args: ModelArguments):
     """The model and tokenizer to fine-tune: special tokens added, embeddings resized (new rows = mean of the old).
 
@@ -328,20 +343,16 @@ def load_for_training(model_args: ModelArguments):
     """
     tokenizer = load_tokenizer(model_args)
     added = add_special_tokens(tokenizer)
-    config_dict = model_config_dict(model_args)
-    if config_dict is not None:
-        config_dict = dict(config_dict)
-        config = AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
+    config = base_config(model_args)
+    if model_args.model_config is not None:
         config.vocab_size = len(tokenizer)
         model = model_class(config.model_type)(config)
     else:
         options = {"revision": model_args.revision, "trust_remote_code": model_args.trust_remote_code}
         if model_args.gguf_file:
-            options["gguf_file"] = model_args.gguf_file
+            options.update(gguf_file=model_args.gguf_file, quantization_config=GgufConfig(dequantize=True))
         try:
-            config = AutoConfig.from_pretrained(model_args.model_name_or_path, **options)
-            gguf = {"quantization_config": GgufConfig(dequantize=True)} if model_args.gguf_file else {}
-            model = model_class(config.model_type).from_pretrained(model_args.model_name_or_path, config=config, **options, **gguf)
+            model = model_class(config.model_type).from_pretrained(model_args.model_name_or_path, config=config, **options)
         except (OSError, ValueError) as error:
             raise _offline_hint(model_args.model_name_or_path, error) from None
         if getattr(model, "hf_quantizer", None) is not None and model_args.gguf_file:

@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 
 from persona.configs import RECIPE_CLASSES, DataArguments, ModelArguments, parse_recipe
 from persona.data import prepare_corpus
-from persona.errors import cli_entry
-from persona.modeling import load_tokenizer
+from persona.errors import ModelLoadError, cli_entry
+from persona.modeling import base_config, load_tokenizer, max_positions
 from persona.special_tokens import add_special_tokens
 
-DEFAULT_MAX_LENGTH = 1024
+logger = logging.getLogger("persona")
+TOKENIZER_LIMIT = 1024  # where the tokenizer states no limit of its own
 
 
 @dataclass
@@ -29,6 +30,21 @@ class PrepareArguments:
     splits: str = field(default="train,eval", metadata={"help": "Comma-separated roles to prepare: train, eval."})
 
 
+def input_length(model_args: ModelArguments, tokenizer) -> int:
+    """The longest input: the model's positions, as persona-train prepares it (so that both share the cache).
+
+    Where the model's config cannot be read (offline, no ``model_config``), the tokenizer's own limit, with a
+    warning that training will prepare again if the model's positions differ.
+    """
+    try:
+        return max_positions(base_config(model_args))
+    except ModelLoadError as error:
+        limit = min(getattr(tokenizer, "model_max_length", None) or TOKENIZER_LIMIT, TOKENIZER_LIMIT)
+        logger.warning("Inputs cut to the tokenizer's %d tokens, not the model's positions (%s); persona-train prepares the "
+                       "corpus again if they differ. Pass the recipe's model or model_config to share the cache.", limit, error.what)
+        return limit
+
+
 @cli_entry
 def main(argv: list[str]) -> int:
     """Prepare the recipe's corpus with its tokenizer and print the statistics."""
@@ -36,7 +52,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     tokenizer = load_tokenizer(model_args)
     add_special_tokens(tokenizer)
-    max_length = min(getattr(tokenizer, "model_max_length", DEFAULT_MAX_LENGTH) or DEFAULT_MAX_LENGTH, 1 << 20)
+    max_length = input_length(model_args, tokenizer)
     roles = tuple(role.strip() for role in prepare_args.splits.split(",") if role.strip())
     corpus = prepare_corpus(data_args, tokenizer, max_length=max_length, roles=roles)
     print(json.dumps(corpus.stats, indent=2))

@@ -9,6 +9,7 @@ import torch
 from persona.errors import ModelLoadError
 
 BOS, EOS, SPEAKER1, SPEAKER2, PAD = "<bos>", "<eos>", "<speaker1>", "<speaker2>", "<pad>"
+BOT, PARTNER = SPEAKER1, SPEAKER2  # the reference's roles: the reply is always <speaker1>
 SPECIAL_TOKENS = {
     "bos_token": BOS,
     "eos_token": EOS,
@@ -26,6 +27,16 @@ class SpecialIds:
     speaker1: int
     speaker2: int
     pad: int
+
+    @property
+    def bot(self) -> int:
+        """The bot's speaker token (the reply's): ``<speaker1>``, as in transfer-learning-conv-ai."""
+        return self.speaker1
+
+    @property
+    def partner(self) -> int:
+        """The partner's speaker token (the utterance right before the reply): ``<speaker2>``."""
+        return self.speaker2
 
 
 def add_special_tokens(tokenizer) -> int:

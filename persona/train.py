@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import yaml
-from transformers import set_seed
+from transformers import IntervalStrategy, set_seed
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.utils import logging as hf_logging
 
@@ -86,11 +86,15 @@ def main(argv: list[str]) -> int:
         )
     for role, stats in corpus.stats["splits"].items():
         logger.info("%s split: %s", role, stats)
+    evaluating = "eval" in corpus.features
+    if not evaluating and training_args.eval_strategy != IntervalStrategy.NO:
+        logger.warning("eval_strategy %s set to no: there is no evaluation split", training_args.eval_strategy.value)
+        training_args.eval_strategy = IntervalStrategy.NO
     trainer = PersonaTrainer(
         model=model,
         args=training_args,
         train_dataset=corpus.features["train"],
-        eval_dataset=corpus.features["eval"],
+        eval_dataset=corpus.features["eval"] if evaluating else None,
         processing_class=tokenizer,
     )
     output_dir = Path(training_args.output_dir)
@@ -106,11 +110,12 @@ def main(argv: list[str]) -> int:
         "train_examples": len(corpus.features["train"]),
     }
     trainer.log_metrics("train", train_metrics)
-    trainer.save_metrics("train", train_metrics)
+    trainer.save_metrics("train", {**train_metrics, "skipped": corpus.stats["splits"]["train"]["skipped"]})
     trainer.save_state()
-    eval_metrics = trainer.evaluate()
-    trainer.log_metrics("eval", eval_metrics)
-    trainer.save_metrics("eval", eval_metrics)
+    if evaluating:
+        eval_metrics = trainer.evaluate()
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", {**eval_metrics, "skipped": corpus.stats["splits"]["eval"]["skipped"]})
     if trainer.is_world_process_zero():
         plot_losses(trainer.state.log_history, output_dir / "loss_curves.png")
     if training_args.push_to_hub:

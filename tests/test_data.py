@@ -10,6 +10,7 @@ import pytest
 
 from persona.configs import DataArguments
 from persona.data import prepare_corpus
+from persona.data.readers import SILENCE, WHOLE_FILE
 from persona.data.sources import read_corpus
 from persona.errors import DataError
 from tests.conftest import CONVERSATIONS, QUICKSTART, needs_shared, write_conversations
@@ -53,7 +54,7 @@ def _as_csv(path: Path) -> Path:
     return path
 
 
-def _features(tmp_path, tokenizer, dataset_path, **options):
+def _features(tmp_path, tokenizer, dataset_path, **options):  # one file: its whole content is the training split
     args = DataArguments(dataset_path=str(dataset_path), dataset_cache=str(tmp_path / "cache"), num_candidates=2, eval_num_candidates=2, **options)
     return prepare_corpus(args, tokenizer, max_length=128, roles=("train",)).features["train"]
 
@@ -77,10 +78,14 @@ def test_same_conversations_give_identical_features_in_every_layout(tmp_path, to
 
 def test_both_sides_serve_as_bot_by_default(tmp_path):
     corpus = read_corpus(str(write_conversations(tmp_path / "train.jsonl", CONVERSATIONS)))
-    dialogs = corpus["train"]
+    dialogs = corpus[WHOLE_FILE]
     assert [d["persona"] for d in dialogs[:2]] == CONVERSATIONS[0]["personas"]
-    assert dialogs[0]["turns"][0] == {"history": [], "candidates": ["hi there!"]}
+    # user 1 opens: its first turn answers PersonaChat's "__ SILENCE __", so every history is odd
+    assert dialogs[0]["turns"][0] == {"history": [SILENCE], "candidates": ["hi there!"]}
+    assert dialogs[0]["turns"][1] == {"history": [SILENCE, *CONVERSATIONS[0]["utterances"][:2]], "candidates": ["i am a nurse from ohio."]}
     assert dialogs[1]["turns"][1] == {"history": CONVERSATIONS[0]["utterances"][:3], "candidates": ["i live in paris, i play chess."]}
+    assert all(len(turn["history"]) % 2 for dialog in dialogs for turn in dialog["turns"])
+    assert dialogs[1]["record"].endswith("train.jsonl, line 1 (user 2 as the bot)")
 
 
 def test_held_out_dialogs_take_whole_conversations(tmp_path, tokenizer):
@@ -91,7 +96,7 @@ def test_held_out_dialogs_take_whole_conversations(tmp_path, tokenizer):
     path = write_conversations(tmp_path / "train.jsonl", conversations)
     args = DataArguments(dataset_path=str(path), dataset_cache=str(tmp_path / "cache"), validation_split_size=0.3, eval_num_candidates=2)
     dialogs = prepare_corpus(args, tokenizer, max_length=128).dialogs
-    seen = {role: {u for d in dialogs[role] for t in d["turns"] for u in (*t["history"], t["candidates"][-1])} for role in ("train", "eval")}
+    seen = {role: {u for d in dialogs[role] for t in d["turns"] for u in (*t["history"], t["candidates"][-1])} - {SILENCE} for role in ("train", "eval")}
     assert len(dialogs["eval"]) == 6 and len(dialogs["train"]) == 14  # 3 of 10 conversations, both sides each
     assert not seen["train"] & seen["eval"]
 
@@ -106,7 +111,7 @@ def test_parlai_candidates_and_dialog_boundaries(tmp_path):
     )
     path = tmp_path / "valid_self_original.txt"
     path.write_text(text)
-    (first, second) = read_corpus(str(path))["valid"]
+    (first, second) = read_corpus(str(path))[WHOLE_FILE]
     assert first["persona"] == ["i like cats."]
     assert first["turns"][1] == {"history": ["hi!", "hello!", "how are you?"], "candidates": ["no.", "maybe.", "good."]}
     assert second["turns"] == [{"history": ["hey"], "candidates": ["nope", "yo"]}]
@@ -144,7 +149,7 @@ def test_failed_build_leaves_no_cache(tmp_path, tokenizer):
     bad = tmp_path / "train.jsonl"
     bad.write_text(json.dumps(CONVERSATIONS[0]) + "\n" + '{"personas": [["a."], []], "utterances": ["x", "y"]}\n')
     with pytest.raises(DataError):
-        _features(tmp_path, tokenizer, bad)
+        _features(tmp_path, tokenizer, bad, strict=True)
     assert not any((tmp_path / "cache").iterdir())
 
 
@@ -154,10 +159,10 @@ def test_failed_build_leaves_no_cache(tmp_path, tokenizer):
         (b'{"train": [{"personality": ["a."], "utterances": [', "invalid JSON at line 1"),
         (b'{"train": [{"personality": ["a."]}]}', "missing field(s) ['utterances']"),
         (b'{"train": [{"personality": [], "utterances": [{"history": [], "candidates": ["x"]}]}]}', "field 'personality' is empty"),
-        (b'{"train": [{"personality": ["a."], "utterances": []}]}', "the dialog has no turns"),
+        (b'{"train": [{"personality": ["a."], "utterances": []}]}', "the dialog has no usable turns"),
         (b'{"train": [{"personality": ["a."], "utterances": [{"history": ["hi"], "candidates": []}]}]}', "field 'candidates' is empty"),
         (b"1 your persona: i like cats.\n2 hi there\n", "turn without its gold reply"),
-        (b"1 your persona: i like cats.\n", "the dialog has no turns"),
+        (b"1 your persona: i like cats.\n", "the dialog has no usable turns"),
         (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe binary", "not UTF-8"),
         (b"", "the file is empty"),
         (b"just some prose, no layout at all\n", "cannot tell the corpus layout"),
@@ -168,7 +173,7 @@ def test_bad_input_names_file_and_record(tmp_path, tokenizer, content, message):
     path = tmp_path / "train_corpus.json"
     path.write_bytes(content)
     with pytest.raises(DataError) as error:
-        _features(tmp_path, tokenizer, path)
+        _features(tmp_path, tokenizer, path, strict=True)
     assert message in str(error.value) and str(path) in str(error.value) and "Fix:" in str(error.value)
     assert not any((tmp_path / "cache").glob("*"))
 
@@ -177,8 +182,8 @@ def test_missing_file_and_overlong_reply(tmp_path, tokenizer):
     with pytest.raises(DataError, match="file not found"):
         _features(tmp_path, tokenizer, tmp_path / "absent.json")
     long = {"personas": [["a."], ["b."]], "utterances": ["hi", "word " * 10_000]}
-    with pytest.raises(DataError, match=r"train.jsonl \[train\], dialog 1, turn 0: the gold reply \(20000 tokens\) cannot fit"):
-        _features(tmp_path, tokenizer, write_conversations(tmp_path / "train.jsonl", [long]))
+    with pytest.raises(DataError, match=r"train.jsonl, line 1 \(user 2 as the bot\), turn 0: the gold reply \(20000 tokens\) cannot fit"):
+        _features(tmp_path, tokenizer, write_conversations(tmp_path / "train.jsonl", [long]), strict=True)
 
 
 def test_overlong_history_is_truncated_and_counted(tmp_path, tokenizer):
@@ -204,5 +209,70 @@ def test_hub_layout_from_a_saved_dataset_folder(tmp_path):
 def test_shared_synthetic_persona_chat_csv(tmp_path, tokenizer):
     path = needs_shared("data", "spc", "Synthetic-Persona-Chat_valid.csv")
     corpus = read_corpus(str(path))
-    assert list(corpus) == ["valid"] and len(corpus["valid"]) == 2000
-    assert all(d["persona"] and d["turns"] for d in corpus["valid"])
+    assert list(corpus) == [WHOLE_FILE] and len(corpus[WHOLE_FILE]) == 2000
+    assert all(d["persona"] and d["turns"] for d in corpus[WHOLE_FILE])
+
+
+def _csv_with_bad_rows(path: Path) -> Path:
+    """Valid conversations, then an empty conversation, one without speaker tags and one with an overlong reply."""
+    _as_csv(path)
+    with open(path, "a", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["i like tea.", "i like coffee.", ""])
+        writer.writerow(["i like tea.", "i like coffee.", "hello there\nhi, how are you?\nfine thanks"])
+        writer.writerow(["i like tea.", "i like coffee.", "User 1: hi\nUser 2: " + "word " * 300 + "\nUser 1: bye"])
+    return path
+
+
+def test_unusable_records_are_skipped_with_warnings_and_counted(tmp_path, tokenizer, caplog):
+    path = _csv_with_bad_rows(tmp_path / "conversations.csv")
+    args = DataArguments(dataset_path=str(path), dataset_cache=str(tmp_path / "cache"), eval_num_candidates=2, validation_split_size=1)
+    with caplog.at_level("WARNING"):
+        corpus = prepare_corpus(args, tokenizer, max_length=128)
+    # rows 4 and 5 are lost whole; row 6 keeps user 1's turns and user 2's turn after "hi" is too long for 128 positions
+    assert corpus.stats["skipped"] == {"empty conversation": 1, "gold reply too long": 1, "no speaker tags": 1}
+    assert sum(split["skipped"].get("gold reply too long", 0) for split in corpus.stats["splits"].values()) == 1
+    assert f"Skipped {path}, row 4: the conversation is empty" in caplog.text
+    assert f"Skipped {path}, row 5: no line carries a speaker tag" in caplog.text
+    assert f"{path}, row 6 (user 2 as the bot), turn 0: the gold reply (" in caplog.text
+    assert corpus.stats["dialogs"] == 2 * 3  # two good conversations and row 6, both sides
+
+
+def test_strict_mode_stops_at_the_first_unusable_record_with_one_line_and_no_cache(tmp_path, capsys):
+    from persona.prepare_data import main as prepare_main
+
+    path = _csv_with_bad_rows(tmp_path / "conversations.csv")
+    argv = ["--dataset_path", str(path), "--tokenizer_name_or_path", str(QUICKSTART / "tokenizer"), "--dataset_cache", str(tmp_path / "cache"), "--strict", "true"]
+    assert prepare_main(argv) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert lines == [f"error: {path}, row 4: the conversation is empty Fix: drop it or complete it."]
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())
+    assert prepare_main(argv[:-2] + ["--stats_json", str(tmp_path / "stats.json")]) == 0  # lenient: skipped and counted
+    assert json.loads((tmp_path / "stats.json").read_text())["skipped"] == {"empty conversation": 1, "gold reply too long": 1, "no speaker tags": 1}
+
+
+def test_a_personachat_turn_without_candidates_is_skipped_and_a_split_with_nothing_left_is_an_error(tmp_path, tokenizer):
+    good = {"personality": ["i like cats."], "utterances": [{"history": ["hi"], "candidates": ["no.", "hello!"]}]}
+    bad_turn = {"personality": ["i like dogs."], "utterances": [{"history": ["hi"], "candidates": []}, {"history": ["a", "b", "c"], "candidates": ["d"]}]}
+    path = tmp_path / "personachat.json"
+    path.write_text(json.dumps({"train": [good, bad_turn, {"personality": ["x."], "utterances": []}], "valid": [{"personality": []}]}))
+    corpus = prepare_corpus(DataArguments(dataset_path=str(path), dataset_cache=str(tmp_path / "c"), eval_num_candidates=2), tokenizer, max_length=64, roles=("train",))
+    assert corpus.stats["skipped"] == {"dialog without turns": 1, "turn without candidates": 1}
+    assert [len(d["turns"]) for d in corpus.dialogs["train"]] == [1, 1]
+    with pytest.raises(DataError, match=r"no usable dialogs in the 'valid' split \(records skipped, by reason: \{'malformed record': 1\}"):
+        prepare_corpus(DataArguments(dataset_path=str(path), dataset_cache=str(tmp_path / "c")), tokenizer, max_length=64, roles=("eval",))
+
+
+def test_a_single_file_is_the_training_split_whatever_its_name_and_is_not_evaluated_on(tmp_path, tokenizer, caplog):
+    path = write_conversations(tmp_path / "dev_conversations.jsonl", CONVERSATIONS)  # "dev" in the name: no matter
+    args = DataArguments(dataset_path=str(path), dataset_cache=str(tmp_path / "c"), eval_num_candidates=2)
+    with caplog.at_level("WARNING"):
+        corpus = prepare_corpus(args, tokenizer, max_length=128)
+    assert list(corpus.features) == ["train"] and corpus.stats["splits"]["train"]["split"] == WHOLE_FILE
+    assert "one file with no splits inside: training on all of it and evaluating on nothing" in caplog.text
+    assert "eval_dataset_path" in caplog.text and "validation_split_size" in caplog.text
+    evaluated = prepare_corpus(args, tokenizer, max_length=128, roles=("eval",))  # what persona-eval asks for
+    assert evaluated.stats["splits"]["eval"]["split"] == WHOLE_FILE and len(evaluated.dialogs["eval"]) == 4
+    other = write_conversations(tmp_path / "other.jsonl", CONVERSATIONS[:1])
+    both = prepare_corpus(DataArguments(**{**vars(args), "eval_dataset_path": str(other)}), tokenizer, max_length=128)
+    assert len(both.dialogs["train"]) == 4 and len(both.dialogs["eval"]) == 2

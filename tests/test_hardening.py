@@ -25,25 +25,28 @@ def _write(path: Path, content) -> Path:
     return path
 
 
+STRICT = ["--strict", "true"]  # record-level problems are errors only in strict mode (skipped otherwise: tests/test_data.py)
+
 # (case, file name, content, extra arguments, what the line must say)
 MATRIX = [
     ("truncated JSON", "personachat.json", '{"train": [{"personality": ["a."], "utterances": [', [], r"invalid JSON at line 1, column \d+"),
     ("not the declared format", "personachat.json", json.dumps({"train": [GOOD_SEED_DIALOG]}), ["--dataset_format", "parlai"],
      r"personachat\.json, line 1: not a ParlAI line"),
-    ("missing field", "personachat.json", json.dumps({"train": [{"personality": ["a."]}]}), [], r"train\[0\]: missing field\(s\) \['utterances'\]"),
-    ("empty persona", "personachat.json", json.dumps({"train": [{**GOOD_SEED_DIALOG, "personality": []}]}), [], r"train\[0\]: field 'personality' is empty"),
-    ("turn without its gold reply", "train_self_original.txt", "1 your persona: i like cats.\n2 hi there\n", [], r"line 2: .*turn without its gold reply"),
+    ("missing field", "personachat.json", json.dumps({"train": [{"personality": ["a."]}]}), STRICT, r"train\[0\]: missing field\(s\) \['utterances'\]"),
+    ("empty persona", "personachat.json", json.dumps({"train": [{**GOOD_SEED_DIALOG, "personality": []}]}), STRICT, r"train\[0\]: field 'personality' is empty"),
+    ("turn without its gold reply", "train_self_original.txt", "1 your persona: i like cats.\n2 hi there\n", STRICT, r"line 2: .*turn without its gold reply"),
     ("non-UTF-8 bytes", "train.jsonl", b'{"personas": [["a."], ["b."]], "utterances": ["caf\xe9", "x"]}\n', [], r"not UTF-8 text \(byte \d+, line 1\)"),
     ("10,000-token reply", "train.jsonl", "".join(json.dumps(c) + "\n" for c in [{"personas": [["a."], ["b."]], "utterances": ["hi", "word " * 10_000]},
-                                                                               *CONVERSATIONS]), ["--validation_split_size", "1"],
-     r"dialog \d+, turn 0: the gold reply \(20000 tokens\) cannot fit"),
+                                                                               *CONVERSATIONS]), ["--validation_split_size", "1", *STRICT],
+     r"line 1 \(user 2 as the bot\), turn 0: the gold reply \(20000 tokens\) cannot fit"),
     ("empty file", "train.jsonl", "", [], r"train\.jsonl: the file is empty"),
     ("missing file", None, None, [], r"absent\.json: file not found"),
     ("unreachable model", "train.jsonl", None, ["--model_config", "null", "--model_name_or_path", "nobody/no-such-model", "--tokenizer_name_or_path", ""],
      r"nobody/no-such-model: cannot load 'nobody/no-such-model'"),
     ("unknown recipe field", "recipe.yaml", "learning_rat: 0.001\n", [], r"recipe\.yaml: unknown field 'learning_rat'.*learning_rate"),
     ("wrong type in the recipe", "recipe.yaml", "num_train_epochs: many\n", [], r"recipe\.yaml.*num_train_epochs.*many"),
-    ("JSONL record cut short", "train.jsonl", json.dumps(CONVERSATIONS[0]) + '\n{"personas": [["a."]', [], r"train\.jsonl, line 2: invalid JSON"),
+    ("JSONL record cut short", "train.jsonl", json.dumps(CONVERSATIONS[0]) + '\n{"personas": [["a."]', STRICT, r"train\.jsonl, line 2: invalid JSON"),
+    ("nothing usable left", "train.jsonl", '{"personas": [["a."], ["b."]], "utterances": []}\n', [], r"train\.jsonl: no usable dialogs in the 'all' split"),
 ]
 
 

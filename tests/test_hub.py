@@ -46,7 +46,7 @@ def test_chat_template_renders_build_inputs(which, tokenizer):
     for history in (HISTORY, HISTORY[-1:], []):
         asked = tokenizer.apply_chat_template(_messages(history), add_generation_prompt=True, tokenize=True, return_dict=False)
         assert asked == _reference(tokenizer, history)
-        assert asked[-1] == special_ids(tokenizer).speaker2
+        assert asked[-1] == special_ids(tokenizer).speaker1  # the bot, as in the reference
     answered = tokenizer.apply_chat_template(_messages([*HISTORY, "i am a nurse."]), tokenize=True, return_dict=False)
     assert answered == _reference(tokenizer, HISTORY, "i am a nurse.")
     assert answered[-1] == special_ids(tokenizer).eos

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import chain
+
 import numpy as np
 import pytest
 
@@ -11,24 +13,60 @@ from persona.errors import ModelLoadError
 from persona.special_tokens import special_ids
 
 
-def test_build_inputs_matches_design_layout(tokenizer):
+def reference_build_input_from_segments(persona, history, reply, ids, lm_labels=False, with_eos=True):
+    """transfer-learning-conv-ai's build_input_from_segments, transcribed (special ids instead of a tokenizer)."""
+    bos, eos, speaker1, speaker2 = ids.bos, ids.eos, ids.speaker1, ids.speaker2
+    sequence = [[bos] + list(chain(*persona))] + history + [reply + ([eos] if with_eos else [])]
+    sequence = [sequence[0]] + [[speaker2 if (len(sequence) - i) % 2 else speaker1] + s for i, s in enumerate(sequence[1:])]
+    instance = {}
+    instance["input_ids"] = list(chain(*sequence))
+    instance["token_type_ids"] = [speaker2 if i % 2 else speaker1 for i, s in enumerate(sequence) for _ in s]
+    instance["mc_token_ids"] = len(instance["input_ids"]) - 1
+    instance["lm_labels"] = [-100] * len(instance["input_ids"])
+    if lm_labels:
+        instance["lm_labels"] = ([-100] * sum(len(s) for s in sequence[:-1])) + [-100] + sequence[-1][1:]
+    return instance
+
+
+def test_build_inputs_matches_the_reference_layout(tokenizer):
     ids = special_ids(tokenizer)
     persona, history, reply = [[10, 11], [12]], [[20, 21], [22], [23, 24]], [30, 31]
     out = build_inputs(persona, history, reply, tokenizer, lm_labels=True)
     b, e, s1, s2 = ids.bos, ids.eos, ids.speaker1, ids.speaker2
-    # <bos> persona | <speaker1> h1 | <speaker2> h2 | <speaker1> h3 | <speaker2> reply <eos>
-    assert out["input_ids"] == [b, 10, 11, 12, s1, 20, 21, s2, 22, s1, 23, 24, s2, 30, 31, e]
-    assert out["token_type_ids"] == [s1] * 4 + [s1] * 3 + [s2] * 2 + [s1] * 3 + [s2] * 4
+    # <bos> persona | <speaker2> h1 | <speaker1> h2 | <speaker2> h3 | <speaker1> reply <eos>: the bot is <speaker1>
+    assert out["input_ids"] == [b, 10, 11, 12, s2, 20, 21, s1, 22, s2, 23, 24, s1, 30, 31, e]
+    assert out["token_type_ids"] == [s1] * 4 + [s2] * 3 + [s1] * 2 + [s2] * 3 + [s1] * 4
     assert out["labels"] == [IGNORE_INDEX] * 13 + [30, 31, e]
     assert out["mc_token_ids"] == 15
     distractor = build_inputs(persona, history, reply, tokenizer, lm_labels=False)
     assert distractor["labels"] == [IGNORE_INDEX] * 16
 
 
-def test_reply_is_speaker2_and_previous_utterance_speaker1_for_even_history(tokenizer):
+@pytest.mark.parametrize("num_history", range(8))
+def test_build_inputs_equals_the_transcribed_reference_for_every_history_length(num_history, tokenizer):
+    ids = special_ids(tokenizer)
+    rng = np.random.default_rng(num_history)
+    segment = lambda: rng.integers(0, 600, rng.integers(1, 6)).tolist()  # noqa: E731
+    for _ in range(5):
+        persona, history, reply = [segment() for _ in range(rng.integers(1, 4))], [segment() for _ in range(num_history)], segment()
+        for lm_labels, with_eos in ((True, True), (False, True), (False, False)):
+            ours = build_inputs(persona, history, reply, tokenizer, lm_labels=lm_labels, with_eos=with_eos)
+            theirs = reference_build_input_from_segments(persona, history, reply, ids, lm_labels=lm_labels, with_eos=with_eos)
+            assert ours["input_ids"] == theirs["input_ids"] and ours["mc_token_ids"] == theirs["mc_token_ids"]
+            assert ours["labels"] == theirs["lm_labels"]
+            if num_history % 2:  # every turn of PersonaChat and of persona's corpora: the reference's types exactly
+                assert ours["token_type_ids"] == theirs["token_type_ids"]
+            else:  # the reference counts types forwards; persona types each segment with its own speaker token
+                assert ours["token_type_ids"] == token_types(ours["input_ids"], ids).tolist()
+                reply_start = len(ours["input_ids"]) - len(reply) - with_eos - 1
+                assert ours["token_type_ids"][reply_start:] == [ours["input_ids"][reply_start]] * (len(reply) + with_eos + 1)
+                assert ours["input_ids"][reply_start] == ids.speaker1
+
+
+def test_reply_is_speaker1_and_previous_utterance_speaker2_for_even_history(tokenizer):
     ids = special_ids(tokenizer)
     out = build_inputs([[10]], [[20], [21]], [30], tokenizer, lm_labels=True, with_eos=False)
-    assert out["input_ids"] == [ids.bos, 10, ids.speaker2, 20, ids.speaker1, 21, ids.speaker2, 30]
+    assert out["input_ids"] == [ids.bos, 10, ids.speaker1, 20, ids.speaker2, 21, ids.speaker1, 30]
     assert out["labels"][-1] == 30 and out["mc_token_ids"] == 7
 
 
@@ -71,7 +109,7 @@ def test_packed_rows_hold_each_classic_sequence_as_the_prefix_plus_one_block(tok
         {"prefix_ids": build_prefix(*persona_history[1], ids), "candidates": [[44, 45], [32]]},
     ]
     packed = PersonaCollator(tokenizer, "shared_prefix")(examples)
-    assert packed["input_ids"][1].tolist() == [ids.bos, 12, ids.speaker1, 24, ids.speaker2, 44, 45, ids.eos, ids.speaker2, 32, ids.eos] + [ids.pad] * 11
+    assert packed["input_ids"][1].tolist() == [ids.bos, 12, ids.speaker2, 24, ids.speaker1, 44, 45, ids.eos, ids.speaker1, 32, ids.eos] + [ids.pad] * 11
     assert packed["position_ids"][1, :11].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 4, 5, 6]
     assert packed["block_ids"][1].tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2] + [-1] * 11
     assert packed["labels"][1, :11].tolist() == [IGNORE_INDEX] * 9 + [32, ids.eos]

@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the reference's speakers (the bot <speaker1>), __ SILENCE __ openings, skipped records
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

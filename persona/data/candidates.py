@@ -14,16 +14,17 @@ def reply_pool(dialogs: list[Dialog]) -> list[str]:
     return sorted({turn["candidates"][-1] for dialog in dialogs for turn in dialog["turns"]})
 
 
-def split_view(dialogs: list[Dialog], *, wanted: int, max_history: int, seed: int, split: str, pool: list[str]) -> tuple[list[Dialog], int]:
+def split_view(dialogs: list[Dialog], *, wanted: int, max_history: int, seed: int, role: str, pool: list[str]) -> tuple[list[Dialog], int]:
     """New dialogs with each turn's history cut to ``2*max_history+1`` and exactly ``wanted`` candidates.
 
     Turns with more candidates keep the last ``wanted`` (the gold reply is last). Turns with fewer are
     topped up with distractors from ``pool`` (the split's :func:`reply_pool`) that occur nowhere in the dialog itself,
-    never twice, sampled with ``seed`` and the split's name (the same on every run and process); a turn
+    never twice, sampled with ``seed`` and the ``role`` (``train``, ``eval``: the same on every run and process,
+    whatever the split is called); a turn
     keeps fewer only when the split has too few distinct replies. ``wanted <= 0`` keeps every candidate.
     Returns the dialogs and how many distractors were sampled.
     """
-    rng = np.random.default_rng([seed, zlib.crc32(split.encode())])
+    rng = np.random.default_rng([seed, zlib.crc32(role.encode())])
     sampled = 0
     view = []
     for dialog in dialogs:
@@ -37,7 +38,7 @@ def split_view(dialogs: list[Dialog], *, wanted: int, max_history: int, seed: in
                 candidates = extra + candidates
                 sampled += len(extra)
             turns.append({"history": turn["history"][-(2 * max_history + 1) :], "candidates": candidates})
-        view.append({"persona": dialog["persona"], "turns": turns})
+        view.append({"persona": dialog["persona"], "turns": turns, "record": dialog["record"]})
     return view, sampled
 
 

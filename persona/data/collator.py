@@ -24,7 +24,7 @@ def _pad(rows: list[list[int]], value: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _gold_labels(candidate: list[int]) -> list[int]:
-    """LM labels of the gold candidate ``<speaker2> reply <eos>``: every token but the speaker token."""
+    """LM labels of the gold candidate ``<speaker1> reply <eos>``: every token but the speaker token."""
     return [IGNORE_INDEX, *candidate[1:]]
 
 
@@ -36,7 +36,7 @@ def _candidate_slots(examples: list[dict]) -> dict[str, np.ndarray]:
 
 
 def shared_prefix_batch(examples: list[dict], ids: SpecialIds) -> dict[str, np.ndarray]:
-    """The packed batch: one row per turn, its prefix once, then each candidate ``<speaker2> reply <eos>``.
+    """The packed batch: one row per turn, its prefix once, then each candidate ``<speaker1> reply <eos>``.
 
     Every candidate restarts its positions where the prefix ends and (through ``block_ids``: 0 for the
     prefix, c+1 for candidate c) attends to the prefix and to itself only, so each of its tokens sees
@@ -79,7 +79,7 @@ def shared_prefix_batch(examples: list[dict], ids: SpecialIds) -> dict[str, np.n
 
 def classic_batch(examples: list[dict], ids: SpecialIds) -> dict[str, np.ndarray]:
     """The classic layout: every candidate as the full sequence prefix + reply, [B, C, L], right-padded
-    (a turn with fewer candidates is padded with ``prefix <speaker2> <eos>`` slots, not valid)."""
+    (a turn with fewer candidates is padded with ``prefix <speaker1> <eos>`` slots, not valid)."""
     count = max(len(e["candidates"]) for e in examples)
     sequences, labels = [], []
     for example in examples:

@@ -1,16 +1,20 @@
-"""The TransferTransfo input layout (DESIGN.md), built from token ids.
+"""The TransferTransfo input layout of transfer-learning-conv-ai (the reference), built from token ids.
 
-    <bos> persona...  <speaker?> h1...  ...  <speaker1> h_last...  <speaker2> reply... <eos>
+    <bos> persona...  <speaker?> h1...  ...  <speaker2> h_last...  <speaker1> reply... <eos>
 
-Speakers alternate backwards from the reply, which is always ``<speaker2>`` (the bot); each segment's
-tokens carry its speaker token as token type, the persona segment ``<speaker1>``. LM labels are -100
-but on the gold reply's tokens after its speaker token (``<eos>`` included); ``mc_token_ids`` is the
-index of the last token.
+As the reference's ``build_input_from_segments`` does it: speakers alternate backwards from the reply,
+which is always ``<speaker1>`` (the bot); the utterance before it is the partner's ``<speaker2>``, the one
+before that ``<speaker1>``, and so on. LM labels are -100 but on the gold reply's tokens after its
+speaker token (``<eos>`` included); ``mc_token_ids`` is the index of the last token.
+
+Token types: each segment's tokens carry its own speaker token, the persona ``<speaker1>`` (the bot's).
+The reference counts them forwards from the persona (``<speaker1>``, ``<speaker2>``, ...), which is the
+same for an odd number of history utterances: every PersonaChat turn (whose history starts with the
+partner, or with ``__ SILENCE __`` when the bot opens) and every turn persona builds from conversations.
 
 Features are stored compactly: the persona+history *prefix* once per example and the reply of each
-candidate beside it. :func:`build_inputs` is the reference contract (the seed's
-``build_input_from_segments``); :func:`build_prefix` + :func:`build_candidate` are its two halves, which
-the feature builder, the collator and the fast path use.
+candidate beside it. :func:`build_inputs` is the reference contract; :func:`build_prefix` +
+:func:`build_candidate` are its two halves, which the feature builder, the collator and the fast path use.
 """
 
 from __future__ import annotations
@@ -26,12 +30,12 @@ IGNORE_INDEX = -100
 
 
 def history_speakers(num_history: int, ids: SpecialIds) -> list[int]:
-    """The speaker token of each history utterance: ``<speaker1>`` right before the reply, alternating back."""
-    return [ids.speaker1 if (num_history - 1 - j) % 2 == 0 else ids.speaker2 for j in range(num_history)]
+    """The speaker token of each history utterance: the partner's right before the reply, alternating back."""
+    return [ids.partner if (num_history - 1 - j) % 2 == 0 else ids.bot for j in range(num_history)]
 
 
 def build_prefix(persona: Sequence[Sequence[int]], history: Sequence[Sequence[int]], ids: SpecialIds) -> list[int]:
-    """``<bos> persona... <speaker?> h1 ... <speaker1> h_last`` as one id list."""
+    """``<bos> persona... <speaker?> h1 ... <speaker2> h_last`` as one id list."""
     prefix = [ids.bos, *chain.from_iterable(persona)]
     for speaker, utterance in zip(history_speakers(len(history), ids), history):
         prefix.append(speaker)
@@ -40,27 +44,27 @@ def build_prefix(persona: Sequence[Sequence[int]], history: Sequence[Sequence[in
 
 
 def build_candidate(reply: Sequence[int], ids: SpecialIds, with_eos: bool = True) -> list[int]:
-    """``<speaker2> reply... <eos>`` (no ``<eos>`` when the reply is still being generated)."""
-    return [ids.speaker2, *reply, *([ids.eos] if with_eos else [])]
+    """``<speaker1> reply... <eos>``, the bot's turn (no ``<eos>`` while the reply is being generated)."""
+    return [ids.bot, *reply, *([ids.eos] if with_eos else [])]
 
 
 def token_types(input_ids: Sequence[int] | np.ndarray, ids: SpecialIds) -> np.ndarray:
-    """Token type of each position: the last speaker token at or before it, ``<speaker1>`` before any.
+    """Token type of each position: the last speaker token at or before it, the bot's ``<speaker1>`` before any.
 
     User text is tokenized with special tokens split, so speaker ids appear only where the layout put them.
     """
     input_ids = np.asarray(input_ids)
     is_speaker = (input_ids == ids.speaker1) | (input_ids == ids.speaker2)
     last = np.maximum.accumulate(np.where(is_speaker, np.arange(input_ids.shape[-1]), -1), axis=-1)
-    return np.where(last >= 0, np.take_along_axis(input_ids, np.maximum(last, 0), axis=-1), ids.speaker1)
+    return np.where(last >= 0, np.take_along_axis(input_ids, np.maximum(last, 0), axis=-1), ids.bot)
 
 
 def build_inputs(persona, history, reply, tokenizer, *, lm_labels: bool, with_eos: bool = True) -> dict:
-    """The model input of one (persona, history, reply), the contract of the seed's ``build_input_from_segments``.
+    """The model input of one (persona, history, reply): the reference's ``build_input_from_segments``.
 
     Args:
         persona: token-id lists, one per persona sentence.
-        history: token-id lists, one per utterance, oldest first (already cut to the last ``2*max_history+1``).
+        history: token-id lists, one per utterance, oldest first (already cut to the history window).
         reply: the reply's token ids.
         tokenizer: a tokenizer holding the persona special tokens.
         lm_labels: whether the reply is the gold one (its tokens get LM labels) or a distractor (all -100).
@@ -74,7 +78,7 @@ def build_inputs(persona, history, reply, tokenizer, *, lm_labels: bool, with_eo
     segments += [[speaker, *utterance] for speaker, utterance in zip(history_speakers(len(history), ids), history)]
     segments.append(build_candidate(reply, ids, with_eos))
     input_ids = list(chain.from_iterable(segments))
-    types = [ids.speaker1] * len(segments[0]) + [segment[0] for segment in segments[1:] for _ in segment]
+    types = [ids.bot] * len(segments[0]) + [segment[0] for segment in segments[1:] for _ in segment]
     labels = [IGNORE_INDEX] * len(input_ids)
     if lm_labels:
         labels[len(input_ids) - len(segments[-1]) + 1 :] = segments[-1][1:]

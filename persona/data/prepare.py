@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,8 @@ from persona.configs import DataArguments
 from persona.data.cache import cache_key, tokenizer_fingerprint, write_atomically
 from persona.data.candidates import reply_pool, split_view
 from persona.data.features import build_features
-from persona.data.readers import Corpus
+from persona.data.readers import SILENCE, WHOLE_FILE, Corpus
+from persona.data.skips import SkipLog
 from persona.data.sources import fingerprint, read_corpus, resolve
 from persona.errors import DataError
 
@@ -37,24 +39,25 @@ class PreparedCorpus:
     cache_path: Path
 
 
-HELDOUT = "heldout"
+HELDOUT = "heldout"  # the part of the training split that validation_split_size holds out
+EVAL_FILE = "eval_dataset_path"  # the evaluated split of a separate eval_dataset_path
 
 
 def conversation_key(dialog: dict) -> tuple[str, ...]:
-    """The first three utterances of the conversation a dialog comes from: the same for both sides of a
-    conversation of four utterances or more (different conversations that open alike share it too, and
-    are then held out together)."""
+    """The first three utterances of the conversation a dialog comes from (``__ SILENCE __`` left out): the
+    same for both sides of a conversation of four utterances or more (different conversations that open
+    alike share it too, and are then held out together)."""
     last = dialog["turns"][-1]
-    return tuple([*last["history"], last["candidates"][-1]][:3])
+    return tuple([u for u in (*last["history"], last["candidates"][-1]) if u != SILENCE][:3])
 
 
-def _holdout(corpus: Corpus, args: DataArguments) -> None:
-    """Move about ``validation_split_size`` dialogs (a fraction or a count) of the training split to HELDOUT.
+def _holdout(corpus: Corpus, args: DataArguments, split: str) -> None:
+    """Move about ``validation_split_size`` dialogs (a fraction or a count) of ``split`` to HELDOUT.
 
     Whole conversations move: with ``bot_side: both`` the other side of a held-out dialog would
     otherwise train on its very utterances.
     """
-    dialogs = corpus[args.train_split]
+    dialogs = corpus[split]
     size = args.validation_split_size
     count = int(size) if size >= 1 else int(round(size * len(dialogs)))
     groups: dict[tuple, list[int]] = {}
@@ -73,48 +76,64 @@ def _holdout(corpus: Corpus, args: DataArguments) -> None:
             break
         held.update(members[group])
     corpus[HELDOUT] = [d for i, d in enumerate(dialogs) if i in held]
-    corpus[args.train_split] = [d for i, d in enumerate(dialogs) if i not in held]
+    corpus[split] = [d for i, d in enumerate(dialogs) if i not in held]
 
 
-def role_splits(args: DataArguments, roles: tuple[str, ...]) -> dict[str, str]:
-    """The split each role reads: ``train_split``, ``eval_split``, or the held-out part of the training split."""
-    splits = {role: getattr(args, f"{role}_split") for role in roles}
-    if "eval" in splits and args.validation_split_size > 0 and not args.eval_dataset_path:
-        splits["eval"] = HELDOUT
-    return splits
+def _missing_split(split: str, corpus: Corpus, where: str, role: str) -> DataError:
+    return DataError(
+        f"the corpus has no '{split}' split (it has {sorted(corpus)})",
+        where=where,
+        fix=f"set {role}_split to one of them, pass eval_dataset_path, or set validation_split_size.",
+    )
 
 
-def read_splits(args: DataArguments, splits: dict[str, str], source: str, eval_source: str | None) -> Corpus:
-    """The canonical dialogs of the wanted splits (``{role: split name}``), views trimmed and topped up.
+def read_splits(args: DataArguments, roles: tuple[str, ...], source: str, eval_source: str | None, skips: SkipLog) -> tuple[Corpus, dict[str, str]]:
+    """The canonical dialogs of each role (``train``, ``eval``), trimmed and topped up, and the split each reads.
 
-    ``source`` and ``eval_source`` are the resolved ``dataset_path`` and ``eval_dataset_path``.
+    ``source`` and ``eval_source`` are the resolved ``dataset_path`` and ``eval_dataset_path``. A single file
+    with no splits inside is the training split when training, the evaluated split otherwise; training on
+    such a file evaluates only on ``eval_dataset_path`` or a ``validation_split_size`` part, else on nothing
+    (the ``eval`` role is then left out).
     """
-    corpus = read_corpus(source, args.dataset_format, args.bot_side)
-    if eval_source:
-        eval_corpus = read_corpus(eval_source, args.dataset_format, args.bot_side)
-        name = args.eval_split if args.eval_split in eval_corpus else next(iter(eval_corpus))
-        corpus[args.eval_split] = eval_corpus[name]
-    elif splits.get("eval") == HELDOUT:
-        if args.train_split not in corpus:
-            raise DataError(f"no '{args.train_split}' split to hold dialogs out of", where=args.dataset_path, fix=f"set train_split to one of {sorted(corpus)}.")
-        _holdout(corpus, args)
+    where = args.dataset_path or "PersonaChat"
+    corpus = read_corpus(source, args.dataset_format, args.bot_side, skips)
+    whole_file = WHOLE_FILE in corpus
+    train_split = WHOLE_FILE if whole_file else args.train_split
+    splits = {"train": train_split} if "train" in roles else {}
+    if "eval" in roles:
+        if eval_source:
+            eval_corpus = read_corpus(eval_source, args.dataset_format, args.bot_side, skips)
+            name = next((s for s in (WHOLE_FILE, args.eval_split) if s in eval_corpus), None)
+            if name is None:
+                raise _missing_split(args.eval_split, eval_corpus, args.eval_dataset_path, "eval")
+            corpus[EVAL_FILE] = eval_corpus[name]
+            splits["eval"] = EVAL_FILE
+        elif args.validation_split_size > 0:
+            if train_split not in corpus:
+                raise DataError(f"no '{train_split}' split to hold dialogs out of", where=where, fix=f"set train_split to one of {sorted(corpus)}.")
+            _holdout(corpus, args, train_split)
+            splits["eval"] = HELDOUT
+        elif not (whole_file and "train" in roles):
+            splits["eval"] = WHOLE_FILE if whole_file else args.eval_split
     out: Corpus = {}
     for role, split in splits.items():
         if split not in corpus:
-            raise DataError(
-                f"the corpus has no '{split}' split (it has {sorted(corpus)})",
-                where=args.dataset_path or "PersonaChat",
-                fix=f"set {role}_split to one of them, pass eval_dataset_path, or set validation_split_size.",
-            )
+            raise _missing_split(split, corpus, where, role)
         limit = args.max_train_dialogs if role == "train" else args.max_eval_dialogs
         dialogs = corpus[split][:limit] if limit else corpus[split]
+        if not dialogs:
+            raise DataError(
+                f"no usable dialogs in the '{split}' split (records skipped, by reason: {skips.of(split) or skips.reasons()})",
+                where=args.eval_dataset_path if split == EVAL_FILE else where,
+                fix="check the file: every record of the split was skipped (the warnings above name the first ones).",
+            )
         wanted = args.num_candidates if role == "train" else args.eval_num_candidates
         out[role], sampled = split_view(
-            dialogs, wanted=wanted, max_history=args.max_history, seed=args.sampling_seed, split=split, pool=reply_pool(corpus[split])
+            dialogs, wanted=wanted, max_history=args.max_history, seed=args.sampling_seed, role=role, pool=reply_pool(corpus[split])
         )
         if sampled:
             logger.info("Sampled %d distractors for the %s split (%d candidates per turn)", sampled, split, wanted)
-    return out
+    return out, splits
 
 
 def split_stats(features: datasets.Dataset, dialogs: datasets.Dataset, batch_size: int) -> dict:
@@ -147,11 +166,13 @@ def prepare_corpus(
     """Load the prepared splits from the cache, or build and cache them (atomically).
 
     ``roles`` picks the splits (``train``, ``eval``); ``max_length`` is the model's positions unless
-    ``args.max_input_length`` is smaller. Under a multi-process launch, call it inside
-    ``main_process_first()`` so that one process builds and the others load.
+    ``args.max_input_length`` is smaller. Unusable records are skipped and counted (``skipped`` in the
+    statistics, by reason), or stop the preparation when ``args.strict``. The ``eval`` role is absent from
+    the result when training on a single file with nothing to evaluate on (a warning says what to pass).
+    Under a multi-process launch, call it inside ``main_process_first()`` so that one process builds and
+    the others load.
     """
     max_length = min(max_length, args.max_input_length or max_length)
-    splits = role_splits(args, roles)
     source = resolve(args.dataset_path, args.dataset_cache)
     eval_source = resolve(args.eval_dataset_path, args.dataset_cache) if args.eval_dataset_path and "eval" in roles else None
     options = {k: v for k, v in vars(args).items() if k not in ("dataset_path", "eval_dataset_path", "dataset_cache", "preprocessing_num_workers")}
@@ -160,7 +181,7 @@ def prepare_corpus(
         eval_corpus=fingerprint(eval_source) if eval_source else None,
         tokenizer=tokenizer_fingerprint(tokenizer),
         options=options,
-        splits=splits,
+        roles=list(roles),
         max_length=max_length,
     )
     name = Path(source.rstrip("/")).name.replace(".", "_") or "corpus"
@@ -168,10 +189,11 @@ def prepare_corpus(
     if cache_path.exists():
         logger.info("Loading prepared features from the cache %s (no tokenization)", cache_path)
     else:
-        logger.info("Preparing %s (cache %s)", source, cache_path)
+        logger.info("Preparing %s (cache %s, inputs of at most %d tokens)", source, cache_path, max_length)
 
         def build(folder: Path) -> None:
-            corpus = read_splits(args, splits, source, eval_source)
+            skips = SkipLog(strict=args.strict)
+            corpus, splits = read_splits(args, roles, source, eval_source, skips)
             stats = {"cache_path": str(cache_path), "max_length": max_length, "splits": {}}
             for role in list(corpus):
                 # Written first and read back memory-mapped: map's workers then open the file
@@ -184,18 +206,41 @@ def prepare_corpus(
                     max_length=max_length,
                     permutations=args.personality_permutations if role == "train" else 1,
                     num_proc=args.preprocessing_num_workers,
-                    source=f"{args.dataset_path or 'PersonaChat'} [{splits[role]}]",
+                    skips=skips,
+                    split=f"{role} turns",
+                    desc=f"{args.dataset_path or 'PersonaChat'} [{splits[role]}]",
                 )
+                if not len(features):
+                    raise DataError(
+                        f"no usable turns in the '{splits[role]}' split ({skips.reasons()})",
+                        where=args.dataset_path or "PersonaChat",
+                        fix="check max_input_length and the corpus: every turn was skipped.",
+                    )
                 features.save_to_disk(str(folder / "features" / role))
                 dialog_set.cleanup_cache_files()  # map's own output, now copied into features/
-                stats["splits"][role] = {"split": splits[role], **split_stats(features, dialog_set, stats_batch_size)}
+                read_skips = skips.of(splits[role]) if splits[role] != HELDOUT else {}
+                stats["splits"][role] = {
+                    "split": splits[role],
+                    **split_stats(features, dialog_set, stats_batch_size),
+                    "skipped": dict(Counter(read_skips) + Counter(skips.of(f"{role} turns"))),
+                }
             for name in ("dialogs", "examples", "candidates", "tokens", "truncated"):
                 stats[name] = sum(split[name] for split in stats["splits"].values())
             stats["padding_ratio"] = max(split["padding_ratio"] for split in stats["splits"].values())
+            stats["skipped"] = dict(sorted(sum((Counter(split["skipped"]) for split in stats["splits"].values()), Counter()).items()))
             (folder / "stats.json").write_text(json.dumps(stats, indent=2))
 
         write_atomically(cache_path, build)
     stats = json.loads((cache_path / "stats.json").read_text())
-    features = datasets.DatasetDict({role: datasets.load_from_disk(str(cache_path / "features" / role)) for role in roles})
-    dialogs = datasets.DatasetDict({role: datasets.load_from_disk(str(cache_path / "dialogs" / role)) for role in roles})
+    if stats["skipped"]:
+        logger.warning("Skipped %d unusable record(s) of %s, by reason: %s", sum(stats["skipped"].values()), args.dataset_path or "PersonaChat", stats["skipped"])
+    present = [role for role in roles if role in stats["splits"]]
+    if "eval" in roles and "eval" not in present:
+        logger.warning(
+            "%s is one file with no splits inside: training on all of it and evaluating on nothing. To evaluate, pass "
+            "eval_dataset_path (a held-out corpus) or validation_split_size (a fraction or a number of dialogs to hold out).",
+            args.dataset_path,
+        )
+    features = datasets.DatasetDict({role: datasets.load_from_disk(str(cache_path / "features" / role)) for role in present})
+    dialogs = datasets.DatasetDict({role: datasets.load_from_disk(str(cache_path / "dialogs" / role)) for role in present})
     return PreparedCorpus(features=features, dialogs=dialogs, stats=stats, cache_path=cache_path)

@@ -1,10 +1,14 @@
 """Readers that turn PersonaChat in its common layouts into one canonical dialog schema.
 
-The canonical dialog (one per bot persona and conversation) is::
+The canonical dialog (one per bot persona and conversation) is a :class:`Dialog`::
 
     {"persona": ["i like cats.", "i am a nurse."],          # the bot's persona sentences
      "turns": [{"history": ["hi!", "hello, how are you?", "good, you?"],  # utterances before the reply
-                "candidates": ["a distractor", "...", "the gold reply"]}]}  # gold reply LAST
+                "candidates": ["a distractor", "...", "the gold reply"]}],  # gold reply LAST
+     "record": "train.csv, row 12 (user 2 as the bot)"}     # where it comes from, for messages
+
+When the bot opens a conversation its first turn's history is the single utterance ``__ SILENCE __``, as
+PersonaChat has it, so every history holds an odd number of utterances (the partner spoke last).
 
 Accepted layouts (``dataset_format``, default ``auto``: detected from the content):
 
@@ -22,7 +26,13 @@ Accepted layouts (``dataset_format``, default ``auto``: detected from the conten
   ``personality``, ``history``, ``candidates`` and ``conv_id`` (``bavard/personachat_truecased``).
 
 Splits come from the corpus (``train``, ``valid``, ``test``; ``validation`` and ``dev`` are read as
-``valid``); a single file takes the split its name mentions, else ``train``.
+``valid``). A folder's files take the split their names mention, else ``train``. A single file with no
+splits inside (ParlAI text, conversations) is one split, :data:`WHOLE_FILE`, which serves as the training
+split when training and as the evaluated split when evaluating, whatever the file's name.
+
+Problems of one record (an empty conversation, lines without speaker tags, a dialog without turns, a turn
+without its gold reply...) raise :class:`~persona.data.skips.RecordError`, which the reading loops hand to
+a :class:`~persona.data.skips.SkipLog`: skipped and counted, or an error in strict mode.
 """
 
 from __future__ import annotations
@@ -35,8 +45,9 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
+from persona.data.skips import RecordError, SkipLog
 from persona.errors import DataError
 
 FORMATS = ("auto", "personachat_json", "parlai", "conversations", "hub")
@@ -45,8 +56,25 @@ SPLIT_ALIASES = {"train": "train", "valid": "valid", "validation": "valid", "val
 _SPC_COLUMNS = ("user 1 personas", "user 2 personas", "Best Generated Conversation")
 _SPEAKER_LINE = re.compile(r"^[\s*_]*(?:user|person|speaker)\s*([12])\s*[*_]*:[*_\s]*(.*?)[*_\s]*$", re.IGNORECASE)
 _PARLAI_LINE = re.compile(r"^(\d+) (.*)$")
+SILENCE = "__ SILENCE __"  # PersonaChat's partner utterance before a turn that the bot opens
+WHOLE_FILE = "all"  # the one split of a single file with no splits inside
 
-Dialog = dict[str, Any]
+
+class Turn(TypedDict):
+    """One turn: the utterances before the reply (oldest first) and the candidate replies (gold last)."""
+
+    history: list[str]
+    candidates: list[str]
+
+
+class Dialog(TypedDict):
+    """The canonical dialog: the bot's persona sentences, its turns, and the record it was read from."""
+
+    persona: list[str]
+    turns: list[Turn]
+    record: str
+
+
 Corpus = dict[str, list[Dialog]]
 
 
@@ -115,7 +143,7 @@ def _parse_json(path: Path, text: str) -> Any:
         ) from None
 
 
-def _string_list(value: Any, where: str, field: str, *, allow_empty: bool = False) -> list[str]:
+def _string_list(value: Any, where: str, field: str, *, allow_empty: bool = False, reason: str = "malformed record") -> list[str]:
     if isinstance(value, str):
         value = [line for line in value.splitlines() if line.strip()]
     try:
@@ -123,36 +151,47 @@ def _string_list(value: Any, where: str, field: str, *, allow_empty: bool = Fals
             raise TypeError
         value = [item for item in map(str.strip, value) if item]  # str.strip refuses anything but text
     except TypeError:
-        raise DataError(f"field '{field}' must be a list of strings", where=where, fix=f"give '{field}' as a list of sentences.") from None
+        raise RecordError(f"field '{field}' must be a list of strings", where=where, fix=f"give '{field}' as a list of sentences.") from None
     if not value and not allow_empty:
-        raise DataError(f"field '{field}' is empty", where=where, fix=f"give at least one sentence in '{field}', or drop the record.")
+        raise RecordError(f"field '{field}' is empty", where=where, fix=f"give at least one sentence in '{field}', or drop the record.", reason=reason)
     return value
 
 
 def _require(record: Any, fields: Iterable[str], where: str) -> None:
     if not isinstance(record, dict):
-        raise DataError(f"expected an object, found {type(record).__name__}", where=where, fix="each record must be a JSON object.")
+        raise RecordError(f"expected an object, found {type(record).__name__}", where=where, fix="each record must be a JSON object.")
     missing = [field for field in fields if field not in record]
     if missing:
-        raise DataError(f"missing field(s) {missing}", where=where, fix="add them, or set dataset_format to the layout of the file.")
+        raise RecordError(f"missing field(s) {missing}", where=where, fix="add them, or set dataset_format to the layout of the file.")
 
 
-def seed_dialog(record: Any, where: str) -> Dialog:
-    """One dialog of the transfer-learning-conv-ai JSON (``personality`` + ``utterances``), validated."""
+def _no_turns(where: str) -> RecordError:
+    return RecordError("the dialog has no usable turns", where=where, fix="drop the dialog or add its turns.", reason="dialog without turns")
+
+
+def seed_dialog(record: Any, where: str, skips: SkipLog, split: str) -> Dialog:
+    """One dialog of the transfer-learning-conv-ai JSON (``personality`` + ``utterances``), validated.
+
+    A turn without candidates (no gold reply) is skipped through ``skips``; a dialog left with no turns
+    raises :class:`RecordError`.
+    """
     _require(record, ("personality", "utterances"), where)
-    persona = _string_list(record["personality"], where, "personality")
-    if not isinstance(record["utterances"], list) or not record["utterances"]:
-        raise DataError("the dialog has no turns ('utterances' is empty)", where=where, fix="drop the dialog or add its turns.")
+    persona = _string_list(record["personality"], where, "personality", reason="empty persona")
+    if not isinstance(record["utterances"], list):
+        raise RecordError("'utterances' must be a list of turns", where=where, fix="fix the record.")
     turns = []
     for index, turn in enumerate(record["utterances"]):
         turn_where = f"{where}, utterance {index}"
-        _require(turn, ("history", "candidates"), turn_where)
-        candidates = _string_list(turn["candidates"], turn_where, "candidates")
-        turns.append({"history": _string_list(turn["history"], turn_where, "history", allow_empty=True), "candidates": candidates})
-    return {"persona": persona, "turns": turns}
+        with skips.guard(split):
+            _require(turn, ("history", "candidates"), turn_where)
+            candidates = _string_list(turn["candidates"], turn_where, "candidates", reason="turn without candidates")
+            turns.append({"history": _string_list(turn["history"], turn_where, "history", allow_empty=True), "candidates": candidates})
+    if not turns:
+        raise _no_turns(where)
+    return {"persona": persona, "turns": turns, "record": where}
 
 
-def read_personachat_json(path: Path, text: str) -> Corpus:
+def read_personachat_json(path: Path, text: str, skips: SkipLog) -> Corpus:
     """The transfer-learning-conv-ai JSON: ``{"train": [dialog, ...], "valid": [...]}``."""
     data = _parse_json(path, text)
     if not isinstance(data, dict) or not any(key in SPLIT_ALIASES for key in data):
@@ -167,26 +206,37 @@ def read_personachat_json(path: Path, text: str) -> Corpus:
             continue
         if not isinstance(dialogs, list):
             raise DataError(f"split '{key}' must be a list of dialogs", where=str(path), fix="fix the file.")
-        corpus[SPLIT_ALIASES[key]] = [seed_dialog(d, f"{path}, {key}[{i}]") for i, d in enumerate(dialogs)]
+        split = SPLIT_ALIASES[key]
+        corpus[split] = []
+        for index, dialog in enumerate(dialogs):
+            with skips.guard(split):
+                corpus[split].append(seed_dialog(dialog, f"{path}, {key}[{index}]", skips, split))
     return corpus
 
 
-def read_parlai(path: Path, text: str) -> list[Dialog]:
-    """ParlAI/ConvAI2 text: ``N your persona: ...`` and ``N text<TAB>label[<TAB><TAB>c1|...|cK]`` lines."""
+def read_parlai(path: Path, text: str, skips: SkipLog, split: str) -> list[Dialog]:
+    """ParlAI/ConvAI2 text: ``N your persona: ...`` and ``N text<TAB>label[<TAB><TAB>c1|...|cK]`` lines.
+
+    A dialog with a turn that lacks its gold reply, with no turns or with no persona is skipped whole.
+    """
     dialogs: list[Dialog] = []
     persona: list[str] = []
     history: list[str] = []
-    turns: list[dict] = []
+    turns: list[Turn] = []
+    broken: RecordError | None = None
     previous_number = 0
     start_line = 1
 
     def close() -> None:
         where = f"{path}, dialog starting at line {start_line}"
-        if not turns:
-            raise DataError("the dialog has no turns (only persona lines)", where=where, fix="drop the dialog or add its turns.")
-        if not persona:
-            raise DataError("the dialog has no 'your persona:' lines", where=where, fix="add the bot's persona lines.")
-        dialogs.append({"persona": list(persona), "turns": list(turns)})
+        with skips.guard(split):
+            if broken is not None:
+                raise broken
+            if not turns:
+                raise _no_turns(where)
+            if not persona:
+                raise RecordError("the dialog has no 'your persona:' lines", where=where, fix="add the bot's persona lines.", reason="empty persona")
+            dialogs.append({"persona": list(persona), "turns": list(turns), "record": where})
 
     for line_number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -201,7 +251,7 @@ def read_parlai(path: Path, text: str) -> list[Dialog]:
         number, content = int(match.group(1)), match.group(2)
         if number <= previous_number or (number == 1 and previous_number):
             close()
-            persona, history, turns, start_line = [], [], [], line_number
+            persona, history, turns, broken, start_line = [], [], [], None, line_number
         previous_number = number
         if content.startswith("your persona:"):
             persona.append(content[len("your persona:") :].strip())
@@ -210,11 +260,13 @@ def read_parlai(path: Path, text: str) -> list[Dialog]:
             continue
         fields = content.split("\t")
         if len(fields) < 2 or not fields[1].strip():
-            raise DataError(
+            broken = broken or RecordError(
                 "turn without its gold reply (expected 'text<TAB>label')",
                 where=f"{path}, line {line_number}",
                 fix="add the label after a tab, or drop the line.",
+                reason="turn without candidates",
             )
+            continue
         message, label = fields[0].strip(), fields[1].strip()
         candidates = [c.strip() for c in fields[3].split("|")] if len(fields) > 3 and fields[3].strip() else []
         candidates = [c for c in candidates if c and c != label] + [label]
@@ -232,33 +284,37 @@ def conversation_dialogs(
     """The dialogs of one two-person conversation, one per side that serves as the bot.
 
     ``personas[0]`` is user 1's; ``first_speaker`` (0 or 1) says which user spoke ``utterances[0]``.
+    The side that opens the conversation gets :data:`SILENCE` before it, as PersonaChat does.
     """
+    if not utterances:
+        raise RecordError("the conversation is empty", where=where, fix="drop it or complete it.", reason="empty conversation")
     if len(utterances) < 2:
-        raise DataError("the conversation has fewer than two utterances", where=where, fix="drop it or complete it.")
+        raise RecordError("the conversation has a single utterance", where=where, fix="drop it or complete it.", reason="conversation of one utterance")
     sides = {"both": (0, 1), "user1": (0,), "user2": (1,)}[bot_side]
     dialogs = []
     for side in sides:
-        persona = _string_list(personas[side], where, f"persona of user {side + 1}")
-        turns = [
-            {"history": utterances[:index], "candidates": [utterances[index]]}
-            for index in range((side - first_speaker) % 2, len(utterances), 2)
-        ]
-        dialogs.append({"persona": persona, "turns": turns})
+        persona = _string_list(personas[side], where, f"persona of user {side + 1}", reason="empty persona")
+        spoken = [SILENCE, *utterances] if side == first_speaker else utterances
+        turns = [{"history": spoken[:index], "candidates": [spoken[index]]} for index in range(1, len(spoken), 2)]
+        dialogs.append({"persona": persona, "turns": turns, "record": f"{where} (user {side + 1} as the bot)"})
     return dialogs
 
 
-def parse_conversation_text(text: str) -> tuple[list[str], int]:
+def parse_conversation_text(text: str, where: str) -> tuple[list[str], int]:
     """``User 1: ...`` / ``User 2: ...`` lines into alternating utterances and the first speaker (0 or 1).
 
     A line without a tag, or a second line of the same speaker, continues the last utterance; untagged
-    text before the first tag is user 1's; lines of mere decoration (``* * *``) are skipped.
+    text before the first tag is user 1's; lines of mere decoration (``* * *``) are skipped. Text in which
+    no line carries a speaker tag raises :class:`RecordError` (the speakers cannot be told apart).
     """
     utterances: list[str] = []
     speakers: list[str] = []
+    tagged = False
     for line in text.splitlines():
         if not line.strip():
             continue
         match = _SPEAKER_LINE.match(line)
+        tagged = tagged or match is not None
         if match:
             if speakers and speakers[-1] == match.group(1):
                 utterances[-1] += " " + match.group(2)
@@ -270,26 +326,33 @@ def parse_conversation_text(text: str) -> tuple[list[str], int]:
         elif re.search(r"\w", line):  # untagged text before the first tag opens the conversation as user 1
             speakers.append("1")
             utterances.append(line.strip())
+    if utterances and not tagged:
+        raise RecordError(
+            "no line carries a speaker tag ('User 1:' / 'User 2:'), so the speakers cannot be told apart",
+            where=where,
+            fix="tag each line with its speaker, or drop the conversation.",
+            reason="no speaker tags",
+        )
     return utterances, int(speakers[0]) - 1 if speakers else 0
 
 
-def record_dialogs(record: Any, where: str, bot_side: str) -> list[Dialog]:
+def record_dialogs(record: Any, where: str, bot_side: str, skips: SkipLog, split: str) -> list[Dialog]:
     """The dialogs of one record of a conversation CSV/JSON/JSONL or Hub row, whatever its shape."""
     if isinstance(record, dict) and "personality" in record and "utterances" in record:
-        return [seed_dialog(record, where)]
+        return [seed_dialog(record, where, skips, split)]
     if isinstance(record, dict) and all(column in record for column in _SPC_COLUMNS):
         personas = [_string_list(record[c] or "", where, c, allow_empty=True) for c in _SPC_COLUMNS[:2]]
-        utterances, first_speaker = parse_conversation_text(record[_SPC_COLUMNS[2]] or "")
+        utterances, first_speaker = parse_conversation_text(record[_SPC_COLUMNS[2]] or "", where)
         return conversation_dialogs(personas, utterances, bot_side, where, first_speaker)
     _require(record, ("personas", "utterances"), where)
     personas = record["personas"]
     if not isinstance(personas, list) or len(personas) != 2:
-        raise DataError("'personas' must be a list of two lists (user 1, user 2)", where=where, fix="give both personas.")
-    utterances = _string_list(record["utterances"], where, "utterances")
+        raise RecordError("'personas' must be a list of two lists (user 1, user 2)", where=where, fix="give both personas.")
+    utterances = _string_list(record["utterances"], where, "utterances", allow_empty=True)
     return conversation_dialogs(personas, utterances, bot_side, where)
 
 
-def read_conversations(path: Path, text: str, bot_side: str) -> list[Dialog]:
+def read_conversations(path: Path, text: str, bot_side: str, skips: SkipLog, split: str) -> list[Dialog]:
     """Conversation records from CSV (Synthetic-Persona-Chat columns), a JSON list, or JSONL."""
     stripped = text.lstrip()
     if stripped.startswith("["):
@@ -299,15 +362,17 @@ def read_conversations(path: Path, text: str, bot_side: str) -> list[Dialog]:
         records, names = [], []
         for line_number, line in enumerate(text.splitlines(), start=1):
             if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise DataError(
-                        f"invalid JSON ({error.msg}); JSONL needs one object per line",
-                        where=f"{path}, line {line_number}",
-                        fix="repair the line, or check the file is not truncated.",
-                    ) from None
-                names.append(f"{path}, line {line_number}")
+                with skips.guard(split):
+                    try:
+                        records.append(json.loads(line))
+                    except json.JSONDecodeError as error:
+                        raise RecordError(
+                            f"invalid JSON ({error.msg}); JSONL needs one object per line",
+                            where=f"{path}, line {line_number}",
+                            fix="repair the line, or check the file is not truncated.",
+                            reason="invalid JSON line",
+                        ) from None
+                    names.append(f"{path}, line {line_number}")
     else:
         reader = csv.DictReader(io.StringIO(text))
         missing = [c for c in _SPC_COLUMNS if c not in (reader.fieldnames or [])]
@@ -317,64 +382,67 @@ def read_conversations(path: Path, text: str, bot_side: str) -> list[Dialog]:
         names = [f"{path}, row {i + 2}" for i in range(len(records))]
     dialogs: list[Dialog] = []
     for record, where in zip(records, names):
-        dialogs.extend(record_dialogs(record, where, bot_side))
-    if not dialogs:
-        raise DataError("no conversations found", where=str(path), fix="check the file.")
+        with skips.guard(split):
+            dialogs.extend(record_dialogs(record, where, bot_side, skips, split))
     return dialogs
 
 
-def read_file(path: Path, dataset_format: str, bot_side: str) -> Corpus:
-    """One corpus file, in the given layout or the one its content shows."""
+def read_file(path: Path, dataset_format: str, bot_side: str, skips: SkipLog, split: str | None = None) -> Corpus:
+    """One corpus file, in the given layout or the one its content shows.
+
+    A file with no splits inside is read as ``split`` (default :data:`WHOLE_FILE`).
+    """
     text = read_text(path)
     layout = detect_format(path, text) if dataset_format == "auto" else dataset_format
     if layout == "personachat_json":
-        return read_personachat_json(path, text)
-    split = split_of_filename(path)
+        return read_personachat_json(path, text, skips)
+    split = split or WHOLE_FILE
     if layout == "parlai":
-        return {split: read_parlai(path, text)}
+        return {split: read_parlai(path, text, skips, split)}
     if layout == "conversations":
-        return {split: read_conversations(path, text, bot_side)}
+        return {split: read_conversations(path, text, bot_side, skips, split)}
     raise DataError(f"dataset_format '{layout}' does not apply to a file", where=str(path), fix="use auto for files.")
 
 
-def read_folder(path: Path, dataset_format: str, bot_side: str) -> Corpus:
+def read_folder(path: Path, dataset_format: str, bot_side: str, skips: SkipLog) -> Corpus:
     """A folder of corpus files (ParlAI ``train_*.txt``/``valid_*.txt``, CSV, JSON), merged split by split."""
     files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in CORPUS_SUFFIXES)
     if not files:
         raise DataError("the folder holds no .txt, .json, .jsonl or .csv corpus file", where=str(path), fix="check dataset_path.")
     corpus: Corpus = defaultdict(list)
     for file in files:
-        for split, dialogs in read_file(file, dataset_format, bot_side).items():
+        for split, dialogs in read_file(file, dataset_format, bot_side, skips, split_of_filename(file)).items():
             corpus[split].extend(dialogs)
     return dict(corpus)
 
 
-def hub_rows_to_corpus(dataset_dict, bot_side: str, name: str) -> Corpus:
+def hub_rows_to_corpus(dataset_dict, bot_side: str, name: str, skips: SkipLog) -> Corpus:
     """Rows of a ``datasets.DatasetDict`` (from the Hub or disk) in any accepted shape."""
     corpus: Corpus = {}
     for split_name, rows in dataset_dict.items():
         split = SPLIT_ALIASES.get(split_name, split_name)
         columns = set(rows.column_names)
         if {"personality", "history", "candidates", "conv_id"} <= columns:
-            corpus[split] = _group_turn_rows(rows, f"{name}[{split_name}]")
+            corpus[split] = _group_turn_rows(rows, f"{name}[{split_name}]", skips, split)
         else:
             dialogs: list[Dialog] = []
             for index, row in enumerate(rows):
-                dialogs.extend(record_dialogs(row, f"{name}[{split_name}] row {index}", bot_side))
+                with skips.guard(split):
+                    dialogs.extend(record_dialogs(row, f"{name}[{split_name}] row {index}", bot_side, skips, split))
             corpus[split] = dialogs
     return corpus
 
 
-def _group_turn_rows(rows, where: str) -> list[Dialog]:
-    """One row per turn (``bavard/personachat_truecased``) grouped into dialogs by ``conv_id``."""
+def _group_turn_rows(rows, where: str, skips: SkipLog, split: str) -> list[Dialog]:
+    """One row per turn (``bavard/personachat_truecased``) grouped into dialogs by ``conv_id``; bad rows skipped."""
     grouped: dict[Any, Dialog] = {}
     for index, row in enumerate(rows):
         record_where = f"{where} row {index}"
-        dialog = grouped.setdefault(row["conv_id"], {"persona": _string_list(row["personality"], record_where, "personality"), "turns": []})
-        dialog["turns"].append(
-            {
+        with skips.guard(split):
+            persona = _string_list(row["personality"], record_where, "personality", reason="empty persona")
+            turn = {
                 "history": _string_list(row["history"], record_where, "history", allow_empty=True),
-                "candidates": _string_list(row["candidates"], record_where, "candidates"),
+                "candidates": _string_list(row["candidates"], record_where, "candidates", reason="turn without candidates"),
             }
-        )
+            grouped.setdefault(row["conv_id"], {"persona": persona, "turns": [], "record": f"{where} conv_id {row['conv_id']}"})["turns"].append(turn)
     return list(grouped.values())

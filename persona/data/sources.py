@@ -10,6 +10,7 @@ import urllib.request
 from pathlib import Path
 
 from persona.data.readers import CORPUS_SUFFIXES, Corpus, hub_rows_to_corpus, read_file, read_folder
+from persona.data.skips import SkipLog
 from persona.errors import DataError
 
 PERSONACHAT_URL = "https://s3.amazonaws.com/datasets.huggingface.co/personachat/personachat_self_original.json"
@@ -104,11 +105,14 @@ def fingerprint(source: str) -> str:
     return digest.hexdigest()
 
 
-def read_corpus(source: str, dataset_format: str = "auto", bot_side: str = "both") -> Corpus:
-    """All splits of a resolved corpus, as canonical dialogs."""
-    path = Path(source)
+def read_corpus(source: str, dataset_format: str = "auto", bot_side: str = "both", skips: SkipLog | None = None) -> Corpus:
+    """All splits of a resolved corpus, as canonical dialogs; unusable records are skipped into ``skips``.
+
+    A single file with no splits inside gives the one split ``WHOLE_FILE``.
+    """
+    path, skips = Path(source), skips or SkipLog()
     if dataset_format == "hub" or is_hub_id(source) or is_saved_dataset(path):
-        return hub_rows_to_corpus(_load_hub_dataset(source), bot_side, source)
+        return hub_rows_to_corpus(_load_hub_dataset(source), bot_side, source, skips)
     if path.is_dir():
-        return read_folder(path, dataset_format, bot_side)
-    return read_file(path, dataset_format, bot_side)
+        return read_folder(path, dataset_format, bot_side, skips)
+    return read_file(path, dataset_format, bot_side, skips)
