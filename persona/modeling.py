@@ -32,9 +32,11 @@ from torch import nn
 from transformers import (
     AutoConfig,
     AutoTokenizer,
+    GenerationMixin,
     GgufConfig,
     GPT2DoubleHeadsModel,
     OpenAIGPTDoubleHeadsModel,
+    OpenAIGPTLMHeadModel,
 )
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, and_masks, causal_mask_function
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
@@ -43,6 +45,7 @@ from transformers.utils import ModelOutput
 from persona.chat_template import add_chat_template
 from persona.configs import ModelArguments, model_config_dict
 from persona.data.layout import IGNORE_INDEX
+from persona.data.tokenize import wants_leading_space
 from persona.errors import ModelLoadError
 from persona.generation import DecodingArguments
 from persona.special_tokens import add_special_tokens, resize_embeddings, special_ids
@@ -271,9 +274,14 @@ def persona_class(base: type) -> type:
     saved model loads with plain transformers, no persona code needed (a causal LM drops the head).
     """
     family = GPTDualHeads if base in (GPT2DoubleHeadsModel, OpenAIGPTDoubleHeadsModel) else CausalDualHeads
-    # openai-gpt's attention takes no custom 4D mask: it runs full sequences (LM logits still only where labels are).
-    packs = base is not OpenAIGPTDoubleHeadsModel
-    cls = type(base.__name__, (family, base), {"__module__": __name__, "packs_candidates": packs})
+    attributes = {"__module__": __name__, "packs_candidates": True}
+    bases = (family, base)
+    if base is OpenAIGPTDoubleHeadsModel:
+        # Its attention takes no custom 4D mask: it runs full sequences (LM logits still only where labels are).
+        # Nor can it generate in transformers 5: it gets the generation of its language-model sibling.
+        attributes.update(packs_candidates=False, prepare_inputs_for_generation=OpenAIGPTLMHeadModel.prepare_inputs_for_generation)
+        bases = (family, base, GenerationMixin)
+    cls = type(base.__name__, bases, attributes)
 
     def forward(self, *args, forward_mode: str | None = None, **kwargs):
         return PersonaDualHeads.forward(self, *args, forward_mode=forward_mode, **kwargs)
@@ -359,6 +367,7 @@ def load_for_training(model_args: ModelArguments):
             # De-quantized on load: plain float weights that train and save as safetensors like any other.
             model.hf_quantizer.remove_quantization_config(model)
     resize_embeddings(model, tokenizer)
+    model.config.persona_leading_space = wants_leading_space(tokenizer)  # saved: eval and chat encode texts alike
     ids = special_ids(tokenizer)
     model.config.pad_token_id, model.config.bos_token_id, model.config.eos_token_id = ids.pad, ids.bos, ids.eos
     # Saved with the model: plain transformers then prompts it with the chat template and decodes as
@@ -370,7 +379,11 @@ def load_for_training(model_args: ModelArguments):
 
 
 def load_trained(name_or_path: str, revision: str = "main", trust_remote_code: bool = False):
-    """A persona model and its tokenizer, from a folder or a Hub id (a clear error if it lacks the special tokens)."""
+    """A persona model and its tokenizer, from a folder or a Hub id (a clear error if it lacks the special tokens).
+
+    A checkpoint of transfer-learning-conv-ai (the five special tokens, no persona fields in its config) is
+    fed as that code fed it: token types, and texts encoded without a leading space.
+    """
     args = ModelArguments(model_name_or_path=name_or_path, revision=revision, trust_remote_code=trust_remote_code)
     tokenizer = load_tokenizer(args)
     special_ids(tokenizer)
@@ -379,6 +392,11 @@ def load_trained(name_or_path: str, revision: str = "main", trust_remote_code: b
         model = model_class(config.model_type).from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
         raise _offline_hint(name_or_path, error) from None
+    if hasattr(config, "persona_leading_space"):
+        tokenizer.persona_leading_space = config.persona_leading_space
+    elif not hasattr(config, "persona_token_types"):
+        logger.info("%s has no persona fields in its config: fed as transfer-learning-conv-ai feeds its checkpoints", name_or_path)
+        tokenizer.persona_leading_space = False
     return model.eval(), tokenizer
 
 

@@ -20,7 +20,7 @@ from transformers import EvalPrediction, Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 
 from persona.data.collator import PersonaCollator
-from persona.metrics import hits_from_ranks
+from persona.metrics import gold_ranks, hits_from_ranks
 from persona.model_card import write_model_card
 from persona.modeling import DualOutput
 
@@ -35,9 +35,7 @@ def dual_loss(output: DualOutput, mc_labels: torch.Tensor, lm_coef: float, mc_co
 def turn_scores(output: DualOutput, mc_labels: torch.Tensor, candidate_valid: torch.Tensor) -> torch.Tensor:
     """Per turn: the gold reply's rank among the candidates (0 = first), its NLL sum and token count, the
     MC loss and the number of candidates, as a [B, 5] float64 tensor that the Trainer gathers."""
-    rows = torch.arange(len(mc_labels), device=mc_labels.device)
-    gold_logit = output.mc_logits[rows, mc_labels]
-    rank = ((output.mc_logits > gold_logit[:, None]) & candidate_valid.bool()).sum(-1)
+    rank = gold_ranks(output.mc_logits.masked_fill(~candidate_valid.bool(), -torch.inf), mc_labels)
     mc_loss = F.cross_entropy(output.mc_logits, mc_labels, reduction="none")
     columns = (rank, output.nll_sum, output.tokens, mc_loss, candidate_valid.sum(-1))
     return torch.stack([c.double() for c in columns], dim=-1)

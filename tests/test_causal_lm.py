@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 
+import pytest
 import torch
 from safetensors import safe_open
 
 from persona.configs import ModelArguments
 from persona.data import PersonaCollator
-from persona.generation import DecodingArguments, generate_replies
+from persona.generation import DecodingArguments, generate_replies, prompt_inputs
 from persona.lora import merged, with_lora
 from persona.modeling import load_trained, max_positions
 from persona.special_tokens import special_ids
 from persona.train import main as train_main
 from persona.trainer import dual_loss
-from tests.conftest import TINY_LLAMA, tiny_train_args
+from tests.conftest import TINY_GPT2, TINY_LLAMA, TINY_OPENAI_GPT, build_tiny, tiny_train_args
 from tests.test_fast_path import _examples
 
 
@@ -39,13 +41,40 @@ def test_save_and_load_give_the_same_outputs(tiny_llama, tokenizer, tmp_path):
     assert torch.allclose(plain(input_ids=ids).logits, loaded(input_ids=ids).logits)
 
 
-def test_generation_feeds_token_types_through_the_embeddings(tiny_llama, tokenizer):
-    decoding = DecodingArguments(do_sample=False, max_length=6)
+@pytest.mark.parametrize("config", [TINY_GPT2, TINY_OPENAI_GPT, TINY_LLAMA], ids=lambda c: c["model_type"])
+def test_generation_feeds_the_token_types_of_the_layout(config, tokenizer):
+    """Every forward of generate gets the prompt's token types (left-padded), then the bot's type for each new
+    token; a batch gives what each prompt gives alone; and the types change what the model predicts."""
+    model = build_tiny(config)
+    decoding = DecodingArguments(do_sample=False, max_length=4, min_length=4)
     dialogs = [(["i like cats."], ["hi! who are you?"]), (["i am tall.", "i love jazz."], ["hello.", "hi!", "what music?"])]
-    with_types = generate_replies(tiny_llama, tokenizer, dialogs, decoding, max_positions=max_positions(tiny_llama.config))
-    single = [generate_replies(tiny_llama, tokenizer, [d], decoding, max_positions=128)[0] for d in dialogs]
-    assert with_types == single  # left padding changes nothing
-    assert all(isinstance(reply, str) for reply in with_types)
+    seen = []
+    original = model.forward
+
+    @functools.wraps(original)
+    def recording(*args, **kwargs):
+        seen.append((kwargs["input_ids"].clone(), kwargs.get("token_type_ids")))
+        return original(*args, **kwargs)
+
+    model.forward = recording
+    batched = generate_replies(model, tokenizer, dialogs, decoding, max_positions=max_positions(model.config))
+    ids = special_ids(tokenizer)
+    prompts = [prompt_inputs(p, h, tokenizer, max_positions(model.config), decoding.max_length) for p, h in dialogs]
+    first_ids, first_types = seen[0]
+    assert first_types is not None and len(seen) == 4
+    for row, prompt in enumerate(prompts):
+        n = len(prompt["input_ids"])
+        assert first_ids[row, -n:].tolist() == prompt["input_ids"] and first_types[row, -n:].tolist() == prompt["token_type_ids"]
+        assert prompt["input_ids"][-1] == prompt["token_type_ids"][-1] == ids.speaker1  # the bot's turn
+    for step_ids, step_types in seen[1:]:  # one new token a step (GPT-2, Llama) or the whole row again (openai-gpt)
+        assert step_types.shape == step_ids.shape and (step_types[:, -1] == ids.speaker1).all()
+    model.forward = original
+    assert batched == [generate_replies(model, tokenizer, [d], decoding, max_positions=max_positions(model.config))[0] for d in dialogs]
+    prompt = prompts[1]
+    with torch.no_grad():
+        typed = model(input_ids=torch.tensor([prompt["input_ids"]]), token_type_ids=torch.tensor([prompt["token_type_ids"]])).logits
+        untyped = model(input_ids=torch.tensor([prompt["input_ids"]])).logits
+    assert not torch.allclose(typed, untyped)
 
 
 def test_a_tiny_llama_trains_with_persona_train(tmp_path):
@@ -95,3 +124,24 @@ def test_persona_train_with_lora_saves_a_merged_plain_model(tmp_path):
     assert not (out / "adapter_config.json").exists()
     loaded, _ = load_trained(str(out))
     assert type(loaded).__name__ == "LlamaForCausalLM"
+
+
+def test_the_shared_smollm2_gguf_loads_as_float_weights_that_continue_sensibly_and_save_for_plain_transformers(tmp_path):
+    """The gguf_file path: de-quantized on load, the quantizer detached, trains as float32, saves safetensors."""
+    from transformers import AutoModelForCausalLM
+
+    from persona.modeling import load_for_training
+    from tests.conftest import needs_shared
+
+    folder = needs_shared("models", "smollm2-135m-instruct")
+    model, tokenizer = load_for_training(ModelArguments(model_name_or_path=str(folder), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"))
+    assert {p.dtype for p in model.parameters()} == {torch.float32} and getattr(model, "hf_quantizer", None) is None
+    assert getattr(model.config, "quantization_config", None) is None and type(model).__name__ == "LlamaForCausalLM"
+    prompt = tokenizer("The capital of France is", return_tensors="pt", add_special_tokens=False)
+    greedy = model.eval().generate(**prompt, max_new_tokens=3, do_sample=False, generation_config=None, eos_token_id=None, suppress_tokens=None)
+    assert "Paris" in tokenizer.decode(greedy[0, prompt["input_ids"].shape[1] :])
+    model.save_pretrained(tmp_path)
+    assert [p.name for p in tmp_path.glob("*.safetensors")] and not list(tmp_path.glob("*.gguf"))
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path)
+    with torch.no_grad():
+        assert torch.allclose(plain(**prompt).logits, model(**prompt).logits, atol=1e-5)

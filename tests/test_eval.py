@@ -23,9 +23,24 @@ def test_convai2_f1_on_hand_checked_examples():
 
 def test_hits_at_k_on_hand_checked_examples():
     hits = load_metric("hits_at_k")
+    # ranks: 0; 2 (0.8 and 0.3 above 0.2); 1 (the tie with 1.0 counts against the gold)
     assert hits.compute(predictions=[[0.1, 0.9, 0.5], [0.8, 0.2, 0.3], [1.0, 1.0, 0.0]], references=[1, 1, 0], k=[1, 2]) == {
-        "hits@1": 2 / 3, "hits@2": 2 / 3,
+        "hits@1": 1 / 3, "hits@2": 2 / 3,
     }
+    assert hits.compute(predictions=[[0.5, 0.5], [0.1, 0.2, 0.3, 0.9]], references=[1, 3], k=[1, 2]) == {"hits@1": 0.5, "hits@2": 1.0}
+
+
+def test_a_head_that_scores_every_candidate_alike_gets_no_hits_in_the_trainer():
+    import torch
+
+    from persona.modeling import DualOutput
+    from persona.trainer import metrics_from_scores, turn_scores
+
+    output = DualOutput(nll_sum=torch.ones(3), tokens=torch.ones(3), mc_logits=torch.tensor([[2.0, 2.0, 2.0], [1.0, 1.0, -3e38], [0.0, 5.0, 1.0]]))
+    valid = torch.tensor([[True, True, True], [True, True, False], [True, True, True]])
+    scores = turn_scores(output, torch.tensor([2, 1, 1]), valid)
+    assert scores[:, 0].tolist() == [2, 1, 0]  # ties count against the gold; a padding slot never does
+    assert metrics_from_scores(scores.numpy(), 1.0, 1.0, ks=(1, 2))["hits@1"] == pytest.approx(1 / 3)
 
 
 @pytest.fixture(scope="module")

@@ -58,10 +58,28 @@ def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path):
     assert eb["eval_loss"] == pytest.approx(ea["eval_loss"], rel=1e-5)
 
 
-def test_bf16_mixed_precision_on_cpu(tmp_path):
-    out = tmp_path / "bf16"
-    assert train_main(_args(out, "--max_steps", "2", "--bf16", "true", "--use_cpu", "true")) == 0
-    assert json.loads((out / "train_results.json").read_text())["mixed_precision"] == "bf16"
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_bf16_mixed_precision_on_cpu(precision, tmp_path, monkeypatch):
+    """The forward runs in the precision asked for (the LM head's output dtype, seen from inside the training step)."""
+    import torch
+
+    from persona.trainer import PersonaTrainer
+
+    seen = set()
+    original = PersonaTrainer.compute_loss
+
+    def recording(self, model, inputs, *args, **kwargs):
+        hook = self.accelerator.unwrap_model(model).lm_head.register_forward_hook(lambda module, given, output: seen.add(output.dtype))
+        try:
+            return original(self, model, inputs, *args, **kwargs)
+        finally:
+            hook.remove()
+
+    monkeypatch.setattr(PersonaTrainer, "compute_loss", recording)
+    out = tmp_path / precision
+    assert train_main(_args(out, "--max_steps", "2", "--bf16", str(precision == "bf16").lower(), "--use_cpu", "true")) == 0
+    assert json.loads((out / "train_results.json").read_text())["mixed_precision"] == ("bf16" if precision == "bf16" else "no")
+    assert seen == {torch.bfloat16 if precision == "bf16" else torch.float32}
 
 
 def test_openai_gpt_trains_in_both_forward_modes_to_the_same_evaluation(tmp_path):

@@ -9,17 +9,19 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from persona.data.tokenize import wants_leading_space
+
 FORMAT_VERSION = 2  # 2: the reference's speakers (the bot <speaker1>), __ SILENCE __ openings, skipped records
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
-    """A digest of the tokenizer's vocabulary, merges, normalisation and special tokens."""
+    """A digest of the tokenizer's vocabulary, merges, normalisation, special tokens and leading-space rule."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         content = backend.to_str()
     else:
         content = json.dumps(sorted(tokenizer.get_vocab().items()))
-    content += json.dumps([type(tokenizer).__name__, tokenizer.all_special_tokens, getattr(tokenizer, "model_max_length", None)])
+    content += json.dumps([type(tokenizer).__name__, tokenizer.all_special_tokens, getattr(tokenizer, "model_max_length", None), wants_leading_space(tokenizer)])
     return hashlib.sha256(content.encode()).hexdigest()
 
 

@@ -11,6 +11,17 @@ import numpy as np
 _HERE = Path(__file__).resolve().parent
 
 
+def gold_ranks(scores, gold):
+    """The rank of each turn's gold candidate (0 = best): how many *other* candidates score at least as high.
+
+    ``scores`` [turns, candidates] (a NumPy array or a torch tensor; slots that pad a turn hold -inf or the
+    dtype's minimum), ``gold`` [turns] the gold index. A candidate tied with the gold reply counts as ranked
+    above it, so a scorer that gives every candidate the same score never gets credit.
+    """
+    gold_scores = scores[range(len(gold)), gold]
+    return (scores >= gold_scores[:, None]).sum(-1) - 1
+
+
 def hits_from_ranks(ranks: Iterable[int], ks: Iterable[int]) -> dict[str, float]:
     """``hits@k`` for each k: the fraction of turns whose gold reply's rank (0 = best) is below k."""
     ranks = np.asarray(list(ranks))

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import datasets
 import evaluate
+import numpy as np
 
-from persona.metrics import hits_from_ranks
+from persona.metrics import gold_ranks, hits_from_ranks
 
-_DESCRIPTION = """hits@k over candidate scores: for each turn, the gold candidate's rank is the number of
-candidates scored strictly higher; hits@k is the fraction of turns whose rank is below k (ties favour
-the gold reply). ConvAI2 ranks 20 candidates per turn and reports hits@1."""
+_DESCRIPTION = """hits@k over candidate scores: for each turn, the gold candidate's rank is the number of other
+candidates scored at least as high (a tie counts against the gold reply); hits@k is the fraction of turns
+whose rank is below k. ConvAI2 ranks 20 candidates per turn and reports hits@1. persona-eval and the
+trainer rank with the same function (persona.metrics.gold_ranks)."""
 
 _KWARGS = """
 Args:
@@ -38,5 +40,8 @@ class HitsAtK(evaluate.Metric):
         )
 
     def _compute(self, predictions, references, k=(1,)):
-        ranks = [sum(score > scores[gold] for score in scores) for scores, gold in zip(predictions, references)]
-        return hits_from_ranks(ranks, [k] if isinstance(k, int) else k)
+        width = max(map(len, predictions), default=0)
+        scores = np.full((len(predictions), width), -np.inf)
+        for row, turn in enumerate(predictions):  # turns may have different numbers of candidates
+            scores[row, : len(turn)] = turn
+        return hits_from_ranks(gold_ranks(scores, np.asarray(references, dtype=int)), [k] if isinstance(k, int) else k)
