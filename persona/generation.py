@@ -15,6 +15,9 @@ from persona.data.tokenize import encode_texts
 from persona.special_tokens import special_ids
 
 
+NEUTRAL_SAMPLING = {"temperature": 1.0, "top_p": 1.0, "top_k": 50}
+
+
 @dataclass
 class DecodingArguments:
     """How replies are decoded (defaults: the seed's interact.py)."""
@@ -31,7 +34,9 @@ class DecodingArguments:
         """The ``GenerationConfig``: these settings, ``<eos>`` to stop, every other special token suppressed."""
         ids = special_ids(tokenizer)
         suppressed = sorted(set(tokenizer.all_special_ids) - {ids.eos})
-        sampling = {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k} if self.do_sample else {}
+        # Greedy and beam search get transformers' neutral values: left unset, a model's saved sampling settings
+        # would fill them in, and generate would warn about flags that only sampling uses.
+        sampling = {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k} if self.do_sample else NEUTRAL_SAMPLING
         return GenerationConfig(
             do_sample=self.do_sample,
             num_beams=1 if self.do_sample else self.num_beams,

@@ -1,7 +1,8 @@
 """The model card (README.md) of a trained persona model, written for the people who will use it.
 
-It is built from what training left in the model folder (``persona_recipe.yaml``, ``eval_results.json``,
-``train_results.json``) and, when given, the ``eval_results.json`` of ``persona-eval`` (F1, hits@k).
+It is built from what training left in the model folder (``persona_recipe.yaml``, ``eval_results.json`` and
+``config.json``, which says whether the model was trained with token types) and, when given, the
+``eval_results.json`` of ``persona-eval`` (F1, hits@k).
 Its metadata carries the tags ``persona-chat`` and ``conversational`` and a ``model-index`` with the
 evaluation metrics, so that the Hub shows them.
 """
