@@ -6,7 +6,7 @@ Without ``--corpus`` it writes (once, into ``benchmarks/.corpus/``) a synthetic 
 layout of transfer-learning-conv-ai with PersonaChat's shape: 17,878 training dialogs of 6 to 9 turns
 (about 131k turns), 20 candidates per turn (19 utterances of other dialogs and the gold reply), whole
 histories, personas of 4 or 5 sentences, English words of GPT-2's vocabulary. It then prepares the
-training split with GPT-2's tokenizer (``../shared/tokenizers/gpt2``) at the seed's settings
+training split with GPT-2's tokenizer (``../shared/tokenizers/gpt2``) at the reference's settings
 (``max_history 2``, ``num_candidates`` 2 by default), first into an empty cache (cold: reading,
 distractors, tokenization, Arrow), then again from the cache (warm). Each run is a fresh process;
 the peak RSS is the largest of the process and its ``datasets.map`` workers.
@@ -45,7 +45,7 @@ def sentence(rng: random.Random, words: list[str], low: int, high: int) -> str:
 
 
 def write_corpus(path: Path, dialogs: int, tokenizer_path: Path, seed: int = 0) -> None:
-    """A synthetic corpus of PersonaChat's shape in the seed's JSON layout (``{"train": [...], "valid": [...]}``)."""
+    """A synthetic corpus of PersonaChat's shape in the reference's JSON layout (``{"train": [...], "valid": [...]}``)."""
     rng = random.Random(seed)
     words = english_words(tokenizer_path)
     conversations = [[sentence(rng, words, 5, 14) for _ in range(2 * rng.randint(6, 9))] for _ in range(dialogs)]

@@ -38,7 +38,8 @@ RECIPES = REPO / "recipes" / "smollm2-135m-offline"
 def held_out_dialogs(count: int) -> list[dict]:
     """The first ``count`` held-out dialogs of the offline recipes' split, as persona-eval reads them
     (the same distractors: 20 candidates per turn; history cut to ``max_history``)."""
-    from persona.configs import DataArguments, ModelArguments, parse_recipe
+    from persona.cli import parse_recipe
+    from persona.configs import DataArguments, ModelArguments
     from persona.data.prepare import read_splits
     from persona.data.skips import SkipLog
     from persona.data.sources import resolve
@@ -119,7 +120,7 @@ def likelihood_hits(model_dir: Path, dialogs: list[dict]) -> float:
 
     from persona.data.tokenize import encode_texts
     from persona.generation import prompt_inputs
-    from persona.modeling import load_trained, max_positions, uses_token_types
+    from persona.loading import load_trained, max_positions, uses_token_types
     from persona.special_tokens import special_ids
 
     model, tokenizer = load_trained(str(model_dir))

@@ -4,9 +4,9 @@
 
 For each model (the quickstart model; a 2-layer 128-wide GPT-2 with GPT-2's 50k vocabulary; a
 GPT-2-small-sized model, these three with random weights; SmolLM2-135M from the shared GGUF, any causal
-LM's path), the seed's settings (4 candidates, max_history 2), it times
+LM's path), the reference's settings (4 candidates, max_history 2), it times
 forward+backward passes of each path on the same batches, with an optimizer update every
-``--accumulation`` batches (the seed's gradient_accumulation_steps, 8), after one untimed update (a
+``--accumulation`` batches (the reference's gradient_accumulation_steps, 8), after one untimed update (a
 fresh process runs its first steps several times slower while the allocator and the optimizer state
 grow), and prints examples/s and peak RSS; then hits@1 scoring over 20 candidates (no gradients) of each
 path, after two untimed batches. Each measurement runs in a fresh process so that one path's peak memory
@@ -53,15 +53,17 @@ def measure(model_fields: dict, batch_size: int, mode: str, steps: int, accumula
 
     from persona.configs import DataArguments, ModelArguments
     from persona.data import PersonaCollator, prepare_corpus
-    from persona.modeling import load_for_training, max_positions
-    from persona.trainer import PersonaTrainer, dual_loss
+    from persona.loading import load_for_training, max_positions
+    from persona.modeling import PACKED, choose_dual_path
+    from persona.trainer import dual_loss
 
     torch.manual_seed(0)
     model, tokenizer = load_for_training(ModelArguments(**model_fields))
     role = "train" if train else "eval"
     data = DataArguments(dataset_path=str(QUICKSTART), dataset_cache=str(REPO / "dataset_cache"), num_candidates=candidates, eval_num_candidates=candidates, max_history=2)
     features = prepare_corpus(data, tokenizer, max_length=max_positions(model.config), roles=(role,)).features[role]
-    collator = PersonaCollator(tokenizer, PersonaTrainer.batch_layout(model, mode))
+    path = choose_dual_path(model, mode)
+    collator = PersonaCollator(tokenizer, packed=path == PACKED)
     warmup = accumulation if train else 2
     batches = [collator([features[i] for i in range(s * batch_size, (s + 1) * batch_size)]) for s in range(warmup + steps)]
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -71,7 +73,7 @@ def measure(model_fields: dict, batch_size: int, mode: str, steps: int, accumula
         if step == warmup:
             start = time.perf_counter()
         with torch.set_grad_enabled(train):
-            output = model(**batch, forward_mode=mode)
+            output = model(**batch, dual_path=path)
             loss, _, _ = dual_loss(output, batch["mc_labels"], 1.0, 1.0)
             if train:
                 (loss / accumulation).backward()
@@ -93,7 +95,7 @@ def run_child(args: list[str]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=16, help="timed training batches")
-    parser.add_argument("--accumulation", type=int, default=8, help="batches per optimizer update (the seed's 8)")
+    parser.add_argument("--accumulation", type=int, default=8, help="batches per optimizer update (the reference's 8)")
     parser.add_argument("--eval_batches", type=int, default=8, help="timed scoring batches")
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS), metavar="NAME", help=f"which models (default all: {', '.join(MODELS)})")
     parser.add_argument("--child", nargs="*")

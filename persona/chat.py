@@ -1,7 +1,7 @@
 """``persona-chat --model_name_or_path DIR_OR_HUB_ID [--persona "i like cats." --persona ...]``: talk to a persona bot.
 
-With no ``--persona``, one is drawn from ``--dataset_path`` (default: the corpus shipped with the
-package) and printed. In the prompt loop, ``/persona`` shows the persona, ``/persona TEXT`` sets it (one
+With no ``--persona``, one is drawn from the corpus of ``--dataset_path`` (PersonaChat by default, as the
+reference's interact.py does; ``persona/resources/quickstart`` offline) and printed. In the prompt loop, ``/persona`` shows the persona, ``/persona TEXT`` sets it (one
 sentence per ``.``-ended phrase), ``/reset`` clears the history, ``/quit`` (or Ctrl-D, Ctrl-C) leaves.
 ``--json`` reads one JSON object per line on stdin (``{"persona": [...], "history": [...]}``) and writes
 one per line (``{"reply": "..."}``), for scripts and services.
@@ -14,30 +14,25 @@ import random
 import re
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from transformers import set_seed
 
-from persona.configs import parse_recipe
+from persona.cli import cli_entry, parse_recipe
+from persona.configs import DataArguments, ModelArguments
+from persona.data.layout import history_window
 from persona.data.sources import read_corpus, resolve
-from persona.errors import cli_entry
 from persona.generation import DecodingArguments, generate_replies
-from persona.modeling import load_trained, max_positions, uses_token_types
-
-SAMPLE_CORPUS = str(Path(__file__).resolve().parent / "resources" / "quickstart" / "valid_conversations.jsonl")
+from persona.loading import load_trained, max_positions, uses_token_types
 
 
 @dataclass
 class ChatArguments:
-    """Options of persona-chat."""
+    """Options of persona-chat besides the shared ones: the model and its revision (``ModelArguments``), the corpus
+    a persona is drawn from and ``max_history`` (``DataArguments``), the decoding (``DecodingArguments``)."""
 
-    model_name_or_path: str = field(default="runs/quickstart", metadata={"help": "A trained persona model: folder or Hub id."})
     persona: list[str] = field(default_factory=list, metadata={"help": "A persona sentence; repeat the flag for more."})
-    dataset_path: str = field(default=SAMPLE_CORPUS, metadata={"help": "Where a persona is drawn from when none is given."})
-    max_history: int = field(default=2, metadata={"help": "Previous exchanges kept: the last 2*max_history+1 utterances."})
     seed: int = field(default=0, metadata={"help": "Seed of the persona draw and of sampling."})
     json: bool = field(default=False, metadata={"help": "JSON lines on stdin and stdout instead of the prompt loop."})
-    revision: str = field(default="main", metadata={"help": "Branch, tag or commit of a Hub model."})
 
 
 def split_sentences(text: str) -> list[str]:
@@ -53,9 +48,8 @@ class Bot:
 
     def reply(self, persona: list[str], history: list[str]) -> str:
         """The bot's next utterance."""
-        recent = history[-(2 * self.max_history + 1) :]
         (text,) = generate_replies(
-            self.model, self.tokenizer, [(persona, recent)], self.decoding,
+            self.model, self.tokenizer, [(persona, history_window(history, self.max_history))], self.decoding,
             max_positions=max_positions(self.model.config), token_types=uses_token_types(self.model.config),
         )
         return text
@@ -105,7 +99,7 @@ def chat_loop(bot: Bot, persona: list[str], read=input, write=print) -> None:
         history.append(text)
         answer = bot.reply(persona, history)
         history.append(answer)
-        history = history[-(2 * bot.max_history + 1) :]
+        history = history_window(history, bot.max_history)
         write(answer)
 
 
@@ -113,16 +107,17 @@ def chat_loop(bot: Bot, persona: list[str], read=input, write=print) -> None:
 def main(argv: list[str]) -> int:
     """Load the model, choose the persona, then chat or serve JSON lines."""
     argv = [token for a in argv for token in (["--do_sample", "false"] if a == "--no_sample" else [a])]
-    (args, decoding), _ = parse_recipe(argv, (ChatArguments, DecodingArguments))
+    (model_args, data_args, args, decoding), _ = parse_recipe(argv, (ModelArguments, DataArguments, ChatArguments, DecodingArguments))
     set_seed(args.seed)
-    model, tokenizer = load_trained(args.model_name_or_path, args.revision)
-    bot = Bot(model, tokenizer, decoding, args.max_history)
+    model, tokenizer = load_trained(model_args.model_name_or_path, model_args.revision, model_args.trust_remote_code)
+    bot = Bot(model, tokenizer, decoding, data_args.max_history)
     if args.json:
         serve_json(bot, sys.stdin, sys.stdout)
         return 0
     persona = args.persona
     if not persona:
-        dialogs = [d for split in read_corpus(resolve(args.dataset_path, "./dataset_cache")).values() for d in split]
+        source = resolve(data_args.dataset_path, data_args.dataset_cache)
+        dialogs = [d for split in read_corpus(source, data_args.dataset_format, data_args.bot_side).values() for d in split]
         persona = random.Random(args.seed).choice(dialogs)["persona"]
     chat_loop(bot, persona)
     return 0

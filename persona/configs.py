@@ -1,36 +1,20 @@
-"""Recipes: YAML files parsed into documented dataclasses, with command-line overrides.
+"""The recipe fields: documented dataclasses, shared by the commands (parsed by :mod:`persona.cli`).
 
-``persona-train recipes/gpt2/train.yaml --learning_rate 1e-4`` reads the recipe, then lets each
-``--field value`` on the command line override it. The seed's flag names (``--model_checkpoint``,
-``--lr``, ``--n_epochs``, ``--max_norm``, ``--train_batch_size``, ``--valid_batch_size``) are accepted
-as aliases, in recipes and on the command line.
+``ModelArguments`` (which model), ``DataArguments`` (which corpus, how it becomes features),
+``ForwardArguments`` (how a batch goes through the model, training and evaluation alike) and
+``PersonaTrainingArguments`` (the Trainer's arguments with the dual loss and the reference's defaults).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import torch
-import yaml
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import TrainingArguments
 
-from persona.errors import ConfigError
+FORMATS = ("auto", "personachat_json", "parlai", "conversations", "hub")  # the corpus layouts persona.data.readers reads
 
-SEED_ALIASES = {
-    "model_checkpoint": "model_name_or_path",
-    "model": "model_name_or_path",
-    "lr": "learning_rate",
-    "n_epochs": "num_train_epochs",
-    "max_norm": "max_grad_norm",
-    "train_batch_size": "per_device_train_batch_size",
-    "valid_batch_size": "per_device_eval_batch_size",
-}
 
 
 @dataclass
@@ -39,7 +23,7 @@ class ModelArguments:
 
     model_name_or_path: str = field(
         default="openai-gpt",
-        metadata={"help": "Hub id or local folder of the base model (the seed's --model_checkpoint / --model)."},
+        metadata={"help": "Hub id or local folder of the base model (the reference's --model_checkpoint / --model)."},
     )
     model_config: str | None = field(
         default=None,
@@ -85,7 +69,7 @@ class DataArguments:
         default="",
         metadata={
             "help": "A corpus file or folder (PersonaChat JSON, ParlAI text, conversation CSV/JSON/JSONL), a URL, "
-            "or a Hub dataset id. Empty: PersonaChat from the seed's URL (downloaded once into dataset_cache)."
+            "or a Hub dataset id. Empty: PersonaChat from the reference's URL (downloaded once into dataset_cache)."
         },
     )
     dataset_format: str = field(
@@ -93,7 +77,7 @@ class DataArguments:
         metadata={
             "help": "Layout of the corpus: auto (detected from the content), personachat_json, parlai, "
             "conversations or hub.",
-            "choices": ["auto", "personachat_json", "parlai", "conversations", "hub"],
+            "choices": list(FORMATS),
         },
     )
     eval_dataset_path: str | None = field(
@@ -157,30 +141,56 @@ class DataArguments:
     )
 
 
-@dataclass
-class PersonaTrainingArguments(TrainingArguments):
-    """Trainer arguments with the dual loss's coefficients and the seed's defaults.
+SHARED_PREFIX, CLASSIC = "shared_prefix", "classic"
+FORWARD_MODES = (SHARED_PREFIX, CLASSIC)
 
-    Every field of ``transformers.TrainingArguments`` is accepted too (``output_dir``, ``seed``,
-    ``bf16``, ``report_to``, ``push_to_hub``...).
+
+@dataclass
+class ForwardArguments:
+    """How a batch of turns goes through the model, the same for persona-train and persona-eval."""
+
+    forward_mode: str = field(
+        default=SHARED_PREFIX,
+        metadata={
+            "help": "shared_prefix (fast: the persona+history prefix runs once per turn, candidates continue "
+            "it, LM logits only where labels are; a model whose attention takes no custom mask, openai-gpt, runs "
+            "full sequences) or classic (every candidate as a full sequence, logits everywhere, as the reference did).",
+            "choices": list(FORWARD_MODES),
+        },
+    )
+    use_token_types: bool | None = field(
+        default=None,
+        metadata={"help": "Add the speaker embeddings (token types) to the inputs, as TransferTransfo does; false "
+                  "feeds the model as its chat template does. Default: as the model was trained (persona_token_types "
+                  "in its config), and yes for a model that persona has not trained yet."},
+    )
+
+
+@dataclass
+class PersonaTrainingArguments(TrainingArguments, ForwardArguments):
+    """Trainer arguments with the dual loss's coefficients, the forward path and the reference's defaults.
+
+    Every field of ``transformers.TrainingArguments`` is accepted too (``output_dir``, ``seed``, ``bf16``,
+    ``report_to``, ``push_to_hub``...). Besides those of :class:`ForwardArguments`, the fields are:
+
+    - ``lm_coef`` (default 1.0): weight of the language-modelling loss (the reference's ``lm_coef``).
+    - ``mc_coef`` (default 1.0): weight of the multiple-choice loss (the reference's ``mc_coef``).
+
+    NOTE: these defaults differ from ``TrainingArguments``' (the reference's values, and what the collator needs):
+
+    - ``learning_rate``: 6.25e-5 instead of 5e-5 (the reference's ``lr``);
+    - ``per_device_train_batch_size`` and ``per_device_eval_batch_size``: 4 instead of 8 (``train_batch_size``,
+      ``valid_batch_size``);
+    - ``gradient_accumulation_steps``: 8 instead of 1;
+    - ``train_sampling_strategy``: ``group_by_length`` instead of ``random`` (batches of similar length, less padding);
+    - ``remove_unused_columns``: False instead of True (the collator needs every column of the features);
+    - ``dataloader_pin_memory``: only where an accelerator is present, instead of always (pinning without one only warns).
+
+    ``num_train_epochs`` (3) and ``max_grad_norm`` (1.0) are the reference's and transformers' alike.
     """
 
     lm_coef: float = field(default=1.0, metadata={"help": "Weight of the language-modelling loss."})
     mc_coef: float = field(default=1.0, metadata={"help": "Weight of the multiple-choice (next-utterance) loss."})
-    forward_mode: str = field(
-        default="shared_prefix",
-        metadata={
-            "help": "shared_prefix (fast: the persona+history prefix runs once per turn, candidates continue "
-            "it, LM logits only where labels are) or classic (every candidate as a full sequence, logits "
-            "everywhere, as the reference did).",
-            "choices": ["shared_prefix", "classic"],
-        },
-    )
-    use_token_types: bool = field(
-        default=True,
-        metadata={"help": "Add the speaker embeddings (token types) to the inputs, as TransferTransfo does; false "
-                  "feeds the model as its chat template does (no token types)."},
-    )
     learning_rate: float = field(default=6.25e-5, metadata={"help": "Peak learning rate (linear decay to 0)."})
     num_train_epochs: float = field(default=3.0, metadata={"help": "Training epochs."})
     per_device_train_batch_size: int = field(default=4, metadata={"help": "Training examples per device."})
@@ -192,6 +202,10 @@ class PersonaTrainingArguments(TrainingArguments):
         metadata={"help": "group_by_length (default: batches of similar length, less padding), random, sequential."},
     )
     remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: the collator needs every column."})
+    dataloader_pin_memory: bool = field(
+        default_factory=torch.accelerator.is_available,
+        metadata={"help": "Pin the batches' memory for faster copies to an accelerator (default: when there is one)."},
+    )
 
     def __post_init__(self):
         # Ranks launched without a GPU (accelerate_configs/multi_cpu.yaml) must join on the CPU with gloo;
@@ -202,109 +216,3 @@ class PersonaTrainingArguments(TrainingArguments):
 
 
 RECIPE_CLASSES = (ModelArguments, DataArguments, PersonaTrainingArguments)
-
-
-class _RecipeParser(HfArgumentParser):
-    """HfArgumentParser whose errors are ConfigErrors naming the recipe, not SystemExits."""
-
-    source = "command line"
-
-    def error(self, message: str):  # argparse's hook for bad values
-        raise ConfigError(message, where=self.source, fix="give the field a value of the type its help names (persona-train --help).")
-
-
-def _to_argv(name: str, value: Any) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, bool):
-        return [f"--{name}", str(value).lower()]
-    if isinstance(value, dict):
-        return [f"--{name}", json.dumps(value)]
-    if isinstance(value, (list, tuple)):
-        return [f"--{name}", *map(str, value)]
-    return [f"--{name}", str(value)]
-
-
-def _canonical(name: str, known: set[str], where: str) -> str:
-    name = SEED_ALIASES.get(name, name)
-    if name not in known:
-        close = difflib.get_close_matches(name, sorted(known), n=1)
-        hint = f"did you mean '{close[0]}'?" if close else "see persona-train --help for the fields."
-        raise ConfigError(f"unknown field '{name}'", where=where, fix=f"remove or rename it; {hint}")
-    return name
-
-
-def read_recipe(path: str) -> dict[str, Any]:
-    """A recipe file as a mapping; a clear error when it is missing or not a YAML mapping."""
-    recipe_path = Path(path)
-    if not recipe_path.is_file():
-        raise ConfigError("recipe file not found", where=path, fix="check the path (recipes/<model>/train.yaml).")
-    try:
-        recipe = yaml.safe_load(recipe_path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"not valid YAML ({str(error).splitlines()[0]})", where=path, fix="fix the YAML syntax.") from None
-    if not isinstance(recipe, dict):
-        raise ConfigError("a recipe must be a mapping of field: value", where=path, fix="write one 'field: value' per line.")
-    return recipe
-
-
-SECRET_FIELDS = {"hub_token"}
-
-
-def parse_recipe(argv: list[str], classes: tuple = RECIPE_CLASSES, ignored: tuple = ()) -> tuple[tuple, dict[str, Any]]:
-    """Parse ``[RECIPE.yaml] [--field value ...]`` into instances of ``classes``.
-
-    Fields of the ``ignored`` classes are accepted and dropped (``persona-data`` reads a training
-    recipe, for example); any other unknown field is an error. Returns the instances and the recipe as
-    run (the file's fields updated by the command line, canonical names, secrets such as ``hub_token``
-    left out), which commands save.
-    """
-    parser = _RecipeParser(classes)
-    known = {f.name for cls in classes for f in dataclasses.fields(cls) if f.init}
-    dropped = {f.name for cls in ignored for f in dataclasses.fields(cls) if f.init} - known
-    known |= dropped
-    recipe: dict[str, Any] = {}
-    if argv and not argv[0].startswith("-"):
-        recipe_path, argv = argv[0], argv[1:]
-        parser.source = f"{recipe_path} (or its command-line overrides)"
-        recipe = {_canonical(str(k), known, recipe_path): v for k, v in read_recipe(recipe_path).items()}
-        recipe = {k: v for k, v in recipe.items() if k not in dropped}
-    list_fields = {f.name for cls in classes for f in dataclasses.fields(cls) if str(f.type).startswith("list")}
-    overrides: dict[str, list[str]] = {}
-    index = 0
-    while index < len(argv):
-        token = argv[index]
-        if not token.startswith("--"):
-            raise ConfigError(f"unexpected argument '{token}'", where="command line", fix="write overrides as --field value.")
-        name, _, inline = token[2:].partition("=")
-        name = _canonical(name.replace("-", "_"), known, "command line")
-        values = [inline] if inline else []
-        index += 1
-        while not inline and index < len(argv) and not argv[index].startswith("--"):
-            values.append(argv[index])
-            index += 1
-        if name in dropped:
-            continue
-        # a repeated list field collects its values (--persona a --persona b); any other field: the last wins
-        overrides[name] = overrides.get(name, []) + values if name in list_fields else values
-    merged = set(recipe) | set(overrides)
-    args = [a for k, v in recipe.items() for a in _to_argv(k, v)] + [a for k, v in overrides.items() for a in (f"--{k}", *v)]
-    try:
-        instances = parser.parse_args_into_dataclasses(args=args, look_for_args_file=False)
-    except ValueError as error:  # the dataclasses' own checks (bf16 without support, bad combinations)
-        raise ConfigError(str(error).splitlines()[0], where=parser.source, fix="change the value the message names.") from None
-    parsed = {f.name: getattr(i, f.name) for i in instances for f in dataclasses.fields(i) if f.name in merged - SECRET_FIELDS}
-    return tuple(instances), {name: getattr(value, "value", value) for name, value in parsed.items()}
-
-
-def model_config_dict(model_args: ModelArguments) -> dict[str, Any] | None:
-    """``model_config`` as a mapping (it arrives as JSON text), or None."""
-    if model_args.model_config is None:
-        return None
-    try:
-        config = json.loads(model_args.model_config)
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"model_config is not a JSON object ({error.msg})", where="model_config", fix='write it as {"model_type": "gpt2", ...}.') from None
-    if not isinstance(config, dict) or "model_type" not in config:
-        raise ConfigError("model_config needs a model_type", where="model_config", fix='add "model_type": "gpt2" (or openai-gpt).')
-    return config

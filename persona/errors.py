@@ -1,15 +1,11 @@
-"""User-facing errors and the command-line wrapper that turns them into one clear line.
+"""User-facing errors: what went wrong, where, and how to fix it.
 
 Every command of the package raises :class:`PersonaError` (or a subclass) for problems the user
-can fix: bad input data, a bad recipe, a model that cannot be found offline. ``cli_entry`` prints
-the message on one line, exits with status 2 and hides the traceback unless ``--debug`` is given.
+can fix: bad input data, a bad recipe, a model that cannot be found offline.
+:func:`persona.cli.cli_entry` prints the message on one line and exits with status 2.
 """
 
 from __future__ import annotations
-
-import functools
-import sys
-from collections.abc import Callable
 
 
 class PersonaError(Exception):
@@ -35,27 +31,7 @@ class ModelLoadError(PersonaError):
     """A model or tokenizer that cannot be loaded (for example from the Hub while offline)."""
 
 
-def cli_entry(main: Callable[[list[str] | None], int | None]) -> Callable[[list[str] | None], int]:
-    """Wrap a command's ``main(argv)`` so user errors exit 2 with one line and no traceback.
-
-    ``--debug`` anywhere on the command line re-raises the error with its traceback.
-    """
-
-    @functools.wraps(main)
-    def wrapper(argv: list[str] | None = None) -> int:
-        argv = list(sys.argv[1:] if argv is None else argv)
-        debug = "--debug" in argv
-        if debug:
-            argv.remove("--debug")
-        try:
-            return main(argv) or 0
-        except PersonaError as error:
-            if debug:
-                raise
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
-
-    return wrapper
+def first_line(error: BaseException) -> str:
+    """``TypeName: first line of the message``, at most 200 characters: how a library's error is quoted in ours."""
+    message = str(error).splitlines()[0][:200] if str(error) else ""
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__

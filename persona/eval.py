@@ -23,12 +23,12 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 from transformers import set_seed
 
-from persona.configs import DataArguments, ModelArguments, PersonaTrainingArguments, parse_recipe
+from persona.cli import cli_entry, parse_recipe, setup_logging
+from persona.configs import DataArguments, ModelArguments, PersonaTrainingArguments
 from persona.data import prepare_corpus
-from persona.errors import cli_entry
 from persona.generation import DecodingArguments, generate_replies
+from persona.loading import load_trained, max_positions, uses_token_types
 from persona.metrics import load_metric
-from persona.modeling import load_trained, max_positions, uses_token_types
 from persona.report import write_report
 from persona.trainer import PersonaTrainer, metrics_from_scores
 
@@ -37,35 +37,24 @@ logger = logging.getLogger("persona")
 
 @dataclass
 class EvalArguments:
-    """Options of persona-eval."""
+    """Options of persona-eval besides the shared ones: the model and the revision (``ModelArguments``), the
+    corpus (``DataArguments``), ``output_dir``, ``per_device_eval_batch_size``, ``forward_mode``,
+    ``use_token_types`` and ``seed`` (``PersonaTrainingArguments``), the decoding (``DecodingArguments``)."""
 
-    output_dir: str = field(default="runs/eval", metadata={"help": "Where the results, generations and report go."})
-    per_device_eval_batch_size: int = field(default=16, metadata={"help": "Turns per batch when scoring candidates."})
     generation_batch_size: int = field(default=32, metadata={"help": "Turns per batch when generating replies."})
     hits_k: list[int] = field(default_factory=lambda: [1, 5, 10], metadata={"help": "The k of each reported hits@k."})
     max_generation_turns: int | None = field(default=None, metadata={"help": "Generate (for F1) on the first N turns only; default all."})
-    forward_mode: str = field(default="shared_prefix", metadata={"help": "shared_prefix (fast) or classic scoring.", "choices": ["shared_prefix", "classic"]})
-    use_token_types: bool | None = field(
-        default=None,
-        metadata={"help": "Feed token types (speaker embeddings); default: as the model was trained. False: as plain "
-                  "transformers with the chat template."},
-    )
     report_samples: int = field(default=5, metadata={"help": "Dialogs shown in report.md."})
-    seed: int = field(default=42, metadata={"help": "Seed of sampling, when do_sample is true."})
 
 
-def score_candidates(model, tokenizer, features, args: EvalArguments) -> dict:
+def score_candidates(model, tokenizer, features, args: PersonaTrainingArguments, hits_k: list[int]) -> dict:
     """Perplexity and hits@k over the split's candidates, through the Trainer (sharded and gathered)."""
-    training_args = PersonaTrainingArguments(
-        output_dir=args.output_dir, per_device_eval_batch_size=args.per_device_eval_batch_size, forward_mode=args.forward_mode,
-        use_token_types=args.use_token_types, report_to="none",
-    )
-    trainer = PersonaTrainer(model=model, args=training_args, processing_class=tokenizer)
+    trainer = PersonaTrainer(model=model, args=args, processing_class=tokenizer)
     scores = trainer.predict(features).predictions
-    return metrics_from_scores(scores, training_args.lm_coef, training_args.mc_coef, ks=tuple(args.hits_k))
+    return metrics_from_scores(scores, args.lm_coef, args.mc_coef, ks=tuple(hits_k))
 
 
-def generate_turns(model, tokenizer, dialogs, args: EvalArguments, decoding: DecodingArguments) -> list[dict]:
+def generate_turns(model, tokenizer, dialogs, args: EvalArguments, decoding: DecodingArguments, token_types: bool) -> list[dict]:
     """A generated reply for each turn (the first ``max_generation_turns``), sharded over processes."""
     turns = [
         {"persona": d["persona"], "history": t["history"], "gold": t["candidates"][-1]}
@@ -77,7 +66,7 @@ def generate_turns(model, tokenizer, dialogs, args: EvalArguments, decoding: Dec
         predictions = generate_replies(
             model.to(state.device), tokenizer, [(t["persona"], t["history"]) for t in shard], decoding,
             max_positions=max_positions(model.config), batch_size=args.generation_batch_size,
-            token_types=args.use_token_types,
+            token_types=token_types,
         )
         records = [{**t, "prediction": p} for t, p in zip(shard, predictions)]
     return gather_object(records) if state.num_processes > 1 else records
@@ -86,17 +75,17 @@ def generate_turns(model, tokenizer, dialogs, args: EvalArguments, decoding: Dec
 @cli_entry
 def main(argv: list[str]) -> int:
     """Score the candidates, generate replies, and write the results, generations and report."""
-    (model_args, data_args, eval_args, decoding), recipe = parse_recipe(argv, (ModelArguments, DataArguments, EvalArguments, DecodingArguments))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    set_seed(eval_args.seed)
+    classes = (ModelArguments, DataArguments, PersonaTrainingArguments, EvalArguments, DecodingArguments)
+    (model_args, data_args, run_args, eval_args, decoding), recipe = parse_recipe(argv, classes)
+    setup_logging()
+    set_seed(run_args.seed)
     model, tokenizer = load_trained(model_args.model_name_or_path, model_args.revision, model_args.trust_remote_code)
-    if eval_args.use_token_types is None:
-        eval_args.use_token_types = uses_token_types(model.config)
+    run_args.use_token_types = uses_token_types(model.config, run_args.use_token_types)
     state = PartialState()
     with state.main_process_first():
         corpus = prepare_corpus(data_args, tokenizer, max_length=max_positions(model.config), roles=("eval",))
-    metrics = score_candidates(model, tokenizer, corpus.features["eval"], eval_args)
-    records = generate_turns(model, tokenizer, corpus.dialogs["eval"], eval_args, decoding)
+    metrics = score_candidates(model, tokenizer, corpus.features["eval"], run_args, eval_args.hits_k)
+    records = generate_turns(model, tokenizer, corpus.dialogs["eval"], eval_args, decoding, run_args.use_token_types)
     f1 = load_metric("convai2_f1").compute(predictions=[r["prediction"] for r in records], references=[r["gold"] for r in records])
     for record, score in zip(records, f1["f1_per_example"]):
         record["f1"] = score
@@ -112,7 +101,7 @@ def main(argv: list[str]) -> int:
         "num_turns": {"perplexity": metrics["num_turns"], "hits": metrics["num_turns"], "f1": len(records)},
         "num_candidates": metrics["num_candidates"],
         "skipped": corpus.stats["splits"]["eval"]["skipped"],
-        "token_types": eval_args.use_token_types,
+        "token_types": run_args.use_token_types,
         "num_reply_tokens": metrics["num_reply_tokens"],
         "lm_loss": metrics["lm_loss"],
         "mc_loss": metrics["mc_loss"],
@@ -120,7 +109,7 @@ def main(argv: list[str]) -> int:
         "data": {k: v for k, v in dataclasses.asdict(data_args).items() if k not in ("dataset_cache", "preprocessing_num_workers")},
         "recipe": recipe,
     }
-    out = Path(eval_args.output_dir)
+    out = Path(run_args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval_results.json").write_text(json.dumps(results, indent=2))
     with open(out / "generations.jsonl", "w") as handle:

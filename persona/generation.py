@@ -14,13 +14,12 @@ from persona.data.layout import build_inputs, fit_context
 from persona.data.tokenize import encode_texts
 from persona.special_tokens import special_ids
 
-
 NEUTRAL_SAMPLING = {"temperature": 1.0, "top_p": 1.0, "top_k": 50}
 
 
 @dataclass
 class DecodingArguments:
-    """How replies are decoded (defaults: the seed's interact.py)."""
+    """How replies are decoded (defaults: the reference's interact.py)."""
 
     do_sample: bool = field(default=True, metadata={"help": "Sample (nucleus/top-k); false: greedy or beam search."})
     num_beams: int = field(default=1, metadata={"help": "Beam width when not sampling (1: greedy)."})

@@ -15,15 +15,10 @@ from pathlib import Path
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from persona.data.sources import is_hub_id
+from persona.hub_names import is_hub_id
+from persona.metrics import metric_definition
 
-METRIC_DEFINITIONS = {
-    "perplexity": "exp of the mean token negative log-likelihood of the gold replies (lower is better)",
-    "hits@1": "how often the gold reply scores highest among the turn's candidates (higher is better)",
-    "hits@5": "how often the gold reply is among the 5 highest-scored candidates",
-    "hits@10": "how often the gold reply is among the 10 highest-scored candidates",
-    "f1": "ConvAI2's unigram F1 of the generated reply against the gold reply, after normalisation",
-}
+PUBLISHED_METRICS = ("perplexity", "hits@1", "hits@5", "hits@10", "f1")
 TAGS = ["persona-chat", "conversational", "transfertransfo", "persona"]
 
 
@@ -42,7 +37,7 @@ def collect_metrics(model_dir: Path, eval_results: Path | None = None) -> dict:
     found.update(split="evaluation split of training", source="persona-train")
     if eval_results is not None:
         evaluation = json.loads(Path(eval_results).read_text())
-        found["metrics"] = {name: evaluation[name] for name in METRIC_DEFINITIONS if name in evaluation}
+        found["metrics"] = {name: evaluation[name] for name in PUBLISHED_METRICS if name in evaluation}
         turns = evaluation.get("num_turns", {})
         found.update(num_turns=turns.get("hits"), num_f1_turns=turns.get("f1"), num_candidates=evaluation.get("num_candidates"))
         found.update(split=evaluation.get("split"), source="persona-eval")
@@ -105,7 +100,7 @@ def _metrics_table(found: dict) -> list[str]:
     if not found["metrics"]:
         return ["No evaluation was recorded: run `persona-eval` and publish with `persona-push --eval_results`."]
     rows = ["| metric | value | what it measures |", "| --- | --- | --- |"]
-    rows += [f"| {name} | {value:.4f} | {METRIC_DEFINITIONS[name]} |" for name, value in found["metrics"].items()]
+    rows += [f"| {name} | {value:.4f} | {metric_definition(name)} |" for name, value in found["metrics"].items()]
     turns = f"{found['num_turns']:,}" if found.get("num_turns") else "an unrecorded number of"
     candidates = f"{found['num_candidates']:.0f}" if found.get("num_candidates") else "its"
     note = f"Measured by `{found['source']}` on {turns} turns ({found['split']}), each with {candidates} candidates"

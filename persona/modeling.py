@@ -7,50 +7,40 @@ multiple-choice head, token types through the word embeddings). Each is given :c
 which adds one entry to ``forward``: a persona batch (from :class:`persona.data.PersonaCollator`)
 returns the gold reply's token NLL and the candidates' scores.
 
-Two ways to compute them (``forward_mode``):
+Three paths compute them; :func:`choose_dual_path` picks one, once, from the recipe's ``forward_mode`` and what
+the model supports, and the trainer hands it to both the collator (packed rows or not) and the forward:
 
-- ``shared_prefix`` (fast): one packed row per turn, the persona+history prefix once and every candidate
-  after it, each candidate at its true positions and attending (through a block causal mask) to the
-  prefix and to itself only; no candidate is padded, and LM logits are computed only where labels are.
-  Needs a body that takes a custom 4D attention mask (all but openai-gpt, which runs the full sequences
-  but still computes LM logits only where labels are).
-- ``classic``: every candidate as a full sequence through the model's own forward, logits for every
-  token of every candidate, as the reference implementation did.
+- :data:`PACKED` (``forward_mode: shared_prefix``, the default): one packed row per turn, the persona+history
+  prefix once and every candidate after it, each candidate at its true positions and attending (through a
+  block causal mask) to the prefix and to itself only; no candidate is padded, and LM logits are computed
+  only where labels are. Needs a body whose attention takes a custom 4D mask.
+- :data:`FULL_SEQUENCES` (``shared_prefix`` for a model without that, openai-gpt): every candidate as a
+  full sequence, LM logits still computed only where labels are.
+- :data:`CLASSIC` (``forward_mode: classic``): every candidate as a full sequence through the model's own
+  forward, logits for every token of every candidate, as the reference did.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-import logging
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 import transformers
 from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoTokenizer,
-    GenerationMixin,
-    GgufConfig,
-    GPT2DoubleHeadsModel,
-    OpenAIGPTDoubleHeadsModel,
-    OpenAIGPTLMHeadModel,
-)
+from transformers import GenerationMixin, GPT2DoubleHeadsModel, OpenAIGPTDoubleHeadsModel, OpenAIGPTLMHeadModel
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, and_masks, causal_mask_function
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 from transformers.utils import ModelOutput
 
-from persona.chat_template import add_chat_template
-from persona.configs import ModelArguments, model_config_dict
+from persona.configs import CLASSIC
 from persona.data.layout import IGNORE_INDEX
-from persona.data.tokenize import wants_leading_space
 from persona.errors import ModelLoadError
-from persona.generation import DecodingArguments
-from persona.special_tokens import add_special_tokens, resize_embeddings, special_ids
 
-logger = logging.getLogger(__name__)
+PACKED, FULL_SEQUENCES = "packed", "full_sequences"
+DUAL_PATHS = (PACKED, FULL_SEQUENCES, CLASSIC)
 
 
 @dataclass
@@ -162,7 +152,7 @@ def _shared_prefix(
 
 
 class PersonaDualHeads:
-    """Mixin for a language model with a multiple-choice head: ``forward(**persona_batch, forward_mode=...)``
+    """Mixin for a language model with a multiple-choice head: ``forward(**persona_batch, dual_path=...)``
     gives a :class:`DualOutput`; any other call is the model's own forward.
 
     A family provides ``persona_mc_logits`` (the head on picked hidden states) and says whether its body
@@ -188,15 +178,23 @@ class PersonaDualHeads:
         """The transformer body (no LM head): hidden states of ``inputs_embeds``."""
         return self.base_model(**kwargs)
 
-    def forward(self, *args, forward_mode: str | None = None, **kwargs):
-        """A persona batch with ``forward_mode`` gives a :class:`DualOutput`; anything else, the base forward."""
-        if forward_mode is None:
+    def forward(self, *args, dual_path: str | None = None, **kwargs):
+        """A persona batch with its ``dual_path`` (see :func:`choose_dual_path`) gives a :class:`DualOutput`; anything
+        else, the base forward."""
+        if dual_path is None:
             return self.forward_full(*args, **kwargs)
-        if "block_ids" in kwargs:
-            return _shared_prefix(self, **kwargs)
-        if forward_mode == "classic":
-            return _classic(self, **kwargs)
-        return _full_sequences(self, **kwargs)
+        return _PATHS[dual_path](self, **kwargs)
+
+
+_PATHS = {PACKED: _shared_prefix, FULL_SEQUENCES: _full_sequences, CLASSIC: _classic}
+
+
+def choose_dual_path(model, forward_mode: str) -> str:
+    """The path of a persona batch through ``model``, from the recipe's ``forward_mode``: :data:`CLASSIC` as
+    asked, else :data:`PACKED` where the model's attention takes the block mask, :data:`FULL_SEQUENCES` where not."""
+    if forward_mode == CLASSIC:
+        return CLASSIC
+    return PACKED if model.supports_shared_prefix() else FULL_SEQUENCES
 
 
 class GPTDualHeads(PersonaDualHeads):
@@ -283,36 +281,16 @@ def persona_class(base: type) -> type:
         bases = (family, base, GenerationMixin)
     cls = type(base.__name__, bases, attributes)
 
-    def forward(self, *args, forward_mode: str | None = None, **kwargs):
-        return PersonaDualHeads.forward(self, *args, forward_mode=forward_mode, **kwargs)
+    def forward(self, *args, dual_path: str | None = None, **kwargs):
+        return PersonaDualHeads.forward(self, *args, dual_path=dual_path, **kwargs)
 
-    forward.__signature__ = _with_extra_arguments(inspect.signature(base.forward), ("forward_mode", "token_type_ids"))
+    forward.__signature__ = _with_extra_arguments(inspect.signature(base.forward), ("dual_path", "token_type_ids"))
     forward.__doc__ = PersonaDualHeads.forward.__doc__
     cls.forward = forward
     return cls
 
 
 DOUBLE_HEADS = {"gpt2": GPT2DoubleHeadsModel, "openai-gpt": OpenAIGPTDoubleHeadsModel}
-
-
-def _offline_hint(name: str, error: Exception) -> ModelLoadError:
-    return ModelLoadError(
-        f"cannot load '{name}' ({type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''})",
-        where=name,
-        fix="check the name; offline, download it on a machine with network access "
-        f"(huggingface-cli download {name} --local-dir DIR) and pass DIR, or build a model from a config "
-        "with model_config and tokenizer_name_or_path.",
-    )
-
-
-def load_tokenizer(model_args: ModelArguments):
-    """The tokenizer of ``tokenizer_name_or_path`` (or of the model), with a clear error offline."""
-    name = model_args.tokenizer_name_or_path or model_args.model_name_or_path
-    gguf = {} if model_args.tokenizer_name_or_path or not model_args.gguf_file else {"gguf_file": model_args.gguf_file}
-    try:
-        return AutoTokenizer.from_pretrained(name, revision=model_args.revision, trust_remote_code=model_args.trust_remote_code, **gguf)
-    except (OSError, ValueError) as error:
-        raise _offline_hint(name, error) from None
 
 
 def model_class(model_type: str) -> type:
@@ -327,87 +305,3 @@ def model_class(model_type: str) -> type:
             fix="use a decoder-only model (GPT-2, DialoGPT, openai-gpt, Llama, SmolLM2, Qwen2, Mistral...).",
         )
     return persona_class(getattr(transformers, name))
-
-
-def base_config(model_args: ModelArguments):
-    """The config of the model to fine-tune (built from ``model_config``, or read from the checkpoint), no weights."""
-    config_dict = model_config_dict(model_args)
-    if config_dict is not None:
-        config_dict = dict(config_dict)
-        return AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
-    options = {"revision": model_args.revision, "trust_remote_code": model_args.trust_remote_code}
-    if model_args.gguf_file:
-        options["gguf_file"] = model_args.gguf_file
-    try:
-        return AutoConfig.from_pretrained(model_args.model_name_or_path, **options)
-    except (OSError, ValueError) as error:
-        raise _offline_hint(model_args.model_name_or_path, error) from None
-
-
-def load_for_training(model_args: ModelArguments):
-    """The model and tokenizer to fine-tune: special tokens added, embeddings resized (new rows = mean of the old).
-
-    With ``model_config`` a fresh model is built from that config (no weights downloaded).
-    """
-    tokenizer = load_tokenizer(model_args)
-    added = add_special_tokens(tokenizer)
-    config = base_config(model_args)
-    if model_args.model_config is not None:
-        config.vocab_size = len(tokenizer)
-        model = model_class(config.model_type)(config)
-    else:
-        options = {"revision": model_args.revision, "trust_remote_code": model_args.trust_remote_code}
-        if model_args.gguf_file:
-            options.update(gguf_file=model_args.gguf_file, quantization_config=GgufConfig(dequantize=True))
-        try:
-            model = model_class(config.model_type).from_pretrained(model_args.model_name_or_path, config=config, **options)
-        except (OSError, ValueError) as error:
-            raise _offline_hint(model_args.model_name_or_path, error) from None
-        if getattr(model, "hf_quantizer", None) is not None and model_args.gguf_file:
-            # De-quantized on load: plain float weights that train and save as safetensors like any other.
-            model.hf_quantizer.remove_quantization_config(model)
-    resize_embeddings(model, tokenizer)
-    model.config.persona_leading_space = wants_leading_space(tokenizer)  # saved: eval and chat encode texts alike
-    ids = special_ids(tokenizer)
-    model.config.pad_token_id, model.config.bos_token_id, model.config.eos_token_id = ids.pad, ids.bos, ids.eos
-    # Saved with the model: plain transformers then prompts it with the chat template and decodes as
-    # the seed's interact.py did (sampling, temperature 0.7, top-p 0.9, other special tokens suppressed).
-    add_chat_template(tokenizer)
-    model.generation_config = DecodingArguments().generation_config(tokenizer)
-    logger.info("Added %d special tokens; vocabulary %d", added, len(tokenizer))
-    return model, tokenizer
-
-
-def load_trained(name_or_path: str, revision: str = "main", trust_remote_code: bool = False):
-    """A persona model and its tokenizer, from a folder or a Hub id (a clear error if it lacks the special tokens).
-
-    A checkpoint of transfer-learning-conv-ai (the five special tokens, no persona fields in its config) is
-    fed as that code fed it: token types, and texts encoded without a leading space.
-    """
-    args = ModelArguments(model_name_or_path=name_or_path, revision=revision, trust_remote_code=trust_remote_code)
-    tokenizer = load_tokenizer(args)
-    special_ids(tokenizer)
-    try:
-        config = AutoConfig.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
-        model = model_class(config.model_type).from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as error:
-        raise _offline_hint(name_or_path, error) from None
-    if hasattr(config, "persona_leading_space"):
-        tokenizer.persona_leading_space = config.persona_leading_space
-    elif not hasattr(config, "persona_token_types"):
-        logger.info("%s has no persona fields in its config: fed as transfer-learning-conv-ai feeds its checkpoints", name_or_path)
-        tokenizer.persona_leading_space = False
-    return model.eval(), tokenizer
-
-
-def uses_token_types(config) -> bool:
-    """Whether the model was trained with token types (``persona_token_types`` in its config; default yes)."""
-    return bool(getattr(config, "persona_token_types", True))
-
-
-def max_positions(config) -> int:
-    """How many positions the model has (``n_positions`` for GPT-2/openai-gpt, ``max_position_embeddings`` else)."""
-    for name in ("n_positions", "max_position_embeddings", "n_ctx"):
-        if getattr(config, name, None):
-            return int(getattr(config, name))
-    raise ModelLoadError("the model config gives no maximum number of positions", where="model config", fix="set n_positions.")

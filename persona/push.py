@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from persona.chat_template import add_chat_template
-from persona.configs import ModelArguments, parse_recipe
-from persona.errors import ConfigError, ModelLoadError, cli_entry
+from persona.cli import cli_entry, parse_recipe, setup_logging
+from persona.configs import ModelArguments
+from persona.errors import ConfigError, ModelLoadError, first_line
+from persona.loading import load_tokenizer
 from persona.model_card import model_card
-from persona.modeling import load_tokenizer
 
 logger = logging.getLogger("persona")
 
@@ -88,7 +89,7 @@ def upload(folder: Path, hub_model_id: str, private: bool, commit_message: str) 
         commit = api.upload_folder(repo_id=hub_model_id, folder_path=str(folder), commit_message=commit_message, repo_type="model")
     except (HfHubHTTPError, OSError) as error:
         raise ModelLoadError(
-            f"cannot upload to the Hub ({type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''})",
+            f"cannot upload to the Hub ({first_line(error)})",
             where=hub_model_id,
             fix="check the network and the token (HF_TOKEN or huggingface-cli login, with write access), "
             "or use --dry_run DIR to see what would be uploaded.",
@@ -102,7 +103,7 @@ def main(argv: list[str]) -> int:
     if argv and not argv[0].startswith("-"):
         argv = ["--model_dir", argv[0], *argv[1:]]
     ((args,), _) = parse_recipe(argv, (PushArguments,))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    setup_logging()
     if not args.dry_run and "/" not in args.hub_model_id:
         raise ConfigError("--hub_model_id USER/NAME is required", where="command line", fix="name the repository, e.g. --hub_model_id alice/persona-gpt2.")
     hub_model_id = args.hub_model_id or Path(args.model_dir).resolve().name

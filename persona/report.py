@@ -4,21 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-DEFINITIONS = {
-    "perplexity": "exp of the mean negative log-likelihood of the gold replies' tokens (lower is better)",
-    "hits@k": "fraction of turns whose gold reply is among the k candidates the multiple-choice head scores highest",
-    "f1": "unigram F1 between the generated and the gold reply after ConvAI2's normalisation (mean over turns)",
-}
+from persona.metrics import metric_definition
 
 
 def metrics_table(results: dict) -> list[str]:
     """The metrics as Markdown table rows, each with its number of turns and definition."""
     turns = results["num_turns"]
     rows = ["| metric | value | turns | definition |", "| --- | --- | --- | --- |"]
-    rows.append(f"| perplexity | {results['perplexity']:.2f} | {turns['perplexity']} | {DEFINITIONS['perplexity']} |")
+    rows.append(f"| perplexity | {results['perplexity']:.2f} | {turns['perplexity']} | {metric_definition('perplexity')} |")
     for key in [k for k in results if k.startswith("hits@")]:
-        rows.append(f"| {key} | {results[key]:.3f} | {turns['hits']} | {DEFINITIONS['hits@k']} ({results['num_candidates']:g} candidates per turn) |")
-    rows.append(f"| F1 | {results['f1']:.3f} | {turns['f1']} | {DEFINITIONS['f1']} |")
+        rows.append(f"| {key} | {results[key]:.3f} | {turns['hits']} | {metric_definition(key)} ({results['num_candidates']:g} candidates per turn) |")
+    rows.append(f"| F1 | {results['f1']:.3f} | {turns['f1']} | {metric_definition('f1')} |")
     return rows
 
 

@@ -1,9 +1,10 @@
 """``persona-train RECIPE.yaml [--field value ...]``: fine-tune a persona chatbot with the dual loss.
 
 Also runs under ``accelerate launch [--config_file accelerate_configs/X.yaml] -m persona.train RECIPE.yaml``.
-Writes to ``output_dir``: the weights (safetensors), the tokenizer with its chat template,
-``persona_recipe.yaml`` (the recipe as run), ``train_results.json``, ``eval_results.json``,
-``trainer_state.json``, ``loss_curves.png`` and the model card ``README.md``. With ``push_to_hub: true``
+Writes to ``output_dir``: the weights (safetensors) and the tokenizer with its chat template, first, as soon
+as training ends (a failure after that leaves a model that loads), then ``persona_recipe.yaml`` (the recipe
+as run), ``train_results.json``, ``eval_results.json``, ``trainer_state.json``, ``loss_curves.png`` and the
+model card ``README.md``. With ``push_to_hub: true``
 (and ``hub_model_id``) the Trainer uploads that folder at the end; the token comes from ``HF_TOKEN`` or
 ``huggingface-cli login`` and is never written anywhere.
 """
@@ -18,26 +19,27 @@ from pathlib import Path
 import yaml
 from transformers import IntervalStrategy, set_seed
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.utils import logging as hf_logging
 
-from persona.configs import parse_recipe
+from persona.chat_template import add_chat_template
+from persona.cli import cli_entry, parse_recipe, setup_logging
 from persona.data import prepare_corpus
-from persona.errors import ConfigError, cli_entry
+from persona.errors import ConfigError
+from persona.generation import DecodingArguments
+from persona.loading import load_for_training, max_positions, uses_token_types
 from persona.lora import merged, with_lora
-from persona.modeling import load_for_training, max_positions
 from persona.plots import plot_losses
 from persona.trainer import PersonaTrainer
 
 logger = logging.getLogger("persona")
 
 
-def setup_logging(training_args) -> None:
-    """persona's progress at INFO on the main process (WARNING elsewhere); transformers' at the Trainer's level."""
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stdout)
-    logger.setLevel(logging.INFO if training_args.should_log else logging.WARNING)
-    hf_logging.set_verbosity(training_args.get_process_log_level())
-    hf_logging.disable_default_handler()
-    hf_logging.enable_propagation()
+def ready_to_publish(model, tokenizer, token_types: bool) -> None:
+    """What a trained model carries for plain transformers and persona alike: whether it takes token types (eval
+    and chat follow it), the chat template, and the reference's decoding (sampling, temperature 0.7, top-p 0.9,
+    the other special tokens suppressed) as its generation config."""
+    model.config.persona_token_types = token_types
+    add_chat_template(tokenizer)
+    model.generation_config = DecodingArguments().generation_config(tokenizer)
 
 
 def last_complete_checkpoint(output_dir: str) -> str | None:
@@ -73,11 +75,12 @@ def resolve_checkpoint(value: str | None, output_dir: str) -> str | None:
 def main(argv: list[str]) -> int:
     """Parse the recipe, prepare the data, train, evaluate and save."""
     (model_args, data_args, training_args), recipe = parse_recipe(argv)
-    setup_logging(training_args)
+    setup_logging(training_args.should_log, training_args)
     set_seed(training_args.seed)
     checkpoint = resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     model, tokenizer = load_for_training(model_args)
-    model.config.persona_token_types = training_args.use_token_types  # saved: eval and chat feed the model alike
+    training_args.use_token_types = uses_token_types(model.config, training_args.use_token_types)
+    ready_to_publish(model, tokenizer, training_args.use_token_types)
     if model_args.use_peft:
         model = with_lora(model, model_args, tokenizer)
     with training_args.main_process_first(desc="dataset preparation"):
@@ -103,6 +106,7 @@ def main(argv: list[str]) -> int:
         (output_dir / "persona_recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
     result = trainer.train(resume_from_checkpoint=checkpoint)
     trainer.model = merged(trainer.model)  # LoRA adapters merged: what is evaluated and saved is a plain model
+    trainer.save_model()  # weights and tokenizer first: whatever fails after this, the trained model loads
     train_metrics = {
         **result.metrics,
         "world_size": training_args.world_size,
@@ -119,10 +123,9 @@ def main(argv: list[str]) -> int:
     if trainer.is_world_process_zero():
         plot_losses(trainer.state.log_history, output_dir / "loss_curves.png")
     if training_args.push_to_hub:
-        trainer.push_to_hub(commit_message="persona-train: end of training")  # saves, writes the card, uploads
+        trainer.push_to_hub(commit_message="persona-train: end of training")  # writes the card, uploads the folder
         logger.info("Pushed %s to the Hub as %s", output_dir, trainer.hub_model_id)
     else:
-        trainer.save_model()
         trainer.create_model_card()
     logger.info("Saved the model, its tokenizer, metrics, model card and loss curves to %s", output_dir)
     return 0

@@ -22,7 +22,7 @@ from transformers.trainer import TRAINING_ARGS_NAME
 from persona.data.collator import PersonaCollator
 from persona.metrics import gold_ranks, hits_from_ranks
 from persona.model_card import write_model_card
-from persona.modeling import DualOutput
+from persona.modeling import PACKED, DualOutput, choose_dual_path
 
 
 def dual_loss(output: DualOutput, mc_labels: torch.Tensor, lm_coef: float, mc_coef: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -58,12 +58,16 @@ def metrics_from_scores(scores: np.ndarray, lm_coef: float, mc_coef: float, ks: 
 
 
 class PersonaTrainer(Trainer):
-    """A Trainer whose loss is TransferTransfo's dual loss; its args are a ``PersonaTrainingArguments``."""
+    """A Trainer whose loss is TransferTransfo's dual loss; its args are a ``PersonaTrainingArguments``.
+
+    The batch's path through the model (``dual_path``: packed, full sequences or classic) is decided here,
+    once, from ``args.forward_mode`` and the model, and given to both the collator and the model's forward.
+    ``args.use_token_types`` must be resolved (True or False) before.
+    """
 
     def __init__(self, model, args, *, processing_class, data_collator=None, compute_metrics=None, **kwargs):
-        data_collator = data_collator or PersonaCollator(
-            processing_class, layout=self.batch_layout(model, args.forward_mode), token_types=args.use_token_types
-        )
+        self.dual_path = choose_dual_path(model, args.forward_mode)
+        data_collator = data_collator or PersonaCollator(processing_class, packed=self.dual_path == PACKED, token_types=args.use_token_types)
         super().__init__(
             model=model,
             args=args,
@@ -72,14 +76,12 @@ class PersonaTrainer(Trainer):
             compute_metrics=compute_metrics or self._compute_metrics,
             **kwargs,
         )
+        # compute_loss returns the batch's own mean loss, not a sum over the tokens of the whole accumulated
+        # step: the Trainer must neither pass num_items_in_batch (model_accepts_loss_kwargs) nor skip its
+        # division by gradient_accumulation_steps (loss_is_scaled_for_ga), as the reference divided its loss.
         self.model_accepts_loss_kwargs = False
         self.loss_is_scaled_for_ga = False
         self._loss_parts: dict[str, list[float]] = defaultdict(list)
-
-    @staticmethod
-    def batch_layout(model, forward_mode: str) -> str:
-        """The collator layout a model and mode need: the packed shared prefix only where the model supports it."""
-        return "shared_prefix" if forward_mode == "shared_prefix" and model.supports_shared_prefix() else "classic"
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """Save as the Trainer does, but the training arguments as JSON instead of a pickled ``training_args.bin``."""
@@ -96,7 +98,7 @@ class PersonaTrainer(Trainer):
             write_model_card(self.args.output_dir, hub_model_id=self.hub_model_id or self.args.hub_model_id)
 
     def _forward(self, model, inputs) -> DualOutput:
-        return model(**inputs, forward_mode=self.args.forward_mode)
+        return model(**inputs, dual_path=self.dual_path)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         output = self._forward(model, inputs)

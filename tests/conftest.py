@@ -67,7 +67,7 @@ def build_tiny(config: dict):
     import torch
 
     from persona.configs import ModelArguments
-    from persona.modeling import load_for_training
+    from persona.loading import load_for_training
 
     torch.manual_seed(0)
     model, _ = load_for_training(ModelArguments(model_config=json.dumps(config), tokenizer_name_or_path=str(QUICKSTART / "tokenizer")))
@@ -82,7 +82,7 @@ def tiny_model(tokenizer):
 
 @pytest.fixture
 def tiny_openai_gpt(tokenizer):
-    """A 2-layer openai-gpt double-heads model (the seed's default family), dropout off."""
+    """A 2-layer openai-gpt double-heads model (the reference's default family), dropout off."""
     return build_tiny(TINY_OPENAI_GPT)
 
 

@@ -13,8 +13,9 @@ from safetensors import safe_open
 from persona.configs import ModelArguments
 from persona.data import PersonaCollator
 from persona.generation import DecodingArguments, generate_replies, prompt_inputs
+from persona.loading import load_trained, max_positions
 from persona.lora import merged, with_lora
-from persona.modeling import load_trained, max_positions
+from persona.modeling import PACKED
 from persona.special_tokens import special_ids
 from persona.train import main as train_main
 from persona.trainer import dual_loss
@@ -31,9 +32,9 @@ def test_save_and_load_give_the_same_outputs(tiny_llama, tokenizer, tmp_path):
     with safe_open(tmp_path / "model.safetensors", "pt") as weights:
         assert "multiple_choice_head.summary.weight" in weights.keys()
     loaded, _ = load_trained(str(tmp_path))
-    batch = PersonaCollator(tokenizer, "shared_prefix")(_examples(tokenizer))
+    batch = PersonaCollator(tokenizer, packed=True)(_examples(tokenizer))
     with torch.no_grad():
-        before, after = tiny_llama(**batch, forward_mode="shared_prefix"), loaded(**batch, forward_mode="shared_prefix")
+        before, after = tiny_llama(**batch, dual_path=PACKED), loaded(**batch, dual_path=PACKED)
     for name in ("nll_sum", "tokens", "mc_logits"):
         assert torch.equal(before[name], after[name]), name
     plain = AutoModelForCausalLM.from_pretrained(tmp_path)  # plain transformers: the causal LM without the head
@@ -97,9 +98,9 @@ def test_lora_trains_only_adapters_the_head_and_the_special_token_rows(tokenizer
     assert trainable and all(("lora_" in n) or ("trainable_tokens" in n) or ("multiple_choice_head.modules_to_save" in n) for n in trainable)
     assert any("lora_" in n for n in trainable) and any("trainable_tokens" in n for n in trainable)
     optimizer = torch.optim.AdamW([p for p in lora.parameters() if p.requires_grad], lr=1e-2)
-    batch = PersonaCollator(tokenizer, "shared_prefix")(_examples(tokenizer))
+    batch = PersonaCollator(tokenizer, packed=True)(_examples(tokenizer))
     for _ in range(2):
-        loss, _, _ = dual_loss(lora(**batch, forward_mode="shared_prefix"), batch["mc_labels"], 1.0, 1.0)
+        loss, _, _ = dual_loss(lora(**batch, dual_path=PACKED), batch["mc_labels"], 1.0, 1.0)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -130,7 +131,7 @@ def test_the_shared_smollm2_gguf_loads_as_float_weights_that_continue_sensibly_a
     """The gguf_file path: de-quantized on load, the quantizer detached, trains as float32, saves safetensors."""
     from transformers import AutoModelForCausalLM
 
-    from persona.modeling import load_for_training
+    from persona.loading import load_for_training
     from tests.conftest import needs_shared
 
     folder = needs_shared("models", "smollm2-135m-instruct")

@@ -52,7 +52,7 @@ def test_interactive_loop_in_a_pseudo_terminal(trained_model_dir):
 def test_history_is_kept_and_reset(trained_model_dir):
     from persona.chat import Bot, chat_loop
     from persona.generation import DecodingArguments
-    from persona.modeling import load_trained
+    from persona.loading import load_trained
 
     seen = []
 

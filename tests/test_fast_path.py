@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from persona.configs import CLASSIC, SHARED_PREFIX
 from persona.data import PersonaCollator
 from persona.data.layout import build_prefix
+from persona.modeling import FULL_SEQUENCES, PACKED, choose_dual_path
 from persona.special_tokens import special_ids
-from persona.trainer import PersonaTrainer, dual_loss
+from persona.trainer import dual_loss
 
 
 def _examples(tokenizer):
@@ -23,8 +25,8 @@ def _examples(tokenizer):
 
 
 def test_logged_loss_equals_weighted_reference_losses(tiny_model, tokenizer):
-    batch = PersonaCollator(tokenizer, "classic")(_examples(tokenizer)[:2])
-    output = tiny_model(**batch, forward_mode="classic")
+    batch = PersonaCollator(tokenizer, packed=False)(_examples(tokenizer)[:2])
+    output = tiny_model(**batch, dual_path=CLASSIC)
     loss, lm, mc = dual_loss(output, batch["mc_labels"], lm_coef=2.0, mc_coef=0.5)
     reference = tiny_model.forward_full(
         input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"], attention_mask=batch["attention_mask"],
@@ -35,16 +37,16 @@ def test_logged_loss_equals_weighted_reference_losses(tiny_model, tokenizer):
     assert torch.allclose(loss, 2.0 * reference.loss + 0.5 * reference.mc_loss, atol=1e-6)
 
 
-def _losses_logits_and_gradients(model, tokenizer, runs, coefs) -> dict:
+def _losses_logits_and_gradients(model, tokenizer, paths, coefs) -> dict:
     results = {}
-    for layout, mode in runs:
+    for path in paths:
         model.zero_grad()
-        batch = PersonaCollator(tokenizer, layout)(_examples(tokenizer))
-        output = model(**batch, forward_mode=mode)
+        batch = PersonaCollator(tokenizer, packed=path == PACKED)(_examples(tokenizer))
+        output = model(**batch, dual_path=path)
         loss, lm, mc = dual_loss(output, batch["mc_labels"], *coefs)
         loss.backward()
         grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
-        results[(layout, mode)] = (loss.detach(), lm.detach(), output.mc_logits.detach(), grads)
+        results[path] = (loss.detach(), lm.detach(), output.mc_logits.detach(), grads)
     return results
 
 
@@ -55,9 +57,10 @@ def test_shared_prefix_equals_classic_losses_logits_and_gradients(model_name, re
     tiny_model = request.getfixturevalue(model_name)
     tiny_model.set_attn_implementation(attention)
     assert tiny_model.config._attn_implementation == attention and tiny_model.supports_shared_prefix()
-    results = _losses_logits_and_gradients(tiny_model, tokenizer, (("classic", "classic"), ("shared_prefix", "shared_prefix"), ("classic", "shared_prefix")), coefs)
-    reference = results[("classic", "classic")]
-    for key in (("shared_prefix", "shared_prefix"), ("classic", "shared_prefix")):
+    assert choose_dual_path(tiny_model, SHARED_PREFIX) == PACKED and choose_dual_path(tiny_model, CLASSIC) == CLASSIC
+    results = _losses_logits_and_gradients(tiny_model, tokenizer, (CLASSIC, PACKED, FULL_SEQUENCES), coefs)
+    reference = results[CLASSIC]
+    for key in (PACKED, FULL_SEQUENCES):
         for got, want in zip(results[key], reference):
             assert torch.allclose(got, want, atol=1e-5, rtol=1e-5), key
     assert reference[2][2, 2] == torch.finfo(torch.float32).min  # the padded candidate slot never wins
@@ -66,9 +69,9 @@ def test_shared_prefix_equals_classic_losses_logits_and_gradients(model_name, re
 def test_openai_gpt_runs_full_sequences_with_lm_logits_only_where_labels_are(tiny_openai_gpt, tokenizer):
     """openai-gpt's attention takes no custom mask: its fast path is the classic layout, its results the classic path's."""
     assert not tiny_openai_gpt.supports_shared_prefix()
-    assert PersonaTrainer.batch_layout(tiny_openai_gpt, "shared_prefix") == "classic"
-    results = _losses_logits_and_gradients(tiny_openai_gpt, tokenizer, (("classic", "classic"), ("classic", "shared_prefix")), (1.0, 1.0))
-    for got, want in zip(results[("classic", "shared_prefix")], results[("classic", "classic")]):
+    assert choose_dual_path(tiny_openai_gpt, SHARED_PREFIX) == FULL_SEQUENCES
+    results = _losses_logits_and_gradients(tiny_openai_gpt, tokenizer, (CLASSIC, FULL_SEQUENCES), (1.0, 1.0))
+    for got, want in zip(results[FULL_SEQUENCES], results[CLASSIC]):
         assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
 
 
@@ -77,8 +80,8 @@ def test_causal_lm_classic_path_equals_the_base_model_with_types_in_the_embeddin
     to the word embeddings; the multiple-choice logits are the head on the hidden state at mc_token_ids."""
     from transformers import LlamaForCausalLM
 
-    batch = PersonaCollator(tokenizer, "classic")(_examples(tokenizer)[:2])
-    output = tiny_llama(**batch, forward_mode="classic")
+    batch = PersonaCollator(tokenizer, packed=False)(_examples(tokenizer)[:2])
+    output = tiny_llama(**batch, dual_path=CLASSIC)
     _, lm, _ = dual_loss(output, batch["mc_labels"], 1.0, 1.0)
     rows = torch.arange(2)
     gold = {name: batch[name][rows, batch["mc_labels"]] for name in ("input_ids", "token_type_ids", "attention_mask", "labels")}

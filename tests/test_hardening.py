@@ -87,7 +87,7 @@ def _big_corpus(path: Path, conversations: int = 6000) -> Path:
 
 
 def _persona_data(corpus: Path, cache: Path, **popen) -> subprocess.Popen:
-    command = [sys.executable, "-m", "persona.prepare_data", "--dataset_path", str(corpus), "--dataset_cache", str(cache),
+    command = [sys.executable, "-m", "persona.cache_corpus", "--dataset_path", str(corpus), "--dataset_cache", str(cache),
                "--tokenizer_name_or_path", str(QUICKSTART / "tokenizer"), "--splits", "train", "--validation_split_size", "0"]
     return subprocess.Popen(command, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, **popen)
 

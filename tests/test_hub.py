@@ -67,7 +67,7 @@ def test_plain_transformers_loads_and_prompts_the_saved_model(trained_model_dir)
     model = AutoModelForCausalLM.from_pretrained(trained_model_dir)
     inputs = tokenizer.apply_chat_template(_messages(HISTORY), add_generation_prompt=True, return_tensors="pt", return_dict=True)
     assert inputs["input_ids"][0].tolist() == _reference(tokenizer, HISTORY)
-    config = model.generation_config  # the seed's decoding, saved with the model
+    config = model.generation_config  # the reference's decoding, saved with the model
     assert (config.do_sample, config.temperature, config.top_p, config.max_new_tokens) == (True, 0.7, 0.9, 20)
     ids = special_ids(tokenizer)
     assert config.eos_token_id == ids.eos and set(config.suppress_tokens) >= {ids.bos, ids.pad, ids.speaker1, ids.speaker2}

@@ -81,7 +81,7 @@ def test_collator_rebuilds_build_inputs_for_every_candidate(tokenizer):
         {"prefix_ids": build_prefix([[10, 11]], [[20], [21, 22], [23]], ids), "candidates": [[40], [41, 42, 43], [30, 31]]},
         {"prefix_ids": build_prefix([[12]], [[24]], ids), "candidates": [[44, 45], [32]]},
     ]
-    batch = PersonaCollator(tokenizer, "classic")(examples)
+    batch = PersonaCollator(tokenizer, packed=False)(examples)
     assert batch["input_ids"].shape == (2, 3, 15)
     assert batch["mc_labels"].tolist() == [2, 1]
     assert batch["candidate_valid"].tolist() == [[True, True, True], [True, True, False]]
@@ -108,7 +108,7 @@ def test_packed_rows_hold_each_classic_sequence_as_the_prefix_plus_one_block(tok
         {"prefix_ids": build_prefix(*persona_history[0], ids), "candidates": [[40], [41, 42, 43], [30, 31]]},
         {"prefix_ids": build_prefix(*persona_history[1], ids), "candidates": [[44, 45], [32]]},
     ]
-    packed = PersonaCollator(tokenizer, "shared_prefix")(examples)
+    packed = PersonaCollator(tokenizer, packed=True)(examples)
     assert packed["input_ids"][1].tolist() == [ids.bos, 12, ids.speaker2, 24, ids.speaker1, 44, 45, ids.eos, ids.speaker1, 32, ids.eos] + [ids.pad] * 11
     assert packed["position_ids"][1, :11].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 4, 5, 6]
     assert packed["block_ids"][1].tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2] + [-1] * 11

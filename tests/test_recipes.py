@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from persona.configs import parse_recipe
-from persona.data.sources import is_hub_id, is_url
+from persona.cli import parse_recipe
+from persona.data.sources import is_url
 from persona.eval import main as eval_main
+from persona.hub_names import is_hub_id
 from persona.train import main as train_main
 from tests.conftest import QUICKSTART, REPO, TINY_GPT2, TINY_LLAMA, TINY_OPENAI_GPT
 
@@ -122,10 +123,13 @@ def test_command_line_and_reference_aliases_override_the_recipe():
 
 def test_a_repeated_list_field_collects_its_values_and_a_repeated_scalar_keeps_the_last():
     from persona.chat import ChatArguments
+    from persona.configs import DataArguments
     from persona.generation import DecodingArguments
 
-    (chat, _), _ = parse_recipe(["--persona", "i like cats.", "--persona", "i am tall.", "--max_history", "3", "--max_history", "1"], (ChatArguments, DecodingArguments))
-    assert chat.persona == ["i like cats.", "i am tall."] and chat.max_history == 1
+    (data, chat, _), _ = parse_recipe(
+        ["--persona", "i like cats.", "--persona", "i am tall.", "--max_history", "3", "--max_history", "1"], (DataArguments, ChatArguments, DecodingArguments)
+    )
+    assert chat.persona == ["i like cats.", "i am tall."] and data.max_history == 1
 
 
 def test_reference_defaults_without_a_recipe():

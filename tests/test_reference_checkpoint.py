@@ -12,7 +12,7 @@ from transformers import AutoConfig, AutoTokenizer, GPT2DoubleHeadsModel, OpenAI
 from persona.configs import DataArguments
 from persona.data import PersonaCollator, prepare_corpus
 from persona.eval import main as eval_main
-from persona.modeling import load_trained, max_positions
+from persona.loading import load_trained, max_positions
 from tests.conftest import QUICKSTART, TINY_GPT2, TINY_OPENAI_GPT
 from tests.test_layout import reference_build_input_from_segments
 
@@ -81,7 +81,7 @@ def test_persona_eval_scores_a_reference_checkpoint_on_the_reference_tensors(fam
     model, tokenizer = load_trained(str(tmp_path / "model"))
     args = DataArguments(dataset_path=str(QUICKSTART), dataset_cache=str(tmp_path / "cache"), max_eval_dialogs=2, eval_num_candidates=3)
     corpus = prepare_corpus(args, tokenizer, max_length=max_positions(model.config), roles=("eval",))
-    batch = PersonaCollator(tokenizer, "classic")(list(corpus.features["eval"]))
+    batch = PersonaCollator(tokenizer, packed=False)(list(corpus.features["eval"]))
     turns = [(d["persona"], t) for d in corpus.dialogs["eval"] for t in d["turns"]]
     assert batch["input_ids"].shape[0] == len(turns)
     for row, (persona, turn) in enumerate(turns):

@@ -83,7 +83,7 @@ def test_bf16_mixed_precision_on_cpu(precision, tmp_path, monkeypatch):
 
 
 def test_openai_gpt_trains_in_both_forward_modes_to_the_same_evaluation(tmp_path):
-    """The seed's default family: its fast mode (full sequences, LM logits only where labels are) and the
+    """The reference's default family: its fast mode (full sequences, LM logits only where labels are) and the
     classic mode train to the same model."""
     results = {}
     for mode in ("shared_prefix", "classic"):

@@ -6,6 +6,7 @@ import zlib
 
 import numpy as np
 
+from persona.data.layout import history_window
 from persona.data.readers import Dialog
 
 
@@ -15,7 +16,8 @@ def reply_pool(dialogs: list[Dialog]) -> list[str]:
 
 
 def split_view(dialogs: list[Dialog], *, wanted: int, max_history: int, seed: int, role: str, pool: list[str]) -> tuple[list[Dialog], int]:
-    """New dialogs with each turn's history cut to ``2*max_history+1`` and exactly ``wanted`` candidates.
+    """New dialogs with each turn's history cut to its :func:`~persona.data.layout.history_window` and exactly
+    ``wanted`` candidates.
 
     Turns with more candidates keep the last ``wanted`` (the gold reply is last). Turns with fewer are
     topped up with distractors from ``pool`` (the split's :func:`reply_pool`) that occur nowhere in the dialog itself,
@@ -37,7 +39,7 @@ def split_view(dialogs: list[Dialog], *, wanted: int, max_history: int, seed: in
                 extra = _sample(pool, missing, own | set(candidates), rng)
                 candidates = extra + candidates
                 sampled += len(extra)
-            turns.append({"history": turn["history"][-(2 * max_history + 1) :], "candidates": candidates})
+            turns.append({"history": history_window(turn["history"], max_history), "candidates": candidates})
         view.append({"persona": dialog["persona"], "turns": turns, "record": dialog["record"]})
     return view, sampled
 

@@ -10,8 +10,6 @@ import torch
 from persona.data.layout import IGNORE_INDEX, build_candidate, token_types
 from persona.special_tokens import SpecialIds, special_ids
 
-LAYOUTS = ("shared_prefix", "classic")
-
 
 def _pad(rows: list[list[int]], value: int) -> tuple[np.ndarray, np.ndarray]:
     width = max(map(len, rows))
@@ -102,22 +100,21 @@ def classic_batch(examples: list[dict], ids: SpecialIds) -> dict[str, np.ndarray
 
 @dataclass
 class PersonaCollator:
-    """Pads a list of feature rows into tensors; ``layout`` is ``shared_prefix`` (fast path) or ``classic``.
+    """Pads a list of feature rows into tensors: packed rows (the fast path, ``packed=True``) or the classic
+    [batch, candidates, length] layout (the trainer decides which, from the model's dual path).
 
     ``token_types=False`` leaves the token types (speaker embeddings) out, as a chat template must.
     """
 
     tokenizer: object
-    layout: str = "shared_prefix"
+    packed: bool = True
     token_types: bool = True
 
     def __post_init__(self):
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {LAYOUTS}, not {self.layout!r}")
         self.ids = special_ids(self.tokenizer)
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        build = shared_prefix_batch if self.layout == "shared_prefix" else classic_batch
+        build = shared_prefix_batch if self.packed else classic_batch
         batch = build(examples, self.ids)
         return {
             name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in batch.items() if self.token_types or not name.endswith("type_ids")

@@ -31,7 +31,7 @@ SKIPPED = "skipped_because"  # a column of map's output only: JSON [where, what]
 
 
 def rotations(persona: list, count: int) -> list[list]:
-    """``count`` orderings of the persona sentences, each the previous one rotated right by one (the seed's)."""
+    """``count`` orderings of the persona sentences, each the previous one rotated right by one (the reference's)."""
     orderings = [list(persona)]
     for _ in range(count - 1):
         previous = orderings[-1]

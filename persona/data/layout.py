@@ -29,6 +29,12 @@ from persona.special_tokens import SpecialIds, special_ids
 IGNORE_INDEX = -100
 
 
+def history_window(history: Sequence, max_history: int) -> list:
+    """The utterances a turn keeps: the last ``2*max_history+1`` (the reference's ``max_history`` exchanges and
+    the partner's last utterance)."""
+    return list(history[-(2 * max_history + 1) :])
+
+
 def history_speakers(num_history: int, ids: SpecialIds) -> list[int]:
     """The speaker token of each history utterance: the partner's right before the reply, alternating back."""
     return [ids.partner if (num_history - 1 - j) % 2 == 0 else ids.bot for j in range(num_history)]

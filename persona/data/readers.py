@@ -47,10 +47,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypedDict
 
+from persona.configs import FORMATS
 from persona.data.skips import RecordError, SkipLog
 from persona.errors import DataError
 
-FORMATS = ("auto", "personachat_json", "parlai", "conversations", "hub")
 CORPUS_SUFFIXES = (".txt", ".json", ".jsonl", ".csv")
 SPLIT_ALIASES = {"train": "train", "valid": "valid", "validation": "valid", "val": "valid", "dev": "valid", "test": "test"}
 _SPC_COLUMNS = ("user 1 personas", "user 2 personas", "Best Generated Conversation")
@@ -169,7 +169,7 @@ def _no_turns(where: str) -> RecordError:
     return RecordError("the dialog has no usable turns", where=where, fix="drop the dialog or add its turns.", reason="dialog without turns")
 
 
-def seed_dialog(record: Any, where: str, skips: SkipLog, split: str) -> Dialog:
+def reference_dialog(record: Any, where: str, skips: SkipLog, split: str) -> Dialog:
     """One dialog of the transfer-learning-conv-ai JSON (``personality`` + ``utterances``), validated.
 
     A turn without candidates (no gold reply) is skipped through ``skips``; a dialog left with no turns
@@ -210,7 +210,7 @@ def read_personachat_json(path: Path, text: str, skips: SkipLog) -> Corpus:
         corpus[split] = []
         for index, dialog in enumerate(dialogs):
             with skips.guard(split):
-                corpus[split].append(seed_dialog(dialog, f"{path}, {key}[{index}]", skips, split))
+                corpus[split].append(reference_dialog(dialog, f"{path}, {key}[{index}]", skips, split))
     return corpus
 
 
@@ -339,7 +339,7 @@ def parse_conversation_text(text: str, where: str) -> tuple[list[str], int]:
 def record_dialogs(record: Any, where: str, bot_side: str, skips: SkipLog, split: str) -> list[Dialog]:
     """The dialogs of one record of a conversation CSV/JSON/JSONL or Hub row, whatever its shape."""
     if isinstance(record, dict) and "personality" in record and "utterances" in record:
-        return [seed_dialog(record, where, skips, split)]
+        return [reference_dialog(record, where, skips, split)]
     if isinstance(record, dict) and all(column in record for column in _SPC_COLUMNS):
         personas = [_string_list(record[c] or "", where, c, allow_empty=True) for c in _SPC_COLUMNS[:2]]
         utterances, first_speaker = parse_conversation_text(record[_SPC_COLUMNS[2]] or "", where)

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import tempfile
 import urllib.request
 from pathlib import Path
 
 from persona.data.readers import CORPUS_SUFFIXES, Corpus, hub_rows_to_corpus, read_file, read_folder
 from persona.data.skips import SkipLog
-from persona.errors import DataError
+from persona.errors import DataError, first_line
+from persona.hub_names import is_hub_id
 
 PERSONACHAT_URL = "https://s3.amazonaws.com/datasets.huggingface.co/personachat/personachat_self_original.json"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def is_url(path: str) -> bool:
@@ -51,10 +50,9 @@ def resolve(dataset_path: str, cache_dir: str) -> str:
     return str(download(source, cache_dir)) if is_url(source) else source
 
 
-def is_hub_id(source: str) -> bool:
-    """Whether a resolved source is a Hub dataset id rather than a local path."""
-    path = Path(source)
-    return not path.exists() and path.suffix.lower() not in CORPUS_SUFFIXES and bool(_HUB_ID.match(source))
+def is_hub_dataset(source: str) -> bool:
+    """Whether a resolved source is a Hub dataset id (``user/name``, not a corpus file's name) rather than a local path."""
+    return "/" in source and Path(source).suffix.lower() not in CORPUS_SUFFIXES and is_hub_id(source)
 
 
 def is_saved_dataset(path: Path) -> bool:
@@ -73,7 +71,7 @@ def _load_hub_dataset(source: str):
             loaded = datasets.load_dataset(source)
     except Exception as error:  # datasets raises many kinds; all mean "cannot read this dataset"
         raise DataError(
-            f"cannot load the dataset ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})",
+            f"cannot load the dataset ({first_line(error)})",
             where=source,
             fix="check the id; offline, download it elsewhere (datasets save_to_disk) and pass the folder, "
             "or pass a local corpus file as dataset_path.",
@@ -87,7 +85,7 @@ def fingerprint(source: str) -> str:
     """A digest of the corpus content: file bytes for local files and folders, the dataset fingerprint for Hub ids."""
     digest = hashlib.sha256()
     path = Path(source)
-    if not path.exists() and not is_hub_id(source):
+    if not path.exists() and not is_hub_dataset(source):
         raise DataError("file not found", where=source, fix="check dataset_path (a file, a folder, a URL or a Hub id).")
     if path.is_file():
         files = [path]
@@ -111,7 +109,7 @@ def read_corpus(source: str, dataset_format: str = "auto", bot_side: str = "both
     A single file with no splits inside gives the one split ``WHOLE_FILE``.
     """
     path, skips = Path(source), skips or SkipLog()
-    if dataset_format == "hub" or is_hub_id(source) or is_saved_dataset(path):
+    if dataset_format == "hub" or is_hub_dataset(source) or is_saved_dataset(path):
         return hub_rows_to_corpus(_load_hub_dataset(source), bot_side, source, skips)
     if path.is_dir():
         return read_folder(path, dataset_format, bot_side, skips)

@@ -12,10 +12,11 @@ import logging
 import sys
 from dataclasses import dataclass, field
 
-from persona.configs import RECIPE_CLASSES, DataArguments, ModelArguments, parse_recipe
+from persona.cli import cli_entry, parse_recipe, setup_logging
+from persona.configs import RECIPE_CLASSES, DataArguments, ModelArguments
 from persona.data import prepare_corpus
-from persona.errors import ModelLoadError, cli_entry
-from persona.modeling import base_config, load_tokenizer, max_positions
+from persona.errors import ModelLoadError
+from persona.loading import base_config, load_tokenizer, max_positions
 from persona.special_tokens import add_special_tokens
 
 logger = logging.getLogger("persona")
@@ -49,7 +50,7 @@ def input_length(model_args: ModelArguments, tokenizer) -> int:
 def main(argv: list[str]) -> int:
     """Prepare the recipe's corpus with its tokenizer and print the statistics."""
     (model_args, data_args, prepare_args), _ = parse_recipe(argv, (ModelArguments, DataArguments, PrepareArguments), ignored=RECIPE_CLASSES)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     tokenizer = load_tokenizer(model_args)
     add_special_tokens(tokenizer)
     max_length = input_length(model_args, tokenizer)
