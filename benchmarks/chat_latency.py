@@ -13,24 +13,22 @@ tokens per second.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+VALID_CONVERSATIONS = REPO / "persona" / "resources" / "quickstart" / "valid_conversations.jsonl"
 
 
 def requests_from(corpus: Path, count: int, max_history: int) -> list[tuple[list[str], list[str]]]:
-    """``count`` (persona, history) pairs: the bot (user 2) about to answer, turn after turn."""
-    pairs = []
-    for line in corpus.read_text().splitlines():
-        record = json.loads(line)
-        utterances = record["utterances"]
-        for end in range(1, len(utterances), 2):
-            pairs.append((record["personas"][1], utterances[max(0, end - 2 * max_history - 1) : end]))
-    return pairs[:count]
+    """``count`` (persona, history) pairs of the corpus's conversations: the bot (user 2) about to answer, turn after turn."""
+    from persona.data.layout import history_window
+    from persona.data.sources import read_corpus
+
+    dialogs = [dialog for split in read_corpus(str(corpus), bot_side="user2").values() for dialog in split]
+    return [(d["persona"], history_window(t["history"], max_history)) for d in dialogs for t in d["turns"]][:count]
 
 
 def main() -> None:
@@ -45,7 +43,7 @@ def main() -> None:
     import torch
     from transformers import set_seed
 
-    from persona.chat import SAMPLE_CORPUS, Bot
+    from persona.chat import Bot
     from persona.data.tokenize import encode_texts
     from persona.generation import DecodingArguments
     from persona.loading import load_trained
@@ -53,7 +51,7 @@ def main() -> None:
     started = time.perf_counter()
     model, tokenizer = load_trained(args.model_name_or_path)
     load_seconds = time.perf_counter() - started
-    requests = requests_from(Path(SAMPLE_CORPUS), args.requests + 1, args.max_history)
+    requests = requests_from(VALID_CONVERSATIONS, args.requests + 1, args.max_history)
     parameters = sum(p.numel() for p in model.parameters())
     print(f"model: {args.model_name_or_path} ({parameters / 1e6:.1f} M parameters), loaded in {load_seconds:.2f} s; torch threads: {torch.get_num_threads()}")
     print(f"{len(requests) - 1} requests, one at a time (the first, a warm-up, is not counted)")
