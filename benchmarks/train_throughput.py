@@ -1,6 +1,7 @@
 """Training throughput and peak memory of the shared-prefix fast path against the classic path, side by side.
 
     python benchmarks/train_throughput.py [--steps 16] [--accumulation 8] [--eval_batches 8] [--models NAME ...]
+                                          [--device cuda] [--bf16] [--batch_sizes 8 32]
 
 For each model (the quickstart model; a 2-layer 128-wide GPT-2 with GPT-2's 50k vocabulary; a
 GPT-2-small-sized model, these three with random weights; SmolLM2-135M from the shared GGUF, any causal
@@ -10,7 +11,8 @@ forward+backward passes of each path on the same batches, with an optimizer upda
 fresh process runs its first steps several times slower while the allocator and the optimizer state
 grow), and prints examples/s and peak RSS; then hits@1 scoring over 20 candidates (no gradients) of each
 path, after two untimed batches. Each measurement runs in a fresh process so that one path's peak memory
-does not hide the other's.
+does not hide the other's. ``--device cuda`` runs on a GPU (peak GPU memory instead of RSS), ``--bf16``
+under bf16 autocast, ``--batch_sizes`` replaces each model's own batch size by each of the sizes given.
 """
 
 from __future__ import annotations
@@ -44,9 +46,12 @@ MODELS = {
 }
 
 
-def measure(model_fields: dict, batch_size: int, mode: str, steps: int, accumulation: int, candidates: int, train: bool) -> dict:
+def measure(
+    model_fields: dict, batch_size: int, mode: str, steps: int, accumulation: int, candidates: int, train: bool, device: str, bf16: bool
+) -> dict:
     """One path in this process: examples/s over ``steps`` batches after one untimed update (training; two
-    untimed batches for scoring), an optimizer update every ``accumulation`` batches, and peak RSS."""
+    untimed batches for scoring), an optimizer update every ``accumulation`` batches, and peak memory (RSS on
+    the CPU, allocated GPU memory on CUDA)."""
     import resource
 
     import torch
@@ -59,6 +64,7 @@ def measure(model_fields: dict, batch_size: int, mode: str, steps: int, accumula
 
     torch.manual_seed(0)
     model, tokenizer = load_for_training(ModelArguments(**model_fields))
+    model.to(device)
     role = "train" if train else "eval"
     data = DataArguments(dataset_path=str(QUICKSTART), dataset_cache=str(REPO / "dataset_cache"), num_candidates=candidates, eval_num_candidates=candidates, max_history=2)
     features = prepare_corpus(data, tokenizer, max_length=max_positions(model.config), roles=(role,)).features[role]
@@ -66,13 +72,16 @@ def measure(model_fields: dict, batch_size: int, mode: str, steps: int, accumula
     collator = PersonaCollator(tokenizer, packed=path == PACKED)
     warmup = accumulation if train else 2
     batches = [collator([features[i] for i in range(s * batch_size, (s + 1) * batch_size)]) for s in range(warmup + steps)]
+    batches = [{name: tensor.to(device) for name, tensor in batch.items()} for batch in batches]
+    synchronize = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     model.train(train)
     start = None
     for step, batch in enumerate(batches):
         if step == warmup:
+            synchronize()
             start = time.perf_counter()
-        with torch.set_grad_enabled(train):
+        with torch.set_grad_enabled(train), torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
             output = model(**batch, dual_path=path)
             loss, _, _ = dual_loss(output, batch["mc_labels"], 1.0, 1.0)
             if train:
@@ -80,13 +89,14 @@ def measure(model_fields: dict, batch_size: int, mode: str, steps: int, accumula
                 if (step + 1) % accumulation == 0:
                     optimizer.step()
                     optimizer.zero_grad()
+    synchronize()
     elapsed = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"examples_per_s": steps * batch_size / elapsed, "peak_rss_gb": peak / 1e9}
+    peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"examples_per_s": steps * batch_size / elapsed, "peak_memory_gb": peak / 1e9}
 
 
 def run_child(args: list[str]) -> dict:
-    output = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    output = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if output.returncode:
         raise RuntimeError(output.stderr[-2000:])
     return json.loads(output.stdout.strip().splitlines()[-1])
@@ -98,24 +108,33 @@ def main() -> None:
     parser.add_argument("--accumulation", type=int, default=8, help="batches per optimizer update (the reference's 8)")
     parser.add_argument("--eval_batches", type=int, default=8, help="timed scoring batches")
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS), metavar="NAME", help=f"which models (default all: {', '.join(MODELS)})")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    parser.add_argument("--batch_sizes", nargs="+", type=int, help="per-device batch sizes to measure (default: each model's own)")
     parser.add_argument("--child", nargs="*")
     args = parser.parse_args()
     if args.child is not None:
-        name, mode, steps, accumulation, candidates, train = args.child
-        fields, _, batch = MODELS[name]
-        print(json.dumps(measure(fields, batch, mode, int(steps), int(accumulation), int(candidates), train == "train")))
+        name, mode, steps, accumulation, candidates, train, batch = args.child
+        measured = measure(MODELS[name][0], int(batch), mode, int(steps), int(accumulation), int(candidates), train == "train", args.device, args.bf16)
+        print(json.dumps(measured))
         return
-    print(f"{'model':32} {'what':28} {'classic':>16} {'shared_prefix':>16} {'speed-up':>9}")
+    memory = "peak GPU memory GB" if args.device.startswith("cuda") else "peak RSS GB"
+    print(f"device {args.device}{', bf16 autocast' if args.bf16 else ''}")
+    print(f"{'model':32} {'what':40} {'classic':>16} {'shared_prefix':>16} {'speed-up':>9}")
     for name in args.models:
         needed = MODELS[name][1]
         if not needed.exists():
             print(f"{name:32} skipped: {needed} is absent")
             continue
-        for what, candidates, steps, train in (("train, 4 candidates", 4, args.steps, "train"), ("hits@1 scoring, 20 candidates", 20, args.eval_batches, "eval")):
-            results = {mode: run_child([name, mode, str(steps), str(args.accumulation), str(candidates), train]) for mode in ("classic", "shared_prefix")}
-            c, f = results["classic"], results["shared_prefix"]
-            print(f"{name:32} {what + ' ex/s':28} {c['examples_per_s']:16.2f} {f['examples_per_s']:16.2f} {f['examples_per_s'] / c['examples_per_s']:8.1f}x")
-            print(f"{'':32} {'  peak RSS GB':28} {c['peak_rss_gb']:16.2f} {f['peak_rss_gb']:16.2f}")
+        for batch in args.batch_sizes or [MODELS[name][2]]:
+            for what, candidates, steps, train in (("train, 4 candidates", 4, args.steps, "train"), ("hits@1 scoring, 20 candidates", 20, args.eval_batches, "eval")):
+                child = [str(steps), str(args.accumulation), str(candidates), train, str(batch)]
+                options = ["--device", args.device, *(["--bf16"] if args.bf16 else [])]
+                results = {mode: run_child([*options, "--child", name, mode, *child]) for mode in ("classic", "shared_prefix")}
+                c, f = results["classic"], results["shared_prefix"]
+                label = f"{what}, batch {batch} ex/s"
+                print(f"{name:32} {label:40} {c['examples_per_s']:16.2f} {f['examples_per_s']:16.2f} {f['examples_per_s'] / c['examples_per_s']:8.1f}x")
+                print(f"{'':32} {'  ' + memory:40} {c['peak_memory_gb']:16.2f} {f['peak_memory_gb']:16.2f}")
 
 
 if __name__ == "__main__":
