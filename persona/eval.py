@@ -72,6 +72,18 @@ def generate_turns(model, tokenizer, dialogs, args: EvalArguments, decoding: Dec
     return gather_object(records) if state.num_processes > 1 else records
 
 
+def write_outputs(out: Path, results: dict, records: list[dict], samples: int) -> None:
+    """``eval_results.json``, ``generations.jsonl`` and ``report.md`` into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval_results.json").write_text(json.dumps(results, indent=2))
+    with open(out / "generations.jsonl", "w") as handle:
+        for record in records:
+            handle.write(json.dumps({k: record[k] for k in ("persona", "history", "prediction", "gold", "f1")}) + "\n")
+    write_report(results, records, out / "report.md", samples=samples)
+    logger.info("perplexity %.2f, hits@1 %.3f over %d turns, f1 %.3f over %d turns; written to %s",
+                results["perplexity"], results["hits@1"], results["num_turns"]["hits"], results["f1"], len(records), out)
+
+
 @cli_entry
 def main(argv: list[str]) -> int:
     """Score the candidates, generate replies, and write the results, generations and report."""
@@ -89,35 +101,28 @@ def main(argv: list[str]) -> int:
     f1 = load_metric("convai2_f1").compute(predictions=[r["prediction"] for r in records], references=[r["gold"] for r in records])
     for record, score in zip(records, f1["f1_per_example"]):
         record["f1"] = score
-    if not state.is_main_process:
-        return 0
-    results = {
-        "model": model_args.model_name_or_path,
-        "dataset": data_args.dataset_path or "PersonaChat",
-        "split": corpus.stats["splits"]["eval"]["split"],
-        "perplexity": metrics["perplexity"],
-        **{f"hits@{k}": metrics[f"hits@{k}"] for k in eval_args.hits_k},
-        "f1": f1["f1"],
-        "num_turns": {"perplexity": metrics["num_turns"], "hits": metrics["num_turns"], "f1": len(records)},
-        "num_candidates": metrics["num_candidates"],
-        "skipped": corpus.stats["splits"]["eval"]["skipped"],
-        "token_types": run_args.use_token_types,
-        "num_reply_tokens": metrics["num_reply_tokens"],
-        "lm_loss": metrics["lm_loss"],
-        "mc_loss": metrics["mc_loss"],
-        "decoding": dataclasses.asdict(decoding),
-        "data": {k: v for k, v in dataclasses.asdict(data_args).items() if k not in ("dataset_cache", "preprocessing_num_workers")},
-        "recipe": recipe,
-    }
-    out = Path(run_args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "eval_results.json").write_text(json.dumps(results, indent=2))
-    with open(out / "generations.jsonl", "w") as handle:
-        for record in records:
-            handle.write(json.dumps({k: record[k] for k in ("persona", "history", "prediction", "gold", "f1")}) + "\n")
-    write_report(results, records, out / "report.md", samples=eval_args.report_samples)
-    logger.info("perplexity %.2f, hits@1 %.3f over %d turns, f1 %.3f over %d turns; written to %s",
-                results["perplexity"], results["hits@1"], metrics["num_turns"], results["f1"], len(records), out)
+    if state.is_main_process:
+        results = {
+            "model": model_args.model_name_or_path,
+            "dataset": data_args.dataset_path or "PersonaChat",
+            "split": corpus.stats["splits"]["eval"]["split"],
+            "perplexity": metrics["perplexity"],
+            **{f"hits@{k}": metrics[f"hits@{k}"] for k in eval_args.hits_k},
+            "f1": f1["f1"],
+            "num_turns": {"perplexity": metrics["num_turns"], "hits": metrics["num_turns"], "f1": len(records)},
+            "num_candidates": metrics["num_candidates"],
+            "skipped": corpus.stats["splits"]["eval"]["skipped"],
+            "token_types": run_args.use_token_types,
+            "num_reply_tokens": metrics["num_reply_tokens"],
+            "lm_loss": metrics["lm_loss"],
+            "mc_loss": metrics["mc_loss"],
+            "decoding": dataclasses.asdict(decoding),
+            "data": {k: v for k, v in dataclasses.asdict(data_args).items() if k not in ("dataset_cache", "preprocessing_num_workers")},
+            "recipe": recipe,
+        }
+        write_outputs(Path(run_args.output_dir), results, records, eval_args.report_samples)
+    state.wait_for_everyone()
+    state.destroy_process_group()  # before the interpreter exits (see persona.train)
     return 0
 
 

@@ -16,6 +16,7 @@ import os
 import sys
 from pathlib import Path
 
+import torch
 import yaml
 from transformers import IntervalStrategy, set_seed
 from transformers.trainer import TRAINER_STATE_NAME
@@ -57,6 +58,21 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
     return None
 
 
+def check_engine() -> None:
+    """A clear error where the accelerate config asks for FSDP or DeepSpeed on a machine without an accelerator.
+
+    accelerate (1.15) shards with FSDP only on accelerators: an FSDP 1 config on CPU ranks fails inside the Trainer
+    with a traceback, an FSDP 2 config silently trains data-parallel with a whole model on each rank.
+    """
+    engines = [name for name in ("FSDP", "DEEPSPEED") if os.environ.get(f"ACCELERATE_USE_{name}", "false").lower() == "true"]
+    if engines and not torch.accelerator.is_available():
+        raise ConfigError(
+            f"the accelerate config asks for {engines[0]}, which accelerate runs on GPUs (or other accelerators) only, and this machine has none",
+            where="accelerate launch --config_file",
+            fix="on CPU ranks launch with accelerate_configs/multi_cpu.yaml (data-parallel); use the FSDP and DeepSpeed configs on GPUs.",
+        )
+
+
 def resolve_checkpoint(value: str | None, output_dir: str) -> str | None:
     """``resume_from_checkpoint``: a folder, or ``true``/``last`` for the newest checkpoint in ``output_dir``."""
     if value is None or value.lower() in ("false", "none", ""):
@@ -76,6 +92,7 @@ def main(argv: list[str]) -> int:
     """Parse the recipe, prepare the data, train, evaluate and save."""
     (model_args, data_args, training_args), recipe = parse_recipe(argv)
     setup_logging(training_args.should_log, training_args)
+    check_engine()
     set_seed(training_args.seed)
     checkpoint = resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     model, tokenizer = load_for_training(model_args)
@@ -128,6 +145,10 @@ def main(argv: list[str]) -> int:
     else:
         trainer.create_model_card()
     logger.info("Saved the model, its tokenizer, metrics, model card and loss curves to %s", output_dir)
+    # Every rank waits for the writer, then the process group is torn down before the interpreter exits: left to
+    # the exit, gloo's worker threads can be destroyed while still joinable (std::terminate on a rank).
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
     return 0
 
 

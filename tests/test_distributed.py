@@ -1,0 +1,43 @@
+"""Distributed launches on CPU ranks, and a finished run that fails after training still leaves its model."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from persona.loading import load_trained
+from persona.train import main as train_main
+from persona.trainer import PersonaTrainer
+from tests.conftest import REPO, tiny_train_args
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_fsdp_config_on_cpu_ranks_is_a_clear_error(version, tmp_path):
+    """accelerate (1.15) shards with FSDP on accelerators only: on CPU ranks FSDP 1 failed inside the Trainer with a
+    traceback and FSDP 2 silently trained data-parallel; persona-train says what to launch instead, before any work."""
+    config = yaml.safe_load((REPO / "accelerate_configs" / "fsdp.yaml").read_text())
+    config.update(num_processes=2, mixed_precision="no", main_process_ip="127.0.0.1", main_process_port=29545 + version)
+    config["fsdp_config"]["fsdp_version"] = version
+    (tmp_path / "fsdp_on_cpu.yaml").write_text(yaml.safe_dump(config))
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(tmp_path / "fsdp_on_cpu.yaml"), "-m", "persona.train",
+               *tiny_train_args(out, "--max_train_dialogs", "8", "--max_eval_dialogs", "2", "--eval_num_candidates", "4", "--max_steps", "2")]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "error: accelerate launch --config_file: the accelerate config asks for FSDP, which accelerate runs on GPUs" in result.stderr
+    assert "accelerate_configs/multi_cpu.yaml" in result.stderr and not out.exists()
+
+
+def test_a_failure_in_the_end_of_training_evaluation_leaves_a_model_that_loads(tmp_path, monkeypatch):
+    def failing(self, *args, **kwargs):
+        raise RuntimeError("evaluation failed")
+
+    monkeypatch.setattr(PersonaTrainer, "evaluate", failing)
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="evaluation failed"):
+        train_main(tiny_train_args(out, "--max_train_dialogs", "4", "--max_eval_dialogs", "1", "--max_steps", "1"))
+    model, tokenizer = load_trained(str(out))
+    assert (out / "model.safetensors").exists() and tokenizer.chat_template and model.config.persona_token_types is True
