@@ -58,6 +58,30 @@ def prompt_inputs(persona: list[str], history: list[str], tokenizer, max_positio
 
 
 @torch.no_grad()
+def generate_batch(
+    model, tokenizer, prompts: list[dict], config: GenerationConfig, *, token_types: bool = True, streamer=None
+) -> list[list[int]]:
+    """The reply token ids (up to ``<eos>``, excluded) of each prompt of :func:`prompt_inputs`, generated in one
+    left-padded batch; ``streamer`` (a transformers streamer) receives the new tokens as they come."""
+    ids = special_ids(tokenizer)
+    device = next(model.parameters()).device
+    width = max(len(p["input_ids"]) for p in prompts)
+    input_ids = torch.full((len(prompts), width), ids.pad, dtype=torch.long)
+    type_ids = torch.full_like(input_ids, ids.pad)
+    mask = torch.zeros_like(input_ids)
+    for row, prompt in enumerate(prompts):
+        n = len(prompt["input_ids"])
+        input_ids[row, width - n :] = torch.tensor(prompt["input_ids"])
+        type_ids[row, width - n :] = torch.tensor(prompt["token_type_ids"])
+        mask[row, width - n :] = 1
+    types = {"token_type_ids": type_ids.to(device)} if token_types else {}
+    output = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), generation_config=config, streamer=streamer, **types)
+    replies = []
+    for row in output[:, width:].tolist():
+        replies.append(row[: row.index(ids.eos)] if ids.eos in row else row)
+    return replies
+
+
 def generate_replies(
     model, tokenizer, dialogs: list[tuple[list[str], list[str]]], decoding: DecodingArguments, *, max_positions: int, batch_size: int = 32, token_types: bool = True
 ) -> list[str]:
@@ -65,21 +89,9 @@ def generate_replies(
 
     ``token_types=False`` leaves the speaker embeddings out, as a chat template does."""
     config = decoding.generation_config(tokenizer)
-    ids = special_ids(tokenizer)
-    device = next(model.parameters()).device
     replies: list[str] = []
     for start in range(0, len(dialogs), batch_size):
         prompts = [prompt_inputs(p, h, tokenizer, max_positions, decoding.max_length) for p, h in dialogs[start : start + batch_size]]
-        width = max(len(p["input_ids"]) for p in prompts)
-        input_ids = torch.full((len(prompts), width), ids.pad, dtype=torch.long)
-        type_ids = torch.full_like(input_ids, ids.pad)
-        mask = torch.zeros_like(input_ids)
-        for row, prompt in enumerate(prompts):
-            n = len(prompt["input_ids"])
-            input_ids[row, width - n :] = torch.tensor(prompt["input_ids"])
-            type_ids[row, width - n :] = torch.tensor(prompt["token_type_ids"])
-            mask[row, width - n :] = 1
-        types = {"token_type_ids": type_ids.to(device)} if token_types else {}
-        output = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), generation_config=config, **types)
-        replies += [text.strip() for text in tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)]
+        generated = generate_batch(model, tokenizer, prompts, config, token_types=token_types)
+        replies += [text.strip() for text in tokenizer.batch_decode(generated, skip_special_tokens=True)]
     return replies

@@ -1,0 +1,94 @@
+"""Replies of a batch as text deltas while they are generated: one :class:`ReplyStream` per row of the batch.
+
+``model.generate(streamer=BatchStreamer(...))`` hands over each step's new token of every row; each row's text
+is decoded from all its tokens so far (byte-level BPE joins bytes across tokens), cut at ``<eos>`` or at the
+first stop string, and only what can no longer change is sent: not a half-decoded character, not trailing
+white space, not the start of what may become a stop string. The deltas of a row add up to its final reply,
+which is what :func:`persona.generation.generate_replies` returns for the same tokens (stripped).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from transformers.generation.streamers import BaseStreamer
+
+Send = Callable[[str], None]
+
+
+def held_back(text: str, stops: list[str]) -> int:
+    """How many trailing characters of ``text`` may still change: a half-decoded character, white space, or the
+    longest ending that starts a stop string."""
+    keep = len(text) - len(text.rstrip())
+    if text.endswith("\ufffd"):
+        keep = max(keep, 1)
+    for stop in stops:
+        for size in range(min(len(stop) - 1, len(text)), 0, -1):
+            if text.endswith(stop[:size]):
+                keep = max(keep, size)
+                break
+    return keep
+
+
+class ReplyStream:
+    """One row of a batch: the reply's tokens so far, the text sent so far, and whether it has ended.
+
+    ``send(delta)`` receives each new piece of text; ``finish_reason`` is ``stop`` (``<eos>`` or a stop string)
+    or ``length`` (the token budget ran out), None while the reply goes on.
+    """
+
+    def __init__(self, decode: Callable[[list[int]], str], stops: list[str], send: Send):
+        self.decode, self.stops, self.send = decode, [s for s in stops if s], send
+        self.tokens: list[int] = []
+        self.text = ""
+        self.finish_reason: str | None = None
+
+    def add(self, token: int, eos: int) -> None:
+        """Take one generated token (ignored once the reply has ended)."""
+        if self.finish_reason:
+            return
+        if token == eos:
+            self.close("stop")
+            return
+        self.tokens.append(token)
+        text = self.decode(self.tokens).lstrip()
+        cuts = [text.index(stop) for stop in self.stops if stop in text]
+        if cuts:
+            self.text_up_to(text[: min(cuts)].rstrip())
+            self.finish_reason = "stop"
+            return
+        self.text_up_to(text[: len(text) - held_back(text, self.stops)])
+
+    def text_up_to(self, text: str) -> None:
+        """Send what ``text`` adds to the text sent so far."""
+        if len(text) > len(self.text) and text.startswith(self.text):
+            self.send(text[len(self.text) :])
+            self.text = text
+
+    def close(self, reason: str) -> None:
+        """End the reply: send what was held back (but trailing white space and half characters), set the reason."""
+        if self.finish_reason:
+            return
+        text = self.decode(self.tokens).strip().rstrip("\ufffd").rstrip()
+        self.text_up_to(text)
+        self.finish_reason = reason
+
+
+class BatchStreamer(BaseStreamer):
+    """A transformers streamer for a batch: each step's token of row ``i`` goes to ``rows[i]``."""
+
+    def __init__(self, rows: list[ReplyStream], eos: int):
+        self.rows, self.eos, self.prompt_seen = rows, eos, False
+
+    def put(self, value) -> None:
+        """Called by ``generate`` with the prompt first (skipped), then with each step's new tokens ([batch] ids)."""
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        for row, token in zip(self.rows, value.reshape(len(self.rows), -1)[:, -1].tolist()):
+            row.add(token, self.eos)
+
+    def end(self) -> None:
+        """Called when generation stops: every reply still going ran out of tokens."""
+        for row in self.rows:
+            row.close("length")
