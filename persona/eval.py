@@ -4,7 +4,8 @@ Also under ``accelerate launch -m persona.eval RECIPE.yaml`` (turns sharded over
 gathered). Writes to ``output_dir``:
 
 - ``eval_results.json``: ``perplexity`` of the gold replies' tokens, ``hits@k`` over every candidate of
-  each turn, ``f1`` of generated replies (ParlAI's ConvAI2 normalisation), each with the number of turns
+  each turn (ranked by the multiple-choice head), ``lm_hits@k`` (the same candidates ranked by their mean
+  token log-likelihood), ``f1`` of generated replies (ParlAI's ConvAI2 normalisation), each with the number of turns
   behind it, and the model, data and decoding settings. Fractions are in [0, 1].
 - ``generations.jsonl``: ``persona``, ``history``, ``prediction`` and ``gold`` of each generated turn.
 - ``report.md``: the metrics and a sample of dialogs with their generated replies.
@@ -66,7 +67,7 @@ def generate_turns(model, tokenizer, dialogs, args: EvalArguments, decoding: Dec
         predictions = generate_replies(
             model.to(state.device), tokenizer, [(t["persona"], t["history"]) for t in shard], decoding,
             max_positions=max_positions(model.config), batch_size=args.generation_batch_size,
-            token_types=token_types,
+            token_types=token_types, progress=state.is_main_process,
         )
         records = [{**t, "prediction": p} for t, p in zip(shard, predictions)]
     return gather_object(records) if state.num_processes > 1 else records
@@ -108,6 +109,7 @@ def main(argv: list[str]) -> int:
             "split": corpus.stats["splits"]["eval"]["split"],
             "perplexity": metrics["perplexity"],
             **{f"hits@{k}": metrics[f"hits@{k}"] for k in eval_args.hits_k},
+            **{f"lm_hits@{k}": metrics[f"lm_hits@{k}"] for k in eval_args.hits_k},
             "f1": f1["f1"],
             "num_turns": {"perplexity": metrics["num_turns"], "hits": metrics["num_turns"], "f1": len(records)},
             "num_candidates": metrics["num_candidates"],

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
 from persona.data.layout import build_inputs, fit_context
@@ -83,14 +84,15 @@ def generate_batch(
 
 
 def generate_replies(
-    model, tokenizer, dialogs: list[tuple[list[str], list[str]]], decoding: DecodingArguments, *, max_positions: int, batch_size: int = 32, token_types: bool = True
+    model, tokenizer, dialogs: list[tuple[list[str], list[str]]], decoding: DecodingArguments, *, max_positions: int, batch_size: int = 32,
+    token_types: bool = True, progress: bool = False,
 ) -> list[str]:
     """One reply per ``(persona sentences, history utterances)``, generated in left-padded batches.
 
-    ``token_types=False`` leaves the speaker embeddings out, as a chat template does."""
+    ``token_types=False`` leaves the speaker embeddings out, as a chat template does; ``progress`` shows a bar."""
     config = decoding.generation_config(tokenizer)
     replies: list[str] = []
-    for start in range(0, len(dialogs), batch_size):
+    for start in tqdm(range(0, len(dialogs), batch_size), desc="Generating replies", unit="batch", disable=not progress):
         prompts = [prompt_inputs(p, h, tokenizer, max_positions, decoding.max_length) for p, h in dialogs[start : start + batch_size]]
         generated = generate_batch(model, tokenizer, prompts, config, token_types=token_types)
         replies += [text.strip() for text in tokenizer.batch_decode(generated, skip_special_tokens=True)]

@@ -18,7 +18,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from persona.hub_names import is_hub_id
 from persona.metrics import metric_definition
 
-PUBLISHED_METRICS = ("perplexity", "hits@1", "hits@5", "hits@10", "f1")
+PUBLISHED_METRICS = ("perplexity", "hits@1", "hits@5", "hits@10", "lm_hits@1", "f1")
 TAGS = ["persona-chat", "conversational", "transfertransfo", "persona"]
 
 
@@ -32,7 +32,7 @@ def collect_metrics(model_dir: Path, eval_results: Path | None = None) -> dict:
     Returns ``{"metrics": {name: value}, "num_turns": int, "num_candidates": float, "split": str, "source": str}``.
     """
     training = _read(model_dir / "eval_results.json")
-    metrics = {name: training[f"eval_{name}"] for name in ("perplexity", "hits@1") if f"eval_{name}" in training}
+    metrics = {name: training[f"eval_{name}"] for name in ("perplexity", "hits@1", "lm_hits@1") if f"eval_{name}" in training}
     found = {"metrics": metrics, "num_turns": training.get("eval_num_turns"), "num_candidates": training.get("eval_num_candidates")}
     found.update(split="evaluation split of training", source="persona-train")
     if eval_results is not None:

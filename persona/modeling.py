@@ -46,11 +46,14 @@ DUAL_PATHS = (PACKED, FULL_SEQUENCES, CLASSIC)
 @dataclass
 class DualOutput(ModelOutput):
     """What the dual forward returns, per example: the gold reply's summed token NLL and token count, and
-    the multiple-choice logits (slots that pad a turn's candidates set to the dtype's minimum)."""
+    the multiple-choice logits (slots that pad a turn's candidates set to the dtype's minimum). Given
+    ``candidate_labels``, also every candidate's summed token NLL and token count, [B, C] (likelihood ranking)."""
 
     nll_sum: torch.Tensor | None = None
     tokens: torch.Tensor | None = None
     mc_logits: torch.Tensor | None = None
+    candidate_nll_sum: torch.Tensor | None = None
+    candidate_tokens: torch.Tensor | None = None
 
 
 @dataclass
@@ -61,18 +64,20 @@ class FullOutput(ModelOutput):
     mc_logits: torch.Tensor | None = None
 
 
-def _label_nll(hidden: torch.Tensor, labels: torch.Tensor, lm_head) -> tuple[torch.Tensor, torch.Tensor]:
+def _label_nll(hidden: torch.Tensor, labels: torch.Tensor, lm_head, groups: torch.Tensor | None = None, count: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Token NLL of the labelled tokens, LM logits computed only at the positions whose next token has a label.
 
-    ``hidden``: [B, L, H]; ``labels``: [B, L]. Returns the per-row NLL sum and labelled-token count.
+    ``hidden``: [B, L, H]; ``labels``: [B, L]. Returns the NLL sum and labelled-token count of each row, or, with
+    ``groups`` ([B, L]: the group of each labelled token, in ``range(count)``), of each group.
     """
     targets = labels[:, 1:]
     where = targets != IGNORE_INDEX
     logits = lm_head(hidden[:, :-1][where]).float()
     nll = F.cross_entropy(logits, targets[where], reduction="none")
-    owner = where.nonzero()[:, 0]
-    nll_sum = torch.zeros(hidden.shape[0], device=hidden.device, dtype=nll.dtype).index_add(0, owner, nll)
-    return nll_sum, where.sum(-1)
+    owner = where.nonzero()[:, 0] if groups is None else groups[:, 1:][where]
+    size = hidden.shape[0] if groups is None else count
+    nll_sum = torch.zeros(size, device=hidden.device, dtype=nll.dtype).index_add(0, owner, nll)
+    return nll_sum, torch.zeros(size, device=hidden.device, dtype=torch.long).index_add(0, owner, torch.ones_like(owner))
 
 
 def _picked(hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -97,20 +102,28 @@ def _flat(tensor: torch.Tensor | None, length: int) -> torch.Tensor | None:
     return None if tensor is None else tensor.reshape(-1, length)
 
 
-def _classic(model, input_ids, attention_mask, labels, mc_token_ids, candidate_valid, mc_labels, token_type_ids=None) -> DualOutput:
+def _classic(
+    model, input_ids, attention_mask, labels, mc_token_ids, candidate_valid, mc_labels, token_type_ids=None, candidate_labels=None
+) -> DualOutput:
     # The mask flattened to [B*C, L]: openai-gpt's own forward flattens the ids and types but not the mask.
     output = model.forward_full(
         input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=_flat(attention_mask, input_ids.shape[-1]), mc_token_ids=mc_token_ids
     )
-    shift_logits, shift_labels = output.logits[..., :-1, :].float(), labels[..., 1:]
-    nll = F.cross_entropy(shift_logits.flatten(0, -2), shift_labels.flatten(), reduction="none", ignore_index=IGNORE_INDEX)
-    nll_sum = nll.view(shift_labels.shape).sum((1, 2))
-    tokens = (shift_labels != IGNORE_INDEX).sum((1, 2))
+
+    def summed(token_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # [B, C] NLL sums and counts
+        shift_logits, shift_labels = output.logits[..., :-1, :].float(), token_labels[..., 1:]
+        nll = F.cross_entropy(shift_logits.flatten(0, -2), shift_labels.flatten(), reduction="none", ignore_index=IGNORE_INDEX)
+        return nll.view(shift_labels.shape).sum(-1), (shift_labels != IGNORE_INDEX).sum(-1)
+
+    nll_sum, tokens = summed(labels)
     mc_logits = output.mc_logits.float().masked_fill(~candidate_valid.bool(), torch.finfo(torch.float32).min)
-    return DualOutput(nll_sum=nll_sum, tokens=tokens, mc_logits=mc_logits)
+    ranked = summed(candidate_labels) if candidate_labels is not None else (None, None)
+    return DualOutput(nll_sum=nll_sum.sum(-1), tokens=tokens.sum(-1), mc_logits=mc_logits, candidate_nll_sum=ranked[0], candidate_tokens=ranked[1])
 
 
-def _full_sequences(model, input_ids, attention_mask, labels, mc_token_ids, candidate_valid, mc_labels, token_type_ids=None) -> DualOutput:
+def _full_sequences(
+    model, input_ids, attention_mask, labels, mc_token_ids, candidate_valid, mc_labels, token_type_ids=None, candidate_labels=None
+) -> DualOutput:
     batch, count, length = input_ids.shape
     hidden = model.persona_backbone(
         inputs_embeds=model.persona_embeddings(input_ids.view(-1, length), _flat(token_type_ids, length)),
@@ -119,7 +132,11 @@ def _full_sequences(model, input_ids, attention_mask, labels, mc_token_ids, cand
     ).last_hidden_state.view(batch, count, length, -1)
     rows = torch.arange(batch, device=input_ids.device)
     nll_sum, tokens = _label_nll(hidden[rows, mc_labels], labels[rows, mc_labels], model.lm_head)
-    return DualOutput(nll_sum=nll_sum, tokens=tokens, mc_logits=_mc_logits(model, *_candidate_ends(hidden, mc_token_ids), candidate_valid))
+    ranked = (None, None)
+    if candidate_labels is not None:  # each candidate sequence is its own group
+        ranked = tuple(t.view(batch, count) for t in _label_nll(hidden.flatten(0, 1), candidate_labels.flatten(0, 1), model.lm_head))
+    mc_logits = _mc_logits(model, *_candidate_ends(hidden, mc_token_ids), candidate_valid)
+    return DualOutput(nll_sum=nll_sum, tokens=tokens, mc_logits=mc_logits, candidate_nll_sum=ranked[0], candidate_tokens=ranked[1])
 
 
 def _block_causal_mask(model, block_ids: torch.Tensor, attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -142,13 +159,19 @@ def _block_causal_mask(model, block_ids: torch.Tensor, attention_mask: torch.Ten
 
 
 def _shared_prefix(
-    model, input_ids, attention_mask, position_ids, block_ids, labels, mc_token_ids, candidate_valid, mc_labels, token_type_ids=None
+    model, input_ids, attention_mask, position_ids, block_ids, labels, mc_token_ids, candidate_valid, mc_labels, token_type_ids=None, candidate_labels=None
 ) -> DualOutput:
     embeds = model.persona_embeddings(input_ids, token_type_ids)
     mask = _block_causal_mask(model, block_ids, attention_mask, embeds.dtype)
     hidden = model.persona_backbone(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, use_cache=False).last_hidden_state
     nll_sum, tokens = _label_nll(hidden, labels, model.lm_head)
-    return DualOutput(nll_sum=nll_sum, tokens=tokens, mc_logits=_mc_logits(model, hidden, mc_token_ids, candidate_valid))
+    ranked = (None, None)
+    if candidate_labels is not None:  # group = (row, candidate): LM logits over the candidate blocks only
+        count = mc_token_ids.shape[1]
+        groups = torch.arange(len(block_ids), device=block_ids.device)[:, None] * count + (block_ids - 1).clamp(min=0)
+        ranked = tuple(t.view(-1, count) for t in _label_nll(hidden, candidate_labels, model.lm_head, groups, len(block_ids) * count))
+    mc_logits = _mc_logits(model, hidden, mc_token_ids, candidate_valid)
+    return DualOutput(nll_sum=nll_sum, tokens=tokens, mc_logits=mc_logits, candidate_nll_sum=ranked[0], candidate_tokens=ranked[1])
 
 
 class PersonaDualHeads:

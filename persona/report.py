@@ -12,7 +12,7 @@ def metrics_table(results: dict) -> list[str]:
     turns = results["num_turns"]
     rows = ["| metric | value | turns | definition |", "| --- | --- | --- | --- |"]
     rows.append(f"| perplexity | {results['perplexity']:.2f} | {turns['perplexity']} | {metric_definition('perplexity')} |")
-    for key in [k for k in results if k.startswith("hits@")]:
+    for key in [k for k in results if k.startswith(("hits@", "lm_hits@"))]:
         rows.append(f"| {key} | {results[key]:.3f} | {turns['hits']} | {metric_definition(key)} ({results['num_candidates']:g} candidates per turn) |")
     rows.append(f"| F1 | {results['f1']:.3f} | {turns['f1']} | {metric_definition('f1')} |")
     return rows

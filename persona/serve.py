@@ -15,7 +15,11 @@ from __future__ import annotations
 import logging
 import os
 import random
+import socket
 import sys
+import threading
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,6 +83,36 @@ def build_server(model_args: ModelArguments, data_args: DataArguments, args: Ser
     auth = (lambda user, password: password == args.api_key) if args.api_key else None
     app = gr.mount_gradio_app(app, page, path="/", auth=auth, auth_message="The password is the server's API key.", footer_links=[])
     return app, batcher
+
+
+@contextmanager
+def running_server(model_args: ModelArguments, data_args: DataArguments, args: ServeArguments, decoding: DecodingArguments):
+    """The server of :func:`build_server` running in a thread of this process (tests, benchmarks): yields its base URL
+    and its batcher; stops it and closes the batcher on exit."""
+    import uvicorn
+
+    app, batcher = build_server(model_args, data_args, args, decoding)
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="persona-serve", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        if not server.started:
+            raise RuntimeError(f"the server did not start on {args.host}:{args.port}")
+        yield f"http://{args.host}:{args.port}", batcher
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        batcher.close()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
 
 
 @cli_entry

@@ -4,7 +4,8 @@ loss = ``lm_coef`` × LM loss (mean NLL of the gold reply's tokens) + ``mc_coef`
 (cross-entropy of picking the gold reply among the candidates). Both parts are logged (``lm_loss``,
 ``mc_loss``). Evaluation reports ``eval_loss``, ``eval_lm_loss``, ``eval_mc_loss``,
 ``eval_perplexity`` (exp of the gold tokens' mean NLL over the whole split, so the batch size does not
-change it), ``eval_hits@1`` and ``eval_num_candidates``. Everything else is the Trainer's own.
+change it), ``eval_hits@1`` (the multiple-choice head's ranking), ``eval_lm_hits@1`` (the candidates ranked by
+their mean token log-likelihood) and ``eval_num_candidates``. Everything else is the Trainer's own.
 """
 
 from __future__ import annotations
@@ -33,17 +34,21 @@ def dual_loss(output: DualOutput, mc_labels: torch.Tensor, lm_coef: float, mc_co
 
 
 def turn_scores(output: DualOutput, mc_labels: torch.Tensor, candidate_valid: torch.Tensor) -> torch.Tensor:
-    """Per turn: the gold reply's rank among the candidates (0 = first), its NLL sum and token count, the
-    MC loss and the number of candidates, as a [B, 5] float64 tensor that the Trainer gathers."""
-    rank = gold_ranks(output.mc_logits.masked_fill(~candidate_valid.bool(), -torch.inf), mc_labels)
+    """Per turn: the gold reply's rank among the candidates by the multiple-choice head (0 = first), its NLL sum and
+    token count, the MC loss, the number of candidates, and its rank by likelihood (the candidates' mean token
+    log-likelihood, their ``<eos>`` included), as a [B, 6] float64 tensor that the Trainer gathers."""
+    valid = candidate_valid.bool()
+    rank = gold_ranks(output.mc_logits.masked_fill(~valid, -torch.inf), mc_labels)
+    mean_log_likelihood = -output.candidate_nll_sum / output.candidate_tokens.clamp(min=1)
+    lm_rank = gold_ranks(mean_log_likelihood.masked_fill(~valid, -torch.inf), mc_labels)
     mc_loss = F.cross_entropy(output.mc_logits, mc_labels, reduction="none")
-    columns = (rank, output.nll_sum, output.tokens, mc_loss, candidate_valid.sum(-1))
+    columns = (rank, output.nll_sum, output.tokens, mc_loss, candidate_valid.sum(-1), lm_rank)
     return torch.stack([c.double() for c in columns], dim=-1)
 
 
 def metrics_from_scores(scores: np.ndarray, lm_coef: float, mc_coef: float, ks: tuple[int, ...] = (1,)) -> dict[str, float]:
     """Split-level metrics from the rows of :func:`turn_scores`."""
-    rank, nll, tokens, mc_loss, counts = scores.T
+    rank, nll, tokens, mc_loss, counts, lm_rank = scores.T
     lm_loss = float(nll.sum() / max(tokens.sum(), 1))
     metrics = {
         "loss": lm_coef * lm_loss + mc_coef * float(mc_loss.mean()),
@@ -54,7 +59,7 @@ def metrics_from_scores(scores: np.ndarray, lm_coef: float, mc_coef: float, ks: 
         "num_turns": int(len(rank)),
         "num_reply_tokens": int(tokens.sum()),
     }
-    return {**metrics, **hits_from_ranks(rank, ks)}
+    return {**metrics, **hits_from_ranks(rank, ks), **{f"lm_{name}": value for name, value in hits_from_ranks(lm_rank, ks).items()}}
 
 
 class PersonaTrainer(Trainer):
@@ -97,7 +102,10 @@ class PersonaTrainer(Trainer):
         if self.is_world_process_zero():
             write_model_card(self.args.output_dir, hub_model_id=self.hub_model_id or self.args.hub_model_id)
 
-    def _forward(self, model, inputs) -> DualOutput:
+    def _forward(self, model, inputs, rank_candidates: bool = False) -> DualOutput:
+        """The dual forward; ``rank_candidates`` also scores every candidate's likelihood (LM logits over all of them)."""
+        if not rank_candidates:
+            inputs = {name: value for name, value in inputs.items() if name != "candidate_labels"}
         return model(**inputs, dual_path=self.dual_path)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -120,7 +128,7 @@ class PersonaTrainer(Trainer):
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad():
-            output = self._forward(model, inputs)
+            output = self._forward(model, inputs, rank_candidates=True)
         return None, turn_scores(output, inputs["mc_labels"], inputs["candidate_valid"]), inputs["mc_labels"]
 
     def _compute_metrics(self, prediction: EvalPrediction) -> dict[str, float]:

@@ -41,3 +41,31 @@ def test_a_failure_in_the_end_of_training_evaluation_leaves_a_model_that_loads(t
         train_main(tiny_train_args(out, "--max_train_dialogs", "4", "--max_eval_dialogs", "1", "--max_steps", "1"))
     model, tokenizer = load_trained(str(out))
     assert (out / "model.safetensors").exists() and tokenizer.chat_template and model.config.persona_token_types is True
+
+
+def test_evaluation_on_two_ranks_equals_one_process_on_exactly_the_same_turns(trained_model_dir, tmp_path):
+    """persona-eval under accelerate launch: the turns sharded over 2 CPU ranks (an odd number of them, so the
+    shards differ in size) and gathered give the one-process metrics, no turn lost or counted twice."""
+    import json
+
+    from persona.eval import main as eval_main
+    from tests.conftest import write_conversations
+
+    conversations = [  # both sides: 3 + 2 turns each, 15 in all
+        {"personas": [[f"i like color {i}."], [f"i live in town {i}."]], "utterances": [f"hi {i}!", f"hello {i}.", f"how are you {i}?", f"fine {i}.", f"bye {i}."]}
+        for i in range(3)
+    ]
+    corpus = write_conversations(tmp_path / "valid.jsonl", conversations)
+    common = ["--model_name_or_path", str(trained_model_dir), "--dataset_path", str(corpus), "--dataset_cache", str(tmp_path / "cache"),
+              "--eval_num_candidates", "7", "--do_sample", "false", "--max_length", "5", "--per_device_eval_batch_size", "4"]
+    assert eval_main([*common, "--output_dir", str(tmp_path / "one")]) == 0
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs" / "multi_cpu.yaml"),
+               "--main_process_port", "29551", "-m", "persona.eval", *common, "--output_dir", str(tmp_path / "two")]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = (json.loads((tmp_path / run / "eval_results.json").read_text()) for run in ("one", "two"))
+    assert one["num_turns"] == two["num_turns"] == {"perplexity": 15, "hits": 15, "f1": 15}
+    for key in ("perplexity", "hits@1", "hits@5", "lm_hits@1", "f1", "num_reply_tokens"):
+        assert two[key] == pytest.approx(one[key], rel=1e-6), key
+    generated = [sorted((tuple(r["history"]), r["gold"]) for r in map(json.loads, (tmp_path / run / "generations.jsonl").read_text().splitlines())) for run in ("one", "two")]
+    assert generated[0] == generated[1]

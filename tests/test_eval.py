@@ -36,11 +36,17 @@ def test_a_head_that_scores_every_candidate_alike_gets_no_hits_in_the_trainer():
     from persona.modeling import DualOutput
     from persona.trainer import metrics_from_scores, turn_scores
 
-    output = DualOutput(nll_sum=torch.ones(3), tokens=torch.ones(3), mc_logits=torch.tensor([[2.0, 2.0, 2.0], [1.0, 1.0, -3e38], [0.0, 5.0, 1.0]]))
+    output = DualOutput(
+        nll_sum=torch.ones(3), tokens=torch.ones(3), mc_logits=torch.tensor([[2.0, 2.0, 2.0], [1.0, 1.0, -3e38], [0.0, 5.0, 1.0]]),
+        candidate_nll_sum=torch.tensor([[6.0, 1.0, 4.0], [1.0, 1.0, 0.0], [1.0, 2.0, 1.0]]), candidate_tokens=torch.tensor([[2, 1, 2], [1, 1, 1], [2, 1, 1]]),
+    )
     valid = torch.tensor([[True, True, True], [True, True, False], [True, True, True]])
     scores = turn_scores(output, torch.tensor([2, 1, 1]), valid)
     assert scores[:, 0].tolist() == [2, 1, 0]  # ties count against the gold; a padding slot never does
-    assert metrics_from_scores(scores.numpy(), 1.0, 1.0, ks=(1, 2))["hits@1"] == pytest.approx(1 / 3)
+    # mean log-likelihoods: [-3, -1, -2] (gold -2: one above), [-1, -1, pad] (a tie), [-0.5, -2, -1] (gold -2: two above)
+    assert scores[:, 5].tolist() == [1, 1, 2]
+    metrics = metrics_from_scores(scores.numpy(), 1.0, 1.0, ks=(1, 2))
+    assert metrics["hits@1"] == pytest.approx(1 / 3) and metrics["lm_hits@1"] == 0 and metrics["lm_hits@2"] == pytest.approx(2 / 3)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import torch
 
 from persona.configs import CLASSIC, SHARED_PREFIX
 from persona.data import PersonaCollator
-from persona.data.layout import build_prefix
+from persona.data.layout import build_prefix, token_types
 from persona.modeling import FULL_SEQUENCES, PACKED, choose_dual_path
 from persona.special_tokens import special_ids
 from persona.trainer import dual_loss
@@ -94,3 +94,26 @@ def test_causal_lm_classic_path_equals_the_base_model_with_types_in_the_embeddin
     last = plain.hidden_states[-1][rows, batch["mc_token_ids"][rows, batch["mc_labels"]]]
     expected = tiny_llama.multiple_choice_head.summary(last).squeeze(-1)
     assert torch.allclose(output.mc_logits[rows, batch["mc_labels"]], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_name", ["tiny_model", "tiny_llama", "tiny_openai_gpt"])
+def test_every_path_scores_each_candidate_as_its_own_full_sequence(model_name, request, tokenizer):
+    """Likelihood ranking: each candidate's summed token NLL and count (the reply and its <eos>), from every path,
+    equal a plain forward of that candidate's whole sequence."""
+    model = request.getfixturevalue(model_name)
+    examples = _examples(tokenizer)
+    ids = special_ids(tokenizer)
+    paths = (CLASSIC, FULL_SEQUENCES, PACKED) if model.supports_shared_prefix() else (CLASSIC, FULL_SEQUENCES)
+    for path in paths:
+        batch = PersonaCollator(tokenizer, packed=path == PACKED)(examples)
+        with torch.no_grad():
+            output = model(**batch, dual_path=path)
+        for b, example in enumerate(examples):
+            for c, reply in enumerate(example["candidates"]):
+                sequence = [*example["prefix_ids"], ids.speaker1, *reply, ids.eos]
+                with torch.no_grad():
+                    logits = model.forward_full(input_ids=torch.tensor([sequence]), token_type_ids=torch.tensor([token_types(sequence, ids).tolist()])).logits
+                log_probs = torch.log_softmax(logits[0, :-1].float(), -1)
+                nll = -sum(log_probs[t, sequence[t + 1]].item() for t in range(len(example["prefix_ids"]), len(sequence) - 1))
+                assert output.candidate_tokens[b, c].item() == len(reply) + 1, (path, b, c)
+                assert output.candidate_nll_sum[b, c].item() == pytest.approx(nll, rel=1e-4, abs=1e-4), (path, b, c)

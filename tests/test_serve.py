@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,38 +16,18 @@ import pytest
 
 from persona.configs import DataArguments, ModelArguments
 from persona.generation import DecodingArguments
-from persona.serve import ServeArguments, build_server
+from persona.serve import ServeArguments, free_port, running_server
 
 PERSONA = "i like cats. i work as a nurse."
 ASK = [{"role": "system", "content": PERSONA}, {"role": "user", "content": "hello! what do you do for a living?"}]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @contextmanager
 def live_server(model_dir: Path, **options):
-    """persona-serve's app on a free 127.0.0.1 port, in a thread; stopped (and its batcher closed) on exit."""
-    import uvicorn
-
-    args = ServeArguments(port=_free_port(), **options)
-    app, batcher = build_server(ModelArguments(model_name_or_path=str(model_dir)), DataArguments(), args, DecodingArguments())
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=args.port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 60
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert server.started, "the server did not start within 60 s"
-    try:
-        yield f"http://127.0.0.1:{args.port}", batcher
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        batcher.close()
+    """persona-serve on a free 127.0.0.1 port, in a thread of the test; stopped on exit."""
+    args = ServeArguments(port=free_port(), **options)
+    with running_server(ModelArguments(model_name_or_path=str(model_dir)), DataArguments(), args, DecodingArguments()) as (url, batcher):
+        yield url, batcher
 
 
 @pytest.fixture(scope="module")

@@ -41,24 +41,28 @@ def shared_prefix_batch(examples: list[dict], ids: SpecialIds) -> dict[str, np.n
     exactly what it sees in the classic layout, while the prefix runs once and no candidate is padded.
 
     Keys: ``input_ids``/``token_type_ids``/``attention_mask``/``position_ids``/``block_ids``/``labels``
-    [B, T] (labels on the gold reply only); ``mc_token_ids`` [B, C] (the index in the row of each
+    [B, T] (labels on the gold reply only); ``candidate_labels`` [B, T] (labels on every candidate's reply,
+    for likelihood ranking); ``mc_token_ids`` [B, C] (the index in the row of each
     candidate's ``<eos>``); ``candidate_valid`` [B, C] (False for slots padding a turn with fewer
     candidates, which point at index 0); ``mc_labels`` [B] (the gold index: the last candidate).
     """
     count = max(len(e["candidates"]) for e in examples)
-    rows, positions, blocks, labels, ends = [], [], [], [], []
+    rows, positions, blocks, labels, every_label, ends = [], [], [], [], [], []
     for example in examples:
         prefix, gold = example["prefix_ids"], len(example["candidates"]) - 1
         row, label, block, position, end = list(prefix), [IGNORE_INDEX] * len(prefix), [0] * len(prefix), list(range(len(prefix))), []
+        all_labels = [IGNORE_INDEX] * len(prefix)
         for c, reply in enumerate(example["candidates"]):
             candidate = build_candidate(reply, ids)
             row += candidate
             label += _gold_labels(candidate) if c == gold else [IGNORE_INDEX] * len(candidate)
+            all_labels += _gold_labels(candidate)
             block += [c + 1] * len(candidate)
             position += range(len(prefix), len(prefix) + len(candidate))
             end.append(len(row) - 1)
         rows.append(row)
         labels.append(label)
+        every_label.append(all_labels)
         blocks.append(block)
         positions.append(position)
         ends.append(end + [0] * (count - len(end)))
@@ -70,6 +74,7 @@ def shared_prefix_batch(examples: list[dict], ids: SpecialIds) -> dict[str, np.n
         "position_ids": _pad(positions, 0)[0],
         "block_ids": _pad(blocks, -1)[0],
         "labels": _pad(labels, IGNORE_INDEX)[0],
+        "candidate_labels": _pad(every_label, IGNORE_INDEX)[0],
         "mc_token_ids": np.array(ends),
         **_candidate_slots(examples),
     }
@@ -77,15 +82,17 @@ def shared_prefix_batch(examples: list[dict], ids: SpecialIds) -> dict[str, np.n
 
 def classic_batch(examples: list[dict], ids: SpecialIds) -> dict[str, np.ndarray]:
     """The classic layout: every candidate as the full sequence prefix + reply, [B, C, L], right-padded
-    (a turn with fewer candidates is padded with ``prefix <speaker1> <eos>`` slots, not valid)."""
+    (a turn with fewer candidates is padded with ``prefix <speaker1> <eos>`` slots, not valid); ``labels`` on the
+    gold reply, ``candidate_labels`` on every candidate's reply."""
     count = max(len(e["candidates"]) for e in examples)
-    sequences, labels = [], []
+    sequences, labels, every_label = [], [], []
     for example in examples:
         prefix, gold = example["prefix_ids"], len(example["candidates"]) - 1
         for c in range(count):
             candidate = build_candidate(example["candidates"][c] if c <= gold else [], ids)
             sequences.append([*prefix, *candidate])
             labels.append([IGNORE_INDEX] * len(prefix) + (_gold_labels(candidate) if c == gold else [IGNORE_INDEX] * len(candidate)))
+            every_label.append([IGNORE_INDEX] * len(prefix) + _gold_labels(candidate))
     input_ids, attention_mask = _pad(sequences, ids.pad)
     shape = (len(examples), count, input_ids.shape[1])
     return {
@@ -93,6 +100,7 @@ def classic_batch(examples: list[dict], ids: SpecialIds) -> dict[str, np.ndarray
         "token_type_ids": np.where(attention_mask == 1, token_types(input_ids, ids), ids.pad).reshape(shape),
         "attention_mask": attention_mask.reshape(shape),
         "labels": _pad(labels, IGNORE_INDEX)[0].reshape(shape),
+        "candidate_labels": _pad(every_label, IGNORE_INDEX)[0].reshape(shape),
         "mc_token_ids": attention_mask.sum(-1).reshape(shape[:2]) - 1,
         **_candidate_slots(examples),
     }

@@ -13,15 +13,16 @@ _DEFINITIONS = {
     "perplexity": "exp of the mean negative log-likelihood of the gold replies' tokens (lower is better)",
     "hits@k": "fraction of turns whose gold reply is among the k candidates the multiple-choice head scores highest "
     "(a candidate tied with the gold reply counts as above it)",
+    "lm_hits@k": "fraction of turns whose gold reply is among the k candidates with the highest mean token log-likelihood "
+    "(the reply and its end token, given the prompt): the language model's own ranking, without the multiple-choice head",
     "f1": "unigram F1 between the generated and the gold reply after ConvAI2's normalisation (mean over turns)",
 }
 
 
 def metric_definition(name: str) -> str:
     """What a reported metric measures, in words for the reader of a report or a model card (``hits@5``: k = 5)."""
-    if name.startswith("hits@"):
-        return _DEFINITIONS["hits@k"].replace("the k candidates", f"the {name[5:]} candidates")
-    return _DEFINITIONS[name]
+    kind, _, k = name.partition("@")
+    return _DEFINITIONS[f"{kind}@k"].replace("the k candidates", f"the {k} candidates") if k else _DEFINITIONS[name]
 
 
 def gold_ranks(scores, gold):
