@@ -83,7 +83,7 @@ def test_model_card_carries_the_evaluation(trained_model_dir, tmp_path):
     card = ModelCard(str(model_card(trained_model_dir, hub_model_id="alice/persona-tiny")))
     results = json.loads((trained_model_dir / "eval_results.json").read_text())
     published = {r.metric_type: r.metric_value for r in card.data.eval_results}
-    assert published == {"perplexity": round(results["eval_perplexity"], 4), "hits@1": round(results["eval_hits@1"], 4)}
+    assert published == {name: round(results[f"eval_{name}"], 4) for name in ("perplexity", "hits@1", "lm_hits@1")}
     assert {"persona-chat", "conversational"} <= set(card.data.tags) and card.data.model_name == "alice/persona-tiny"
     assert f"on {results['eval_num_turns']:,} turns" in card.text and "each with 4 candidates" in card.text
     assert 'AutoTokenizer.from_pretrained("alice/persona-tiny")' in card.text and "apply_chat_template" in card.text

@@ -143,10 +143,11 @@ def test_no_cors_unless_asked(served, trained_model_dir):
 def test_a_full_queue_answers_429_and_the_server_recovers(trained_model_dir, monkeypatch):
     from persona.batching import ReplyBatcher
 
-    release = threading.Event()
+    holding, release = threading.Event(), threading.Event()
     generate = ReplyBatcher._generate
 
     def held(self, group):
+        holding.set()
         release.wait(timeout=60)
         generate(self, group)
 
@@ -154,10 +155,9 @@ def test_a_full_queue_answers_429_and_the_server_recovers(trained_model_dir, mon
     with live_server(trained_model_dir, max_queue=1, max_batch_size=1) as (url, batcher):
         with ThreadPoolExecutor(2) as pool:
             first = pool.submit(httpx.post, f"{url}/v1/chat/completions", json={"messages": ASK, "max_tokens": 4}, timeout=60)
-            deadline = time.time() + 30
-            while batcher.pending.qsize() and time.time() < deadline:  # the worker holds the first request
-                time.sleep(0.01)
+            assert holding.wait(timeout=30)  # the worker holds the first request
             second = pool.submit(httpx.post, f"{url}/v1/chat/completions", json={"messages": ASK, "max_tokens": 4}, timeout=60)
+            deadline = time.time() + 30
             while not batcher.pending.qsize() and time.time() < deadline:  # the second waits in the queue
                 time.sleep(0.01)
             third = httpx.post(f"{url}/v1/chat/completions", json={"messages": ASK, "max_tokens": 4}, timeout=30)
