@@ -273,6 +273,7 @@ def test_a_single_file_is_the_training_split_whatever_its_name_and_is_not_evalua
     assert "eval_dataset_path" in caplog.text and "validation_split_size" in caplog.text
     evaluated = prepare_corpus(args, tokenizer, max_length=128, roles=("eval",))  # what persona-eval asks for
     assert evaluated.stats["splits"]["eval"]["split"] == WHOLE_FILE and len(evaluated.dialogs["eval"]) == 4
-    other = write_conversations(tmp_path / "other.jsonl", CONVERSATIONS[:1])
+    other = write_conversations(tmp_path / "other.jsonl", [*CONVERSATIONS[:1], {"personas": [["a."], ["b."]], "utterances": []}])
     both = prepare_corpus(DataArguments(**{**vars(args), "eval_dataset_path": str(other)}), tokenizer, max_length=128)
     assert len(both.dialogs["train"]) == 4 and len(both.dialogs["eval"]) == 2
+    assert both.stats["splits"]["eval"]["skipped"] == {"empty conversation": 1} and both.stats["splits"]["train"]["skipped"] == {}

@@ -102,7 +102,9 @@ def read_splits(args: DataArguments, roles: tuple[str, ...], source: str, eval_s
     splits = {"train": train_split} if "train" in roles else {}
     if "eval" in roles:
         if eval_source:
-            eval_corpus = read_corpus(eval_source, args.dataset_format, args.bot_side, skips)
+            eval_skips = SkipLog(strict=skips.strict)  # counted apart: its splits may be named like the training file's
+            eval_corpus = read_corpus(eval_source, args.dataset_format, args.bot_side, eval_skips)
+            skips.counts[EVAL_FILE].update(eval_skips.reasons())
             name = next((s for s in (WHOLE_FILE, args.eval_split) if s in eval_corpus), None)
             if name is None:
                 raise _missing_split(args.eval_split, eval_corpus, args.eval_dataset_path, "eval")
