@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from persona.data.readers import SILENCE
 from persona.metrics import metric_definition
 
 
@@ -34,6 +35,6 @@ def write_report(results: dict, records: list[dict], path: Path, samples: int = 
     ]
     for record in records[:samples]:
         lines += ["", "**Persona:** " + " ".join(record["persona"]), ""]
-        lines += [f"> {utterance}" for utterance in record["history"]] or ["> (the bot opens the conversation)"]
+        lines += [f"> {utterance}" for utterance in record["history"] if utterance != SILENCE] or ["> (the bot opens the conversation)"]
         lines += ["", f"- generated: {record['prediction']}", f"- gold: {record['gold']}", f"- F1: {record['f1']:.2f}"]
     path.write_text("\n".join(lines) + "\n")
