@@ -37,7 +37,7 @@ REFERENCE_ALIASES = {
     "train_batch_size": "per_device_train_batch_size",
     "valid_batch_size": "per_device_eval_batch_size",
 }
-SECRET_FIELDS = {"hub_token"}
+SECRET_FIELDS = {"hub_token", "api_key"}  # never in a saved recipe
 
 
 class _RecipeParser(HfArgumentParser):
