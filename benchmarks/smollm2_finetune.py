@@ -39,14 +39,14 @@ def held_out_dialogs(count: int) -> list[dict]:
     """The first ``count`` held-out dialogs of the offline recipes' split, as persona-eval reads them
     (the same distractors: 20 candidates per turn; history cut to ``max_history``)."""
     from persona.cli import parse_recipe
-    from persona.configs import DataArguments, ModelArguments
+    from persona.configs import DataArguments, ModelArguments, PersonaTrainingArguments
     from persona.data.prepare import read_splits
     from persona.data.skips import SkipLog
     from persona.data.sources import resolve
     from persona.eval import EvalArguments
     from persona.generation import DecodingArguments
 
-    (data,), _ = parse_recipe([str(RECIPES / "eval.yaml")], (DataArguments,), ignored=(ModelArguments, EvalArguments, DecodingArguments))
+    (data,), _ = parse_recipe([str(RECIPES / "eval.yaml")], (DataArguments,), ignored=(ModelArguments, PersonaTrainingArguments, EvalArguments, DecodingArguments))
     data.max_eval_dialogs = count
     return read_splits(data, ("eval",), resolve(data.dataset_path, data.dataset_cache), None, SkipLog())[0]["eval"]
 
@@ -114,32 +114,10 @@ def _log_likelihoods(model, prompt, candidates: list[list[int]], types: dict | N
     return sums.tolist(), -float(sums[-1])
 
 
-def likelihood_hits(model_dir: Path, dialogs: list[dict]) -> float:
-    """hits@1 of a persona model when its candidates are ranked by log-likelihood (its layout, token types)."""
-    import torch
-
-    from persona.data.tokenize import encode_texts
-    from persona.generation import prompt_inputs
-    from persona.loading import load_trained, max_positions, uses_token_types
-    from persona.special_tokens import special_ids
-
-    model, tokenizer = load_trained(str(model_dir))
-    ids, hits, turns = special_ids(tokenizer), 0, 0
-    with torch.no_grad():
-        for dialog in dialogs:
-            for turn in dialog["turns"]:
-                prompt = prompt_inputs(dialog["persona"], turn["history"], tokenizer, max_positions(model.config), 32)
-                candidates = [c + [ids.eos] for c in encode_texts(tokenizer, turn["candidates"])]
-                types = {"prompt": torch.tensor([prompt["token_type_ids"]]), "reply": ids.bot} if uses_token_types(model.config) else None
-                scores, _ = _log_likelihoods(model, torch.tensor([prompt["input_ids"]]), candidates, types)
-                hits += _gold_wins(scores)
-                turns += 1
-    return hits / turns
-
-
 def fine_tuned(max_steps: int, dialogs: list[dict], use_peft: bool, token_types: bool, folder: Path) -> tuple[dict, dict, float]:
     """Train with the offline recipe for ``max_steps``, evaluate with its eval recipe on as many held-out dialogs
-    as ``dialogs`` holds (and rank ``dialogs``' candidates by likelihood); both rows and the training minutes."""
+    as ``dialogs`` holds: the multiple-choice head's row, the likelihood ranking's row (persona-eval's lm_hits@1)
+    and the training minutes."""
     from persona.eval import main as eval_main
     from persona.train import main as train_main
 
@@ -158,7 +136,7 @@ def fine_tuned(max_steps: int, dialogs: list[dict], use_peft: bool, token_types:
         raise SystemExit("persona-eval failed")
     results = json.loads((eval_dir / "eval_results.json").read_text())
     row = {"hits@1": results["hits@1"], "perplexity": results["perplexity"], "f1": results["f1"], "turns": results["num_turns"]["hits"]}
-    return row, {**row, "hits@1": likelihood_hits(model_dir, dialogs)}, minutes
+    return row, {**row, "hits@1": results["lm_hits@1"]}, minutes
 
 
 def main() -> None:
