@@ -16,7 +16,7 @@ from persona.configs import ModelArguments
 from persona.data.tokenize import wants_leading_space
 from persona.errors import ConfigError, ModelLoadError, first_line
 from persona.modeling import model_class
-from persona.special_tokens import add_special_tokens, resize_embeddings, special_ids
+from persona.special_tokens import add_special_tokens, has_persona_tokens, resize_embeddings, special_ids
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,21 @@ def base_config(model_args: ModelArguments):
         raise _offline_hint(model_args.model_name_or_path, error) from None
 
 
+def _pretrained(model_args: ModelArguments, config):
+    """The pretrained weights of ``model_args`` in persona's class for ``config`` (a GGUF de-quantized to floats)."""
+    options = {"revision": model_args.revision, "trust_remote_code": model_args.trust_remote_code}
+    if model_args.gguf_file:
+        options.update(gguf_file=model_args.gguf_file, quantization_config=GgufConfig(dequantize=True))
+    try:
+        model = model_class(config.model_type).from_pretrained(model_args.model_name_or_path, config=config, **options)
+    except (OSError, ValueError) as error:
+        raise _offline_hint(model_args.model_name_or_path, error) from None
+    if getattr(model, "hf_quantizer", None) is not None and model_args.gguf_file:
+        # De-quantized on load: plain float weights that train and save as safetensors like any other.
+        model.hf_quantizer.remove_quantization_config(model)
+    return model
+
+
 def load_for_training(model_args: ModelArguments):
     """The model and tokenizer to fine-tune: special tokens added, embeddings resized (new rows = mean of the old).
 
@@ -81,16 +96,7 @@ def load_for_training(model_args: ModelArguments):
         config.vocab_size = len(tokenizer)
         model = model_class(config.model_type)(config)
     else:
-        options = {"revision": model_args.revision, "trust_remote_code": model_args.trust_remote_code}
-        if model_args.gguf_file:
-            options.update(gguf_file=model_args.gguf_file, quantization_config=GgufConfig(dequantize=True))
-        try:
-            model = model_class(config.model_type).from_pretrained(model_args.model_name_or_path, config=config, **options)
-        except (OSError, ValueError) as error:
-            raise _offline_hint(model_args.model_name_or_path, error) from None
-        if getattr(model, "hf_quantizer", None) is not None and model_args.gguf_file:
-            # De-quantized on load: plain float weights that train and save as safetensors like any other.
-            model.hf_quantizer.remove_quantization_config(model)
+        model = _pretrained(model_args, config)
     resize_embeddings(model, tokenizer)
     model.config.persona_leading_space = wants_leading_space(tokenizer)  # saved: eval and chat encode texts alike
     ids = special_ids(tokenizer)
@@ -119,6 +125,19 @@ def load_trained(name_or_path: str, revision: str = "main", trust_remote_code: b
         logger.info("%s has no persona fields in its config: fed as transfer-learning-conv-ai feeds its checkpoints", name_or_path)
         tokenizer.persona_leading_space = False
     return model.eval(), tokenizer
+
+
+def load_for_evaluation(model_args: ModelArguments):
+    """The model to evaluate, its tokenizer, and whether it is a prompted baseline: a persona model (or a reference
+    checkpoint) as :func:`load_trained` loads it, else, for a causal LM without persona's tokens that has a chat
+    template (a Hub chat model, a local folder, a GGUF), the model as it is, to be prompted through that template."""
+    tokenizer = load_tokenizer(model_args)
+    if has_persona_tokens(tokenizer):
+        return (*load_trained(model_args.model_name_or_path, model_args.revision, model_args.trust_remote_code), False)
+    if not tokenizer.chat_template:
+        special_ids(tokenizer)  # the error that says which tokens are missing and how to get a persona model
+    logger.info("%s has no persona tokens: evaluated as a prompted baseline through its chat template", model_args.model_name_or_path)
+    return _pretrained(model_args, base_config(model_args)).eval(), tokenizer, True
 
 
 def uses_token_types(config, requested: bool | None = None) -> bool:

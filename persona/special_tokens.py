@@ -10,6 +10,7 @@ from persona.errors import ModelLoadError
 
 BOS, EOS, SPEAKER1, SPEAKER2, PAD = "<bos>", "<eos>", "<speaker1>", "<speaker2>", "<pad>"
 BOT, PARTNER = SPEAKER1, SPEAKER2  # the reference's roles: the reply is always <speaker1>
+PERSONA_TOKENS = (BOS, EOS, SPEAKER1, SPEAKER2, PAD)  # in the order of SpecialIds
 SPECIAL_TOKENS = {
     "bos_token": BOS,
     "eos_token": EOS,
@@ -44,10 +45,16 @@ def add_special_tokens(tokenizer) -> int:
     return tokenizer.add_special_tokens(SPECIAL_TOKENS)
 
 
+def has_persona_tokens(tokenizer) -> bool:
+    """Whether the tokenizer holds the five persona special tokens (a persona model's, or the reference's)."""
+    vocab = tokenizer.get_vocab()
+    return all(token in vocab for token in PERSONA_TOKENS)
+
+
 def special_ids(tokenizer) -> SpecialIds:
     """The ids of the special tokens; a clear error if the tokenizer was never given them."""
     vocab = tokenizer.get_vocab()
-    missing = [t for t in (BOS, EOS, SPEAKER1, SPEAKER2, PAD) if t not in vocab]
+    missing = [t for t in PERSONA_TOKENS if t not in vocab]
     if missing:
         raise ModelLoadError(
             f"the tokenizer has no persona special tokens {missing}",
@@ -55,7 +62,14 @@ def special_ids(tokenizer) -> SpecialIds:
             fix="use a model trained with persona-train (its folder holds the tokenizer with "
             "<bos> <eos> <speaker1> <speaker2> <pad>), or train one from this base model first.",
         )
-    return SpecialIds(*(vocab[t] for t in (BOS, EOS, SPEAKER1, SPEAKER2, PAD)))
+    return SpecialIds(*(vocab[t] for t in PERSONA_TOKENS))
+
+
+def padding_only_ids(tokenizer) -> SpecialIds:
+    """Ids for a tokenizer without persona's tokens (a prompted baseline): its pad id (else its end token's, else 0);
+    the others match no token."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return SpecialIds(bos=-1, eos=-1, speaker1=-1, speaker2=-1, pad=pad if pad is not None else 0)
 
 
 def resize_embeddings(model, tokenizer) -> None:

@@ -67,12 +67,13 @@ class PersonaTrainer(Trainer):
 
     The batch's path through the model (``dual_path``: packed, full sequences or classic) is decided here,
     once, from ``args.forward_mode`` and the model, and given to both the collator and the model's forward.
-    ``args.use_token_types`` must be resolved (True or False) before.
+    ``args.use_token_types`` must be resolved (True or False) before; ``wrap_candidates=False`` takes the
+    candidates as whole blocks (a prompted baseline's, see :mod:`persona.prompted`).
     """
 
-    def __init__(self, model, args, *, processing_class, data_collator=None, compute_metrics=None, **kwargs):
+    def __init__(self, model, args, *, processing_class, wrap_candidates: bool = True, compute_metrics=None, **kwargs):
         self.dual_path = choose_dual_path(model, args.forward_mode)
-        data_collator = data_collator or PersonaCollator(processing_class, packed=self.dual_path == PACKED, token_types=args.use_token_types)
+        data_collator = PersonaCollator(processing_class, packed=self.dual_path == PACKED, token_types=args.use_token_types, wrap_candidates=wrap_candidates)
         super().__init__(
             model=model,
             args=args,

@@ -87,3 +87,55 @@ def test_parlai_turns_keep_their_own_candidates(trained, tmp_path):
     (tmp_path / "valid_self_original.txt").write_text("\n".join(lines) + "\n")
     results = _evaluate(trained, tmp_path / "out", "--dataset_path", str(tmp_path / "valid_self_original.txt"), "--max_eval_dialogs", "1")
     assert results["num_candidates"] == 20 and results["num_turns"]["hits"] == 2
+
+
+TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }}{% if m['role'] != 'system' %}{{ eos_token }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def plain_chat_model(tmp_path_factory):
+    """A tiny Llama that persona never trained: plain transformers, the quickstart tokenizer with a chat template."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from tests.conftest import TINY_LLAMA
+
+    folder = tmp_path_factory.mktemp("plain") / "tiny-chat"
+    tokenizer = AutoTokenizer.from_pretrained(QUICKSTART / "tokenizer")
+    tokenizer.add_special_tokens({"eos_token": "<|end|>", "additional_special_tokens": ["<|system|>", "<|user|>", "<|assistant|>"]})
+    tokenizer.chat_template = TEMPLATE
+    sizes = {k: v for k, v in TINY_LLAMA.items() if k != "model_type"}
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model("llama", vocab_size=len(tokenizer), **sizes))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_a_prompted_baseline_scores_each_candidate_through_the_chat_template(plain_chat_model):
+    from transformers import AutoTokenizer
+
+    from persona.prompted import chat_messages, turn_example
+
+    tokenizer = AutoTokenizer.from_pretrained(plain_chat_model)
+    persona, history, candidates = ["i like cats.", "i am a nurse."], ["hi!", "hello.", "what do you do?"], ["i sing.", "i am a nurse."]
+    example = turn_example(tokenizer, persona, history, candidates)
+    messages = chat_messages(persona, history)
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+    for candidate, block in zip(candidates, example["candidates"]):
+        full = tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": candidate}], tokenize=True, return_dict=False)
+        assert example["prefix_ids"] + block == full  # the prompt once, then the reply up to and including its end token
+        assert example["length"] == len(example["prefix_ids"]) + sum(map(len, example["candidates"]))
+        assert block[-1] == tokenizer.eos_token_id and block[0] == tokenizer.convert_tokens_to_ids("<|assistant|>")
+
+
+def test_persona_eval_of_a_prompted_baseline_reports_likelihood_ranking_perplexity_and_f1(plain_chat_model, tmp_path):
+    results = _evaluate(plain_chat_model, tmp_path / "out", "--eval_num_candidates", "5")
+    assert "chat template" in results["prompted"] and "hits@1" not in results and "mc_loss" not in results
+    assert 0 <= results["lm_hits@1"] <= results["lm_hits@5"] == 1.0 and results["perplexity"] > 1
+    assert results["num_turns"]["hits"] == results["num_turns"]["f1"] == 18 and 0 <= results["f1"] <= 1 and results["token_types"] is False
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| lm_hits@1 |" in report and "| hits@1 |" not in report

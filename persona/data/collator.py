@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from persona.data.layout import IGNORE_INDEX, build_candidate, token_types
-from persona.special_tokens import SpecialIds, special_ids
+from persona.special_tokens import SpecialIds, padding_only_ids, special_ids
 
 
 def _pad(rows: list[list[int]], value: int) -> tuple[np.ndarray, np.ndarray]:
@@ -33,7 +33,7 @@ def _candidate_slots(examples: list[dict]) -> dict[str, np.ndarray]:
     return {"candidate_valid": np.arange(numbers.max())[None, :] < numbers[:, None], "mc_labels": numbers - 1}
 
 
-def shared_prefix_batch(examples: list[dict], ids: SpecialIds) -> dict[str, np.ndarray]:
+def shared_prefix_batch(examples: list[dict], ids: SpecialIds, wrap: bool = True) -> dict[str, np.ndarray]:
     """The packed batch: one row per turn, its prefix once, then each candidate ``<speaker1> reply <eos>``.
 
     Every candidate restarts its positions where the prefix ends and (through ``block_ids``: 0 for the
@@ -53,7 +53,7 @@ def shared_prefix_batch(examples: list[dict], ids: SpecialIds) -> dict[str, np.n
         row, label, block, position, end = list(prefix), [IGNORE_INDEX] * len(prefix), [0] * len(prefix), list(range(len(prefix))), []
         all_labels = [IGNORE_INDEX] * len(prefix)
         for c, reply in enumerate(example["candidates"]):
-            candidate = build_candidate(reply, ids)
+            candidate = build_candidate(reply, ids) if wrap else list(reply)
             row += candidate
             label += _gold_labels(candidate) if c == gold else [IGNORE_INDEX] * len(candidate)
             all_labels += _gold_labels(candidate)
@@ -80,7 +80,7 @@ def shared_prefix_batch(examples: list[dict], ids: SpecialIds) -> dict[str, np.n
     }
 
 
-def classic_batch(examples: list[dict], ids: SpecialIds) -> dict[str, np.ndarray]:
+def classic_batch(examples: list[dict], ids: SpecialIds, wrap: bool = True) -> dict[str, np.ndarray]:
     """The classic layout: every candidate as the full sequence prefix + reply, [B, C, L], right-padded
     (a turn with fewer candidates is padded with ``prefix <speaker1> <eos>`` slots, not valid); ``labels`` on the
     gold reply, ``candidate_labels`` on every candidate's reply."""
@@ -89,7 +89,10 @@ def classic_batch(examples: list[dict], ids: SpecialIds) -> dict[str, np.ndarray
     for example in examples:
         prefix, gold = example["prefix_ids"], len(example["candidates"]) - 1
         for c in range(count):
-            candidate = build_candidate(example["candidates"][c] if c <= gold else [], ids)
+            if c > gold:  # a slot padding a turn with fewer candidates
+                candidate = build_candidate([], ids) if wrap else list(example["candidates"][gold][:1])
+            else:
+                candidate = build_candidate(example["candidates"][c], ids) if wrap else list(example["candidates"][c])
             sequences.append([*prefix, *candidate])
             labels.append([IGNORE_INDEX] * len(prefix) + (_gold_labels(candidate) if c == gold else [IGNORE_INDEX] * len(candidate)))
             every_label.append([IGNORE_INDEX] * len(prefix) + _gold_labels(candidate))
@@ -112,18 +115,22 @@ class PersonaCollator:
     [batch, candidates, length] layout (the trainer decides which, from the model's dual path).
 
     ``token_types=False`` leaves the token types (speaker embeddings) out, as a chat template must.
+    ``wrap_candidates=False`` takes each candidate as a whole block whose first token is not scored (a prompted
+    baseline's: the prompt's last token, then the reply up to its end-of-turn token), not as a reply to wrap in
+    ``<speaker1> ... <eos>``; the tokenizer then needs none of persona's tokens.
     """
 
     tokenizer: object
     packed: bool = True
     token_types: bool = True
+    wrap_candidates: bool = True
 
     def __post_init__(self):
-        self.ids = special_ids(self.tokenizer)
+        self.ids = special_ids(self.tokenizer) if self.wrap_candidates else padding_only_ids(self.tokenizer)
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         build = shared_prefix_batch if self.packed else classic_batch
-        batch = build(examples, self.ids)
+        batch = build(examples, self.ids, self.wrap_candidates)
         return {
             name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in batch.items() if self.token_types or not name.endswith("type_ids")
         }
