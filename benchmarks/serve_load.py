@@ -38,13 +38,10 @@ def smollm2_model(steps: int) -> Path:
 def requests(count: int) -> list[list[dict]]:
     """``count`` chat-completions message lists: the bot's persona as the system message, the conversation so far."""
     from persona.data.sources import read_corpus
+    from persona.prompted import chat_messages
 
     dialogs = read_corpus(str(VALID_CONVERSATIONS), bot_side="user2")
-    turns = [(d["persona"], t["history"]) for split in dialogs.values() for d in split for t in d["turns"]]
-    return [
-        [{"role": "system", "content": " ".join(persona)}, *({"role": "user" if (len(history) - i) % 2 else "assistant", "content": u} for i, u in enumerate(history))]
-        for persona, history in turns[:count]
-    ]
+    return [chat_messages(d["persona"], t["history"]) for split in dialogs.values() for d in split for t in d["turns"]][:count]
 
 
 def load(url: str, clients: int, per_client: int, max_tokens: int) -> dict:

@@ -55,6 +55,13 @@ class Bot:
         return text
 
 
+def draw_persona(data_args: DataArguments, seed: int) -> list[str]:
+    """The persona of a dialog drawn (with ``seed``) from the corpus of ``data_args``, as the reference's interact.py does."""
+    source = resolve(data_args.dataset_path, data_args.dataset_cache)
+    dialogs = [d for split in read_corpus(source, data_args.dataset_format, data_args.bot_side).values() for d in split]
+    return random.Random(seed).choice(dialogs)["persona"]
+
+
 def serve_json(bot: Bot, stdin, stdout) -> None:
     """One request per input line, one ``{"reply": ...}`` (or ``{"error": ...}``) per output line."""
     for number, line in enumerate(stdin, start=1):
@@ -114,12 +121,7 @@ def main(argv: list[str]) -> int:
     if args.json:
         serve_json(bot, sys.stdin, sys.stdout)
         return 0
-    persona = args.persona
-    if not persona:
-        source = resolve(data_args.dataset_path, data_args.dataset_cache)
-        dialogs = [d for split in read_corpus(source, data_args.dataset_format, data_args.bot_side).values() for d in split]
-        persona = random.Random(args.seed).choice(dialogs)["persona"]
-    chat_loop(bot, persona)
+    chat_loop(bot, args.persona or draw_persona(data_args, args.seed))
     return 0
 
 

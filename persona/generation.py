@@ -30,24 +30,24 @@ class DecodingArguments:
     max_length: int = field(default=20, metadata={"help": "Most tokens in a reply."})
     min_length: int = field(default=1, metadata={"help": "Fewest tokens in a reply before <eos> may end it."})
 
-    def generation_config(self, tokenizer) -> GenerationConfig:
-        """The ``GenerationConfig``: these settings, ``<eos>`` to stop, every other special token suppressed."""
-        ids = special_ids(tokenizer)
-        suppressed = sorted(set(tokenizer.all_special_ids) - {ids.eos})
+    def settings(self) -> dict:
+        """These settings as ``GenerationConfig`` fields, whatever the tokenizer."""
         # Greedy and beam search get transformers' neutral values: left unset, a model's saved sampling settings
         # would fill them in, and generate would warn about flags that only sampling uses.
         sampling = {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k} if self.do_sample else NEUTRAL_SAMPLING
-        return GenerationConfig(
-            do_sample=self.do_sample,
-            num_beams=1 if self.do_sample else self.num_beams,
-            max_new_tokens=self.max_length,
-            min_new_tokens=self.min_length,
-            bos_token_id=ids.bos,
-            eos_token_id=ids.eos,
-            pad_token_id=ids.pad,
-            suppress_tokens=suppressed,
+        return {
+            "do_sample": self.do_sample,
+            "num_beams": 1 if self.do_sample else self.num_beams,
+            "max_new_tokens": self.max_length,
+            "min_new_tokens": self.min_length,
             **sampling,
-        )
+        }
+
+    def generation_config(self, tokenizer) -> GenerationConfig:
+        """The ``GenerationConfig`` of a persona model: these settings, ``<eos>`` to stop, every other special token suppressed."""
+        ids = special_ids(tokenizer)
+        suppressed = sorted(set(tokenizer.all_special_ids) - {ids.eos})
+        return GenerationConfig(**self.settings(), bos_token_id=ids.bos, eos_token_id=ids.eos, pad_token_id=ids.pad, suppress_tokens=suppressed)
 
 
 def prompt_inputs(persona: list[str], history: list[str], tokenizer, max_positions: int, reply_budget: int) -> dict:
@@ -58,6 +58,14 @@ def prompt_inputs(persona: list[str], history: list[str], tokenizer, max_positio
     return build_inputs(persona_ids, history_ids, [], tokenizer, lm_labels=False, with_eos=False)
 
 
+def left_padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of ids padded on the left into one [B, T] tensor, and its attention mask."""
+    width = max(map(len, rows))
+    ids = torch.tensor([[pad] * (width - len(row)) + list(row) for row in rows], dtype=torch.long)
+    mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows], dtype=torch.long)
+    return ids, mask
+
+
 @torch.no_grad()
 def generate_batch(
     model, tokenizer, prompts: list[dict], config: GenerationConfig, *, token_types: bool = True, streamer=None
@@ -66,19 +74,11 @@ def generate_batch(
     left-padded batch; ``streamer`` (a transformers streamer) receives the new tokens as they come."""
     ids = special_ids(tokenizer)
     device = next(model.parameters()).device
-    width = max(len(p["input_ids"]) for p in prompts)
-    input_ids = torch.full((len(prompts), width), ids.pad, dtype=torch.long)
-    type_ids = torch.full_like(input_ids, ids.pad)
-    mask = torch.zeros_like(input_ids)
-    for row, prompt in enumerate(prompts):
-        n = len(prompt["input_ids"])
-        input_ids[row, width - n :] = torch.tensor(prompt["input_ids"])
-        type_ids[row, width - n :] = torch.tensor(prompt["token_type_ids"])
-        mask[row, width - n :] = 1
-    types = {"token_type_ids": type_ids.to(device)} if token_types else {}
+    input_ids, mask = left_padded([p["input_ids"] for p in prompts], ids.pad)
+    types = {"token_type_ids": left_padded([p["token_type_ids"] for p in prompts], ids.pad)[0].to(device)} if token_types else {}
     output = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), generation_config=config, streamer=streamer, **types)
     replies = []
-    for row in output[:, width:].tolist():
+    for row in output[:, input_ids.shape[1] :].tolist():
         replies.append(row[: row.index(ids.eos)] if ids.eos in row else row)
     return replies
 

@@ -112,7 +112,12 @@ def load_trained(name_or_path: str, revision: str = "main", trust_remote_code: b
     fed as that code fed it: token types, and texts encoded without a leading space.
     """
     args = ModelArguments(model_name_or_path=name_or_path, revision=revision, trust_remote_code=trust_remote_code)
-    tokenizer = load_tokenizer(args)
+    return _trained(args, load_tokenizer(args))
+
+
+def _trained(args: ModelArguments, tokenizer):
+    """The persona model of ``args`` (its tokenizer already loaded), fed as it was trained."""
+    name_or_path, revision, trust_remote_code = args.model_name_or_path, args.revision, args.trust_remote_code
     special_ids(tokenizer)
     try:
         config = AutoConfig.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
@@ -133,7 +138,7 @@ def load_for_evaluation(model_args: ModelArguments):
     template (a Hub chat model, a local folder, a GGUF), the model as it is, to be prompted through that template."""
     tokenizer = load_tokenizer(model_args)
     if has_persona_tokens(tokenizer):
-        return (*load_trained(model_args.model_name_or_path, model_args.revision, model_args.trust_remote_code), False)
+        return (*_trained(model_args, tokenizer), False)
     if not tokenizer.chat_template:
         special_ids(tokenizer)  # the error that says which tokens are missing and how to get a persona model
     logger.info("%s has no persona tokens: evaluated as a prompted baseline through its chat template", model_args.model_name_or_path)

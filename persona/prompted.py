@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import datasets
 import torch
+from transformers import GenerationConfig
 
 from persona.configs import DataArguments
-from persona.data.prepare import read_splits
+from persona.data.prepare import read_splits, resolved_sources
 from persona.data.readers import Dialog
 from persona.data.skips import SkipLog
-from persona.data.sources import resolve
 from persona.errors import DataError
-from persona.generation import NEUTRAL_SAMPLING, DecodingArguments
+from persona.generation import DecodingArguments, left_padded
 
 PROMPTING = (
     "its own chat template: the persona sentences as the system message, the history as alternating user and "
@@ -58,9 +58,7 @@ def prompted_corpus(args: DataArguments, tokenizer) -> tuple[datasets.Dataset, l
     """The evaluated turns as persona reads them (the same dialogs, history window and candidates as for a persona
     model), as packed examples through the chat template; the dialogs; and ``{"split", "skipped"}``."""
     skips = SkipLog(strict=args.strict)
-    source = resolve(args.dataset_path, args.dataset_cache)
-    eval_source = resolve(args.eval_dataset_path, args.dataset_cache) if args.eval_dataset_path else None
-    dialogs, splits = read_splits(args, ("eval",), source, eval_source, skips)
+    dialogs, splits = read_splits(args, ("eval",), *resolved_sources(args, ("eval",)), skips)
     examples = [turn_example(tokenizer, d["persona"], t["history"], t["candidates"]) for d in dialogs["eval"] for t in d["turns"]]
     return datasets.Dataset.from_list(examples), dialogs["eval"], {"split": splits["eval"], "skipped": skips.reasons()}
 
@@ -70,20 +68,14 @@ def generate_prompted(model, tokenizer, turns: list[tuple[list[str], list[str]]]
     """A reply per ``(persona, history)`` from the model prompted with its chat template, in left-padded batches."""
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    sampling = {"temperature": decoding.temperature, "top_p": decoding.top_p, "top_k": decoding.top_k} if decoding.do_sample else NEUTRAL_SAMPLING
+    config = GenerationConfig(**decoding.settings(), pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
     replies = []
     for start in range(0, len(turns), batch_size):
         prompts = [
             tokenizer.apply_chat_template(chat_messages(p, h), add_generation_prompt=True, tokenize=True, return_dict=False)
             for p, h in turns[start : start + batch_size]
         ]
-        width = max(map(len, prompts))
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
-        output = model.generate(
-            input_ids=ids, attention_mask=mask, do_sample=decoding.do_sample, num_beams=1 if decoding.do_sample else decoding.num_beams,
-            max_new_tokens=decoding.max_length, min_new_tokens=decoding.min_length, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
-            **sampling,
-        )
-        replies += [text.strip() for text in tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)]
+        ids, mask = left_padded(prompts, pad)
+        output = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
+        replies += [text.strip() for text in tokenizer.batch_decode(output[:, ids.shape[1] :], skip_special_tokens=True)]
     return replies

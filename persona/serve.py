@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import socket
 import sys
 import threading
@@ -24,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from persona.batching import ReplyBatcher
+from persona.chat import draw_persona
 from persona.cli import cli_entry, parse_recipe, setup_logging
 from persona.configs import DataArguments, ModelArguments
-from persona.data.sources import read_corpus, resolve
 from persona.generation import DecodingArguments
 from persona.loading import load_trained
 from persona.openai_api import Limits, create_app
@@ -58,9 +57,7 @@ def default_persona(args: ServeArguments, data_args: DataArguments) -> list[str]
     """``--persona``, else one drawn from ``--dataset_path`` when given, else none (the page's box starts empty)."""
     if args.persona or not data_args.dataset_path:
         return args.persona
-    source = resolve(data_args.dataset_path, data_args.dataset_cache)
-    dialogs = [d for split in read_corpus(source, data_args.dataset_format, data_args.bot_side).values() for d in split]
-    return random.Random(args.seed).choice(dialogs)["persona"]
+    return draw_persona(data_args, args.seed)
 
 
 def build_server(model_args: ModelArguments, data_args: DataArguments, args: ServeArguments, decoding: DecodingArguments):

@@ -87,6 +87,12 @@ def _missing_split(split: str, corpus: Corpus, where: str, role: str) -> DataErr
     )
 
 
+def resolved_sources(args: DataArguments, roles: tuple[str, ...]) -> tuple[str, str | None]:
+    """``dataset_path`` and, when the eval role reads it, ``eval_dataset_path`` as local paths (URLs downloaded) or Hub ids."""
+    source = resolve(args.dataset_path, args.dataset_cache)
+    return source, resolve(args.eval_dataset_path, args.dataset_cache) if args.eval_dataset_path and "eval" in roles else None
+
+
 def read_splits(args: DataArguments, roles: tuple[str, ...], source: str, eval_source: str | None, skips: SkipLog) -> tuple[Corpus, dict[str, str]]:
     """The canonical dialogs of each role (``train``, ``eval``), trimmed and topped up, and the split each reads.
 
@@ -175,8 +181,7 @@ def prepare_corpus(
     the others load.
     """
     max_length = min(max_length, args.max_input_length or max_length)
-    source = resolve(args.dataset_path, args.dataset_cache)
-    eval_source = resolve(args.eval_dataset_path, args.dataset_cache) if args.eval_dataset_path and "eval" in roles else None
+    source, eval_source = resolved_sources(args, roles)
     options = {k: v for k, v in vars(args).items() if k not in ("dataset_path", "eval_dataset_path", "dataset_cache", "preprocessing_num_workers")}
     key = cache_key(
         corpus=fingerprint(source),
