@@ -4,7 +4,7 @@
 
 Train the quickstart model first (``persona-train recipes/quickstart/train.yaml``). The requests are
 turns of the quickstart validation conversations (a persona and the last ``2*max_history+1``
-utterances). Each reply goes through ``persona.chat.Bot.reply``, one at a time as in the prompt loop,
+utterances). Each reply goes through ``persona.commands.chat.Bot.reply``, one at a time as in the prompt loop,
 with the reference's decoding (sampling: temperature 0.7, top-p 0.9, at most 20 tokens) and greedily. It
 prints the model's load time, then the median and 90th percentile of the reply latency and the reply
 tokens per second.
@@ -43,10 +43,10 @@ def main() -> None:
     import torch
     from transformers import set_seed
 
-    from persona.chat import Bot
+    from persona.commands.chat import Bot
     from persona.data.tokenize import encode_texts
-    from persona.generation import DecodingArguments
-    from persona.loading import load_trained
+    from persona.model.generation import DecodingArguments
+    from persona.model.loading import load_trained
 
     started = time.perf_counter()
     model, tokenizer = load_trained(args.model_name_or_path)

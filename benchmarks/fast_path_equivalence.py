@@ -36,9 +36,9 @@ def differences(family: str, attention: str, device: str, dtype: torch.dtype, ba
     """The largest relative differences between the CLASSIC and PACKED paths' losses and MC logits."""
     from persona.configs import CLASSIC, DataArguments, ModelArguments
     from persona.data import PersonaCollator, prepare_corpus
-    from persona.loading import load_for_training, max_positions
-    from persona.modeling import PACKED
-    from persona.trainer import dual_loss
+    from persona.model.loading import load_for_training, max_positions
+    from persona.model.dual_heads import PACKED
+    from persona.training.trainer import dual_loss
 
     torch.manual_seed(0)
     model, tokenizer = load_for_training(ModelArguments(model_config=json.dumps(SIZES[family]), tokenizer_name_or_path=str(QUICKSTART / "tokenizer")))

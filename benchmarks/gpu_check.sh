@@ -34,7 +34,7 @@ failed=0
 out=$(mktemp -d)
 
 echo "== 1. quickstart training in bf16 on CUDA"
-if timeout 180 "$PYTHON" -m persona.train recipes/quickstart/train.yaml --bf16 true --output_dir "$out/quickstart" --dataset_cache "$out/cache" \
+if timeout 180 "$PYTHON" -m persona.commands.train recipes/quickstart/train.yaml --bf16 true --output_dir "$out/quickstart" --dataset_cache "$out/cache" \
      > "$out/train.log" 2>&1; then
   "$PYTHON" - "$out/quickstart" <<'PY' || failed=1
 import json, sys
@@ -59,7 +59,7 @@ timeout 200 "$PYTHON" benchmarks/train_throughput.py --device cuda --bf16 --batc
   2> "$out/throughput.log" || { failed=1; tail -5 "$out/throughput.log"; }
 
 echo "== 4. persona-eval of the quickstart model on CUDA"
-if timeout 120 "$PYTHON" -m persona.eval recipes/quickstart/eval.yaml --model_name_or_path "$out/quickstart" --output_dir "$out/eval" \
+if timeout 120 "$PYTHON" -m persona.commands.eval recipes/quickstart/eval.yaml --model_name_or_path "$out/quickstart" --output_dir "$out/eval" \
      --dataset_cache "$out/cache" > "$out/eval.log" 2>&1; then
   grep "INFO persona: perplexity" "$out/eval.log"
 else

@@ -76,7 +76,7 @@ def prepare(corpus: str, cache: str, num_candidates: int, workers: int) -> dict:
 
     from persona.configs import DataArguments
     from persona.data import prepare_corpus
-    from persona.special_tokens import add_special_tokens
+    from persona.data.special_tokens import add_special_tokens
 
     imported = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(str(SHARED_GPT2_TOKENIZER))

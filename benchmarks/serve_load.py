@@ -30,7 +30,7 @@ def smollm2_model(steps: int) -> Path:
     """A persona SmolLM2-135M: the offline recipe for ``steps`` updates (once; reused afterwards)."""
     folder = REPO / "runs" / "smollm2-serve"
     if not (folder / "model.safetensors").exists():
-        subprocess.run([sys.executable, "-m", "persona.train", str(REPO / "recipes" / "smollm2-135m-offline" / "train.yaml"), "--max_steps", str(steps),
+        subprocess.run([sys.executable, "-m", "persona.commands.train", str(REPO / "recipes" / "smollm2-135m-offline" / "train.yaml"), "--max_steps", str(steps),
                         "--max_eval_dialogs", "2", "--eval_num_candidates", "2", "--output_dir", str(folder)], cwd=REPO, check=True)
     return folder
 
@@ -38,7 +38,7 @@ def smollm2_model(steps: int) -> Path:
 def requests(count: int) -> list[list[dict]]:
     """``count`` chat-completions message lists: the bot's persona as the system message, the conversation so far."""
     from persona.data.sources import read_corpus
-    from persona.prompted import chat_messages
+    from persona.model.prompted import chat_messages
 
     dialogs = read_corpus(str(VALID_CONVERSATIONS), bot_side="user2")
     return [chat_messages(d["persona"], t["history"]) for split in dialogs.values() for d in split for t in d["turns"]][:count]
@@ -77,8 +77,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from persona.configs import DataArguments, ModelArguments
-    from persona.generation import DecodingArguments
-    from persona.serve import ServeArguments, free_port, running_server
+    from persona.model.generation import DecodingArguments
+    from persona.commands.serve import ServeArguments, free_port, running_server
 
     folders = {"quickstart": REPO / "runs" / "quickstart"}
     if "smollm2" in args.models:

@@ -36,7 +36,7 @@ RECIPES = REPO / "recipes" / "smollm2-135m-offline"
 
 def evaluated(model: list[str], dialogs: int, folder: Path) -> dict:
     """persona-eval's results for ``model`` (its command-line arguments) on the first ``dialogs`` held-out dialogs."""
-    from persona.eval import main as eval_main
+    from persona.commands.eval import main as eval_main
 
     if eval_main([str(RECIPES / "eval.yaml"), *model, "--output_dir", str(folder), "--max_eval_dialogs", str(dialogs)]) != 0:
         raise SystemExit("persona-eval failed")
@@ -50,7 +50,7 @@ def row(results: dict, ranking: str) -> dict:
 
 def fine_tuned(max_steps: int, use_peft: bool, token_types: bool, folder: Path) -> tuple[str, float]:
     """Train with the offline recipe for ``max_steps`` updates; the model folder and the training minutes."""
-    from persona.train import main as train_main
+    from persona.commands.train import main as train_main
 
     started = time.perf_counter()
     train_args = [str(RECIPES / "train.yaml"), "--max_steps", str(max_steps), "--output_dir", str(folder), "--max_eval_dialogs", "1"]

@@ -58,9 +58,9 @@ def measure(
 
     from persona.configs import DataArguments, ModelArguments
     from persona.data import PersonaCollator, prepare_corpus
-    from persona.loading import load_for_training, max_positions
-    from persona.modeling import PACKED, choose_dual_path
-    from persona.trainer import dual_loss
+    from persona.model.loading import load_for_training, max_positions
+    from persona.model.dual_heads import PACKED, choose_dual_path
+    from persona.training.trainer import dual_loss
 
     torch.manual_seed(0)
     model, tokenizer = load_for_training(ModelArguments(**model_fields))

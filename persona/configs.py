@@ -1,4 +1,4 @@
-"""The recipe fields: documented dataclasses, shared by the commands (parsed by :mod:`persona.cli`).
+"""The recipe fields: documented dataclasses, shared by the commands (parsed by :mod:`persona.commands.cli`).
 
 ``ModelArguments`` (which model), ``DataArguments`` (which corpus, how it becomes features),
 ``ForwardArguments`` (how a batch goes through the model, training and evaluation alike) and
@@ -7,11 +7,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 
 import torch
 from transformers import TrainingArguments
+
+from persona.errors import ConfigError
 
 FORMATS = ("auto", "personachat_json", "parlai", "conversations", "hub")  # the corpus layouts persona.data.readers reads
 
@@ -23,9 +26,12 @@ class ModelArguments:
 
     model_name_or_path: str = field(
         default="openai-gpt",
-        metadata={"help": "Hub id or local folder of the base model (the reference's --model_checkpoint / --model)."},
+        metadata={
+            "help": "Hub id or local folder of the base model (the reference's --model_checkpoint / --model).",
+            "aliases": ["--model_checkpoint", "--model"],
+        },
     )
-    model_config: str | None = field(
+    model_config: dict | str | None = field(
         default=None,
         metadata={
             "help": "Build a fresh model from this config instead of loading weights: a mapping in YAML, a JSON "
@@ -59,6 +65,24 @@ class ModelArguments:
         default=False,
         metadata={"help": "Run a Hub model's own Python code. Off unless you trust that repository."},
     )
+
+    def __post_init__(self):
+        if isinstance(self.model_config, str):  # the command line's JSON
+            try:
+                self.model_config = json.loads(self.model_config)
+            except json.JSONDecodeError as error:
+                raise ConfigError(
+                    f"model_config is not a JSON object ({error.msg})", where="model_config", fix='write it as {"model_type": "gpt2", ...}.'
+                ) from None
+        if self.model_config is not None and (not isinstance(self.model_config, dict) or "model_type" not in self.model_config):
+            raise ConfigError("model_config needs a model_type", where="model_config", fix='add "model_type": "gpt2" (or openai-gpt).')
+
+    def training_only_fields(self) -> list[str]:
+        """The fields set away from their defaults that only training uses (a fresh model, LoRA): a command that
+        loads a trained model refuses them."""
+        defaults = ModelArguments()
+        names = ("model_config", "use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
+        return [name for name in names if getattr(self, name) != getattr(defaults, name)]
 
 
 @dataclass
@@ -141,8 +165,8 @@ class DataArguments:
     )
 
 
-SHARED_PREFIX, CLASSIC = "shared_prefix", "classic"
-FORWARD_MODES = (SHARED_PREFIX, CLASSIC)
+PACKED, CLASSIC = "packed", "classic"
+FORWARD_MODES = (PACKED, CLASSIC)
 
 
 @dataclass
@@ -150,9 +174,9 @@ class ForwardArguments:
     """How a batch of turns goes through the model, the same for persona-train and persona-eval."""
 
     forward_mode: str = field(
-        default=SHARED_PREFIX,
+        default=PACKED,
         metadata={
-            "help": "shared_prefix (fast: the persona+history prefix runs once per turn, candidates continue "
+            "help": "packed (fast: each turn one packed row, the persona+history prefix once and its candidates after "
             "it, LM logits only where labels are; a model whose attention takes no custom mask, openai-gpt, runs "
             "full sequences) or classic (every candidate as a full sequence, logits everywhere, as the reference did).",
             "choices": list(FORWARD_MODES),
@@ -191,12 +215,12 @@ class PersonaTrainingArguments(TrainingArguments, ForwardArguments):
 
     lm_coef: float = field(default=1.0, metadata={"help": "Weight of the language-modelling loss."})
     mc_coef: float = field(default=1.0, metadata={"help": "Weight of the multiple-choice (next-utterance) loss."})
-    learning_rate: float = field(default=6.25e-5, metadata={"help": "Peak learning rate (linear decay to 0)."})
-    num_train_epochs: float = field(default=3.0, metadata={"help": "Training epochs."})
-    per_device_train_batch_size: int = field(default=4, metadata={"help": "Training examples per device."})
-    per_device_eval_batch_size: int = field(default=4, metadata={"help": "Evaluation examples per device."})
+    learning_rate: float = field(default=6.25e-5, metadata={"help": "Peak learning rate (linear decay to 0).", "aliases": ["--lr"]})
+    num_train_epochs: float = field(default=3.0, metadata={"help": "Training epochs.", "aliases": ["--n_epochs"]})
+    per_device_train_batch_size: int = field(default=4, metadata={"help": "Training examples per device.", "aliases": ["--train_batch_size"]})
+    per_device_eval_batch_size: int = field(default=4, metadata={"help": "Evaluation examples per device.", "aliases": ["--valid_batch_size"]})
     gradient_accumulation_steps: int = field(default=8, metadata={"help": "Batches accumulated per update."})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm.", "aliases": ["--max_norm"]})
     train_sampling_strategy: str = field(
         default="group_by_length",
         metadata={"help": "group_by_length (default: batches of similar length, less padding), random, sequential."},

@@ -2,7 +2,7 @@
 
 Every command of the package raises :class:`PersonaError` (or a subclass) for problems the user
 can fix: bad input data, a bad recipe, a model that cannot be found offline.
-:func:`persona.cli.cli_entry` prints the message on one line and exits with status 2.
+:func:`persona.commands.cli.cli_entry` prints the message on one line and exits with status 2.
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ def tokenizer():
     """The quickstart tokenizer with the persona special tokens."""
     from transformers import AutoTokenizer
 
-    from persona.special_tokens import add_special_tokens
+    from persona.data.special_tokens import add_special_tokens
 
     tok = AutoTokenizer.from_pretrained(QUICKSTART / "tokenizer")
     add_special_tokens(tok)
@@ -67,11 +67,26 @@ def build_tiny(config: dict):
     import torch
 
     from persona.configs import ModelArguments
-    from persona.loading import load_for_training
+    from persona.model.loading import load_for_training
 
     torch.manual_seed(0)
-    model, _ = load_for_training(ModelArguments(model_config=json.dumps(config), tokenizer_name_or_path=str(QUICKSTART / "tokenizer")))
-    return model.eval()
+    return load_for_training(ModelArguments(model_config=config, tokenizer_name_or_path=str(QUICKSTART / "tokenizer"))).model.eval()
+
+
+def as_loaded(model, tokenizer, token_types: bool = True):
+    """``model`` and ``tokenizer`` as the LoadedModel that loading gives every command."""
+    from persona.data.special_tokens import special_ids
+    from persona.model.loading import LoadedModel, max_positions
+
+    return LoadedModel(model, tokenizer, special_ids(tokenizer), max_positions(model.config), token_types)
+
+
+def load_folder(path):
+    """The trained model in ``path``, loaded as persona-chat and persona-eval load it."""
+    from persona.configs import ModelArguments
+    from persona.model.loading import load_trained
+
+    return load_trained(ModelArguments(model_name_or_path=str(path)))
 
 
 @pytest.fixture
@@ -95,7 +110,7 @@ def tiny_llama(tokenizer):
 @pytest.fixture(scope="session")
 def trained_model_dir(tmp_path_factory):
     """A tiny model trained for one step by persona-train (its output folder), shared by the tests that read one."""
-    from persona.train import main as train_main
+    from persona.commands.train import main as train_main
 
     out = tmp_path_factory.mktemp("trained") / "run"
     assert train_main(tiny_train_args(out, "--max_train_dialogs", "8", "--max_eval_dialogs", "2", "--eval_num_candidates", "4", "--max_steps", "1")) == 0

@@ -12,14 +12,13 @@ from safetensors import safe_open
 
 from persona.configs import ModelArguments
 from persona.data import PersonaCollator
-from persona.generation import DecodingArguments, generate_replies, prompt_inputs
-from persona.loading import load_trained, max_positions
-from persona.lora import merged, with_lora
-from persona.modeling import PACKED
-from persona.special_tokens import special_ids
-from persona.train import main as train_main
-from persona.trainer import dual_loss
-from tests.conftest import TINY_GPT2, TINY_LLAMA, TINY_OPENAI_GPT, build_tiny, tiny_train_args
+from persona.model.generation import DecodingArguments, generate_replies, prompt_inputs
+from persona.commands.train import main as train_main
+from persona.data.special_tokens import special_ids
+from persona.model.dual_heads import DualPath
+from persona.model.lora import merged, with_lora
+from persona.training.trainer import dual_loss
+from tests.conftest import TINY_GPT2, TINY_LLAMA, TINY_OPENAI_GPT, as_loaded, build_tiny, load_folder, tiny_train_args
 from tests.test_fast_path import _examples
 
 
@@ -31,10 +30,10 @@ def test_save_and_load_give_the_same_outputs(tiny_llama, tokenizer, tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["LlamaForCausalLM"]
     with safe_open(tmp_path / "model.safetensors", "pt") as weights:
         assert "multiple_choice_head.summary.weight" in weights.keys()
-    loaded, _ = load_trained(str(tmp_path))
-    batch = PersonaCollator(tokenizer, packed=True)(_examples(tokenizer))
+    loaded = load_folder(tmp_path).model
+    batch = PersonaCollator(special_ids(tokenizer), packed=True)(_examples(tokenizer))
     with torch.no_grad():
-        before, after = tiny_llama(**batch, dual_path=PACKED), loaded(**batch, dual_path=PACKED)
+        before, after = tiny_llama(**batch, dual_path=DualPath.PACKED), loaded(**batch, dual_path=DualPath.PACKED)
     for name in ("nll_sum", "tokens", "mc_logits"):
         assert torch.equal(before[name], after[name]), name
     plain = AutoModelForCausalLM.from_pretrained(tmp_path)  # plain transformers: the causal LM without the head
@@ -58,9 +57,10 @@ def test_generation_feeds_the_token_types_of_the_layout(config, tokenizer):
         return original(*args, **kwargs)
 
     model.forward = recording
-    batched = generate_replies(model, tokenizer, dialogs, decoding, max_positions=max_positions(model.config))
+    loaded = as_loaded(model, tokenizer)
+    batched = generate_replies(loaded, dialogs, decoding)
     ids = special_ids(tokenizer)
-    prompts = [prompt_inputs(p, h, tokenizer, max_positions(model.config), decoding.max_length) for p, h in dialogs]
+    prompts = [prompt_inputs(p, h, loaded, decoding.max_length) for p, h in dialogs]
     first_ids, first_types = seen[0]
     assert first_types is not None and len(seen) == 4
     for row, prompt in enumerate(prompts):
@@ -70,7 +70,7 @@ def test_generation_feeds_the_token_types_of_the_layout(config, tokenizer):
     for step_ids, step_types in seen[1:]:  # one new token a step (GPT-2, Llama) or the whole row again (openai-gpt)
         assert step_types.shape == step_ids.shape and (step_types[:, -1] == ids.speaker1).all()
     model.forward = original
-    assert batched == [generate_replies(model, tokenizer, [d], decoding, max_positions=max_positions(model.config))[0] for d in dialogs]
+    assert batched == [generate_replies(loaded, [d], decoding)[0] for d in dialogs]
     prompt = prompts[1]
     with torch.no_grad():
         typed = model(input_ids=torch.tensor([prompt["input_ids"]]), token_type_ids=torch.tensor([prompt["token_type_ids"]])).logits
@@ -84,8 +84,8 @@ def test_a_tiny_llama_trains_with_persona_train(tmp_path):
     assert train_main([*tiny_train_args(out, *args), "--model_config", json.dumps(TINY_LLAMA)]) == 0
     results = json.loads((out / "eval_results.json").read_text())
     assert results["eval_num_candidates"] == 4 and results["eval_perplexity"] > 1
-    loaded, tokenizer = load_trained(str(out))
-    assert type(loaded).__name__ == "LlamaForCausalLM" and tokenizer.chat_template
+    loaded = load_folder(out)
+    assert type(loaded.model).__name__ == "LlamaForCausalLM" and loaded.tokenizer.chat_template
 
 
 def test_lora_trains_only_adapters_the_head_and_the_special_token_rows(tokenizer):
@@ -93,14 +93,14 @@ def test_lora_trains_only_adapters_the_head_and_the_special_token_rows(tokenizer
 
     model = build_tiny(TINY_LLAMA).train()
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    lora = with_lora(model, ModelArguments(use_peft=True, lora_r=4, lora_alpha=8, lora_dropout=0.0), tokenizer)
+    lora = with_lora(model, ModelArguments(use_peft=True, lora_r=4, lora_alpha=8, lora_dropout=0.0), special_ids(tokenizer))
     trainable = [name for name, p in lora.named_parameters() if p.requires_grad]
     assert trainable and all(("lora_" in n) or ("trainable_tokens" in n) or ("multiple_choice_head.modules_to_save" in n) for n in trainable)
     assert any("lora_" in n for n in trainable) and any("trainable_tokens" in n for n in trainable)
     optimizer = torch.optim.AdamW([p for p in lora.parameters() if p.requires_grad], lr=1e-2)
-    batch = PersonaCollator(tokenizer, packed=True)(_examples(tokenizer))
+    batch = PersonaCollator(special_ids(tokenizer), packed=True)(_examples(tokenizer))
     for _ in range(2):
-        loss, _, _ = dual_loss(lora(**batch, dual_path=PACKED), batch["mc_labels"], 1.0, 1.0)
+        loss, _, _ = dual_loss(lora(**batch, dual_path=DualPath.PACKED), batch["mc_labels"], 1.0, 1.0)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -123,19 +123,19 @@ def test_persona_train_with_lora_saves_a_merged_plain_model(tmp_path):
         names = list(weights.keys())
     assert "multiple_choice_head.summary.weight" in names and not [n for n in names if "lora" in n or "base_model" in n]
     assert not (out / "adapter_config.json").exists()
-    loaded, _ = load_trained(str(out))
-    assert type(loaded).__name__ == "LlamaForCausalLM"
+    assert type(load_folder(out).model).__name__ == "LlamaForCausalLM"
 
 
 def test_the_shared_smollm2_gguf_loads_as_float_weights_that_continue_sensibly_and_save_for_plain_transformers(tmp_path):
     """The gguf_file path: de-quantized on load, the quantizer detached, trains as float32, saves safetensors."""
     from transformers import AutoModelForCausalLM
 
-    from persona.loading import load_for_training
+    from persona.model.loading import load_for_training
     from tests.conftest import needs_shared
 
     folder = needs_shared("models", "smollm2-135m-instruct")
-    model, tokenizer = load_for_training(ModelArguments(model_name_or_path=str(folder), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"))
+    loaded = load_for_training(ModelArguments(model_name_or_path=str(folder), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"))
+    model, tokenizer = loaded.model, loaded.tokenizer
     assert {p.dtype for p in model.parameters()} == {torch.float32} and getattr(model, "hf_quantizer", None) is None
     assert getattr(model.config, "quantization_config", None) is None and type(model).__name__ == "LlamaForCausalLM"
     prompt = tokenizer("The capital of France is", return_tensors="pt", add_special_tokens=False)

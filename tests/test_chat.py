@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from persona.chat import main as chat_main
+from persona.commands.chat import main as chat_main
 from tests.conftest import QUICKSTART, REPO
 
 
@@ -29,7 +29,7 @@ def _read_until(fd, marker: bytes, timeout: float = 60) -> bytes:
 def test_interactive_loop_in_a_pseudo_terminal(trained_model_dir):
     leader, follower = pty.openpty()
     process = subprocess.Popen(
-        [sys.executable, "-m", "persona.chat", "--model_name_or_path", str(trained_model_dir), "--persona", "i like cats.", "--persona", "i am tall.", "--no_sample"],
+        [sys.executable, "-m", "persona.commands.chat", "--model_name_or_path", str(trained_model_dir), "--persona", "i like cats.", "--persona", "i am tall.", "--no_sample"],
         stdin=follower, stdout=follower, stderr=follower, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     os.close(follower)  # input() writes its prompt to stderr when the readline module is not loaded
@@ -50,9 +50,9 @@ def test_interactive_loop_in_a_pseudo_terminal(trained_model_dir):
 
 
 def test_history_is_kept_and_reset(trained_model_dir):
-    from persona.chat import Bot, chat_loop
-    from persona.generation import DecodingArguments
-    from persona.loading import load_trained
+    from persona.commands.chat import chat_loop
+    from persona.model.generation import Bot, DecodingArguments
+    from tests.conftest import load_folder
 
     seen = []
 
@@ -61,7 +61,6 @@ def test_history_is_kept_and_reset(trained_model_dir):
             seen.append(list(history))
             return "ok."
 
-    model, tokenizer = load_trained(str(trained_model_dir))
     inputs = iter(["a", "b", "/reset", "c"])
 
     def read(_prompt):
@@ -71,14 +70,14 @@ def test_history_is_kept_and_reset(trained_model_dir):
             raise EOFError from None  # Ctrl-D
 
     out = []
-    chat_loop(Recording(model, tokenizer, DecodingArguments(), 2), ["i like cats."], read=read, write=out.append)
+    chat_loop(Recording(load_folder(trained_model_dir), DecodingArguments(), 2), ["i like cats."], read=read, write=out.append)
     assert seen == [["a"], ["a", "ok.", "b"], ["c"]]
 
 
 def test_json_lines_answer_each_request(trained_model_dir, tmp_path):
     requests = [{"persona": ["i like cats."], "history": ["hi!"]}, {"persona": ["i love jazz."], "history": ["what music?", "jazz.", "nice."]}]
     stdin = "".join(json.dumps(r) + "\n" for r in requests) + "not json\n"
-    result = subprocess.run([sys.executable, "-m", "persona.chat", "--model_name_or_path", str(trained_model_dir), "--json", "--no_sample"],
+    result = subprocess.run([sys.executable, "-m", "persona.commands.chat", "--model_name_or_path", str(trained_model_dir), "--json", "--no_sample"],
                             input=stdin, capture_output=True, text=True, cwd=REPO, timeout=300)
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert result.returncode == 0 and len(lines) == 3

@@ -239,7 +239,7 @@ def test_unusable_records_are_skipped_with_warnings_and_counted(tmp_path, tokeni
 
 
 def test_strict_mode_stops_at_the_first_unusable_record_with_one_line_and_no_cache(tmp_path, capsys):
-    from persona.cache_corpus import main as prepare_main
+    from persona.commands.data import main as prepare_main
 
     path = _csv_with_bad_rows(tmp_path / "conversations.csv")
     argv = ["--dataset_path", str(path), "--tokenizer_name_or_path", str(QUICKSTART / "tokenizer"), "--dataset_cache", str(tmp_path / "cache"), "--strict", "true"]

@@ -8,10 +8,9 @@ import sys
 import pytest
 import yaml
 
-from persona.loading import load_trained
-from persona.train import main as train_main
-from persona.trainer import PersonaTrainer
-from tests.conftest import REPO, tiny_train_args
+from persona.commands.train import main as train_main
+from persona.training.trainer import PersonaTrainer
+from tests.conftest import REPO, load_folder, tiny_train_args
 
 
 @pytest.mark.parametrize("version", [1, 2])
@@ -23,7 +22,7 @@ def test_an_fsdp_config_on_cpu_ranks_is_a_clear_error(version, tmp_path):
     config["fsdp_config"]["fsdp_version"] = version
     (tmp_path / "fsdp_on_cpu.yaml").write_text(yaml.safe_dump(config))
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(tmp_path / "fsdp_on_cpu.yaml"), "-m", "persona.train",
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(tmp_path / "fsdp_on_cpu.yaml"), "-m", "persona.commands.train",
                *tiny_train_args(out, "--max_train_dialogs", "8", "--max_eval_dialogs", "2", "--eval_num_candidates", "4", "--max_steps", "2")]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
@@ -39,8 +38,8 @@ def test_a_failure_in_the_end_of_training_evaluation_leaves_a_model_that_loads(t
     out = tmp_path / "run"
     with pytest.raises(RuntimeError, match="evaluation failed"):
         train_main(tiny_train_args(out, "--max_train_dialogs", "4", "--max_eval_dialogs", "1", "--max_steps", "1"))
-    model, tokenizer = load_trained(str(out))
-    assert (out / "model.safetensors").exists() and tokenizer.chat_template and model.config.persona_token_types is True
+    loaded = load_folder(out)
+    assert (out / "model.safetensors").exists() and loaded.tokenizer.chat_template and loaded.model.config.persona_token_types is True
 
 
 def test_evaluation_on_two_ranks_equals_one_process_on_exactly_the_same_turns(trained_model_dir, tmp_path):
@@ -48,7 +47,7 @@ def test_evaluation_on_two_ranks_equals_one_process_on_exactly_the_same_turns(tr
     shards differ in size) and gathered give the one-process metrics, no turn lost or counted twice."""
     import json
 
-    from persona.eval import main as eval_main
+    from persona.commands.eval import main as eval_main
     from tests.conftest import write_conversations
 
     conversations = [  # both sides: 3 + 2 turns each, 15 in all
@@ -60,7 +59,7 @@ def test_evaluation_on_two_ranks_equals_one_process_on_exactly_the_same_turns(tr
               "--eval_num_candidates", "7", "--do_sample", "false", "--max_length", "5", "--per_device_eval_batch_size", "4"]
     assert eval_main([*common, "--output_dir", str(tmp_path / "one")]) == 0
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs" / "multi_cpu.yaml"),
-               "--main_process_port", "29551", "-m", "persona.eval", *common, "--output_dir", str(tmp_path / "two")]
+               "--main_process_port", "29551", "-m", "persona.commands.eval", *common, "--output_dir", str(tmp_path / "two")]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     one, two = (json.loads((tmp_path / run / "eval_results.json").read_text()) for run in ("one", "two"))

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from persona.eval import main as eval_main
+from persona.commands.eval import main as eval_main
 from persona.metrics import load_metric
-from persona.train import main as train_main
+from persona.commands.train import main as train_main
 from tests.conftest import QUICKSTART, tiny_train_args
 
 
@@ -33,8 +33,8 @@ def test_hits_at_k_on_hand_checked_examples():
 def test_a_head_that_scores_every_candidate_alike_gets_no_hits_in_the_trainer():
     import torch
 
-    from persona.modeling import DualOutput
-    from persona.trainer import metrics_from_scores, turn_scores
+    from persona.model.dual_heads import DualOutput
+    from persona.training.trainer import metrics_from_scores, turn_scores
 
     output = DualOutput(
         nll_sum=torch.ones(3), tokens=torch.ones(3), mc_logits=torch.tensor([[2.0, 2.0, 2.0], [1.0, 1.0, -3e38], [0.0, 5.0, 1.0]]),
@@ -118,7 +118,7 @@ def plain_chat_model(tmp_path_factory):
 def test_a_prompted_baseline_scores_each_candidate_through_the_chat_template(plain_chat_model):
     from transformers import AutoTokenizer
 
-    from persona.prompted import chat_messages, turn_example
+    from persona.model.prompted import chat_messages, turn_example
 
     tokenizer = AutoTokenizer.from_pretrained(plain_chat_model)
     persona, history, candidates = ["i like cats.", "i am a nurse."], ["hi!", "hello.", "what do you do?"], ["i sing.", "i am a nurse."]

@@ -1,16 +1,17 @@
-"""The dual loss and the shared-prefix fast path against independent reference computations."""
+"""The dual loss and the packed fast path against independent reference computations."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from persona.configs import CLASSIC, SHARED_PREFIX
-from persona.data import PersonaCollator
+from persona.configs import FORWARD_MODES
 from persona.data.layout import build_prefix, token_types
-from persona.modeling import FULL_SEQUENCES, PACKED, choose_dual_path
-from persona.special_tokens import special_ids
-from persona.trainer import dual_loss
+from persona.data.special_tokens import special_ids
+from persona.model.dual_heads import DualPath, choose_dual_path, collator_for
+from persona.training.trainer import dual_loss
+
+PACKED, FULL_SEQUENCES, CLASSIC = DualPath.PACKED, DualPath.FULL_SEQUENCES, DualPath.CLASSIC
 
 
 def _examples(tokenizer):
@@ -25,7 +26,7 @@ def _examples(tokenizer):
 
 
 def test_logged_loss_equals_weighted_reference_losses(tiny_model, tokenizer):
-    batch = PersonaCollator(tokenizer, packed=False)(_examples(tokenizer)[:2])
+    batch = collator_for(CLASSIC, special_ids(tokenizer))(_examples(tokenizer)[:2])
     output = tiny_model(**batch, dual_path=CLASSIC)
     loss, lm, mc = dual_loss(output, batch["mc_labels"], lm_coef=2.0, mc_coef=0.5)
     reference = tiny_model.forward_full(
@@ -41,7 +42,7 @@ def _losses_logits_and_gradients(model, tokenizer, paths, coefs) -> dict:
     results = {}
     for path in paths:
         model.zero_grad()
-        batch = PersonaCollator(tokenizer, packed=path == PACKED)(_examples(tokenizer))
+        batch = collator_for(path, special_ids(tokenizer))(_examples(tokenizer))
         output = model(**batch, dual_path=path)
         loss, lm, mc = dual_loss(output, batch["mc_labels"], *coefs)
         loss.backward()
@@ -52,12 +53,13 @@ def _losses_logits_and_gradients(model, tokenizer, paths, coefs) -> dict:
 
 @pytest.mark.parametrize("model_name", ["tiny_model", "tiny_llama"])
 @pytest.mark.parametrize(("coefs", "attention"), [((1.0, 1.0), "sdpa"), ((2.0, 0.5), "eager")])
-def test_shared_prefix_equals_classic_losses_logits_and_gradients(model_name, request, tokenizer, coefs, attention):
+def test_packed_equals_classic_losses_logits_and_gradients(model_name, request, tokenizer, coefs, attention):
     """The packed fast path against the classic one, under both attention implementations that take its mask."""
     tiny_model = request.getfixturevalue(model_name)
     tiny_model.set_attn_implementation(attention)
-    assert tiny_model.config._attn_implementation == attention and tiny_model.supports_shared_prefix()
-    assert choose_dual_path(tiny_model, SHARED_PREFIX) == PACKED and choose_dual_path(tiny_model, CLASSIC) == CLASSIC
+    assert tiny_model.config._attn_implementation == attention and tiny_model.packs()
+    assert FORWARD_MODES == (PACKED, CLASSIC)
+    assert choose_dual_path(tiny_model, PACKED) == PACKED and choose_dual_path(tiny_model, CLASSIC) == CLASSIC
     results = _losses_logits_and_gradients(tiny_model, tokenizer, (CLASSIC, PACKED, FULL_SEQUENCES), coefs)
     reference = results[CLASSIC]
     for key in (PACKED, FULL_SEQUENCES):
@@ -68,8 +70,8 @@ def test_shared_prefix_equals_classic_losses_logits_and_gradients(model_name, re
 
 def test_openai_gpt_runs_full_sequences_with_lm_logits_only_where_labels_are(tiny_openai_gpt, tokenizer):
     """openai-gpt's attention takes no custom mask: its fast path is the classic layout, its results the classic path's."""
-    assert not tiny_openai_gpt.supports_shared_prefix()
-    assert choose_dual_path(tiny_openai_gpt, SHARED_PREFIX) == FULL_SEQUENCES
+    assert not tiny_openai_gpt.packs()
+    assert choose_dual_path(tiny_openai_gpt, PACKED) == FULL_SEQUENCES
     results = _losses_logits_and_gradients(tiny_openai_gpt, tokenizer, (CLASSIC, FULL_SEQUENCES), (1.0, 1.0))
     for got, want in zip(results[FULL_SEQUENCES], results[CLASSIC]):
         assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
@@ -80,7 +82,7 @@ def test_causal_lm_classic_path_equals_the_base_model_with_types_in_the_embeddin
     to the word embeddings; the multiple-choice logits are the head on the hidden state at mc_token_ids."""
     from transformers import LlamaForCausalLM
 
-    batch = PersonaCollator(tokenizer, packed=False)(_examples(tokenizer)[:2])
+    batch = collator_for(CLASSIC, special_ids(tokenizer))(_examples(tokenizer)[:2])
     output = tiny_llama(**batch, dual_path=CLASSIC)
     _, lm, _ = dual_loss(output, batch["mc_labels"], 1.0, 1.0)
     rows = torch.arange(2)
@@ -103,9 +105,9 @@ def test_every_path_scores_each_candidate_as_its_own_full_sequence(model_name, r
     model = request.getfixturevalue(model_name)
     examples = _examples(tokenizer)
     ids = special_ids(tokenizer)
-    paths = (CLASSIC, FULL_SEQUENCES, PACKED) if model.supports_shared_prefix() else (CLASSIC, FULL_SEQUENCES)
+    paths = (CLASSIC, FULL_SEQUENCES, PACKED) if model.packs() else (CLASSIC, FULL_SEQUENCES)
     for path in paths:
-        batch = PersonaCollator(tokenizer, packed=path == PACKED)(examples)
+        batch = collator_for(path, special_ids(tokenizer))(examples)
         with torch.no_grad():
             output = model(**batch, dual_path=path)
         for b, example in enumerate(examples):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from persona.errors import PersonaError
-from persona.train import main as train_main
+from persona.commands.train import main as train_main
 from tests.conftest import CONVERSATIONS, QUICKSTART, REPO, tiny_train_args, write_conversations
 
 GOOD_SEED_DIALOG = {"personality": ["i like cats."], "utterances": [{"history": ["hi"], "candidates": ["no.", "hello!"]}]}
@@ -87,7 +87,7 @@ def _big_corpus(path: Path, conversations: int = 6000) -> Path:
 
 
 def _persona_data(corpus: Path, cache: Path, **popen) -> subprocess.Popen:
-    command = [sys.executable, "-m", "persona.cache_corpus", "--dataset_path", str(corpus), "--dataset_cache", str(cache),
+    command = [sys.executable, "-m", "persona.commands.data", "--dataset_path", str(corpus), "--dataset_cache", str(cache),
                "--tokenizer_name_or_path", str(QUICKSTART / "tokenizer"), "--splits", "train", "--validation_split_size", "0"]
     return subprocess.Popen(command, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, **popen)
 
@@ -126,7 +126,7 @@ def test_kill_during_training_resumes_to_the_same_result(tmp_path):
     reference = tmp_path / "reference"
     assert train_main(tiny_train_args(reference, *common)) == 0
     interrupted = tmp_path / "interrupted"
-    command = [sys.executable, "-m", "persona.train", *tiny_train_args(interrupted, *common)]
+    command = [sys.executable, "-m", "persona.commands.train", *tiny_train_args(interrupted, *common)]
     process = subprocess.Popen(command, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while not (interrupted / "checkpoint-10" / "trainer_state.json").exists() and time.time() < deadline and process.poll() is None:
@@ -142,7 +142,7 @@ def test_kill_during_training_resumes_to_the_same_result(tmp_path):
 
 
 def test_a_checkpoint_written_in_part_is_not_resumed_from(tmp_path, caplog):
-    from persona.train import last_complete_checkpoint
+    from persona.training.checkpoints import last_complete_checkpoint
 
     for step, complete in ((5, True), (10, True), (15, False)):
         folder = tmp_path / f"checkpoint-{step}"

@@ -11,12 +11,12 @@ import torch
 from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.hf_api import RepoUrl
 
-from persona.chat_template import add_chat_template
+from persona.model.chat_template import add_chat_template
 from persona.data import build_inputs
 from persona.data.tokenize import encode_texts
-from persona.push import main as push_main
-from persona.special_tokens import special_ids
-from persona.train import main as train_main
+from persona.commands.push import main as push_main
+from persona.data.special_tokens import special_ids
+from persona.commands.train import main as train_main
 from tests.conftest import needs_shared, tiny_train_args
 
 PERSONA = "i like cats and i am a nurse."
@@ -30,7 +30,7 @@ def _messages(history, roles=("user", "assistant")):
 def _reference(tokenizer, history, reply=None):
     persona_ids, history_ids = encode_texts(tokenizer, [PERSONA]), encode_texts(tokenizer, history)
     reply_ids = encode_texts(tokenizer, [reply])[0] if reply else []
-    return build_inputs(persona_ids, history_ids, reply_ids, tokenizer, lm_labels=False, with_eos=reply is not None)["input_ids"]
+    return build_inputs(persona_ids, history_ids, reply_ids, special_ids(tokenizer), lm_labels=False, with_eos=reply is not None)["input_ids"]
 
 
 @pytest.mark.parametrize("which", ["quickstart", "gpt2"])
@@ -38,7 +38,7 @@ def test_chat_template_renders_build_inputs(which, tokenizer):
     if which == "gpt2":
         from transformers import AutoTokenizer
 
-        from persona.special_tokens import add_special_tokens
+        from persona.data.special_tokens import add_special_tokens
 
         tokenizer = AutoTokenizer.from_pretrained(needs_shared("tokenizers", "gpt2"))
         add_special_tokens(tokenizer)
@@ -78,7 +78,7 @@ def test_plain_transformers_loads_and_prompts_the_saved_model(trained_model_dir)
 
 
 def test_model_card_carries_the_evaluation(trained_model_dir, tmp_path):
-    from persona.model_card import model_card
+    from persona.training.model_card import model_card
 
     card = ModelCard(str(model_card(trained_model_dir, hub_model_id="alice/persona-tiny")))
     results = json.loads((trained_model_dir / "eval_results.json").read_text())

@@ -10,7 +10,7 @@ import pytest
 from persona.data import PersonaCollator, build_inputs
 from persona.data.layout import IGNORE_INDEX, build_prefix, fit_context, token_types
 from persona.errors import ModelLoadError
-from persona.special_tokens import special_ids
+from persona.data.special_tokens import special_ids
 
 
 def reference_build_input_from_segments(persona, history, reply, ids, lm_labels=False, with_eos=True):
@@ -31,14 +31,14 @@ def reference_build_input_from_segments(persona, history, reply, ids, lm_labels=
 def test_build_inputs_matches_the_reference_layout(tokenizer):
     ids = special_ids(tokenizer)
     persona, history, reply = [[10, 11], [12]], [[20, 21], [22], [23, 24]], [30, 31]
-    out = build_inputs(persona, history, reply, tokenizer, lm_labels=True)
+    out = build_inputs(persona, history, reply, special_ids(tokenizer), lm_labels=True)
     b, e, s1, s2 = ids.bos, ids.eos, ids.speaker1, ids.speaker2
     # <bos> persona | <speaker2> h1 | <speaker1> h2 | <speaker2> h3 | <speaker1> reply <eos>: the bot is <speaker1>
     assert out["input_ids"] == [b, 10, 11, 12, s2, 20, 21, s1, 22, s2, 23, 24, s1, 30, 31, e]
     assert out["token_type_ids"] == [s1] * 4 + [s2] * 3 + [s1] * 2 + [s2] * 3 + [s1] * 4
     assert out["labels"] == [IGNORE_INDEX] * 13 + [30, 31, e]
     assert out["mc_token_ids"] == 15
-    distractor = build_inputs(persona, history, reply, tokenizer, lm_labels=False)
+    distractor = build_inputs(persona, history, reply, special_ids(tokenizer), lm_labels=False)
     assert distractor["labels"] == [IGNORE_INDEX] * 16
 
 
@@ -50,7 +50,7 @@ def test_build_inputs_equals_the_transcribed_reference_for_every_history_length(
     for _ in range(5):
         persona, history, reply = [segment() for _ in range(rng.integers(1, 4))], [segment() for _ in range(num_history)], segment()
         for lm_labels, with_eos in ((True, True), (False, True), (False, False)):
-            ours = build_inputs(persona, history, reply, tokenizer, lm_labels=lm_labels, with_eos=with_eos)
+            ours = build_inputs(persona, history, reply, special_ids(tokenizer), lm_labels=lm_labels, with_eos=with_eos)
             theirs = reference_build_input_from_segments(persona, history, reply, ids, lm_labels=lm_labels, with_eos=with_eos)
             assert ours["input_ids"] == theirs["input_ids"] and ours["mc_token_ids"] == theirs["mc_token_ids"]
             assert ours["labels"] == theirs["lm_labels"]
@@ -65,13 +65,13 @@ def test_build_inputs_equals_the_transcribed_reference_for_every_history_length(
 
 def test_reply_is_speaker1_and_previous_utterance_speaker2_for_even_history(tokenizer):
     ids = special_ids(tokenizer)
-    out = build_inputs([[10]], [[20], [21]], [30], tokenizer, lm_labels=True, with_eos=False)
+    out = build_inputs([[10]], [[20], [21]], [30], special_ids(tokenizer), lm_labels=True, with_eos=False)
     assert out["input_ids"] == [ids.bos, 10, ids.speaker1, 20, ids.speaker2, 21, ids.speaker1, 30]
     assert out["labels"][-1] == 30 and out["mc_token_ids"] == 7
 
 
 def test_token_types_from_ids_equal_segment_types(tokenizer):
-    out = build_inputs([[10, 11]], [[20], [21, 22], [23]], [30, 31], tokenizer, lm_labels=True)
+    out = build_inputs([[10, 11]], [[20], [21, 22], [23]], [30, 31], special_ids(tokenizer), lm_labels=True)
     assert token_types(out["input_ids"], special_ids(tokenizer)).tolist() == out["token_type_ids"]
 
 
@@ -81,7 +81,7 @@ def test_collator_rebuilds_build_inputs_for_every_candidate(tokenizer):
         {"prefix_ids": build_prefix([[10, 11]], [[20], [21, 22], [23]], ids), "candidates": [[40], [41, 42, 43], [30, 31]]},
         {"prefix_ids": build_prefix([[12]], [[24]], ids), "candidates": [[44, 45], [32]]},
     ]
-    batch = PersonaCollator(tokenizer, packed=False)(examples)
+    batch = PersonaCollator(special_ids(tokenizer), packed=False)(examples)
     assert batch["input_ids"].shape == (2, 3, 15)
     assert batch["mc_labels"].tolist() == [2, 1]
     assert batch["candidate_valid"].tolist() == [[True, True, True], [True, True, False]]
@@ -89,7 +89,7 @@ def test_collator_rebuilds_build_inputs_for_every_candidate(tokenizer):
     for b, example in enumerate(examples):
         for c, reply in enumerate(example["candidates"]):
             gold = c == len(example["candidates"]) - 1
-            expected = build_inputs(*persona_history[b], reply, tokenizer, lm_labels=gold)
+            expected = build_inputs(*persona_history[b], reply, special_ids(tokenizer), lm_labels=gold)
             n = len(expected["input_ids"])
             assert batch["input_ids"][b, c, :n].tolist() == expected["input_ids"]
             assert batch["token_type_ids"][b, c, :n].tolist() == expected["token_type_ids"]
@@ -108,7 +108,7 @@ def test_packed_rows_hold_each_classic_sequence_as_the_prefix_plus_one_block(tok
         {"prefix_ids": build_prefix(*persona_history[0], ids), "candidates": [[40], [41, 42, 43], [30, 31]]},
         {"prefix_ids": build_prefix(*persona_history[1], ids), "candidates": [[44, 45], [32]]},
     ]
-    packed = PersonaCollator(tokenizer, packed=True)(examples)
+    packed = PersonaCollator(special_ids(tokenizer), packed=True)(examples)
     assert packed["input_ids"][1].tolist() == [ids.bos, 12, ids.speaker2, 24, ids.speaker1, 44, 45, ids.eos, ids.speaker1, 32, ids.eos] + [ids.pad] * 11
     assert packed["position_ids"][1, :11].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 4, 5, 6]
     assert packed["block_ids"][1].tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2] + [-1] * 11
@@ -118,7 +118,7 @@ def test_packed_rows_hold_each_classic_sequence_as_the_prefix_plus_one_block(tok
     assert packed["candidate_valid"].tolist() == [[True, True, True], [True, True, False]] and packed["mc_labels"].tolist() == [2, 1]
     for b, example in enumerate(examples):
         for c, reply in enumerate(example["candidates"]):
-            expected = build_inputs(*persona_history[b], reply, tokenizer, lm_labels=c == len(example["candidates"]) - 1)
+            expected = build_inputs(*persona_history[b], reply, special_ids(tokenizer), lm_labels=c == len(example["candidates"]) - 1)
             seen = (packed["block_ids"][b] == 0) | (packed["block_ids"][b] == c + 1)
             assert packed["input_ids"][b, seen].tolist() == expected["input_ids"]
             assert packed["position_ids"][b, seen].tolist() == list(range(len(expected["input_ids"])))
@@ -160,7 +160,7 @@ def test_encode_texts_equals_the_tokenizer_call(which, tokenizer):
     from transformers import AutoTokenizer
 
     from persona.data.tokenize import encode_texts
-    from persona.special_tokens import add_special_tokens
+    from persona.data.special_tokens import add_special_tokens
     from tests.conftest import needs_shared
 
     if which == "gpt2":

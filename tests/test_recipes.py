@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from persona.cli import parse_recipe
+from persona.commands.cli import parse_recipe
 from persona.data.sources import is_url
-from persona.eval import main as eval_main
+from persona.commands.eval import main as eval_main
 from persona.hub_names import is_hub_id
-from persona.train import main as train_main
+from persona.commands.train import main as train_main
 from tests.conftest import QUICKSTART, REPO, TINY_GPT2, TINY_LLAMA, TINY_OPENAI_GPT
 
 TRAIN_RECIPES = sorted((REPO / "recipes").glob("*/train.yaml"))
@@ -122,9 +122,9 @@ def test_command_line_and_reference_aliases_override_the_recipe():
 
 
 def test_a_repeated_list_field_collects_its_values_and_a_repeated_scalar_keeps_the_last():
-    from persona.chat import ChatArguments
+    from persona.commands.chat import ChatArguments
     from persona.configs import DataArguments
-    from persona.generation import DecodingArguments
+    from persona.model.generation import DecodingArguments
 
     (data, chat, _), _ = parse_recipe(
         ["--persona", "i like cats.", "--persona", "i am tall.", "--max_history", "3", "--max_history", "1"], (DataArguments, ChatArguments, DecodingArguments)

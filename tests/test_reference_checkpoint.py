@@ -9,11 +9,11 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoTokenizer, GPT2DoubleHeadsModel, OpenAIGPTDoubleHeadsModel
 
+from persona.commands.eval import main as eval_main
 from persona.configs import DataArguments
 from persona.data import PersonaCollator, prepare_corpus
-from persona.eval import main as eval_main
-from persona.loading import load_trained, max_positions
-from tests.conftest import QUICKSTART, TINY_GPT2, TINY_OPENAI_GPT
+from persona.data.special_tokens import special_ids
+from tests.conftest import QUICKSTART, TINY_GPT2, TINY_OPENAI_GPT, load_folder
 from tests.test_layout import reference_build_input_from_segments
 
 # the reference's train.py, word for word
@@ -45,11 +45,11 @@ def _reference_encode(tokenizer, text: str) -> list[int]:
 
 @pytest.mark.parametrize("family", CLASSES)
 def test_persona_chat_feeds_a_reference_checkpoint_the_reference_prompt(family, tmp_path):
-    from persona.chat import Bot
-    from persona.generation import DecodingArguments
+    from persona.model.generation import Bot, DecodingArguments
 
     reference_tokenizer = _reference_checkpoint(tmp_path, family)
-    model, tokenizer = load_trained(str(tmp_path))
+    loaded = load_folder(tmp_path)
+    model, tokenizer = loaded.model, loaded.tokenizer
     assert type(model).__name__ == CLASSES[family][0].__name__
     persona, history = ["i like cats.", "i am a nurse."], ["hi! what do you do?", "i sing.", "nice, where?"]
     seen = {}
@@ -60,7 +60,7 @@ def test_persona_chat_feeds_a_reference_checkpoint_the_reference_prompt(family, 
         return original(**kwargs)
 
     model.generate = recording
-    reply = Bot(model, tokenizer, DecodingArguments(do_sample=False, max_length=5), max_history=2).reply(persona, history)
+    reply = Bot(loaded, DecodingArguments(do_sample=False, max_length=5), max_history=2).reply(persona, history)
     assert isinstance(reply, str)
     expected = reference_build_input_from_segments(
         [_reference_encode(reference_tokenizer, s) for s in persona], [_reference_encode(reference_tokenizer, h) for h in history], [], tokenizer_ids(tokenizer), with_eos=False
@@ -70,7 +70,7 @@ def test_persona_chat_feeds_a_reference_checkpoint_the_reference_prompt(family, 
 
 
 def tokenizer_ids(tokenizer):
-    from persona.special_tokens import special_ids
+    from persona.data.special_tokens import special_ids
 
     return special_ids(tokenizer)
 
@@ -78,10 +78,11 @@ def tokenizer_ids(tokenizer):
 @pytest.mark.parametrize("family", CLASSES)
 def test_persona_eval_scores_a_reference_checkpoint_on_the_reference_tensors(family, tmp_path):
     reference_tokenizer = _reference_checkpoint(tmp_path / "model", family)
-    model, tokenizer = load_trained(str(tmp_path / "model"))
+    loaded = load_folder(tmp_path / "model")
+    model, tokenizer = loaded.model, loaded.tokenizer
     args = DataArguments(dataset_path=str(QUICKSTART), dataset_cache=str(tmp_path / "cache"), max_eval_dialogs=2, eval_num_candidates=3)
-    corpus = prepare_corpus(args, tokenizer, max_length=max_positions(model.config), roles=("eval",))
-    batch = PersonaCollator(tokenizer, packed=False)(list(corpus.features["eval"]))
+    corpus = prepare_corpus(args, tokenizer, max_length=loaded.max_positions, roles=("eval",))
+    batch = PersonaCollator(special_ids(tokenizer), packed=False)(list(corpus.features["eval"]))
     turns = [(d["persona"], t) for d in corpus.dialogs["eval"] for t in d["turns"]]
     assert batch["input_ids"].shape[0] == len(turns)
     for row, (persona, turn) in enumerate(turns):

@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from persona.configs import DataArguments, ModelArguments
-from persona.generation import DecodingArguments
-from persona.serve import ServeArguments, free_port, running_server
+from persona.model.generation import DecodingArguments
+from persona.serving.server import ServeArguments, free_port, running_server
 
 PERSONA = "i like cats. i work as a nurse."
 ASK = [{"role": "system", "content": PERSONA}, {"role": "user", "content": "hello! what do you do for a living?"}]
@@ -43,8 +43,8 @@ def _client(url: str, key: str = "none"):
 
 
 def test_the_openai_client_gets_a_reply_and_a_streamed_reply_as_persona_chat_makes_them(served, trained_model_dir):
-    from persona.chat import Bot
-    from persona.loading import load_trained
+    from persona.model.generation import Bot
+    from tests.conftest import load_folder
 
     url, _, model_id = served
     client = _client(url)
@@ -60,8 +60,7 @@ def test_the_openai_client_gets_a_reply_and_a_streamed_reply_as_persona_chat_mak
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == reply.choices[0].finish_reason
     assert chunks[-1].usage.completion_tokens == reply.usage.completion_tokens
-    model, tokenizer = load_trained(str(trained_model_dir))  # persona-chat's path, the same greedy reply
-    bot = Bot(model, tokenizer, DecodingArguments(do_sample=False, max_length=12), max_history=2)
+    bot = Bot(load_folder(trained_model_dir), DecodingArguments(do_sample=False, max_length=12), max_history=2)  # persona-chat's path
     assert bot.reply(PERSONA.replace(". ", ".|").split("|"), [ASK[1]["content"]]) == text
 
 
@@ -141,7 +140,7 @@ def test_no_cors_unless_asked(served, trained_model_dir):
 
 
 def test_a_full_queue_answers_429_and_the_server_recovers(trained_model_dir, monkeypatch):
-    from persona.batching import ReplyBatcher
+    from persona.serving.batching import ReplyBatcher
 
     holding, release = threading.Event(), threading.Event()
     generate = ReplyBatcher._generate

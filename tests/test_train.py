@@ -10,8 +10,8 @@ import sys
 import pytest
 import yaml
 
-from persona.train import main as train_main
-from tests.conftest import REPO, TINY_OPENAI_GPT, tiny_train_args
+from persona.commands.train import main as train_main
+from tests.conftest import REPO, TINY_OPENAI_GPT, as_loaded, tiny_train_args
 
 
 def _args(output_dir, *extra):
@@ -63,7 +63,7 @@ def test_bf16_mixed_precision_on_cpu(precision, tmp_path, monkeypatch):
     """The forward runs in the precision asked for (the LM head's output dtype, seen from inside the training step)."""
     import torch
 
-    from persona.trainer import PersonaTrainer
+    from persona.training.trainer import PersonaTrainer
 
     seen = set()
     original = PersonaTrainer.compute_loss
@@ -86,20 +86,20 @@ def test_openai_gpt_trains_in_both_forward_modes_to_the_same_evaluation(tmp_path
     """The reference's default family: its fast mode (full sequences, LM logits only where labels are) and the
     classic mode train to the same model."""
     results = {}
-    for mode in ("shared_prefix", "classic"):
+    for mode in ("packed", "classic"):
         out = tmp_path / mode
         assert train_main(_args(out, "--model_config", json.dumps(TINY_OPENAI_GPT), "--max_steps", "2", "--forward_mode", mode)) == 0
         results[mode] = json.loads((out / "eval_results.json").read_text())
-    assert results["shared_prefix"]["eval_loss"] == pytest.approx(results["classic"]["eval_loss"], rel=1e-4)
+    assert results["packed"]["eval_loss"] == pytest.approx(results["classic"]["eval_loss"], rel=1e-4)
 
 
 def test_a_process_that_does_not_save_writes_nothing(tmp_path, monkeypatch, tiny_model, tokenizer):
     """Every process calls Trainer._save; another rank writing training_args.json raced rank 0's folder creation."""
     from persona.configs import PersonaTrainingArguments
-    from persona.trainer import PersonaTrainer
+    from persona.training.trainer import PersonaTrainer
 
     args = PersonaTrainingArguments(output_dir=str(tmp_path / "run"), report_to="none")
-    trainer = PersonaTrainer(model=tiny_model, args=args, processing_class=tokenizer)
+    trainer = PersonaTrainer(as_loaded(tiny_model, tokenizer), args)
     monkeypatch.setattr(PersonaTrainingArguments, "should_save", property(lambda self: False))
     trainer._save(str(tmp_path / "checkpoint-1"))
     assert not (tmp_path / "checkpoint-1").exists()
@@ -108,7 +108,7 @@ def test_a_process_that_does_not_save_writes_nothing(tmp_path, monkeypatch, tiny
 def test_two_processes_under_accelerate_launch(tmp_path):
     out = tmp_path / "ddp"
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs" / "multi_cpu.yaml"),
-               "--main_process_port", "29533", "-m", "persona.train", *_args(out, "--max_steps", "3")]
+               "--main_process_port", "29533", "-m", "persona.commands.train", *_args(out, "--max_steps", "3")]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     train = json.loads((out / "train_results.json").read_text())

@@ -6,13 +6,13 @@ import zlib
 
 import numpy as np
 
-from persona.data.layout import history_window
+from persona.data.layout import gold_reply, history_window, kept_candidates
 from persona.data.readers import Dialog
 
 
 def reply_pool(dialogs: list[Dialog]) -> list[str]:
     """The distinct gold replies of a split, sorted: where distractors are drawn from."""
-    return sorted({turn["candidates"][-1] for dialog in dialogs for turn in dialog["turns"]})
+    return sorted({gold_reply(turn["candidates"]) for dialog in dialogs for turn in dialog["turns"]})
 
 
 def split_view(dialogs: list[Dialog], *, wanted: int, max_history: int, seed: int, role: str, pool: list[str]) -> tuple[list[Dialog], int]:
@@ -30,10 +30,10 @@ def split_view(dialogs: list[Dialog], *, wanted: int, max_history: int, seed: in
     sampled = 0
     view = []
     for dialog in dialogs:
-        own = {u for turn in dialog["turns"] for u in (*turn["history"], turn["candidates"][-1])}
+        own = {u for turn in dialog["turns"] for u in (*turn["history"], gold_reply(turn["candidates"]))}
         turns = []
         for turn in dialog["turns"]:
-            candidates = turn["candidates"][-wanted:] if wanted > 0 else list(turn["candidates"])
+            candidates = kept_candidates(turn["candidates"], wanted)
             missing = wanted - len(candidates)
             if missing > 0:
                 extra = _sample(pool, missing, own | set(candidates), rng)

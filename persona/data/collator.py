@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from persona.data.layout import IGNORE_INDEX, build_candidate, token_types
-from persona.special_tokens import SpecialIds, padding_only_ids, special_ids
+from persona.data.layout import IGNORE_INDEX, build_candidate, gold_index, token_types
+from persona.data.special_tokens import SpecialIds
 
 
 def _pad(rows: list[list[int]], value: int) -> tuple[np.ndarray, np.ndarray]:
@@ -30,10 +30,11 @@ def _candidate_slots(examples: list[dict]) -> dict[str, np.ndarray]:
     """``candidate_valid`` [B, C] (False for slots padding a turn with fewer candidates) and ``mc_labels`` [B]
     (the gold index: the last candidate), C being the most candidates of any turn."""
     numbers = np.array([len(e["candidates"]) for e in examples])
-    return {"candidate_valid": np.arange(numbers.max())[None, :] < numbers[:, None], "mc_labels": numbers - 1}
+    gold = np.array([gold_index(e["candidates"]) for e in examples])
+    return {"candidate_valid": np.arange(numbers.max())[None, :] < numbers[:, None], "mc_labels": gold}
 
 
-def shared_prefix_batch(examples: list[dict], ids: SpecialIds, wrap: bool = True) -> dict[str, np.ndarray]:
+def packed_batch(examples: list[dict], ids: SpecialIds, wrap: bool = True) -> dict[str, np.ndarray]:
     """The packed batch: one row per turn, its prefix once, then each candidate ``<speaker1> reply <eos>``.
 
     Every candidate restarts its positions where the prefix ends and (through ``block_ids``: 0 for the
@@ -49,7 +50,7 @@ def shared_prefix_batch(examples: list[dict], ids: SpecialIds, wrap: bool = True
     count = max(len(e["candidates"]) for e in examples)
     rows, positions, blocks, labels, every_label, ends = [], [], [], [], [], []
     for example in examples:
-        prefix, gold = example["prefix_ids"], len(example["candidates"]) - 1
+        prefix, gold = example["prefix_ids"], gold_index(example["candidates"])
         row, label, block, position, end = list(prefix), [IGNORE_INDEX] * len(prefix), [0] * len(prefix), list(range(len(prefix))), []
         all_labels = [IGNORE_INDEX] * len(prefix)
         for c, reply in enumerate(example["candidates"]):
@@ -87,7 +88,7 @@ def classic_batch(examples: list[dict], ids: SpecialIds, wrap: bool = True) -> d
     count = max(len(e["candidates"]) for e in examples)
     sequences, labels, every_label = [], [], []
     for example in examples:
-        prefix, gold = example["prefix_ids"], len(example["candidates"]) - 1
+        prefix, gold = example["prefix_ids"], gold_index(example["candidates"])
         for c in range(count):
             if c > gold:  # a slot padding a turn with fewer candidates
                 candidate = build_candidate([], ids) if wrap else list(example["candidates"][gold][:1])
@@ -112,24 +113,23 @@ def classic_batch(examples: list[dict], ids: SpecialIds, wrap: bool = True) -> d
 @dataclass
 class PersonaCollator:
     """Pads a list of feature rows into tensors: packed rows (the fast path, ``packed=True``) or the classic
-    [batch, candidates, length] layout (the trainer decides which, from the model's dual path).
+    [batch, candidates, length] layout (:func:`persona.model.dual_heads.collator_for` pairs it with the model's dual
+    path).
 
+    ``ids`` are the special tokens of the model's vocabulary (a prompted baseline's: its pad id only).
     ``token_types=False`` leaves the token types (speaker embeddings) out, as a chat template must.
     ``wrap_candidates=False`` takes each candidate as a whole block whose first token is not scored (a prompted
     baseline's: the prompt's last token, then the reply up to its end-of-turn token), not as a reply to wrap in
-    ``<speaker1> ... <eos>``; the tokenizer then needs none of persona's tokens.
+    ``<speaker1> ... <eos>``.
     """
 
-    tokenizer: object
+    ids: SpecialIds
     packed: bool = True
     token_types: bool = True
     wrap_candidates: bool = True
 
-    def __post_init__(self):
-        self.ids = special_ids(self.tokenizer) if self.wrap_candidates else padding_only_ids(self.tokenizer)
-
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        build = shared_prefix_batch if self.packed else classic_batch
+        build = packed_batch if self.packed else classic_batch
         batch = build(examples, self.ids, self.wrap_candidates)
         return {
             name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in batch.items() if self.token_types or not name.endswith("type_ids")

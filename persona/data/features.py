@@ -12,10 +12,10 @@ import json
 
 import datasets
 
-from persona.data.layout import build_prefix, fit_context
+from persona.data.layout import REPLY_OVERHEAD, build_prefix, fit_context, gold_index
 from persona.data.skips import RecordError, SkipLog
 from persona.data.tokenize import encode_texts
-from persona.special_tokens import SpecialIds, special_ids
+from persona.data.special_tokens import SpecialIds, special_ids
 
 FEATURES = datasets.Features(
     {
@@ -40,15 +40,16 @@ def rotations(persona: list, count: int) -> list[list]:
 
 
 def fit_candidates(candidates: list[list[int]], max_length: int) -> tuple[list[list[int]], bool | None]:
-    """Cut distractors (never the gold reply, last) to fit with ``<bos>``, a speaker token and ``<eos>``.
+    """Cut distractors (never the gold reply) to fit with ``<bos>``, a speaker token and ``<eos>``.
 
     Returns the candidates and whether one was cut, or None for "cut" when the gold reply cannot fit.
     """
-    budget = max_length - 3
-    if len(candidates[-1]) > budget:
+    budget = max_length - 1 - REPLY_OVERHEAD
+    gold = gold_index(candidates)
+    if len(candidates[gold]) > budget:
         return candidates, None
-    cut = any(len(c) > budget for c in candidates[:-1])
-    return [c[:budget] for c in candidates[:-1]] + [candidates[-1]], cut
+    cut = any(len(c) > budget for c in candidates[:gold])
+    return [c[:budget] for c in candidates[:gold]] + [candidates[gold]], cut
 
 
 def tokenize_batch(batch: dict, indices: list[int], *, tokenizer, ids: SpecialIds, max_length: int, permutations: int, strict: bool) -> dict:
@@ -73,7 +74,7 @@ def tokenize_batch(batch: dict, indices: list[int], *, tokenizer, ids: SpecialId
                 out["turn_id"].append(turn_id)
                 if cut is None:
                     error = RecordError(
-                        f"the gold reply ({len(candidates[-1])} tokens) cannot fit the model's {max_length} positions",
+                        f"the gold reply ({len(candidates[gold_index(candidates)])} tokens) cannot fit the model's {max_length} positions",
                         where=f"{record}, turn {turn_id}",
                         fix="shorten or drop that utterance (gold replies are never truncated), or leave strict off to skip such turns.",
                         reason="gold reply too long",
@@ -83,14 +84,14 @@ def tokenize_batch(batch: dict, indices: list[int], *, tokenizer, ids: SpecialId
                     for name, value in (("prefix_ids", []), ("candidates", []), ("length", 0), ("truncated", False), (SKIPPED, json.dumps([error.where, error.what]))):
                         out[name].append(value)
                     continue
-                longest = max(len(c) for c in candidates) + 2
+                longest = max(len(c) for c in candidates) + REPLY_OVERHEAD
                 kept_persona, kept_history, truncated = fit_context(
                     ordering, [token_ids[h] for h in turn["history"]], longest, max_length
                 )
                 prefix = build_prefix(kept_persona, kept_history, ids)
                 out["prefix_ids"].append(prefix)
                 out["candidates"].append(candidates)
-                out["length"].append(len(prefix) + sum(len(c) + 2 for c in candidates))
+                out["length"].append(len(prefix) + sum(len(c) + REPLY_OVERHEAD for c in candidates))
                 out["truncated"].append(truncated or cut)
                 out[SKIPPED].append("")
     return out

@@ -24,9 +24,25 @@ from itertools import chain
 
 import numpy as np
 
-from persona.special_tokens import SpecialIds, special_ids
+from persona.data.special_tokens import SpecialIds
 
 IGNORE_INDEX = -100
+REPLY_OVERHEAD = 2  # the <speaker1> before each candidate reply and the <eos> after it
+
+
+def gold_index(candidates: Sequence) -> int:
+    """Where a turn's gold reply sits among its candidates: last, as in PersonaChat and the reference."""
+    return len(candidates) - 1
+
+
+def gold_reply(candidates: Sequence):
+    """A turn's gold reply (see :func:`gold_index`)."""
+    return candidates[gold_index(candidates)]
+
+
+def kept_candidates(candidates: Sequence, wanted: int) -> list:
+    """The last ``wanted`` candidates (all of them for ``wanted <= 0``): the gold reply always among them, last."""
+    return list(candidates[-wanted:] if wanted > 0 else candidates)
 
 
 def history_window(history: Sequence, max_history: int) -> list:
@@ -65,21 +81,20 @@ def token_types(input_ids: Sequence[int] | np.ndarray, ids: SpecialIds) -> np.nd
     return np.where(last >= 0, np.take_along_axis(input_ids, np.maximum(last, 0), axis=-1), ids.bot)
 
 
-def build_inputs(persona, history, reply, tokenizer, *, lm_labels: bool, with_eos: bool = True) -> dict:
+def build_inputs(persona, history, reply, ids: SpecialIds, *, lm_labels: bool, with_eos: bool = True) -> dict:
     """The model input of one (persona, history, reply): the reference's ``build_input_from_segments``.
 
     Args:
         persona: token-id lists, one per persona sentence.
         history: token-id lists, one per utterance, oldest first (already cut to the history window).
         reply: the reply's token ids.
-        tokenizer: a tokenizer holding the persona special tokens.
+        ids: the special tokens' ids in the model's vocabulary.
         lm_labels: whether the reply is the gold one (its tokens get LM labels) or a distractor (all -100).
         with_eos: end the reply with ``<eos>`` (False while generating it).
 
     Returns:
         ``input_ids``, ``token_type_ids``, ``labels`` (lists of ints) and ``mc_token_ids`` (an int).
     """
-    ids = special_ids(tokenizer)
     segments = [[ids.bos, *chain.from_iterable(persona)]]
     segments += [[speaker, *utterance] for speaker, utterance in zip(history_speakers(len(history), ids), history)]
     segments.append(build_candidate(reply, ids, with_eos))

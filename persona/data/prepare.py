@@ -21,6 +21,7 @@ from persona.configs import DataArguments
 from persona.data.cache import cache_key, tokenizer_fingerprint, write_atomically
 from persona.data.candidates import reply_pool, split_view
 from persona.data.features import build_features
+from persona.data.layout import REPLY_OVERHEAD, gold_reply
 from persona.data.readers import SILENCE, WHOLE_FILE, Corpus
 from persona.data.skips import SkipLog
 from persona.data.sources import fingerprint, read_corpus, resolve
@@ -48,7 +49,7 @@ def conversation_key(dialog: dict) -> tuple[str, ...]:
     same for both sides of a conversation of four utterances or more (different conversations that open
     alike share it too, and are then held out together)."""
     last = dialog["turns"][-1]
-    return tuple([u for u in (*last["history"], last["candidates"][-1]) if u != SILENCE][:3])
+    return tuple([u for u in (*last["history"], gold_reply(last["candidates"])) if u != SILENCE][:3])
 
 
 def _holdout(corpus: Corpus, args: DataArguments, split: str) -> None:
@@ -149,7 +150,7 @@ def split_stats(features: datasets.Dataset, dialogs: datasets.Dataset, batch_siz
     prefix_lengths = pc.list_value_length(features.data.column("prefix_ids")).to_numpy(zero_copy_only=False)
     candidates = features.data.column("candidates")
     counts = pc.list_value_length(candidates).to_numpy(zero_copy_only=False)
-    reply_lengths = pc.list_value_length(pc.list_flatten(candidates)).to_numpy(zero_copy_only=False) + 2
+    reply_lengths = pc.list_value_length(pc.list_flatten(candidates)).to_numpy(zero_copy_only=False) + REPLY_OVERHEAD
     owners = np.repeat(np.arange(len(counts)), counts)
     longest = np.zeros(len(counts), dtype=np.int64)
     np.maximum.at(longest, owners, reply_lengths)

@@ -8,7 +8,7 @@ from functools import lru_cache
 def wants_leading_space(tokenizer) -> bool:
     """Whether each text gets a leading space before tokenization.
 
-    As the model was trained: ``persona_leading_space`` on the tokenizer when :func:`persona.modeling.load_trained`
+    As the model was trained: ``persona_leading_space`` on the tokenizer when :func:`persona.model.dual_heads.load_trained`
     set it from the model's config (False for a checkpoint of transfer-learning-conv-ai, which encoded each text
     as it is); otherwise yes for byte-level BPE tokenizers (:func:`byte_level_wants_space`).
     """

@@ -7,21 +7,23 @@ multiple-choice head, token types through the word embeddings). Each is given :c
 which adds one entry to ``forward``: a persona batch (from :class:`persona.data.PersonaCollator`)
 returns the gold reply's token NLL and the candidates' scores.
 
-Three paths compute them; :func:`choose_dual_path` picks one, once, from the recipe's ``forward_mode`` and what
-the model supports, and the trainer hands it to both the collator (packed rows or not) and the forward:
+Three paths (:class:`DualPath`) compute them; the trainer picks one, once, from the recipe's
+``forward_mode`` and what the model supports (:func:`choose_dual_path`), and :func:`collator_for` gives the collator that
+builds its batches:
 
-- :data:`PACKED` (``forward_mode: shared_prefix``, the default): one packed row per turn, the persona+history
+- ``DualPath.PACKED`` (``forward_mode: packed``, the default): one packed row per turn, the persona+history
   prefix once and every candidate after it, each candidate at its true positions and attending (through a
   block causal mask) to the prefix and to itself only; no candidate is padded, and LM logits are computed
-  only where labels are. Needs a body whose attention takes a custom 4D mask.
-- :data:`FULL_SEQUENCES` (``shared_prefix`` for a model without that, openai-gpt): every candidate as a
+  only where labels are. Needs a body whose attention takes a custom 4D mask (:meth:`PersonaDualHeads.packs`).
+- ``DualPath.FULL_SEQUENCES`` (``packed`` for a model without that, openai-gpt): every candidate as a
   full sequence, LM logits still computed only where labels are.
-- :data:`CLASSIC` (``forward_mode: classic``): every candidate as a full sequence through the model's own
+- ``DualPath.CLASSIC`` (``forward_mode: classic``): every candidate as a full sequence through the model's own
   forward, logits for every token of every candidate, as the reference did.
 """
 
 from __future__ import annotations
 
+import enum
 import functools
 import inspect
 from dataclasses import dataclass
@@ -35,12 +37,19 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, and_masks, 
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 from transformers.utils import ModelOutput
 
-from persona.configs import CLASSIC
+from persona import configs
+from persona.data.collator import PersonaCollator
 from persona.data.layout import IGNORE_INDEX
+from persona.data.special_tokens import SpecialIds
 from persona.errors import ModelLoadError
 
-PACKED, FULL_SEQUENCES = "packed", "full_sequences"
-DUAL_PATHS = (PACKED, FULL_SEQUENCES, CLASSIC)
+
+class DualPath(str, enum.Enum):
+    """The path of a persona batch through the model (the values of ``forward_mode`` are two of them)."""
+
+    PACKED = configs.PACKED
+    FULL_SEQUENCES = "full_sequences"
+    CLASSIC = configs.CLASSIC
 
 
 @dataclass
@@ -158,7 +167,7 @@ def _block_causal_mask(model, block_ids: torch.Tensor, attention_mask: torch.Ten
     )
 
 
-def _shared_prefix(
+def _packed(
     model, input_ids, attention_mask, position_ids, block_ids, labels, mc_token_ids, candidate_valid, mc_labels, token_type_ids=None, candidate_labels=None
 ) -> DualOutput:
     embeds = model.persona_embeddings(input_ids, token_type_ids)
@@ -179,15 +188,15 @@ class PersonaDualHeads:
     gives a :class:`DualOutput`; any other call is the model's own forward.
 
     A family provides ``persona_mc_logits`` (the head on picked hidden states) and says whether its body
-    takes a custom 4D attention mask (``packs_candidates``: the packed fast path).
+    takes a custom 4D attention mask (``body_takes_block_mask``).
     """
 
-    packs_candidates = False
+    body_takes_block_mask = False
 
-    def supports_shared_prefix(self) -> bool:
-        """Whether the packed fast path applies: the body takes a custom 4D mask and its attention (eager or
-        SDPA) honours it."""
-        return self.packs_candidates and self.config._attn_implementation in ("eager", "sdpa")
+    def packs(self) -> bool:
+        """Whether the packed path applies: the body takes a custom 4D mask and its attention (eager or SDPA)
+        honours it."""
+        return self.body_takes_block_mask and self.config._attn_implementation in ("eager", "sdpa")
 
     def persona_embeddings(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Word embeddings of the ids plus, as GPT-2 adds token types, the word embeddings of the types,
@@ -209,15 +218,21 @@ class PersonaDualHeads:
         return _PATHS[dual_path](self, **kwargs)
 
 
-_PATHS = {PACKED: _shared_prefix, FULL_SEQUENCES: _full_sequences, CLASSIC: _classic}
+_PATHS = {DualPath.PACKED: _packed, DualPath.FULL_SEQUENCES: _full_sequences, DualPath.CLASSIC: _classic}
 
 
-def choose_dual_path(model, forward_mode: str) -> str:
-    """The path of a persona batch through ``model``, from the recipe's ``forward_mode``: :data:`CLASSIC` as
-    asked, else :data:`PACKED` where the model's attention takes the block mask, :data:`FULL_SEQUENCES` where not."""
-    if forward_mode == CLASSIC:
-        return CLASSIC
-    return PACKED if model.supports_shared_prefix() else FULL_SEQUENCES
+def choose_dual_path(model, forward_mode: str) -> DualPath:
+    """The path of a persona batch through ``model``, from the recipe's ``forward_mode``: classic as asked, else
+    packed where the model's attention takes the block mask, full sequences where not."""
+    if forward_mode == DualPath.CLASSIC:
+        return DualPath.CLASSIC
+    return DualPath.PACKED if model.packs() else DualPath.FULL_SEQUENCES
+
+
+def collator_for(path: DualPath, ids: SpecialIds, *, token_types: bool = True, wrap_candidates: bool = True) -> PersonaCollator:
+    """The collator that builds the batches of ``path`` (packed rows for the packed path, [batch, candidates, length]
+    for the others): the one place a path and its batch layout are paired."""
+    return PersonaCollator(ids, packed=path is DualPath.PACKED, token_types=token_types, wrap_candidates=wrap_candidates)
 
 
 class GPTDualHeads(PersonaDualHeads):
@@ -252,7 +267,7 @@ class CausalDualHeads(PersonaDualHeads):
     its token type (``<speaker1>``, ``<speaker2>``), so every model gets the same speaker signal.
     """
 
-    packs_candidates = True
+    body_takes_block_mask = True
 
     def __init__(self, config, *args, **kwargs):
         super().__init__(config, *args, **kwargs)
@@ -295,12 +310,12 @@ def persona_class(base: type) -> type:
     saved model loads with plain transformers, no persona code needed (a causal LM drops the head).
     """
     family = GPTDualHeads if base in (GPT2DoubleHeadsModel, OpenAIGPTDoubleHeadsModel) else CausalDualHeads
-    attributes = {"__module__": __name__, "packs_candidates": True}
+    attributes = {"__module__": __name__, "body_takes_block_mask": True}
     bases = (family, base)
     if base is OpenAIGPTDoubleHeadsModel:
         # Its attention takes no custom 4D mask: it runs full sequences (LM logits still only where labels are).
         # Nor can it generate in transformers 5: it gets the generation of its language-model sibling.
-        attributes.update(packs_candidates=False, prepare_inputs_for_generation=OpenAIGPTLMHeadModel.prepare_inputs_for_generation)
+        attributes.update(body_takes_block_mask=False, prepare_inputs_for_generation=OpenAIGPTLMHeadModel.prepare_inputs_for_generation)
         bases = (family, base, GenerationMixin)
     cls = type(base.__name__, bases, attributes)
 

@@ -1,6 +1,7 @@
 """Reply generation with ``model.generate``: batched, left-padded, only ``<eos>`` among the special tokens.
 
-Evaluation and chat both go through :func:`generate_replies`.
+Evaluation, chat (:class:`Bot`) and serving all build prompts with :func:`prompt_inputs` and generate them with
+:func:`generate_batch`.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
-from persona.data.layout import build_inputs, fit_context
+from persona.data.layout import REPLY_OVERHEAD, build_inputs, fit_context, history_window
 from persona.data.tokenize import encode_texts
-from persona.special_tokens import special_ids
+from persona.model.loading import LoadedModel
 
 NEUTRAL_SAMPLING = {"temperature": 1.0, "top_p": 1.0, "top_k": 50}
 
@@ -43,19 +44,19 @@ class DecodingArguments:
             **sampling,
         }
 
-    def generation_config(self, tokenizer) -> GenerationConfig:
+    def generation_config(self, loaded: LoadedModel) -> GenerationConfig:
         """The ``GenerationConfig`` of a persona model: these settings, ``<eos>`` to stop, every other special token suppressed."""
-        ids = special_ids(tokenizer)
-        suppressed = sorted(set(tokenizer.all_special_ids) - {ids.eos})
+        ids = loaded.ids
+        suppressed = sorted(set(loaded.tokenizer.all_special_ids) - {ids.eos})
         return GenerationConfig(**self.settings(), bos_token_id=ids.bos, eos_token_id=ids.eos, pad_token_id=ids.pad, suppress_tokens=suppressed)
 
 
-def prompt_inputs(persona: list[str], history: list[str], tokenizer, max_positions: int, reply_budget: int) -> dict:
+def prompt_inputs(persona: list[str], history: list[str], loaded: LoadedModel, reply_budget: int) -> dict:
     """``<bos> persona ... <speaker2> last utterance <speaker1>``: the model input before a reply, fitted to the positions."""
-    encoded = encode_texts(tokenizer, [*persona, *history]) if persona or history else []
+    encoded = encode_texts(loaded.tokenizer, [*persona, *history]) if persona or history else []
     persona_ids, history_ids = encoded[: len(persona)], encoded[len(persona) :]
-    persona_ids, history_ids, _ = fit_context(persona_ids, history_ids, reply_budget + 2, max_positions)
-    return build_inputs(persona_ids, history_ids, [], tokenizer, lm_labels=False, with_eos=False)
+    persona_ids, history_ids, _ = fit_context(persona_ids, history_ids, reply_budget + REPLY_OVERHEAD, loaded.max_positions)
+    return build_inputs(persona_ids, history_ids, [], loaded.ids, lm_labels=False, with_eos=False)
 
 
 def left_padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,15 +68,14 @@ def left_padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Te
 
 
 @torch.no_grad()
-def generate_batch(
-    model, tokenizer, prompts: list[dict], config: GenerationConfig, *, token_types: bool = True, streamer=None
-) -> list[list[int]]:
+def generate_batch(loaded: LoadedModel, prompts: list[dict], config: GenerationConfig, *, streamer=None) -> list[list[int]]:
     """The reply token ids (up to ``<eos>``, excluded) of each prompt of :func:`prompt_inputs`, generated in one
-    left-padded batch; ``streamer`` (a transformers streamer) receives the new tokens as they come."""
-    ids = special_ids(tokenizer)
+    left-padded batch (with token types if the model takes them); ``streamer`` (a transformers streamer) receives
+    the new tokens as they come."""
+    ids, model = loaded.ids, loaded.model
     device = next(model.parameters()).device
     input_ids, mask = left_padded([p["input_ids"] for p in prompts], ids.pad)
-    types = {"token_type_ids": left_padded([p["token_type_ids"] for p in prompts], ids.pad)[0].to(device)} if token_types else {}
+    types = {"token_type_ids": left_padded([p["token_type_ids"] for p in prompts], ids.pad)[0].to(device)} if loaded.token_types else {}
     output = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), generation_config=config, streamer=streamer, **types)
     replies = []
     for row in output[:, input_ids.shape[1] :].tolist():
@@ -84,16 +84,26 @@ def generate_batch(
 
 
 def generate_replies(
-    model, tokenizer, dialogs: list[tuple[list[str], list[str]]], decoding: DecodingArguments, *, max_positions: int, batch_size: int = 32,
-    token_types: bool = True, progress: bool = False,
+    loaded: LoadedModel, dialogs: list[tuple[list[str], list[str]]], decoding: DecodingArguments, *, batch_size: int = 32, progress: bool = False
 ) -> list[str]:
-    """One reply per ``(persona sentences, history utterances)``, generated in left-padded batches.
-
-    ``token_types=False`` leaves the speaker embeddings out, as a chat template does; ``progress`` shows a bar."""
-    config = decoding.generation_config(tokenizer)
+    """One reply per ``(persona sentences, history utterances)``, generated in left-padded batches; ``progress``
+    shows a bar."""
+    config = decoding.generation_config(loaded)
     replies: list[str] = []
     for start in tqdm(range(0, len(dialogs), batch_size), desc="Generating replies", unit="batch", disable=not progress):
-        prompts = [prompt_inputs(p, h, tokenizer, max_positions, decoding.max_length) for p, h in dialogs[start : start + batch_size]]
-        generated = generate_batch(model, tokenizer, prompts, config, token_types=token_types)
-        replies += [text.strip() for text in tokenizer.batch_decode(generated, skip_special_tokens=True)]
+        prompts = [prompt_inputs(p, h, loaded, decoding.max_length) for p, h in dialogs[start : start + batch_size]]
+        generated = generate_batch(loaded, prompts, config)
+        replies += [text.strip() for text in loaded.tokenizer.batch_decode(generated, skip_special_tokens=True)]
     return replies
+
+
+class Bot:
+    """A loaded model and decoding settings: replies to a persona and a history, as persona-chat does."""
+
+    def __init__(self, loaded: LoadedModel, decoding: DecodingArguments, max_history: int):
+        self.loaded, self.decoding, self.max_history = loaded, decoding, max_history
+
+    def reply(self, persona: list[str], history: list[str]) -> str:
+        """The bot's next utterance to the last ``max_history`` exchanges of ``history``."""
+        (text,) = generate_replies(self.loaded, [(persona, history_window(history, self.max_history))], self.decoding)
+        return text

@@ -1,65 +1,36 @@
 """``persona-chat --model_name_or_path DIR_OR_HUB_ID [--persona "i like cats." --persona ...]``: talk to a persona bot.
 
 With no ``--persona``, one is drawn from the corpus of ``--dataset_path`` (PersonaChat by default, as the
-reference's interact.py does; ``persona/resources/quickstart`` offline) and printed. In the prompt loop, ``/persona`` shows the persona, ``/persona TEXT`` sets it (one
-sentence per ``.``-ended phrase), ``/reset`` clears the history, ``/quit`` (or Ctrl-D, Ctrl-C) leaves.
-``--json`` reads one JSON object per line on stdin (``{"persona": [...], "history": [...]}``) and writes
-one per line (``{"reply": "..."}``), for scripts and services.
+reference's interact.py does; ``persona/resources/quickstart`` offline) and printed. In the prompt loop,
+``/persona`` shows the persona, ``/persona TEXT`` sets it (one sentence per ``.``-ended phrase), ``/reset`` clears
+the history, ``/quit`` (or Ctrl-D, Ctrl-C) leaves. ``--json`` reads one JSON object per line on stdin
+(``{"persona": [...], "history": [...]}``) and writes one per line (``{"reply": "..."}``), for scripts and services.
 """
 
 from __future__ import annotations
 
 import json
-import random
-import re
 import sys
 from dataclasses import dataclass, field
 
 from transformers import set_seed
 
-from persona.cli import cli_entry, parse_recipe
+from persona.commands.cli import cli_entry, parse_recipe
 from persona.configs import DataArguments, ModelArguments
 from persona.data.layout import history_window
-from persona.data.sources import read_corpus, resolve
-from persona.generation import DecodingArguments, generate_replies
-from persona.loading import load_trained, max_positions, uses_token_types
+from persona.data.personas import draw_persona, split_sentences
+from persona.model.generation import Bot, DecodingArguments
+from persona.model.loading import load_trained, refuse_training_fields
 
 
 @dataclass
 class ChatArguments:
-    """Options of persona-chat besides the shared ones: the model and its revision (``ModelArguments``), the corpus
-    a persona is drawn from and ``max_history`` (``DataArguments``), the decoding (``DecodingArguments``)."""
+    """Options of persona-chat besides the shared ones: the model (``ModelArguments``), the corpus a persona is drawn
+    from and ``max_history`` (``DataArguments``), the decoding (``DecodingArguments``)."""
 
     persona: list[str] = field(default_factory=list, metadata={"help": "A persona sentence; repeat the flag for more."})
     seed: int = field(default=0, metadata={"help": "Seed of the persona draw and of sampling."})
     json: bool = field(default=False, metadata={"help": "JSON lines on stdin and stdout instead of the prompt loop."})
-
-
-def split_sentences(text: str) -> list[str]:
-    """``"i like cats. i am tall."`` -> ``["i like cats.", "i am tall."]``."""
-    return [s.strip() for s in re.findall(r"[^.!?]+[.!?]?", text) if s.strip()]
-
-
-class Bot:
-    """A model, its tokenizer and decoding settings: replies to a persona and a history."""
-
-    def __init__(self, model, tokenizer, decoding: DecodingArguments, max_history: int):
-        self.model, self.tokenizer, self.decoding, self.max_history = model, tokenizer, decoding, max_history
-
-    def reply(self, persona: list[str], history: list[str]) -> str:
-        """The bot's next utterance."""
-        (text,) = generate_replies(
-            self.model, self.tokenizer, [(persona, history_window(history, self.max_history))], self.decoding,
-            max_positions=max_positions(self.model.config), token_types=uses_token_types(self.model.config),
-        )
-        return text
-
-
-def draw_persona(data_args: DataArguments, seed: int) -> list[str]:
-    """The persona of a dialog drawn (with ``seed``) from the corpus of ``data_args``, as the reference's interact.py does."""
-    source = resolve(data_args.dataset_path, data_args.dataset_cache)
-    dialogs = [d for split in read_corpus(source, data_args.dataset_format, data_args.bot_side).values() for d in split]
-    return random.Random(seed).choice(dialogs)["persona"]
 
 
 def serve_json(bot: Bot, stdin, stdout) -> None:
@@ -99,14 +70,12 @@ def chat_loop(bot: Bot, persona: list[str], read=input, write=print) -> None:
             write("(history cleared)")
             continue
         if text.startswith("/persona"):
-            new = split_sentences(text[len("/persona") :])
-            persona = new or persona
+            persona = split_sentences(text[len("/persona") :]) or persona
             write("Persona: " + " ".join(persona))
             continue
         history.append(text)
         answer = bot.reply(persona, history)
-        history.append(answer)
-        history = history_window(history, bot.max_history)
+        history = history_window([*history, answer], bot.max_history)
         write(answer)
 
 
@@ -114,10 +83,11 @@ def chat_loop(bot: Bot, persona: list[str], read=input, write=print) -> None:
 def main(argv: list[str]) -> int:
     """Load the model, choose the persona, then chat or serve JSON lines."""
     argv = [token for a in argv for token in (["--do_sample", "false"] if a == "--no_sample" else [a])]
-    (model_args, data_args, args, decoding), _ = parse_recipe(argv, (ModelArguments, DataArguments, ChatArguments, DecodingArguments))
+    classes = (ModelArguments, DataArguments, ChatArguments, DecodingArguments)
+    (model_args, data_args, args, decoding), _ = parse_recipe(argv, classes, prog="persona-chat", description=__doc__)
+    refuse_training_fields(model_args, "persona-chat")
     set_seed(args.seed)
-    model, tokenizer = load_trained(model_args.model_name_or_path, model_args.revision, model_args.trust_remote_code)
-    bot = Bot(model, tokenizer, decoding, data_args.max_history)
+    bot = Bot(load_trained(model_args), decoding, data_args.max_history)
     if args.json:
         serve_json(bot, sys.stdin, sys.stdout)
         return 0

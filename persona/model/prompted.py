@@ -18,7 +18,8 @@ from persona.data.prepare import read_splits, resolved_sources
 from persona.data.readers import Dialog
 from persona.data.skips import SkipLog
 from persona.errors import DataError
-from persona.generation import DecodingArguments, left_padded
+from persona.model.generation import DecodingArguments, left_padded
+from persona.model.loading import LoadedModel
 
 PROMPTING = (
     "its own chat template: the persona sentences as the system message, the history as alternating user and "
@@ -64,10 +65,12 @@ def prompted_corpus(args: DataArguments, tokenizer) -> tuple[datasets.Dataset, l
 
 
 @torch.no_grad()
-def generate_prompted(model, tokenizer, turns: list[tuple[list[str], list[str]]], decoding: DecodingArguments, batch_size: int) -> list[str]:
+def generate_prompted(
+    loaded: LoadedModel, turns: list[tuple[list[str], list[str]]], decoding: DecodingArguments, batch_size: int
+) -> list[str]:
     """A reply per ``(persona, history)`` from the model prompted with its chat template, in left-padded batches."""
+    model, tokenizer, pad = loaded.model, loaded.tokenizer, loaded.ids.pad
     device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     config = GenerationConfig(**decoding.settings(), pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
     replies = []
     for start in range(0, len(turns), batch_size):

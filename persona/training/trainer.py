@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from transformers import EvalPrediction, Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 
-from persona.data.collator import PersonaCollator
 from persona.metrics import gold_ranks, hits_from_ranks
-from persona.model_card import write_model_card
-from persona.modeling import PACKED, DualOutput, choose_dual_path
+from persona.model.dual_heads import DualOutput, choose_dual_path, collator_for
+from persona.model.loading import LoadedModel
+from persona.training.model_card import write_model_card
 
 
 def dual_loss(output: DualOutput, mc_labels: torch.Tensor, lm_coef: float, mc_coef: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -63,21 +63,21 @@ def metrics_from_scores(scores: np.ndarray, lm_coef: float, mc_coef: float, ks: 
 
 
 class PersonaTrainer(Trainer):
-    """A Trainer whose loss is TransferTransfo's dual loss; its args are a ``PersonaTrainingArguments``.
+    """A Trainer whose loss is TransferTransfo's dual loss, for a :class:`~persona.model.loading.LoadedModel`; its
+    args are a ``PersonaTrainingArguments``.
 
-    The batch's path through the model (``dual_path``: packed, full sequences or classic) is decided here,
-    once, from ``args.forward_mode`` and the model, and given to both the collator and the model's forward.
-    ``args.use_token_types`` must be resolved (True or False) before; ``wrap_candidates=False`` takes the
-    candidates as whole blocks (a prompted baseline's, see :mod:`persona.prompted`).
+    The batch's path through the model (``dual_path``: packed, full sequences or classic) and its collator are
+    decided here, once, from ``args.forward_mode``, the model and its facts (token types; a prompted baseline's
+    candidates come as whole blocks, see :mod:`persona.model.prompted`).
     """
 
-    def __init__(self, model, args, *, processing_class, wrap_candidates: bool = True, compute_metrics=None, **kwargs):
-        self.dual_path = choose_dual_path(model, args.forward_mode)
-        data_collator = PersonaCollator(processing_class, packed=self.dual_path == PACKED, token_types=args.use_token_types, wrap_candidates=wrap_candidates)
+    def __init__(self, loaded: LoadedModel, args, *, compute_metrics=None, **kwargs):
+        self.dual_path = choose_dual_path(loaded.model, args.forward_mode)
+        data_collator = collator_for(self.dual_path, loaded.ids, token_types=loaded.token_types, wrap_candidates=not loaded.prompted)
         super().__init__(
-            model=model,
+            model=loaded.model,
             args=args,
-            processing_class=processing_class,
+            processing_class=loaded.tokenizer,
             data_collator=data_collator,
             compute_metrics=compute_metrics or self._compute_metrics,
             **kwargs,

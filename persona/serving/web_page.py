@@ -1,6 +1,6 @@
 """The web chat page of persona-serve (Gradio): a chat with streamed replies, the bot's persona beside it, a reset.
 
-Its replies come through the same :class:`~persona.batching.ReplyBatcher` as the API's, so a page and many API
+Its replies come through the same :class:`~persona.serving.batching.ReplyBatcher` as the API's, so a page and many API
 clients are answered together.
 """
 
@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import gradio as gr
 
-from persona.batching import ReplyBatcher
-from persona.chat import split_sentences
-from persona.generation import DecodingArguments
-from persona.openai_api import ChatRequest, reply_events
+from persona.data.personas import split_sentences
+from persona.model.generation import DecodingArguments
+from persona.serving.batching import ReplyBatcher, reply_events
 
 INTRODUCTION = """# Chat with a persona bot
 Write to the bot below and press Enter. It answers as the person described on the right: change those sentences
@@ -37,8 +36,7 @@ def build_page(batcher: ReplyBatcher, decoding: DecodingArguments, persona: list
         chat = [*chat, {"role": "user", "content": message}, {"role": "assistant", "content": ""}]
         yield "", chat
         history = [message_text(turn["content"]) for turn in chat[:-1]]
-        request = ChatRequest(split_sentences(persona_text), history, decoding, [], None, True, False)
-        async for event in reply_events(batcher, request, []):
+        async for event in reply_events(batcher, split_sentences(persona_text), history, decoding):
             if event.error:
                 raise gr.Error(f"The bot could not answer: {event.error}")
             chat[-1]["content"] += event.delta

@@ -1,43 +1,36 @@
-"""``persona-serve --model_name_or_path DIR_OR_HUB_ID [--port 8000] [--api_key KEY]``: a web chat page and an
-OpenAI-compatible API for a persona bot, in one process.
+"""persona-serve's server: the API and the page in one FastAPI app over one :class:`~persona.serving.batching.ReplyBatcher`,
+and its settings (:class:`ServeArguments`, declared once: the batcher and the API read them from here).
 
 - ``/``: the chat page (Gradio): streamed replies, an editable persona, a reset.
-- ``/v1/chat/completions``, ``/v1/models``: the API that chat clients speak (the ``openai`` package among them);
-  ``/health``.
+- ``/v1/chat/completions``, ``/v1/models``: the API that chat clients speak; ``/health``.
 
-Requests that arrive together are generated together (:mod:`persona.batching`). It binds 127.0.0.1 unless
-``--host`` says otherwise; with ``--api_key`` (or ``PERSONA_API_KEY``) every ``/v1`` route needs
-``Authorization: Bearer KEY`` and the page asks for it as its password; no CORS unless ``--cors_origins``.
+It binds 127.0.0.1 unless ``host`` says otherwise; with ``api_key`` every ``/v1`` route needs
+``Authorization: Bearer KEY`` and the page asks for it as its password; no CORS unless ``cors_origins``.
 """
 
 from __future__ import annotations
 
-import logging
-import os
+import hmac
 import socket
-import sys
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from persona.batching import ReplyBatcher
-from persona.chat import draw_persona
-from persona.cli import cli_entry, parse_recipe, setup_logging
 from persona.configs import DataArguments, ModelArguments
-from persona.generation import DecodingArguments
-from persona.loading import load_trained
-from persona.openai_api import Limits, create_app
-
-logger = logging.getLogger("persona")
+from persona.data.personas import draw_persona
+from persona.model.generation import DecodingArguments
+from persona.model.loading import load_trained, refuse_training_fields
+from persona.serving.batching import ReplyBatcher
+from persona.serving.openai_api import create_app
 
 
 @dataclass
 class ServeArguments:
-    """Options of persona-serve besides the shared ones: the model and its revision (``ModelArguments``),
-    ``max_history`` and the corpus a default persona is drawn from (``DataArguments``), the default decoding
-    (``DecodingArguments``, which a request's ``temperature``, ``top_p`` and ``max_tokens`` override)."""
+    """Options of persona-serve besides the shared ones: the model (``ModelArguments``), ``max_history`` and the corpus
+    a default persona is drawn from (``DataArguments``), the default decoding (``DecodingArguments``, which a
+    request's ``temperature``, ``top_p`` and ``max_tokens`` override)."""
 
     host: str = field(default="127.0.0.1", metadata={"help": "The address to bind: 127.0.0.1 (this machine only) unless told otherwise."})
     port: int = field(default=8000, metadata={"help": "The port to bind."})
@@ -46,7 +39,7 @@ class ServeArguments:
     persona: list[str] = field(default_factory=list, metadata={"help": "The page's default persona and the API's when a request has no system message."})
     model_id: str | None = field(default=None, metadata={"help": "The model's name in the API (default: the folder's or Hub id's last part)."})
     max_batch_size: int = field(default=16, metadata={"help": "Most requests generated together (1: one at a time)."})
-    batch_wait_ms: float = field(default=10.0, metadata={"help": "How long the first request of a batch waits for others to join."})
+    batch_wait_ms: float = field(default=10.0, metadata={"help": "How long the first request of a batch waits for others to join, in milliseconds."})
     max_queue: int = field(default=64, metadata={"help": "Most requests waiting; beyond, the API answers 429."})
     max_tokens_cap: int = field(default=256, metadata={"help": "The largest max_tokens a request may ask for."})
     max_body_bytes: int = field(default=256 * 1024, metadata={"help": "The largest request body (413 beyond)."})
@@ -65,19 +58,20 @@ def build_server(model_args: ModelArguments, data_args: DataArguments, args: Ser
     import gradio as gr
     from fastapi.middleware.cors import CORSMiddleware
 
-    from persona.web_page import build_page
+    from persona.serving.web_page import build_page
 
-    model, tokenizer = load_trained(model_args.model_name_or_path, model_args.revision, model_args.trust_remote_code)
+    refuse_training_fields(model_args, "persona-serve")
+    loaded = load_trained(model_args)
     model_id = args.model_id or Path(model_args.model_name_or_path.rstrip("/")).name
     persona = default_persona(args, data_args)
-    batcher = ReplyBatcher(model, tokenizer, max_history=data_args.max_history, max_batch_size=args.max_batch_size,
-                           max_queue=args.max_queue, batch_wait_s=args.batch_wait_ms / 1000)
-    limits = Limits(max_tokens=args.max_tokens_cap, max_body_bytes=args.max_body_bytes)
-    app = create_app(batcher, model_id, defaults=decoding, persona=persona, limits=limits, api_key=args.api_key)
+    batcher = ReplyBatcher(
+        loaded, max_history=data_args.max_history, max_batch_size=args.max_batch_size, max_queue=args.max_queue, batch_wait_ms=args.batch_wait_ms
+    )
+    app = create_app(batcher, model_id, defaults=decoding, persona=persona, settings=args)
     if args.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=args.cors_origins, allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"])
     page = build_page(batcher, decoding, persona, model_id)
-    auth = (lambda user, password: password == args.api_key) if args.api_key else None
+    auth = (lambda user, password: hmac.compare_digest(password.encode(), args.api_key.encode())) if args.api_key else None
     app = gr.mount_gradio_app(app, page, path="/", auth=auth, auth_message="The password is the server's API key.", footer_links=[])
     return app, batcher
 
@@ -110,25 +104,3 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as probe:
         probe.bind((host, 0))
         return probe.getsockname()[1]
-
-
-@cli_entry
-def main(argv: list[str]) -> int:
-    """Load the model, then serve the page and the API until interrupted."""
-    import uvicorn
-
-    (model_args, data_args, args, decoding), _ = parse_recipe(argv, (ModelArguments, DataArguments, ServeArguments, DecodingArguments))
-    args.api_key = args.api_key or os.environ.get("PERSONA_API_KEY") or None
-    setup_logging()
-    app, batcher = build_server(model_args, data_args, args, decoding)
-    logger.info("Serving %s on http://%s:%d/ (the page) and /v1 (the API)%s", model_args.model_name_or_path, args.host, args.port,
-                ", API key required" if args.api_key else "")
-    try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
-    finally:
-        batcher.close()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

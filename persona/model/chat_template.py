@@ -18,7 +18,7 @@ first; the model card reports it.
 from __future__ import annotations
 
 from persona.data.tokenize import wants_leading_space
-from persona.special_tokens import BOT, PARTNER
+from persona.data.special_tokens import BOT, PARTNER
 
 _TEMPLATE = """\
 {%- set space = "SPACE" -%}

@@ -4,29 +4,31 @@ A :class:`ReplyBatcher` owns the model on one worker thread. :meth:`ReplyBatcher
 :class:`ReplyRequest` (a bounded queue: :class:`QueueFull` beyond it); the worker takes what has arrived
 within ``batch_wait_s`` of the first request (at most ``max_batch_size``), groups requests that decode alike
 (same settings, stop strings and seed), and runs each group as one left-padded batch through
-:func:`persona.generation.generate_batch`, the path of persona-chat and persona-eval. Each request receives
+:func:`persona.model.generation.generate_batch`, the path of persona-chat and persona-eval. Each request receives
 its reply's text deltas and then its end (:class:`ReplyEvent`) through the callback it brought, so a
-streamed reply streams while the batch generates.
+streamed reply streams while the batch generates; :func:`reply_events` turns that into an async iterator for the
+API and the page. Each prompt is built on its own: a request whose text cannot be encoded fails alone.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import astuple, dataclass, field
 
 import torch
 
 from persona.data.layout import history_window
-from persona.generation import DecodingArguments, generate_batch, prompt_inputs
-from persona.loading import max_positions, uses_token_types
-from persona.special_tokens import special_ids
-from persona.streaming import BatchStreamer, ReplyStream
+from persona.model.generation import DecodingArguments, generate_batch, prompt_inputs
+from persona.model.loading import LoadedModel
+from persona.serving.streaming import BatchStreamer, ReplyStream
 
 logger = logging.getLogger(__name__)
+REPLY_TIMEOUT_S = 300  # a request that waited this long for its reply ends with an error
 
 
 class QueueFull(Exception):
@@ -62,15 +64,13 @@ class ReplyRequest:
 
 
 class ReplyBatcher:
-    """The model and its worker thread; ``max_batch_size`` 1 generates one request at a time."""
+    """The model and its worker thread; ``max_batch_size`` 1 generates one request at a time (the settings are
+    persona-serve's, :class:`~persona.serving.server.ServeArguments`)."""
 
-    def __init__(self, model, tokenizer, *, max_history: int, max_batch_size: int = 16, max_queue: int = 64, batch_wait_s: float = 0.01):
-        self.model, self.tokenizer, self.max_history = model, tokenizer, max_history
-        self.max_batch_size, self.batch_wait_s = max_batch_size, batch_wait_s
+    def __init__(self, loaded: LoadedModel, *, max_history: int, max_batch_size: int, max_queue: int, batch_wait_ms: float):
+        self.loaded, self.max_history = loaded, max_history
+        self.max_batch_size, self.batch_wait_s = max_batch_size, batch_wait_ms / 1000
         self.pending: queue.Queue[ReplyRequest | None] = queue.Queue(maxsize=max_queue)
-        self.eos = special_ids(tokenizer).eos
-        self.positions = max_positions(model.config)
-        self.token_types = uses_token_types(model.config)
         self.batch_sizes: list[int] = []  # of every batch generated so far, for tests and benchmarks
         self.worker = threading.Thread(target=self._work, name="persona-batcher", daemon=True)
         self.worker.start()
@@ -113,21 +113,33 @@ class ReplyBatcher:
             for group in groups.values():
                 self._generate(group)
 
+    def _prompts(self, group: list[ReplyRequest]) -> tuple[list[ReplyRequest], list[dict]]:
+        """The requests whose prompt could be built (as persona-chat builds it) and their prompts; each other request
+        is answered with its own error."""
+        kept, prompts = [], []
+        for request in group:
+            try:
+                window = history_window(request.history, self.max_history)
+                prompts.append(prompt_inputs(request.persona, window, self.loaded, request.decoding.max_length))
+                kept.append(request)
+            except Exception as error:  # text the tokenizer cannot encode: this request fails, not its batch
+                logger.warning("A request's prompt could not be built: %s: %s", type(error).__name__, error)
+                request.deliver(ReplyEvent(finish_reason="error", error=f"{type(error).__name__}: {error}"))
+        return kept, prompts
+
     def _generate(self, group: list[ReplyRequest]) -> None:
         """One batch: prompts as persona-chat builds them, the replies streamed row by row."""
-        decoding = group[0].decoding
         self.batch_sizes.append(len(group))
+        group, prompts = self._prompts(group)
+        if not group:
+            return
+        decoding = group[0].decoding
         try:
-            prompts = [
-                prompt_inputs(r.persona, history_window(r.history, self.max_history), self.tokenizer, self.positions, decoding.max_length) for r in group
-            ]
             rows = [ReplyStream(self._decode, r.stop, lambda delta, r=r: r.deliver(ReplyEvent(delta=delta))) for r in group]
             if group[0].seed is not None:
                 torch.manual_seed(group[0].seed)
-            generate_batch(
-                self.model, self.tokenizer, prompts, decoding.generation_config(self.tokenizer), token_types=self.token_types,
-                streamer=BatchStreamer(rows, self.eos),
-            )
+            config = decoding.generation_config(self.loaded)
+            generate_batch(self.loaded, prompts, config, streamer=BatchStreamer(rows, self.loaded.ids.eos))
         except Exception as error:  # a failed batch answers its requests with the error and the server goes on
             logger.exception("Generation failed for a batch of %d", len(group))
             for request in group:
@@ -137,4 +149,21 @@ class ReplyBatcher:
             request.deliver(ReplyEvent(finish_reason=row.finish_reason, prompt_tokens=len(prompt["input_ids"]), completion_tokens=len(row.tokens)))
 
     def _decode(self, tokens: list[int]) -> str:
-        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+        return self.loaded.tokenizer.decode(tokens, skip_special_tokens=True)
+
+
+async def reply_events(
+    batcher: ReplyBatcher, persona: list[str], history: list[str], decoding: DecodingArguments, *, stop: list[str] = (), seed: int | None = None
+) -> AsyncIterator[ReplyEvent]:
+    """Submit a request (:class:`QueueFull` at once when the queue is full) and yield its events as they come, its
+    end last."""
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[ReplyEvent] = asyncio.Queue()
+    deliver = lambda event: loop.call_soon_threadsafe(events.put_nowait, event)  # noqa: E731 (called from the worker)
+    batcher.submit(ReplyRequest(persona, history, decoding, deliver, stop=list(stop), seed=seed))
+    deadline = loop.time() + REPLY_TIMEOUT_S
+    while True:
+        event = await asyncio.wait_for(events.get(), timeout=max(deadline - loop.time(), 0))
+        yield event
+        if event.finish_reason:
+            return

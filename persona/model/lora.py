@@ -11,13 +11,13 @@ import dataclasses
 import logging
 
 from persona.configs import ModelArguments
-from persona.special_tokens import special_ids
+from persona.data.special_tokens import SpecialIds
 
 logger = logging.getLogger(__name__)
 
 
-def with_lora(model, model_args: ModelArguments, tokenizer):
-    """``model`` wrapped by PEFT with the LoRA settings of ``model_args``."""
+def with_lora(model, model_args: ModelArguments, ids: SpecialIds):
+    """``model`` wrapped by PEFT with the LoRA settings of ``model_args`` (``ids``: the special tokens, whose rows train)."""
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
@@ -26,7 +26,7 @@ def with_lora(model, model_args: ModelArguments, tokenizer):
         lora_dropout=model_args.lora_dropout,
         target_modules=model_args.lora_target_modules[0] if model_args.lora_target_modules == ["all-linear"] else model_args.lora_target_modules,
         modules_to_save=["multiple_choice_head"],
-        trainable_token_indices=sorted(set(dataclasses.astuple(special_ids(tokenizer)))),
+        trainable_token_indices=sorted(set(dataclasses.astuple(ids))),
     )
     model = get_peft_model(model, config)
     trainable, total = model.get_nb_trainable_parameters()

@@ -1,0 +1,48 @@
+"""``persona-data RECIPE.yaml [--field value ...]``: prepare and cache a corpus exactly as ``persona-train RECIPE.yaml``
+will, and print its statistics.
+
+Also ``persona-data --dataset_path FILE --tokenizer_name_or_path DIR`` with no recipe. ``--stats_json FILE``
+writes the statistics as JSON (dialogs, examples, candidates, tokens, padding_ratio, truncated and skipped records
+per split, and cache_path).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+
+from persona.commands.cli import cli_entry, parse_recipe, setup_logging
+from persona.configs import RECIPE_CLASSES, DataArguments, ModelArguments
+from persona.data import prepare_corpus
+from persona.data.special_tokens import add_special_tokens
+from persona.model.loading import load_tokenizer, preparation_length
+
+
+@dataclass
+class PrepareArguments:
+    """Options of persona-data itself."""
+
+    stats_json: str | None = field(default=None, metadata={"help": "Also write the statistics to this JSON file."})
+    splits: str = field(default="train,eval", metadata={"help": "Comma-separated roles to prepare: train, eval."})
+
+
+@cli_entry
+def main(argv: list[str]) -> int:
+    """Prepare the recipe's corpus with its tokenizer and print the statistics."""
+    classes = (ModelArguments, DataArguments, PrepareArguments)
+    (model_args, data_args, prepare_args), _ = parse_recipe(argv, classes, ignored=RECIPE_CLASSES, prog="persona-data", description=__doc__)
+    setup_logging()
+    tokenizer = load_tokenizer(model_args)
+    add_special_tokens(tokenizer)
+    roles = tuple(role.strip() for role in prepare_args.splits.split(",") if role.strip())
+    corpus = prepare_corpus(data_args, tokenizer, max_length=preparation_length(model_args, tokenizer), roles=roles)
+    print(json.dumps(corpus.stats, indent=2))
+    if prepare_args.stats_json:
+        with open(prepare_args.stats_json, "w") as handle:
+            json.dump(corpus.stats, handle, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

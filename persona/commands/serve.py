@@ -1,0 +1,45 @@
+"""``persona-serve --model_name_or_path DIR_OR_HUB_ID [--port 8000] [--api_key KEY]``: a web chat page and an
+OpenAI-compatible API for a persona bot, in one process (:mod:`persona.serving.server`).
+
+Requests that arrive together are generated together. It binds 127.0.0.1 unless ``--host`` says otherwise; with
+``--api_key`` (or ``PERSONA_API_KEY``) every ``/v1`` route needs ``Authorization: Bearer KEY`` and the page asks for
+it as its password; no CORS unless ``--cors_origins``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from persona.commands.cli import cli_entry, parse_recipe, setup_logging
+from persona.configs import DataArguments, ModelArguments
+from persona.model.generation import DecodingArguments
+from persona.serving.server import ServeArguments, build_server
+
+logger = logging.getLogger("persona")
+
+
+@cli_entry
+def main(argv: list[str]) -> int:
+    """Load the model, then serve the page and the API until interrupted."""
+    import uvicorn
+
+    classes = (ModelArguments, DataArguments, ServeArguments, DecodingArguments)
+    (model_args, data_args, args, decoding), _ = parse_recipe(argv, classes, prog="persona-serve", description=__doc__)
+    args.api_key = args.api_key or os.environ.get("PERSONA_API_KEY") or None
+    setup_logging()
+    app, batcher = build_server(model_args, data_args, args, decoding)
+    logger.info(
+        "Serving %s on http://%s:%d/ (the page) and /v1 (the API)%s", model_args.model_name_or_path, args.host, args.port,
+        ", API key required" if args.api_key else "",
+    )
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    finally:
+        batcher.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

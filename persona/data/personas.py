@@ -1,0 +1,21 @@
+"""Persona sentences: split from a text, or drawn from a corpus as the reference's interact.py draws them."""
+
+from __future__ import annotations
+
+import random
+import re
+
+from persona.configs import DataArguments
+from persona.data.sources import read_corpus, resolve
+
+
+def split_sentences(text: str) -> list[str]:
+    """``"i like cats. i am tall."`` -> ``["i like cats.", "i am tall."]``."""
+    return [s.strip() for s in re.findall(r"[^.!?]+[.!?]?", text) if s.strip()]
+
+
+def draw_persona(data_args: DataArguments, seed: int) -> list[str]:
+    """The persona of a dialog drawn (with ``seed``) from the corpus of ``data_args``, as the reference's interact.py does."""
+    source = resolve(data_args.dataset_path, data_args.dataset_cache)
+    dialogs = [d for split in read_corpus(source, data_args.dataset_format, data_args.bot_side).values() for d in split]
+    return random.Random(seed).choice(dialogs)["persona"]

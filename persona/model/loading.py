@@ -1,0 +1,220 @@
+"""Loading models and tokenizers into a :class:`LoadedModel`: a base model to fine-tune, a trained persona model
+(or a reference checkpoint), or a causal LM to evaluate as a prompted baseline.
+
+Local folders, Hub ids (with ``revision``), GGUF checkpoints (de-quantized on load) and fresh models built
+from a ``model_config``; offline, a clear error that says what is missing and how to supply it. Every command
+loads through here and reads the model's facts (its special tokens, positions, token types, layout) from the
+:class:`LoadedModel`, never again from the model.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from transformers import AutoConfig, AutoTokenizer, GgufConfig
+
+from persona.configs import ModelArguments
+from persona.data.special_tokens import (
+    SpecialIds,
+    add_special_tokens,
+    has_persona_tokens,
+    padding_only_ids,
+    resize_embeddings,
+    special_ids,
+)
+from persona.data.tokenize import wants_leading_space
+from persona.errors import ConfigError, ModelLoadError, first_line
+from persona.model.dual_heads import model_class
+
+logger = logging.getLogger(__name__)
+
+REFERENCE_LAYOUT = "reference"  # <bos> persona <speaker2> ... <speaker1> reply <eos>, persona's special tokens
+CHAT_TEMPLATE_LAYOUT = "chat_template"  # the model's own chat template (a prompted baseline)
+
+
+@dataclass
+class LoadedModel:
+    """A model with its tokenizer and the facts every command needs, decided once at load.
+
+    ``ids``: the special tokens' ids (a prompted baseline's: its pad id only); ``max_positions``: the longest input;
+    ``token_types``: whether the inputs carry speaker embeddings; ``layout``: how a turn is laid out
+    (:data:`REFERENCE_LAYOUT` or :data:`CHAT_TEMPLATE_LAYOUT`); ``name``: what it was loaded from.
+    """
+
+    model: object
+    tokenizer: object
+    ids: SpecialIds
+    max_positions: int
+    token_types: bool
+    layout: str = REFERENCE_LAYOUT
+    name: str = ""
+
+    @property
+    def prompted(self) -> bool:
+        """Whether this is a causal LM that persona never trained, prompted through its own chat template (no
+        multiple-choice head is trained, no persona tokens)."""
+        return self.layout == CHAT_TEMPLATE_LAYOUT
+
+
+def _offline_hint(name: str, error: Exception) -> ModelLoadError:
+    return ModelLoadError(
+        f"cannot load '{name}' ({first_line(error)})",
+        where=name,
+        fix="check the name; offline, download it on a machine with network access "
+        f"(huggingface-cli download {name} --local-dir DIR) and pass DIR, or build a model from a config "
+        "with model_config and tokenizer_name_or_path.",
+    )
+
+
+def _hub_options(model_args: ModelArguments) -> dict:
+    return {"revision": model_args.revision, "trust_remote_code": model_args.trust_remote_code}
+
+
+def load_tokenizer(model_args: ModelArguments):
+    """The tokenizer of ``tokenizer_name_or_path`` (or of the model), with a clear error offline."""
+    name = model_args.tokenizer_name_or_path or model_args.model_name_or_path
+    gguf = {} if model_args.tokenizer_name_or_path or not model_args.gguf_file else {"gguf_file": model_args.gguf_file}
+    try:
+        return AutoTokenizer.from_pretrained(name, **_hub_options(model_args), **gguf)
+    except (OSError, ValueError) as error:
+        raise _offline_hint(name, error) from None
+
+
+def base_config(model_args: ModelArguments):
+    """The config of the model (built from ``model_config``, or read from the checkpoint), no weights."""
+    if model_args.model_config is not None:
+        config = dict(model_args.model_config)
+        return AutoConfig.for_model(config.pop("model_type"), **config)
+    gguf = {"gguf_file": model_args.gguf_file} if model_args.gguf_file else {}
+    try:
+        return AutoConfig.from_pretrained(model_args.model_name_or_path, **_hub_options(model_args), **gguf)
+    except (OSError, ValueError) as error:
+        raise _offline_hint(model_args.model_name_or_path, error) from None
+
+
+def _pretrained(model_args: ModelArguments, config):
+    """The pretrained weights of ``model_args`` in persona's class for ``config`` (a GGUF de-quantized to floats)."""
+    options = _hub_options(model_args)
+    if model_args.gguf_file:
+        options.update(gguf_file=model_args.gguf_file, quantization_config=GgufConfig(dequantize=True))
+    try:
+        model = model_class(config.model_type).from_pretrained(model_args.model_name_or_path, config=config, **options)
+    except (OSError, ValueError) as error:
+        raise _offline_hint(model_args.model_name_or_path, error) from None
+    if getattr(model, "hf_quantizer", None) is not None and model_args.gguf_file:
+        # De-quantized on load: plain float weights that train and save as safetensors like any other.
+        model.hf_quantizer.remove_quantization_config(model)
+    return model
+
+
+def max_positions(config) -> int:
+    """How many positions the model has (``n_positions`` for GPT-2/openai-gpt, ``max_position_embeddings`` else)."""
+    for name in ("n_positions", "max_position_embeddings", "n_ctx"):
+        if getattr(config, name, None):
+            return int(getattr(config, name))
+    raise ModelLoadError("the model config gives no maximum number of positions", where="model config", fix="set n_positions.")
+
+
+def uses_token_types(config, requested: bool | None = None) -> bool:
+    """Whether to feed token types: as ``requested`` (``use_token_types``) if given, else as the model was trained
+    (``persona_token_types`` in its config), and yes for a model persona has not trained yet (as TransferTransfo)."""
+    return bool(getattr(config, "persona_token_types", True)) if requested is None else requested
+
+
+def load_for_training(model_args: ModelArguments, use_token_types: bool | None = None) -> LoadedModel:
+    """The model to fine-tune: special tokens added, embeddings resized (new rows = mean of the old), and, saved in
+    its config, the leading-space rule and whether it takes token types (so evaluation and chat feed it alike).
+
+    With ``model_config`` a fresh model is built from that config (no weights downloaded).
+    """
+    tokenizer = load_tokenizer(model_args)
+    added = add_special_tokens(tokenizer)
+    config = base_config(model_args)
+    if model_args.model_config is not None:
+        config.vocab_size = len(tokenizer)
+        model = model_class(config.model_type)(config)
+    else:
+        model = _pretrained(model_args, config)
+    resize_embeddings(model, tokenizer)
+    ids = special_ids(tokenizer)
+    model.config.persona_leading_space = wants_leading_space(tokenizer)
+    model.config.persona_token_types = uses_token_types(model.config, use_token_types)
+    model.config.pad_token_id, model.config.bos_token_id, model.config.eos_token_id = ids.pad, ids.bos, ids.eos
+    logger.info("Added %d special tokens; vocabulary %d", added, len(tokenizer))
+    return LoadedModel(model, tokenizer, ids, max_positions(model.config), model.config.persona_token_types, name=model_args.model_name_or_path)
+
+
+def refuse_training_fields(model_args: ModelArguments, command: str) -> None:
+    """A :class:`ConfigError` for a model field that only training uses, given to a command that loads a trained model."""
+    fields = model_args.training_only_fields()
+    if fields:
+        raise ConfigError(
+            f"{', '.join(fields)} only apply when training; {command} loads a trained model",
+            where="command line",
+            fix=f"drop --{' --'.join(fields)}, or give persona-train the model to train.",
+        )
+
+
+def _trained(model_args: ModelArguments, tokenizer, use_token_types: bool | None) -> LoadedModel:
+    """The persona model of ``model_args`` (its tokenizer already loaded), fed as it was trained."""
+    ids = special_ids(tokenizer)
+    config = base_config(model_args)
+    model = _pretrained(model_args, config)
+    if hasattr(config, "persona_leading_space"):
+        tokenizer.persona_leading_space = config.persona_leading_space
+    elif not hasattr(config, "persona_token_types"):
+        logger.info("%s has no persona fields in its config: fed as transfer-learning-conv-ai feeds its checkpoints", model_args.model_name_or_path)
+        tokenizer.persona_leading_space = False
+    token_types = uses_token_types(config, use_token_types)
+    return LoadedModel(model.eval(), tokenizer, ids, max_positions(config), token_types, name=model_args.model_name_or_path)
+
+
+def load_trained(model_args: ModelArguments, use_token_types: bool | None = None) -> LoadedModel:
+    """A persona model and its tokenizer (a folder, a Hub id, a GGUF file in either), with a clear error if it lacks
+    the special tokens; ``use_token_types`` None feeds it as it was trained.
+
+    A checkpoint of transfer-learning-conv-ai (the five special tokens, no persona fields in its config) is
+    fed as that code fed it: token types, and texts encoded without a leading space.
+    """
+    return _trained(model_args, load_tokenizer(model_args), use_token_types)
+
+
+def load_for_evaluation(model_args: ModelArguments, use_token_types: bool | None = None) -> LoadedModel:
+    """The model to evaluate: a persona model (or a reference checkpoint) as :func:`load_trained` loads it, else, for
+    a causal LM without persona's tokens that has a chat template (a Hub chat model, a local folder, a GGUF), the
+    model as it is, to be prompted through that template (no token types)."""
+    tokenizer = load_tokenizer(model_args)
+    if has_persona_tokens(tokenizer):
+        return _trained(model_args, tokenizer, use_token_types)
+    if not tokenizer.chat_template:
+        special_ids(tokenizer)  # the error that says which tokens are missing and how to get a persona model
+    logger.info("%s has no persona tokens: evaluated as a prompted baseline through its chat template", model_args.model_name_or_path)
+    config = base_config(model_args)
+    model = _pretrained(model_args, config).eval()
+    return LoadedModel(
+        model, tokenizer, padding_only_ids(tokenizer), max_positions(config), False, layout=CHAT_TEMPLATE_LAYOUT, name=model_args.model_name_or_path
+    )
+
+
+TOKENIZER_LIMIT = 1024  # where the tokenizer states no limit of its own
+
+
+def preparation_length(model_args: ModelArguments, tokenizer) -> int:
+    """The longest input to prepare a corpus for without loading weights: the model's positions, as persona-train
+    prepares it (so that both share the cache).
+
+    Where the model's config cannot be read (offline, no ``model_config``), the tokenizer's own limit, with a
+    warning that training will prepare again if the model's positions differ.
+    """
+    try:
+        return max_positions(base_config(model_args))
+    except ModelLoadError as error:
+        limit = min(getattr(tokenizer, "model_max_length", None) or TOKENIZER_LIMIT, TOKENIZER_LIMIT)
+        logger.warning(
+            "Inputs cut to the tokenizer's %d tokens, not the model's positions (%s); persona-train prepares the corpus "
+            "again if they differ. Pass the recipe's model or model_config to share the cache.",
+            limit,
+            error.what,
+        )
+        return limit

@@ -1,0 +1,206 @@
+"""An OpenAI-compatible chat-completions API for a persona bot (FastAPI): what chat clients and frameworks speak.
+
+``POST /v1/chat/completions`` takes ``messages`` (an optional first ``system`` or ``developer`` message is the persona
+text, then ``user`` and ``assistant`` messages alternating, ending with ``user``; a content is a string or a list of
+text parts), ``temperature`` (0: greedy), ``top_p``, ``max_tokens`` / ``max_completion_tokens``, ``seed``, ``stop``
+and ``stream`` (server-sent events of ``chat.completion.chunk`` deltas, then ``data: [DONE]``), and answers with
+``usage`` token counts. ``GET /v1/models`` and ``GET /health`` too. The request is validated by its typed model
+(:mod:`persona.serving.protocol`); a bad request gets a 4xx and an OpenAI-style error
+``{"error": {"message", "type", "param", "code"}}``, never a traceback; a full queue gets a 429.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
+
+from persona.data.personas import split_sentences
+from persona.model.generation import DecodingArguments
+from persona.serving.batching import QueueFull, ReplyBatcher, ReplyEvent, reply_events
+from persona.serving.protocol import ChatCompletionRequest, Message, first_error
+
+logger = logging.getLogger(__name__)
+PERSONA_ROLES = ("system", "developer")
+
+
+class APIError(Exception):
+    """A request the API refuses: the HTTP status and the OpenAI error fields."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    def response(self) -> JSONResponse:
+        """The error as OpenAI sends it."""
+        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        return JSONResponse(body, status_code=self.status)
+
+
+@dataclass
+class ChatRequest:
+    """A validated chat-completions request, as the batcher takes it."""
+
+    persona: list[str]
+    history: list[str]
+    decoding: DecodingArguments
+    stop: list[str]
+    seed: int | None
+    stream: bool
+    include_usage: bool
+
+
+def parse_messages(messages: list[Message]) -> tuple[list[str], list[str]]:
+    """The persona (the system message's sentences) and the history (user and assistant turns, ending with the user's)."""
+    persona: list[str] = []
+    history: list[str] = []
+    expected = "user"
+    for index, message in enumerate(messages):
+        param = f"messages[{index}]"
+        if message.role in PERSONA_ROLES:
+            if index:
+                raise APIError(400, f"{param}: the {message.role} message (the persona) must come first", param=param)
+            persona = split_sentences(message.content)
+            continue
+        if message.role != expected:
+            raise APIError(400, f"{param}: user and assistant messages must alternate, starting with the user's; this one is the {message.role}'s", param=param)
+        history.append(message.content)
+        expected = "assistant" if message.role == "user" else "user"
+    if not history or expected != "assistant":
+        raise APIError(400, "the last message must be the user's: the bot answers it", param="messages")
+    return persona, history
+
+
+def chat_request(body: ChatCompletionRequest, defaults: DecodingArguments, max_tokens_cap: int) -> ChatRequest:
+    """A :class:`ChatRequest` from a typed request body, or an :class:`APIError` that says what is wrong."""
+    persona, history = parse_messages(body.messages)
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = getattr(body, name)
+        if value is not None and value > max_tokens_cap:
+            raise APIError(400, f"'{name}' must be at most {max_tokens_cap}, not {value}", param=name)
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    decoding = replace(defaults, max_length=max_tokens or defaults.max_length)
+    if body.temperature == 0:
+        decoding = replace(decoding, do_sample=False)
+    elif body.temperature is not None or body.top_p is not None:
+        temperature = defaults.temperature if body.temperature is None else body.temperature
+        decoding = replace(decoding, do_sample=True, temperature=temperature, top_p=defaults.top_p if body.top_p is None else body.top_p)
+    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return ChatRequest(persona, history, decoding, stop, body.seed, body.stream, include_usage)
+
+
+def create_app(batcher: ReplyBatcher, model_id: str, *, defaults: DecodingArguments, persona: list[str], settings) -> FastAPI:
+    """The FastAPI app of the API (the web page is mounted on it by :mod:`persona.serving.server`); ``settings``: the
+    server's :class:`~persona.serving.server.ServeArguments` (``api_key``, ``max_tokens_cap``, ``max_body_bytes``)."""
+    app = FastAPI(title="persona", docs_url=None, redoc_url=None)
+    api_key, body_limit = settings.api_key, settings.max_body_bytes
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, error: APIError) -> JSONResponse:
+        return error.response()
+
+    def authorize(request: Request) -> None:
+        if api_key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), api_key.encode()):
+            raise APIError(401, "a valid API key is required: 'Authorization: Bearer KEY'", type="authentication_error", code="invalid_api_key")
+
+    async def read_request(request: Request) -> ChatCompletionRequest:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > body_limit:
+            raise APIError(413, f"the request body is over {body_limit} bytes", code="request_too_large")
+        raw = await request.body()
+        if len(raw) > body_limit:
+            raise APIError(413, f"the request body is over {body_limit} bytes", code="request_too_large")
+        try:
+            body = ChatCompletionRequest.model_validate_json(raw)
+        except ValidationError as error:
+            message, param = first_error(error)
+            raise APIError(400, message, param=param) from None
+        if body.ignored_fields():
+            logger.info("Ignored request fields: %s", ", ".join(body.ignored_fields()))
+        return body
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "model": model_id}
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict:
+        authorize(request)
+        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0, "owned_by": "persona"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        authorize(request)
+        body = await read_request(request)
+        chat = chat_request(body, defaults, settings.max_tokens_cap)
+        if body.model not in (None, model_id):
+            raise APIError(404, f"the model '{body.model}' is not served here; this server serves '{model_id}'", param="model", code="model_not_found")
+        try:
+            events = reply_events(batcher, chat.persona or persona, chat.history, chat.decoding, stop=chat.stop, seed=chat.seed)
+            first = await anext(events)
+        except QueueFull as error:
+            raise APIError(429, f"the server is busy ({error}); try again shortly", type="rate_limit_error", code="queue_full") from None
+        completion = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_id}
+        if chat.stream:
+            return StreamingResponse(_sse(completion, first, events, chat.include_usage), media_type="text/event-stream")
+        return await _completion(completion, first, events)
+
+    return app
+
+
+async def _completion(completion: dict, first: ReplyEvent, events: AsyncIterator[ReplyEvent]) -> dict:
+    """The whole answer of a request that is not streamed."""
+    content, event = [], first
+    while True:
+        content.append(event.delta)
+        if event.finish_reason:
+            break
+        event = await anext(events)
+    if event.finish_reason == "error":
+        raise APIError(500, f"generation failed: {event.error}", type="server_error")
+    return {
+        **completion,
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(content)}, "finish_reason": event.finish_reason}],
+        "usage": _usage(event),
+    }
+
+
+def _usage(event: ReplyEvent) -> dict:
+    return {"prompt_tokens": event.prompt_tokens, "completion_tokens": event.completion_tokens, "total_tokens": event.prompt_tokens + event.completion_tokens}
+
+
+async def _sse(completion: dict, first: ReplyEvent, events: AsyncIterator[ReplyEvent], include_usage: bool) -> AsyncIterator[str]:
+    """The streamed answer: a role chunk, content chunks, the finishing chunk (and usage), then ``[DONE]``."""
+
+    def chunk(delta: dict, finish_reason: str | None = None, **extra) -> str:
+        body = {**completion, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}], **extra}
+        return f"data: {json.dumps(body)}\n\n"
+
+    yield chunk({"role": "assistant", "content": ""})
+    event = first
+    while True:
+        if event.delta:
+            yield chunk({"content": event.delta})
+        if event.finish_reason:
+            break
+        event = await anext(events)
+    if event.finish_reason == "error":
+        yield f"data: {json.dumps({'error': {'message': f'generation failed: {event.error}', 'type': 'server_error', 'param': None, 'code': None}})}\n\n"
+    else:
+        yield chunk({}, event.finish_reason)
+        if include_usage:
+            yield f"data: {json.dumps({**completion, 'object': 'chat.completion.chunk', 'choices': [], 'usage': _usage(event)})}\n\n"
+    yield "data: [DONE]\n\n"

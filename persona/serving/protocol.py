@@ -1,0 +1,83 @@
+"""The typed request of ``POST /v1/chat/completions`` (pydantic, as FastAPI and vLLM declare theirs).
+
+Types, ranges and finite numbers are checked here; what depends on the server (the ``max_tokens`` cap, the model
+served) and on the conversation's shape (roles alternating, the user's last) by :mod:`persona.serving.openai_api`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.manual_seed accepts
+
+Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+
+
+class Message(BaseModel):
+    """One chat message; ``content`` is a string or a list of text parts (``{"type": "text", "text": ...}``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def text_of_parts(cls, content: Any) -> str:
+        """A string as it is; a list of text parts joined with spaces; anything else refused."""
+        if isinstance(content, str):
+            return content
+        if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
+            return " ".join(p["text"] for p in content)
+        raise ValueError("must be a string or a list of text parts ({'type': 'text', 'text': '...'})")
+
+
+class StreamOptions(BaseModel):
+    """``stream_options``: whether the last chunk carries the usage."""
+
+    include_usage: Annotated[bool, Field(strict=True)] = False
+
+
+class ChatCompletionRequest(BaseModel):
+    """The fields of a chat-completions request that persona reads; others are accepted and ignored (logged)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    messages: Annotated[list[Message], Field(min_length=1)]
+    model: str | None = None
+    temperature: Annotated[Number | None, Field(ge=0, le=2)] = None
+    top_p: Annotated[Number | None, Field(ge=0, le=1)] = None
+    max_tokens: Annotated[int | None, Field(strict=True, ge=1)] = None
+    max_completion_tokens: Annotated[int | None, Field(strict=True, ge=1)] = None
+    seed: Annotated[int | None, Field(strict=True, ge=SEED_RANGE[0], le=SEED_RANGE[1])] = None
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    stream: Annotated[bool, Field(strict=True)] = False
+    stream_options: StreamOptions | None = None
+    n: Annotated[int, Field(strict=True, ge=1, le=1, description="One choice per request.")] = 1
+
+    def ignored_fields(self) -> list[str]:
+        """The request's fields that persona does not read."""
+        return sorted(self.model_extra or {})
+
+
+def error_param(location: tuple) -> str | None:
+    """A pydantic error location as OpenAI names a parameter: ``("messages", 0, "role")`` -> ``messages[0].role``."""
+    param = ""
+    for part in location:
+        if isinstance(part, int):
+            param += f"[{part}]"
+        elif part in ("str", "list[str]", "function-after", "function-before") or "[" in str(part):
+            break  # the member of a union that failed, not a field
+        else:
+            param += f".{part}" if param else str(part)
+    return param or None
+
+
+def first_error(error: ValidationError) -> tuple[str, str | None]:
+    """The message and parameter of a validation error's first problem, for the 400 answer."""
+    problem = error.errors(include_url=False)[0]
+    param = error_param(tuple(problem["loc"]))
+    message = problem["msg"].removeprefix("Value error, ")
+    return (f"{param}: {message}" if param else message), param

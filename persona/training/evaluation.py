@@ -1,0 +1,148 @@
+"""A persona-eval run: ConvAI2's automatic metrics for a persona model, or for a prompted baseline on the same turns.
+
+Writes to ``output_dir``:
+
+- ``eval_results.json``: ``perplexity`` of the gold replies' tokens, ``hits@k`` over every candidate of
+  each turn (ranked by the multiple-choice head), ``lm_hits@k`` (the same candidates ranked by their mean
+  token log-likelihood), ``f1`` of generated replies (ParlAI's ConvAI2 normalisation), each with the number of turns
+  behind it, and the model, data and decoding settings. Fractions are in [0, 1].
+- ``generations.jsonl``: ``persona``, ``history``, ``prediction`` and ``gold`` of each generated turn.
+- ``report.md``: the metrics and a sample of dialogs with their generated replies.
+
+Under ``accelerate launch`` the turns are sharded over the processes and gathered.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from accelerate import PartialState
+from accelerate.utils import gather_object
+from transformers import set_seed
+
+from persona.configs import DataArguments, ModelArguments, PersonaTrainingArguments
+from persona.data import prepare_corpus
+from persona.data.layout import gold_reply
+from persona.metrics import load_metric
+from persona.model.generation import DecodingArguments, generate_replies
+from persona.model.loading import LoadedModel, load_for_evaluation, refuse_training_fields
+from persona.model.prompted import PROMPTING, generate_prompted, prompted_corpus
+from persona.training.report import write_report
+from persona.training.trainer import PersonaTrainer, metrics_from_scores
+
+logger = logging.getLogger("persona")
+
+
+@dataclass
+class EvalArguments:
+    """Options of persona-eval besides the shared ones: the model and the revision (``ModelArguments``), the
+    corpus (``DataArguments``), ``output_dir``, ``per_device_eval_batch_size``, ``forward_mode``,
+    ``use_token_types`` and ``seed`` (``PersonaTrainingArguments``), the decoding (``DecodingArguments``)."""
+
+    generation_batch_size: int = field(default=32, metadata={"help": "Turns per batch when generating replies."})
+    hits_k: list[int] = field(default_factory=lambda: [1, 5, 10], metadata={"help": "The k of each reported hits@k."})
+    max_generation_turns: int | None = field(default=None, metadata={"help": "Generate (for F1) on the first N turns only; default all."})
+    report_samples: int = field(default=5, metadata={"help": "Dialogs shown in report.md."})
+
+
+def score_candidates(loaded: LoadedModel, features, args: PersonaTrainingArguments, hits_k: list[int]) -> dict:
+    """Perplexity and hits@k over the split's candidates, through the Trainer (sharded and gathered)."""
+    scores = PersonaTrainer(loaded, args).predict(features).predictions
+    return metrics_from_scores(scores, args.lm_coef, args.mc_coef, ks=tuple(hits_k))
+
+
+def generate_turns(loaded: LoadedModel, dialogs, args: EvalArguments, decoding: DecodingArguments) -> list[dict]:
+    """A generated reply for each turn (the first ``max_generation_turns``), sharded over processes; a prompted
+    baseline is prompted through its chat template."""
+    turns = [{"persona": d["persona"], "history": t["history"], "gold": gold_reply(t["candidates"])} for d in dialogs for t in d["turns"]]
+    turns = turns[: args.max_generation_turns]
+    state = PartialState()
+    loaded.model.to(state.device)
+    with state.split_between_processes(turns) as shard:
+        pairs = [(t["persona"], t["history"]) for t in shard]
+        if loaded.prompted:
+            predictions = generate_prompted(loaded, pairs, decoding, args.generation_batch_size)
+        else:
+            predictions = generate_replies(loaded, pairs, decoding, batch_size=args.generation_batch_size, progress=state.is_main_process)
+        records = [{**t, "prediction": p} for t, p in zip(shard, predictions)]
+    return gather_object(records) if state.num_processes > 1 else records
+
+
+def write_outputs(out: Path, results: dict, records: list[dict], samples: int) -> None:
+    """``eval_results.json``, ``generations.jsonl`` and ``report.md`` into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval_results.json").write_text(json.dumps(results, indent=2))
+    with open(out / "generations.jsonl", "w") as handle:
+        for record in records:
+            handle.write(json.dumps({k: record[k] for k in ("persona", "history", "prediction", "gold", "f1")}) + "\n")
+    write_report(results, records, out / "report.md", samples=samples)
+    hits = f"{results['hits@1']:.3f}" if "hits@1" in results else "(no head)"
+    logger.info(
+        "perplexity %.2f, hits@1 %s, lm_hits@1 %.3f over %d turns, f1 %.3f over %d turns; written to %s",
+        results["perplexity"], hits, results["lm_hits@1"], results["num_turns"]["hits"], results["f1"], len(records), out,
+    )
+
+
+def _evaluated_split(loaded: LoadedModel, data_args: DataArguments) -> tuple:
+    """The features, dialogs and ``{"split", "skipped"}`` of the evaluated split, as the model reads them."""
+    if loaded.prompted:
+        logger.info("A prompted baseline: %s is evaluated through %s; it has no multiple-choice head, so hits@k is left out", loaded.name, PROMPTING)
+        return prompted_corpus(data_args, loaded.tokenizer)
+    with PartialState().main_process_first():
+        corpus = prepare_corpus(data_args, loaded.tokenizer, max_length=loaded.max_positions, roles=("eval",))
+    return corpus.features["eval"], corpus.dialogs["eval"], corpus.stats["splits"]["eval"]
+
+
+def _results(loaded, data_args, run_args, eval_args, decoding, metrics, f1, split, records, recipe) -> dict:
+    """``eval_results.json``: the metrics (a prompted baseline has no ``hits@k`` nor ``mc_loss``) and the settings."""
+    head = not loaded.prompted
+    return {
+        "model": loaded.name,
+        "dataset": data_args.dataset_path or "PersonaChat",
+        "split": split["split"],
+        **({} if head else {"prompted": PROMPTING}),
+        "perplexity": metrics["perplexity"],
+        **({f"hits@{k}": metrics[f"hits@{k}"] for k in eval_args.hits_k} if head else {}),
+        **{f"lm_hits@{k}": metrics[f"lm_hits@{k}"] for k in eval_args.hits_k},
+        "f1": f1,
+        "num_turns": {"perplexity": metrics["num_turns"], "hits": metrics["num_turns"], "f1": len(records)},
+        "num_candidates": metrics["num_candidates"],
+        "skipped": split["skipped"],
+        "token_types": loaded.token_types,
+        "num_reply_tokens": metrics["num_reply_tokens"],
+        "lm_loss": metrics["lm_loss"],
+        **({"mc_loss": metrics["mc_loss"]} if head else {}),
+        "decoding": dataclasses.asdict(decoding),
+        "data": {k: v for k, v in dataclasses.asdict(data_args).items() if k not in ("dataset_cache", "preprocessing_num_workers")},
+        "recipe": recipe,
+    }
+
+
+def evaluate_model(
+    model_args: ModelArguments, data_args: DataArguments, run_args: PersonaTrainingArguments, eval_args: EvalArguments,
+    decoding: DecodingArguments, recipe: dict,
+) -> dict | None:
+    """The whole run of ``persona-eval``: score the candidates, generate replies, write the results, generations and
+    report into ``run_args.output_dir``. Returns the results on the main process (None on the others)."""
+    refuse_training_fields(model_args, "persona-eval")
+    set_seed(run_args.seed)
+    loaded = load_for_evaluation(model_args, run_args.use_token_types)
+    run_args.use_token_types = loaded.token_types
+    features, dialogs, split = _evaluated_split(loaded, data_args)
+    metrics = score_candidates(loaded, features, run_args, eval_args.hits_k)
+    records = generate_turns(loaded, dialogs, eval_args, decoding)
+    f1 = load_metric("convai2_f1").compute(predictions=[r["prediction"] for r in records], references=[r["gold"] for r in records])
+    for record, score in zip(records, f1["f1_per_example"]):
+        record["f1"] = score
+    state = PartialState()
+    results = None
+    if state.is_main_process:
+        results = _results(loaded, data_args, run_args, eval_args, decoding, metrics, f1["f1"], split, records, recipe)
+        write_outputs(Path(run_args.output_dir), results, records, eval_args.report_samples)
+    state.wait_for_everyone()
+    state.destroy_process_group()  # before the interpreter exits (see persona.training.fine_tune)
+    return results
