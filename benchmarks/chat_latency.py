@@ -23,7 +23,8 @@ VALID_CONVERSATIONS = REPO / "persona" / "resources" / "quickstart" / "valid_con
 
 
 def requests_from(corpus: Path, count: int, max_history: int) -> list[tuple[list[str], list[str]]]:
-    """``count`` (persona, history) pairs of the corpus's conversations: the bot (user 2) about to answer, turn after turn."""
+    """``count`` (persona, history) pairs of the corpus's conversations: the bot (user 2) about to answer, turn after
+    turn."""
     from persona.data.layout import history_window
     from persona.data.sources import read_corpus
 
@@ -38,27 +39,33 @@ def main() -> None:
     parser.add_argument("--max_history", type=int, default=2)
     args = parser.parse_args()
     if not (Path(args.model_name_or_path) / "config.json").exists():
-        sys.exit(f"No trained model in {args.model_name_or_path}: run `persona-train recipes/quickstart/train.yaml` first.")
+        sys.exit(
+            f"No trained model in {args.model_name_or_path}: run `persona-train recipes/quickstart/train.yaml` first."
+        )
 
     import torch
     from transformers import set_seed
 
-    from persona.commands.chat import Bot
+    from persona.configs import ModelArguments
     from persona.data.tokenize import encode_texts
-    from persona.model.generation import DecodingArguments
+    from persona.model.generation import Bot, DecodingArguments
     from persona.model.loading import load_trained
 
     started = time.perf_counter()
-    model, tokenizer = load_trained(args.model_name_or_path)
+    loaded = load_trained(ModelArguments(model_name_or_path=args.model_name_or_path))
+    model, tokenizer = loaded.model, loaded.tokenizer
     load_seconds = time.perf_counter() - started
     requests = requests_from(VALID_CONVERSATIONS, args.requests + 1, args.max_history)
     parameters = sum(p.numel() for p in model.parameters())
-    print(f"model: {args.model_name_or_path} ({parameters / 1e6:.1f} M parameters), loaded in {load_seconds:.2f} s; torch threads: {torch.get_num_threads()}")
+    print(
+        f"model: {args.model_name_or_path} ({parameters / 1e6:.1f} M parameters), loaded in {load_seconds:.2f} s; "
+        f"torch threads: {torch.get_num_threads()}"
+    )
     print(f"{len(requests) - 1} requests, one at a time (the first, a warm-up, is not counted)")
     print(f"{'decoding':12}{'median ms':>12}{'p90 ms':>10}{'tokens/s':>10}{'mean tokens':>13}")
     for name, decoding in (("sampling", DecodingArguments()), ("greedy", DecodingArguments(do_sample=False))):
         set_seed(0)
-        bot = Bot(model, tokenizer, decoding, args.max_history)
+        bot = Bot(loaded, decoding, args.max_history)
         latencies, tokens = [], []
         for persona, history in requests:
             start = time.perf_counter()
@@ -67,7 +74,10 @@ def main() -> None:
             tokens.append(len(encode_texts(tokenizer, [reply])[0]) + 1)  # and its <eos>
         latencies, tokens = latencies[1:], tokens[1:]
         p90 = statistics.quantiles(latencies, n=10)[-1]
-        print(f"{name:12}{statistics.median(latencies) * 1e3:12.1f}{p90 * 1e3:10.1f}{sum(tokens) / sum(latencies):10.0f}{statistics.mean(tokens):13.1f}")
+        print(
+            f"{name:12}{statistics.median(latencies) * 1e3:12.1f}{p90 * 1e3:10.1f}"
+            f"{sum(tokens) / sum(latencies):10.0f}{statistics.mean(tokens):13.1f}"
+        )
 
 
 if __name__ == "__main__":

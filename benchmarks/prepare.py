@@ -34,7 +34,11 @@ CORPUS_DIR = Path(__file__).resolve().parent / ".corpus"
 def english_words(tokenizer_path: Path, count: int = 3000) -> list[str]:
     """The ``count`` lowest-ranked whole lower-case words of a byte-level BPE vocabulary (``Ġword``)."""
     vocab = json.loads((tokenizer_path / "vocab.json").read_text())
-    words = sorted((rank, token[1:]) for token, rank in vocab.items() if token.startswith("\u0120") and token[1:].isalpha() and token[1:].islower() and len(token) > 2)
+    words = sorted(
+        (rank, token[1:])
+        for token, rank in vocab.items()
+        if token.startswith("\u0120") and token[1:].isalpha() and token[1:].islower() and len(token) > 2
+    )
     return [word for _, word in words[:count]]
 
 
@@ -45,7 +49,8 @@ def sentence(rng: random.Random, words: list[str], low: int, high: int) -> str:
 
 
 def write_corpus(path: Path, dialogs: int, tokenizer_path: Path, seed: int = 0) -> None:
-    """A synthetic corpus of PersonaChat's shape in the reference's JSON layout (``{"train": [...], "valid": [...]}``)."""
+    """A synthetic corpus of PersonaChat's shape in the reference's JSON layout (``{"train": [...], "valid":
+    [...]}``)."""
     rng = random.Random(seed)
     words = english_words(tokenizer_path)
     conversations = [[sentence(rng, words, 5, 14) for _ in range(2 * rng.randint(6, 9))] for _ in range(dialogs)]
@@ -59,8 +64,13 @@ def write_corpus(path: Path, dialogs: int, tokenizer_path: Path, seed: int = 0) 
                 owner, utterance = rng.choice(pool)
                 if owner != index:
                     distractors.append(utterance)
-            utterances.append({"history": conversation[: 2 * turn + 1], "candidates": [*distractors, conversation[2 * turn + 1]]})
-        return {"personality": [sentence(rng, words, 4, 9) for _ in range(rng.randint(4, 5))], "utterances": utterances}
+            utterances.append(
+                {"history": conversation[: 2 * turn + 1], "candidates": [*distractors, conversation[2 * turn + 1]]}
+            )
+        return {
+            "personality": [sentence(rng, words, 4, 9) for _ in range(rng.randint(4, 5))],
+            "utterances": utterances,
+        }
 
     corpus = {"train": [dialog(i, c) for i, c in enumerate(conversations)], "valid": []}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -82,16 +92,32 @@ def prepare(corpus: str, cache: str, num_candidates: int, workers: int) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(str(SHARED_GPT2_TOKENIZER))
     add_special_tokens(tokenizer)
     data = DataArguments(
-        dataset_path=corpus, dataset_cache=cache, num_candidates=num_candidates, max_history=2, preprocessing_num_workers=workers, validation_split_size=0
+        dataset_path=corpus,
+        dataset_cache=cache,
+        num_candidates=num_candidates,
+        max_history=2,
+        preprocessing_num_workers=workers,
+        validation_split_size=0,
     )
     prepared = prepare_corpus(data, tokenizer, max_length=1024, roles=("train",))
     done = time.perf_counter()
     peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) * 1024
-    return {"seconds": done - imported, "import_seconds": imported - start, "peak_rss_gb": peak / 1e9, "stats": prepared.stats["splits"]["train"]}
+    return {
+        "seconds": done - imported,
+        "import_seconds": imported - start,
+        "peak_rss_gb": peak / 1e9,
+        "stats": prepared.stats["splits"]["train"],
+    }
 
 
 def run_child(*args: str) -> dict:
-    output = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    output = subprocess.run(
+        [sys.executable, __file__, "--child", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     if output.returncode:
         raise RuntimeError(output.stderr[-3000:])
     return json.loads(output.stdout.strip().splitlines()[-1])
@@ -126,13 +152,22 @@ def main() -> None:
         cold = run_child(str(corpus), str(cache), str(args.num_candidates), str(args.workers))
         warm = run_child(str(corpus), str(cache), str(args.num_candidates), str(args.workers))
         stats = cold["stats"]
-        print(f"corpus: {corpus.name}, {corpus.stat().st_size / 1e6:.0f} MB; training split, num_candidates {args.num_candidates}, max_history 2, {args.workers} workers")
-        print(f"  {stats['dialogs']:,} dialogs, {stats['examples']:,} examples, {stats['candidates']:,} candidates, {stats['tokens']:,} tokens, truncated {stats['truncated']}")
+        print(
+            f"corpus: {corpus.name}, {corpus.stat().st_size / 1e6:.0f} MB; training split, num_candidates "
+            f"{args.num_candidates}, max_history 2, {args.workers} workers"
+        )
+        print(
+            f"  {stats['dialogs']:,} dialogs, {stats['examples']:,} examples, {stats['candidates']:,} candidates, "
+            f"{stats['tokens']:,} tokens, truncated {stats['truncated']}"
+        )
         print(f"  padding the classic layout would add (batch 4): {stats['padding_ratio']:.1%}")
         print(f"{'':24}{'seconds':>10}{'peak RSS GB':>14}")
         print(f"{'cold (empty cache)':24}{cold['seconds']:10.1f}{cold['peak_rss_gb']:14.2f}")
         print(f"{'warm (from the cache)':24}{warm['seconds']:10.2f}{warm['peak_rss_gb']:14.2f}")
-        print(f"cache size: {folder_size(cache) / 1e6:.0f} MB (python and library imports, not counted above: {cold['import_seconds']:.1f} s)")
+        print(
+            f"cache size: {folder_size(cache) / 1e6:.0f} MB (python and library imports, not counted above: "
+            f"{cold['import_seconds']:.1f} s)"
+        )
     finally:
         shutil.rmtree(cache, ignore_errors=True)
 

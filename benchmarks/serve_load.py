@@ -30,8 +30,24 @@ def smollm2_model(steps: int) -> Path:
     """A persona SmolLM2-135M: the offline recipe for ``steps`` updates (once; reused afterwards)."""
     folder = REPO / "runs" / "smollm2-serve"
     if not (folder / "model.safetensors").exists():
-        subprocess.run([sys.executable, "-m", "persona.commands.train", str(REPO / "recipes" / "smollm2-135m-offline" / "train.yaml"), "--max_steps", str(steps),
-                        "--max_eval_dialogs", "2", "--eval_num_candidates", "2", "--output_dir", str(folder)], cwd=REPO, check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "persona.commands.train",
+                str(REPO / "recipes" / "smollm2-135m-offline" / "train.yaml"),
+                "--max_steps",
+                str(steps),
+                "--max_eval_dialogs",
+                "2",
+                "--eval_num_candidates",
+                "2",
+                "--output_dir",
+                str(folder),
+            ],
+            cwd=REPO,
+            check=True,
+        )
     return folder
 
 
@@ -41,7 +57,9 @@ def requests(count: int) -> list[list[dict]]:
     from persona.model.prompted import chat_messages
 
     dialogs = read_corpus(str(VALID_CONVERSATIONS), bot_side="user2")
-    return [chat_messages(d["persona"], t["history"]) for split in dialogs.values() for d in split for t in d["turns"]][:count]
+    return [
+        chat_messages(d["persona"], t["history"]) for split in dialogs.values() for d in split for t in d["turns"]
+    ][:count]
 
 
 def load(url: str, clients: int, per_client: int, max_tokens: int) -> dict:
@@ -55,7 +73,9 @@ def load(url: str, clients: int, per_client: int, max_tokens: int) -> dict:
         with httpx.Client(timeout=600) as http:
             for messages in conversations[index * per_client : (index + 1) * per_client]:
                 start = time.perf_counter()
-                response = http.post(f"{url}/v1/chat/completions", json={"messages": messages, "max_tokens": max_tokens})
+                response = http.post(
+                    f"{url}/v1/chat/completions", json={"messages": messages, "max_tokens": max_tokens}
+                )
                 response.raise_for_status()
                 latencies.append(time.perf_counter() - start)
         return latencies
@@ -78,7 +98,7 @@ def main() -> None:
 
     from persona.configs import DataArguments, ModelArguments
     from persona.model.generation import DecodingArguments
-    from persona.commands.serve import ServeArguments, free_port, running_server
+    from persona.serving.server import ServeArguments, free_port, running_server
 
     folders = {"quickstart": REPO / "runs" / "quickstart"}
     if "smollm2" in args.models:
@@ -86,21 +106,32 @@ def main() -> None:
     print(f"{'model':12} {'clients':>8} {'generation':>14} {'requests/s':>11} {'p50 s':>8} {'p90 s':>8}")
     for name in args.models:
         if not (folders[name] / "config.json").exists():
-            print(f"{name:12} skipped: no model in {folders[name]} (persona-train recipes/quickstart/train.yaml first)")
+            print(
+                f"{name:12} skipped: no model in {folders[name]} (persona-train recipes/quickstart/train.yaml first)"
+            )
             continue
         results = {}
         for mode, batch in (("batched", 16), ("one at a time", 1)):
             serve = ServeArguments(port=free_port(), max_batch_size=batch, max_queue=256)
-            with running_server(ModelArguments(model_name_or_path=str(folders[name])), DataArguments(), serve, DecodingArguments()) as (url, _):
+            with running_server(
+                ModelArguments(model_name_or_path=str(folders[name])), DataArguments(), serve, DecodingArguments()
+            ) as (url, _):
                 load(url, 1, 2, args.max_tokens)  # warm-up
                 for clients in CONCURRENCY:
                     results[mode, clients] = load(url, clients, args.requests_per_client, args.max_tokens)
                     r = results[mode, clients]
-                    print(f"{name:12} {clients:8} {mode:>14} {r['requests_per_s']:11.2f} {r['p50']:8.3f} {r['p90']:8.3f}", flush=True)
+                    print(
+                        f"{name:12} {clients:8} {mode:>14} {r['requests_per_s']:11.2f} {r['p50']:8.3f} "
+                        f"{r['p90']:8.3f}",
+                        flush=True,
+                    )
         batched, single = results["batched", 16], results["one at a time", 16]
         sequential_16 = 16 / results["one at a time", 1]["requests_per_s"]
-        print(f"{name:12} at 16 clients: batching gives {batched['requests_per_s'] / single['requests_per_s']:.1f}x the one-at-a-time throughput; "
-              f"p90 {batched['p90']:.2f} s against {sequential_16:.2f} s for 16 sequential replies")
+        print(
+            f"{name:12} at 16 clients: batching gives {batched['requests_per_s'] / single['requests_per_s']:.1f}x "
+            f"the one-at-a-time throughput; "
+            f"p90 {batched['p90']:.2f} s against {sequential_16:.2f} s for 16 sequential replies"
+        )
 
 
 if __name__ == "__main__":

@@ -38,14 +38,25 @@ def evaluated(model: list[str], dialogs: int, folder: Path) -> dict:
     """persona-eval's results for ``model`` (its command-line arguments) on the first ``dialogs`` held-out dialogs."""
     from persona.commands.eval import main as eval_main
 
-    if eval_main([str(RECIPES / "eval.yaml"), *model, "--output_dir", str(folder), "--max_eval_dialogs", str(dialogs)]) != 0:
+    if (
+        eval_main(
+            [str(RECIPES / "eval.yaml"), *model, "--output_dir", str(folder), "--max_eval_dialogs", str(dialogs)]
+        )
+        != 0
+    ):
         raise SystemExit("persona-eval failed")
     return json.loads((folder / "eval_results.json").read_text())
 
 
 def row(results: dict, ranking: str) -> dict:
-    """A table row: hits@1 by ``ranking`` (``hits@1``: the head; ``lm_hits@1``: the likelihood), perplexity, F1, turns."""
-    return {"hits@1": results[ranking], "perplexity": results["perplexity"], "f1": results["f1"], "turns": results["num_turns"]["hits"]}
+    """A table row: hits@1 by ``ranking`` (``hits@1``: the head; ``lm_hits@1``: the likelihood), perplexity, F1,
+    turns."""
+    return {
+        "hits@1": results[ranking],
+        "perplexity": results["perplexity"],
+        "f1": results["f1"],
+        "turns": results["num_turns"]["hits"],
+    }
 
 
 def fine_tuned(max_steps: int, use_peft: bool, token_types: bool, folder: Path) -> tuple[str, float]:
@@ -53,7 +64,15 @@ def fine_tuned(max_steps: int, use_peft: bool, token_types: bool, folder: Path) 
     from persona.commands.train import main as train_main
 
     started = time.perf_counter()
-    train_args = [str(RECIPES / "train.yaml"), "--max_steps", str(max_steps), "--output_dir", str(folder), "--max_eval_dialogs", "1"]
+    train_args = [
+        str(RECIPES / "train.yaml"),
+        "--max_steps",
+        str(max_steps),
+        "--output_dir",
+        str(folder),
+        "--max_eval_dialogs",
+        "1",
+    ]
     if use_peft:
         train_args += ["--use_peft", "true", "--learning_rate", "5e-4"]
     if token_types:
@@ -68,20 +87,31 @@ def main() -> None:
     parser.add_argument("--max_steps", type=int, default=120, help="training updates of 8 turns (the CPU budget)")
     parser.add_argument("--eval_dialogs", type=int, default=6, help="held-out dialogs scored (20 candidates per turn)")
     parser.add_argument("--use_peft", action="store_true", help="LoRA instead of every weight")
-    parser.add_argument("--token_types", action="store_true", help="train with token types (the recipe trains without)")
+    parser.add_argument(
+        "--token_types", action="store_true", help="train with token types (the recipe trains without)"
+    )
     args = parser.parse_args()
     os.chdir(REPO)  # the recipes' paths are relative to the repository
     if not (SMOLLM2 / GGUF).exists():
         raise SystemExit(f"{SMOLLM2 / GGUF} is absent (the shared folder beside the repository holds it)")
     with tempfile.TemporaryDirectory(prefix="smollm2-bench-") as folder:
         started = time.perf_counter()
-        untrained = evaluated(["--model_name_or_path", str(SMOLLM2), "--gguf_file", GGUF], args.eval_dialogs, Path(folder) / "untrained")
+        untrained = evaluated(
+            ["--model_name_or_path", str(SMOLLM2), "--gguf_file", GGUF], args.eval_dialogs, Path(folder) / "untrained"
+        )
         baseline_minutes = (time.perf_counter() - started) / 60
         model, minutes = fine_tuned(args.max_steps, args.use_peft, args.token_types, Path(folder) / "model")
         trained = evaluated(["--model_name_or_path", model], args.eval_dialogs, Path(folder) / "trained")
-    print(f"\nSmolLM2-135M-Instruct (GGUF Q4_1, de-quantized), Synthetic-Persona-Chat valid CSV, {trained['num_turns']['hits']} held-out turns x 20 candidates")
-    print(f"fine-tuning budget: {args.max_steps} updates x 8 turns = {args.max_steps * 8} training turns, {minutes:.1f} min "
-          f"({'LoRA' if args.use_peft else 'all weights'}, {'' if args.token_types else 'no '}token types); untrained baseline scored in {baseline_minutes:.1f} min")
+    print(
+        f"\nSmolLM2-135M-Instruct (GGUF Q4_1, de-quantized), Synthetic-Persona-Chat valid CSV, "
+        f"{trained['num_turns']['hits']} held-out turns x 20 candidates"
+    )
+    print(
+        f"fine-tuning budget: {args.max_steps} updates x 8 turns = {args.max_steps * 8} training turns, "
+        f"{minutes:.1f} min "
+        f"({'LoRA' if args.use_peft else 'all weights'}, {'' if args.token_types else 'no '}token types); untrained "
+        f"baseline scored in {baseline_minutes:.1f} min"
+    )
     print(f"{'model':48}{'hits@1':>8}{'ppl':>9}{'F1':>8}{'turns':>7}")
     rows = (
         ("untrained (its chat template, log-likelihood)", row(untrained, "lm_hits@1")),
@@ -91,7 +121,10 @@ def main() -> None:
     for name, values in rows:
         print(f"{name:48}{values['hits@1']:8.3f}{values['perplexity']:9.2f}{values['f1']:8.3f}{values['turns']:7d}")
     for name, values in rows[1:]:
-        print(f"hits@1 ratio, {name} / untrained: {values['hits@1'] / max(rows[0][1]['hits@1'], 1e-9):.2f}x (chance: 0.05)")
+        print(
+            f"hits@1 ratio, {name} / untrained: {values['hits@1'] / max(rows[0][1]['hits@1'], 1e-9):.2f}x (chance: "
+            f"0.05)"
+        )
 
 
 if __name__ == "__main__":

@@ -39,15 +39,39 @@ def _gpt2(tokenizer: Path, **config) -> dict:
 
 # name: (ModelArguments fields, the file they need, per-device batch size)
 MODELS = {
-    "quickstart (2x128, 0.7k vocab)": (_gpt2(QUICKSTART / "tokenizer", n_layer=2, n_embd=128, n_head=4, n_positions=256), QUICKSTART, 4),
-    "2x128, GPT-2 vocab": (_gpt2(GPT2_TOKENIZER, n_layer=2, n_embd=128, n_head=4, n_positions=1024), GPT2_TOKENIZER, 4),
-    "GPT-2 small size (12x768)": (_gpt2(GPT2_TOKENIZER, n_layer=12, n_embd=768, n_head=12, n_positions=1024), GPT2_TOKENIZER, 2),
-    "SmolLM2-135M (Llama, GGUF)": ({"model_name_or_path": str(SMOLLM2_GGUF.parent), "gguf_file": SMOLLM2_GGUF.name}, SMOLLM2_GGUF, 2),
+    "quickstart (2x128, 0.7k vocab)": (
+        _gpt2(QUICKSTART / "tokenizer", n_layer=2, n_embd=128, n_head=4, n_positions=256),
+        QUICKSTART,
+        4,
+    ),
+    "2x128, GPT-2 vocab": (
+        _gpt2(GPT2_TOKENIZER, n_layer=2, n_embd=128, n_head=4, n_positions=1024),
+        GPT2_TOKENIZER,
+        4,
+    ),
+    "GPT-2 small size (12x768)": (
+        _gpt2(GPT2_TOKENIZER, n_layer=12, n_embd=768, n_head=12, n_positions=1024),
+        GPT2_TOKENIZER,
+        2,
+    ),
+    "SmolLM2-135M (Llama, GGUF)": (
+        {"model_name_or_path": str(SMOLLM2_GGUF.parent), "gguf_file": SMOLLM2_GGUF.name},
+        SMOLLM2_GGUF,
+        2,
+    ),
 }
 
 
 def measure(
-    model_fields: dict, batch_size: int, mode: str, steps: int, accumulation: int, candidates: int, train: bool, device: str, bf16: bool
+    model_fields: dict,
+    batch_size: int,
+    mode: str,
+    steps: int,
+    accumulation: int,
+    candidates: int,
+    train: bool,
+    device: str,
+    bf16: bool,
 ) -> dict:
     """One path in this process: examples/s over ``steps`` batches after one untimed update (training; two
     untimed batches for scoring), an optimizer update every ``accumulation`` batches, and peak memory (RSS on
@@ -57,21 +81,30 @@ def measure(
     import torch
 
     from persona.configs import DataArguments, ModelArguments
-    from persona.data import PersonaCollator, prepare_corpus
-    from persona.model.loading import load_for_training, max_positions
-    from persona.model.dual_heads import PACKED, choose_dual_path
+    from persona.data import prepare_corpus
+    from persona.model.dual_heads import choose_dual_path, collator_for
+    from persona.model.loading import load_for_training
     from persona.training.trainer import dual_loss
 
     torch.manual_seed(0)
-    model, tokenizer = load_for_training(ModelArguments(**model_fields))
+    loaded = load_for_training(ModelArguments(**model_fields))
+    model, tokenizer = loaded.model, loaded.tokenizer
     model.to(device)
     role = "train" if train else "eval"
-    data = DataArguments(dataset_path=str(QUICKSTART), dataset_cache=str(REPO / "dataset_cache"), num_candidates=candidates, eval_num_candidates=candidates, max_history=2)
-    features = prepare_corpus(data, tokenizer, max_length=max_positions(model.config), roles=(role,)).features[role]
+    data = DataArguments(
+        dataset_path=str(QUICKSTART),
+        dataset_cache=str(REPO / "dataset_cache"),
+        num_candidates=candidates,
+        eval_num_candidates=candidates,
+        max_history=2,
+    )
+    features = prepare_corpus(data, tokenizer, max_length=loaded.max_positions, roles=(role,)).features[role]
     path = choose_dual_path(model, mode)
-    collator = PersonaCollator(tokenizer, packed=path == PACKED)
+    collator = collator_for(path, loaded.ids)
     warmup = accumulation if train else 2
-    batches = [collator([features[i] for i in range(s * batch_size, (s + 1) * batch_size)]) for s in range(warmup + steps)]
+    batches = [
+        collator([features[i] for i in range(s * batch_size, (s + 1) * batch_size)]) for s in range(warmup + steps)
+    ]
     batches = [{name: tensor.to(device) for name, tensor in batch.items()} for batch in batches]
     synchronize = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -91,12 +124,22 @@ def measure(
                     optimizer.zero_grad()
     synchronize()
     elapsed = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = (
+        torch.cuda.max_memory_allocated()
+        if device.startswith("cuda")
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
     return {"examples_per_s": steps * batch_size / elapsed, "peak_memory_gb": peak / 1e9}
 
 
 def run_child(args: list[str]) -> dict:
-    output = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    output = subprocess.run(
+        [sys.executable, __file__, *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     if output.returncode:
         raise RuntimeError(output.stderr[-2000:])
     return json.loads(output.stdout.strip().splitlines()[-1])
@@ -107,33 +150,60 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=16, help="timed training batches")
     parser.add_argument("--accumulation", type=int, default=8, help="batches per optimizer update (the reference's 8)")
     parser.add_argument("--eval_batches", type=int, default=8, help="timed scoring batches")
-    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS), metavar="NAME", help=f"which models (default all: {', '.join(MODELS)})")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        choices=list(MODELS),
+        default=list(MODELS),
+        metavar="NAME",
+        help=f"which models (default all: {', '.join(MODELS)})",
+    )
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
-    parser.add_argument("--batch_sizes", nargs="+", type=int, help="per-device batch sizes to measure (default: each model's own)")
+    parser.add_argument(
+        "--batch_sizes", nargs="+", type=int, help="per-device batch sizes to measure (default: each model's own)"
+    )
     parser.add_argument("--child", nargs="*")
     args = parser.parse_args()
     if args.child is not None:
         name, mode, steps, accumulation, candidates, train, batch = args.child
-        measured = measure(MODELS[name][0], int(batch), mode, int(steps), int(accumulation), int(candidates), train == "train", args.device, args.bf16)
+        measured = measure(
+            MODELS[name][0],
+            int(batch),
+            mode,
+            int(steps),
+            int(accumulation),
+            int(candidates),
+            train == "train",
+            args.device,
+            args.bf16,
+        )
         print(json.dumps(measured))
         return
     memory = "peak GPU memory GB" if args.device.startswith("cuda") else "peak RSS GB"
     print(f"device {args.device}{', bf16 autocast' if args.bf16 else ''}")
-    print(f"{'model':32} {'what':40} {'classic':>16} {'shared_prefix':>16} {'speed-up':>9}")
+    print(f"{'model':32} {'what':40} {'classic':>16} {'packed':>16} {'speed-up':>9}")
     for name in args.models:
         needed = MODELS[name][1]
         if not needed.exists():
             print(f"{name:32} skipped: {needed} is absent")
             continue
         for batch in args.batch_sizes or [MODELS[name][2]]:
-            for what, candidates, steps, train in (("train, 4 candidates", 4, args.steps, "train"), ("hits@1 scoring, 20 candidates", 20, args.eval_batches, "eval")):
+            for what, candidates, steps, train in (
+                ("train, 4 candidates", 4, args.steps, "train"),
+                ("hits@1 scoring, 20 candidates", 20, args.eval_batches, "eval"),
+            ):
                 child = [str(steps), str(args.accumulation), str(candidates), train, str(batch)]
                 options = ["--device", args.device, *(["--bf16"] if args.bf16 else [])]
-                results = {mode: run_child([*options, "--child", name, mode, *child]) for mode in ("classic", "shared_prefix")}
-                c, f = results["classic"], results["shared_prefix"]
+                results = {
+                    mode: run_child([*options, "--child", name, mode, *child]) for mode in ("classic", "packed")
+                }
+                c, f = results["classic"], results["packed"]
                 label = f"{what}, batch {batch} ex/s"
-                print(f"{name:32} {label:40} {c['examples_per_s']:16.2f} {f['examples_per_s']:16.2f} {f['examples_per_s'] / c['examples_per_s']:8.1f}x")
+                print(
+                    f"{name:32} {label:40} {c['examples_per_s']:16.2f} {f['examples_per_s']:16.2f} "
+                    f"{f['examples_per_s'] / c['examples_per_s']:8.1f}x"
+                )
                 print(f"{'':32} {'  ' + memory:40} {c['peak_memory_gb']:16.2f} {f['peak_memory_gb']:16.2f}")
 
 

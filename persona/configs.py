@@ -16,8 +16,13 @@ from transformers import TrainingArguments
 
 from persona.errors import ConfigError
 
-FORMATS = ("auto", "personachat_json", "parlai", "conversations", "hub")  # the corpus layouts persona.data.readers reads
-
+FORMATS = (
+    "auto",
+    "personachat_json",
+    "parlai",
+    "conversations",
+    "hub",
+)  # the corpus layouts persona.data.readers reads
 
 
 @dataclass
@@ -44,21 +49,29 @@ class ModelArguments:
     )
     gguf_file: str | None = field(
         default=None,
-        metadata={"help": "A GGUF checkpoint inside model_name_or_path (a folder or Hub id), de-quantized on load by "
-                  "transformers (needs the gguf package); its tokenizer too unless tokenizer_name_or_path is set."},
+        metadata={
+            "help": "A GGUF checkpoint inside model_name_or_path (a folder or Hub id), de-quantized on load by "
+            "transformers (needs the gguf package); its tokenizer too unless tokenizer_name_or_path is set."
+        },
     )
     use_peft: bool = field(
         default=False,
-        metadata={"help": "Train LoRA adapters (PEFT) instead of every weight; the multiple-choice head and the new "
-                  "special tokens' embeddings are trained fully; the adapters are merged into the saved model."},
+        metadata={
+            "help": "Train LoRA adapters (PEFT) instead of every weight; the multiple-choice head and the new "
+            "special tokens' embeddings are trained fully; the adapters are merged into the saved model."
+        },
     )
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (the update is scaled by alpha / r)."})
+    lora_alpha: int = field(
+        default=32, metadata={"help": "LoRA scaling numerator (the update is scaled by alpha / r)."}
+    )
     lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA branch's input."})
     lora_target_modules: list[str] = field(
         default_factory=lambda: ["all-linear"],
-        metadata={"help": "Module names that get adapters (q_proj v_proj ..., c_attn for GPT-2); all-linear: every linear "
-                  "layer of the transformer body."},
+        metadata={
+            "help": "Module names that get adapters (q_proj v_proj ..., c_attn for GPT-2); all-linear: every linear "
+            "layer of the transformer body."
+        },
     )
     revision: str = field(default="main", metadata={"help": "Branch, tag or commit of a Hub model."})
     trust_remote_code: bool = field(
@@ -72,10 +85,18 @@ class ModelArguments:
                 self.model_config = json.loads(self.model_config)
             except json.JSONDecodeError as error:
                 raise ConfigError(
-                    f"model_config is not a JSON object ({error.msg})", where="model_config", fix='write it as {"model_type": "gpt2", ...}.'
+                    f"model_config is not a JSON object ({error.msg})",
+                    where="model_config",
+                    fix='write it as {"model_type": "gpt2", ...}.',
                 ) from None
-        if self.model_config is not None and (not isinstance(self.model_config, dict) or "model_type" not in self.model_config):
-            raise ConfigError("model_config needs a model_type", where="model_config", fix='add "model_type": "gpt2" (or openai-gpt).')
+        if self.model_config is not None and (
+            not isinstance(self.model_config, dict) or "model_type" not in self.model_config
+        ):
+            raise ConfigError(
+                "model_config needs a model_type",
+                where="model_config",
+                fix='add "model_type": "gpt2" (or openai-gpt).',
+            )
 
     def training_only_fields(self) -> list[str]:
         """The fields set away from their defaults that only training uses (a fresh model, LoRA): a command that
@@ -143,8 +164,10 @@ class DataArguments:
     )
     max_input_length: int | None = field(
         default=None,
-        metadata={"help": "Longest input in tokens; defaults to the model's positions. Longer inputs lose the "
-                  "oldest history first, then persona sentences, never the reply."},
+        metadata={
+            "help": "Longest input in tokens; defaults to the model's positions. Longer inputs lose the "
+            "oldest history first, then persona sentences, never the reply."
+        },
     )
     max_train_dialogs: int | None = field(
         default=None, metadata={"help": "Use only the first N training dialogs (quick runs)."}
@@ -152,16 +175,16 @@ class DataArguments:
     max_eval_dialogs: int | None = field(
         default=None, metadata={"help": "Use only the first N evaluation dialogs (quick runs)."}
     )
-    sampling_seed: int = field(
-        default=0, metadata={"help": "Seed of distractor sampling and of the held-out split."}
-    )
+    sampling_seed: int = field(default=0, metadata={"help": "Seed of distractor sampling and of the held-out split."})
     preprocessing_num_workers: int = field(
         default=2, metadata={"help": "Processes used by datasets.map to tokenize large corpora."}
     )
     strict: bool = field(
         default=False,
-        metadata={"help": "Stop at the first unusable record (an empty conversation, a turn without its gold reply, a "
-                  "reply longer than the model's positions...) instead of skipping it with a warning and counting it."},
+        metadata={
+            "help": "Stop at the first unusable record (an empty conversation, a turn without its gold reply, a "
+            "reply longer than the model's positions...) instead of skipping it with a warning and counting it."
+        },
     )
 
 
@@ -178,15 +201,18 @@ class ForwardArguments:
         metadata={
             "help": "packed (fast: each turn one packed row, the persona+history prefix once and its candidates after "
             "it, LM logits only where labels are; a model whose attention takes no custom mask, openai-gpt, runs "
-            "full sequences) or classic (every candidate as a full sequence, logits everywhere, as the reference did).",
+            "full sequences) or classic (every candidate as a full sequence, logits everywhere, as the reference "
+            "did).",
             "choices": list(FORWARD_MODES),
         },
     )
     use_token_types: bool | None = field(
         default=None,
-        metadata={"help": "Add the speaker embeddings (token types) to the inputs, as TransferTransfo does; false "
-                  "feeds the model as its chat template does. Default: as the model was trained (persona_token_types "
-                  "in its config), and yes for a model that persona has not trained yet."},
+        metadata={
+            "help": "Add the speaker embeddings (token types) to the inputs, as TransferTransfo does; false "
+            "feeds the model as its chat template does. Default: as the model was trained (persona_token_types "
+            "in its config), and yes for a model that persona has not trained yet."
+        },
     )
 
 
@@ -208,24 +234,33 @@ class PersonaTrainingArguments(TrainingArguments, ForwardArguments):
     - ``gradient_accumulation_steps``: 8 instead of 1;
     - ``train_sampling_strategy``: ``group_by_length`` instead of ``random`` (batches of similar length, less padding);
     - ``remove_unused_columns``: False instead of True (the collator needs every column of the features);
-    - ``dataloader_pin_memory``: only where an accelerator is present, instead of always (pinning without one only warns).
+    - ``dataloader_pin_memory``: only where an accelerator is present, instead of always (pinning without one only
+    warns).
 
     ``num_train_epochs`` (3) and ``max_grad_norm`` (1.0) are the reference's and transformers' alike.
     """
 
     lm_coef: float = field(default=1.0, metadata={"help": "Weight of the language-modelling loss."})
     mc_coef: float = field(default=1.0, metadata={"help": "Weight of the multiple-choice (next-utterance) loss."})
-    learning_rate: float = field(default=6.25e-5, metadata={"help": "Peak learning rate (linear decay to 0).", "aliases": ["--lr"]})
+    learning_rate: float = field(
+        default=6.25e-5, metadata={"help": "Peak learning rate (linear decay to 0).", "aliases": ["--lr"]}
+    )
     num_train_epochs: float = field(default=3.0, metadata={"help": "Training epochs.", "aliases": ["--n_epochs"]})
-    per_device_train_batch_size: int = field(default=4, metadata={"help": "Training examples per device.", "aliases": ["--train_batch_size"]})
-    per_device_eval_batch_size: int = field(default=4, metadata={"help": "Evaluation examples per device.", "aliases": ["--valid_batch_size"]})
+    per_device_train_batch_size: int = field(
+        default=4, metadata={"help": "Training examples per device.", "aliases": ["--train_batch_size"]}
+    )
+    per_device_eval_batch_size: int = field(
+        default=4, metadata={"help": "Evaluation examples per device.", "aliases": ["--valid_batch_size"]}
+    )
     gradient_accumulation_steps: int = field(default=8, metadata={"help": "Batches accumulated per update."})
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm.", "aliases": ["--max_norm"]})
     train_sampling_strategy: str = field(
         default="group_by_length",
         metadata={"help": "group_by_length (default: batches of similar length, less padding), random, sequential."},
     )
-    remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: the collator needs every column."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Kept False: the collator needs every column."}
+    )
     dataloader_pin_memory: bool = field(
         default_factory=torch.accelerator.is_available,
         metadata={"help": "Pin the batches' memory for faster copies to an accelerator (default: when there is one)."},

@@ -18,30 +18,64 @@ from transformers import GPT2TokenizerFast
 
 OUT = Path(__file__).resolve().parent.parent / "persona" / "resources" / "quickstart"
 TOPICS = {
-    "pet": (["dog", "cat", "parrot", "hamster", "rabbit", "turtle", "horse", "goldfish", "snake", "pig"],
-            ["i have a pet {v}.", "my best friend is my {v}."],
-            ["do you have any pets?", "any animals at home?", "are you an animal person?"],
-            ["yes, i have a {v} and i love it.", "i do, a {v}. it keeps me busy.", "my {v} is waiting for me at home."]),
-    "job": (["nurse", "teacher", "chef", "pilot", "farmer", "mechanic", "lawyer", "painter", "baker", "firefighter"],
-            ["i work as a {v}.", "i am a {v}."],
-            ["what do you do for a living?", "what is your job?", "where do you work?"],
-            ["i am a {v}, it is hard work.", "i work as a {v}. i like it.", "{v}. i have done it for years."]),
-    "hobby": (["hiking", "chess", "knitting", "surfing", "gardening", "fishing", "dancing", "cycling", "singing", "swimming"],
-              ["i love {v}.", "in my free time i enjoy {v}."],
-              ["what do you do for fun?", "any hobbies?", "how do you spend your weekends?"],
-              ["i love {v}, i do it every weekend.", "mostly {v}. it relaxes me.", "{v}! i could do it all day."]),
-    "food": (["pizza", "sushi", "tacos", "pasta", "curry", "salad", "burgers", "pancakes", "soup", "steak"],
-             ["my favorite food is {v}.", "i eat {v} every day."],
-             ["what is your favorite food?", "what do you like to eat?", "are you hungry?"],
-             ["i could eat {v} every day.", "{v}, always {v}.", "i just had some {v}, it was great."]),
-    "home": (["paris", "tokyo", "texas", "canada", "chicago", "london", "a farm", "the beach", "the mountains", "a small town"],
-             ["i live in {v}.", "my home is in {v}."],
-             ["where do you live?", "where are you from?", "where is home for you?"],
-             ["i live in {v}.", "{v}, i moved there last year.", "i am from {v}, it is lovely."]),
-    "music": (["jazz", "rock", "country", "rap", "classical", "pop", "blues", "metal", "reggae", "folk"],
-              ["i listen to {v} music.", "{v} is my favorite music."],
-              ["what music do you like?", "what are you listening to lately?", "do you like music?"],
-              ["i listen to {v} all the time.", "mostly {v}. what about you?", "{v}, it makes me happy."]),
+    "pet": (
+        ["dog", "cat", "parrot", "hamster", "rabbit", "turtle", "horse", "goldfish", "snake", "pig"],
+        ["i have a pet {v}.", "my best friend is my {v}."],
+        ["do you have any pets?", "any animals at home?", "are you an animal person?"],
+        ["yes, i have a {v} and i love it.", "i do, a {v}. it keeps me busy.", "my {v} is waiting for me at home."],
+    ),
+    "job": (
+        ["nurse", "teacher", "chef", "pilot", "farmer", "mechanic", "lawyer", "painter", "baker", "firefighter"],
+        ["i work as a {v}.", "i am a {v}."],
+        ["what do you do for a living?", "what is your job?", "where do you work?"],
+        ["i am a {v}, it is hard work.", "i work as a {v}. i like it.", "{v}. i have done it for years."],
+    ),
+    "hobby": (
+        [
+            "hiking",
+            "chess",
+            "knitting",
+            "surfing",
+            "gardening",
+            "fishing",
+            "dancing",
+            "cycling",
+            "singing",
+            "swimming",
+        ],
+        ["i love {v}.", "in my free time i enjoy {v}."],
+        ["what do you do for fun?", "any hobbies?", "how do you spend your weekends?"],
+        ["i love {v}, i do it every weekend.", "mostly {v}. it relaxes me.", "{v}! i could do it all day."],
+    ),
+    "food": (
+        ["pizza", "sushi", "tacos", "pasta", "curry", "salad", "burgers", "pancakes", "soup", "steak"],
+        ["my favorite food is {v}.", "i eat {v} every day."],
+        ["what is your favorite food?", "what do you like to eat?", "are you hungry?"],
+        ["i could eat {v} every day.", "{v}, always {v}.", "i just had some {v}, it was great."],
+    ),
+    "home": (
+        [
+            "paris",
+            "tokyo",
+            "texas",
+            "canada",
+            "chicago",
+            "london",
+            "a farm",
+            "the beach",
+            "the mountains",
+            "a small town",
+        ],
+        ["i live in {v}.", "my home is in {v}."],
+        ["where do you live?", "where are you from?", "where is home for you?"],
+        ["i live in {v}.", "{v}, i moved there last year.", "i am from {v}, it is lovely."],
+    ),
+    "music": (
+        ["jazz", "rock", "country", "rap", "classical", "pop", "blues", "metal", "reggae", "folk"],
+        ["i listen to {v} music.", "{v} is my favorite music."],
+        ["what music do you like?", "what are you listening to lately?", "do you like music?"],
+        ["i listen to {v} all the time.", "mostly {v}. what about you?", "{v}, it makes me happy."],
+    ),
 }
 GREETINGS = ["hi, how are you?", "hello there!", "hey, how is your day?", "good evening!"]
 OPENERS = ["i am good, thanks. tell me about yourself.", "great, thank you. nice to meet you.", "fine, and you?"]
@@ -82,8 +116,12 @@ def main() -> None:
                 handle.write(json.dumps(record) + "\n")
                 texts += [s for p in record["personas"] for s in p] + record["utterances"]
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator([" " + t for t in texts], vocab_size=1000, min_frequency=2, special_tokens=["<|endoftext|>"])
-    tokenizer = GPT2TokenizerFast(tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>")
+    bpe.train_from_iterator(
+        [" " + t for t in texts], vocab_size=1000, min_frequency=2, special_tokens=["<|endoftext|>"]
+    )
+    tokenizer = GPT2TokenizerFast(
+        tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|endoftext|>", unk_token="<|endoftext|>"
+    )
     tokenizer.model_max_length = 512
     tokenizer.save_pretrained(OUT / "tokenizer")
     print({split: count for split, count in splits.items()}, "conversations; tokenizer vocabulary", len(tokenizer))

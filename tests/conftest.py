@@ -16,28 +16,54 @@ REPO = Path(__file__).resolve().parent.parent
 QUICKSTART = REPO / "persona" / "resources" / "quickstart"
 SHARED = REPO.parent / "shared"
 TINY_GPT2 = {
-    "model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 128,
-    "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "summary_first_dropout": 0.0,
+    "model_type": "gpt2",
+    "n_layer": 2,
+    "n_embd": 32,
+    "n_head": 2,
+    "n_positions": 128,
+    "resid_pdrop": 0.0,
+    "embd_pdrop": 0.0,
+    "attn_pdrop": 0.0,
+    "summary_first_dropout": 0.0,
 }
 TINY_OPENAI_GPT = {
-    "model_type": "openai-gpt", "n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 128,
-    "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, "summary_first_dropout": 0.0,
+    "model_type": "openai-gpt",
+    "n_layer": 2,
+    "n_embd": 32,
+    "n_head": 2,
+    "n_positions": 128,
+    "resid_pdrop": 0.0,
+    "embd_pdrop": 0.0,
+    "attn_pdrop": 0.0,
+    "summary_first_dropout": 0.0,
 }
 TINY_LLAMA = {
-    "model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-    "num_key_value_heads": 2, "max_position_embeddings": 128, "tie_word_embeddings": True,
+    "model_type": "llama",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 128,
+    "tie_word_embeddings": True,
 }
 
 
 def tiny_train_args(output_dir: Path, *extra: str) -> list[str]:
     """persona-train arguments for a tiny GPT-2 on the quickstart corpus, offline; ``extra`` adds or overrides."""
     return [
-        "--model_config", json.dumps(TINY_GPT2),
-        "--tokenizer_name_or_path", str(QUICKSTART / "tokenizer"),
-        "--dataset_path", str(QUICKSTART),
-        "--dataset_cache", str(output_dir.parent / "cache"),
-        "--output_dir", str(output_dir),
-        "--report_to", "none",
+        "--model_config",
+        json.dumps(TINY_GPT2),
+        "--tokenizer_name_or_path",
+        str(QUICKSTART / "tokenizer"),
+        "--dataset_path",
+        str(QUICKSTART),
+        "--dataset_cache",
+        str(output_dir.parent / "cache"),
+        "--output_dir",
+        str(output_dir),
+        "--report_to",
+        "none",
         *extra,
     ]
 
@@ -70,7 +96,9 @@ def build_tiny(config: dict):
     from persona.model.loading import load_for_training
 
     torch.manual_seed(0)
-    return load_for_training(ModelArguments(model_config=config, tokenizer_name_or_path=str(QUICKSTART / "tokenizer"))).model.eval()
+    return load_for_training(
+        ModelArguments(model_config=config, tokenizer_name_or_path=str(QUICKSTART / "tokenizer"))
+    ).model.eval()
 
 
 def as_loaded(model, tokenizer, token_types: bool = True):
@@ -113,7 +141,22 @@ def trained_model_dir(tmp_path_factory):
     from persona.commands.train import main as train_main
 
     out = tmp_path_factory.mktemp("trained") / "run"
-    assert train_main(tiny_train_args(out, "--max_train_dialogs", "8", "--max_eval_dialogs", "2", "--eval_num_candidates", "4", "--max_steps", "1")) == 0
+    assert (
+        train_main(
+            tiny_train_args(
+                out,
+                "--max_train_dialogs",
+                "8",
+                "--max_eval_dialogs",
+                "2",
+                "--eval_num_candidates",
+                "4",
+                "--max_steps",
+                "1",
+            )
+        )
+        == 0
+    )
     return out
 
 
@@ -126,7 +169,12 @@ def write_conversations(path: Path, conversations: list[dict]) -> Path:
 CONVERSATIONS = [
     {
         "personas": [["i like cats.", "i am a nurse."], ["i live in paris.", "i play chess."]],
-        "utterances": ["hi there!", "hello, where are you from?", "i am a nurse from ohio.", "i live in paris, i play chess."],
+        "utterances": [
+            "hi there!",
+            "hello, where are you from?",
+            "i am a nurse from ohio.",
+            "i live in paris, i play chess.",
+        ],
     },
     {
         "personas": [["i eat pizza.", "i have a dog."], ["i drive a truck.", "i love jazz."]],

@@ -10,12 +10,12 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from persona.commands.train import main as train_main
 from persona.configs import ModelArguments
 from persona.data import PersonaCollator
-from persona.model.generation import DecodingArguments, generate_replies, prompt_inputs
-from persona.commands.train import main as train_main
 from persona.data.special_tokens import special_ids
 from persona.model.dual_heads import DualPath
+from persona.model.generation import DecodingArguments, generate_replies, prompt_inputs
 from persona.model.lora import merged, with_lora
 from persona.training.trainer import dual_loss
 from tests.conftest import TINY_GPT2, TINY_LLAMA, TINY_OPENAI_GPT, as_loaded, build_tiny, load_folder, tiny_train_args
@@ -47,7 +47,10 @@ def test_generation_feeds_the_token_types_of_the_layout(config, tokenizer):
     token; a batch gives what each prompt gives alone; and the types change what the model predicts."""
     model = build_tiny(config)
     decoding = DecodingArguments(do_sample=False, max_length=4, min_length=4)
-    dialogs = [(["i like cats."], ["hi! who are you?"]), (["i am tall.", "i love jazz."], ["hello.", "hi!", "what music?"])]
+    dialogs = [
+        (["i like cats."], ["hi! who are you?"]),
+        (["i am tall.", "i love jazz."], ["hello.", "hi!", "what music?"]),
+    ]
     seen = []
     original = model.forward
 
@@ -65,7 +68,10 @@ def test_generation_feeds_the_token_types_of_the_layout(config, tokenizer):
     assert first_types is not None and len(seen) == 4
     for row, prompt in enumerate(prompts):
         n = len(prompt["input_ids"])
-        assert first_ids[row, -n:].tolist() == prompt["input_ids"] and first_types[row, -n:].tolist() == prompt["token_type_ids"]
+        assert (
+            first_ids[row, -n:].tolist() == prompt["input_ids"]
+            and first_types[row, -n:].tolist() == prompt["token_type_ids"]
+        )
         assert prompt["input_ids"][-1] == prompt["token_type_ids"][-1] == ids.speaker1  # the bot's turn
     for step_ids, step_types in seen[1:]:  # one new token a step (GPT-2, Llama) or the whole row again (openai-gpt)
         assert step_types.shape == step_ids.shape and (step_types[:, -1] == ids.speaker1).all()
@@ -73,14 +79,27 @@ def test_generation_feeds_the_token_types_of_the_layout(config, tokenizer):
     assert batched == [generate_replies(loaded, [d], decoding)[0] for d in dialogs]
     prompt = prompts[1]
     with torch.no_grad():
-        typed = model(input_ids=torch.tensor([prompt["input_ids"]]), token_type_ids=torch.tensor([prompt["token_type_ids"]])).logits
+        typed = model(
+            input_ids=torch.tensor([prompt["input_ids"]]), token_type_ids=torch.tensor([prompt["token_type_ids"]])
+        ).logits
         untyped = model(input_ids=torch.tensor([prompt["input_ids"]])).logits
     assert not torch.allclose(typed, untyped)
 
 
 def test_a_tiny_llama_trains_with_persona_train(tmp_path):
     out = tmp_path / "run"
-    args = ["--max_train_dialogs", "8", "--max_eval_dialogs", "2", "--eval_num_candidates", "4", "--max_steps", "3", "--learning_rate", "1e-3"]
+    args = [
+        "--max_train_dialogs",
+        "8",
+        "--max_eval_dialogs",
+        "2",
+        "--eval_num_candidates",
+        "4",
+        "--max_steps",
+        "3",
+        "--learning_rate",
+        "1e-3",
+    ]
     assert train_main([*tiny_train_args(out, *args), "--model_config", json.dumps(TINY_LLAMA)]) == 0
     results = json.loads((out / "eval_results.json").read_text())
     assert results["eval_num_candidates"] == 4 and results["eval_perplexity"] > 1
@@ -93,9 +112,13 @@ def test_lora_trains_only_adapters_the_head_and_the_special_token_rows(tokenizer
 
     model = build_tiny(TINY_LLAMA).train()
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    lora = with_lora(model, ModelArguments(use_peft=True, lora_r=4, lora_alpha=8, lora_dropout=0.0), special_ids(tokenizer))
+    lora = with_lora(
+        model, ModelArguments(use_peft=True, lora_r=4, lora_alpha=8, lora_dropout=0.0), special_ids(tokenizer)
+    )
     trainable = [name for name, p in lora.named_parameters() if p.requires_grad]
-    assert trainable and all(("lora_" in n) or ("trainable_tokens" in n) or ("multiple_choice_head.modules_to_save" in n) for n in trainable)
+    assert trainable and all(
+        ("lora_" in n) or ("trainable_tokens" in n) or ("multiple_choice_head.modules_to_save" in n) for n in trainable
+    )
     assert any("lora_" in n for n in trainable) and any("trainable_tokens" in n for n in trainable)
     optimizer = torch.optim.AdamW([p for p in lora.parameters() if p.requires_grad], lr=1e-2)
     batch = PersonaCollator(special_ids(tokenizer), packed=True)(_examples(tokenizer))
@@ -110,23 +133,37 @@ def test_lora_trains_only_adapters_the_head_and_the_special_token_rows(tokenizer
     changed_rows = (after[embedding] != before[embedding]).any(-1).nonzero().flatten().tolist()
     assert changed_rows == special  # only the special tokens' rows of the vocabulary moved
     assert not torch.equal(after["multiple_choice_head.summary.weight"], before["multiple_choice_head.summary.weight"])
-    assert not torch.equal(after["model.layers.0.self_attn.q_proj.weight"], before["model.layers.0.self_attn.q_proj.weight"])  # merged
+    assert not torch.equal(
+        after["model.layers.0.self_attn.q_proj.weight"], before["model.layers.0.self_attn.q_proj.weight"]
+    )  # merged
     assert torch.equal(after["model.norm.weight"], before["model.norm.weight"])  # not adapted: frozen
 
 
 def test_persona_train_with_lora_saves_a_merged_plain_model(tmp_path):
     out = tmp_path / "run"
     args = ["--max_train_dialogs", "8", "--max_eval_dialogs", "2", "--eval_num_candidates", "4", "--max_steps", "2"]
-    argv = [*tiny_train_args(out, *args), "--model_config", json.dumps(TINY_LLAMA), "--use_peft", "true", "--lora_r", "4"]
+    argv = [
+        *tiny_train_args(out, *args),
+        "--model_config",
+        json.dumps(TINY_LLAMA),
+        "--use_peft",
+        "true",
+        "--lora_r",
+        "4",
+    ]
     assert train_main(argv) == 0
     with safe_open(out / "model.safetensors", "pt") as weights:
         names = list(weights.keys())
-    assert "multiple_choice_head.summary.weight" in names and not [n for n in names if "lora" in n or "base_model" in n]
+    assert "multiple_choice_head.summary.weight" in names and not [
+        n for n in names if "lora" in n or "base_model" in n
+    ]
     assert not (out / "adapter_config.json").exists()
     assert type(load_folder(out).model).__name__ == "LlamaForCausalLM"
 
 
-def test_the_shared_smollm2_gguf_loads_as_float_weights_that_continue_sensibly_and_save_for_plain_transformers(tmp_path):
+def test_the_shared_smollm2_gguf_loads_as_float_weights_that_continue_sensibly_and_save_for_plain_transformers(
+    tmp_path,
+):
     """The gguf_file path: de-quantized on load, the quantizer detached, trains as float32, saves safetensors."""
     from transformers import AutoModelForCausalLM
 
@@ -134,12 +171,16 @@ def test_the_shared_smollm2_gguf_loads_as_float_weights_that_continue_sensibly_a
     from tests.conftest import needs_shared
 
     folder = needs_shared("models", "smollm2-135m-instruct")
-    loaded = load_for_training(ModelArguments(model_name_or_path=str(folder), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"))
+    loaded = load_for_training(
+        ModelArguments(model_name_or_path=str(folder), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    )
     model, tokenizer = loaded.model, loaded.tokenizer
     assert {p.dtype for p in model.parameters()} == {torch.float32} and getattr(model, "hf_quantizer", None) is None
     assert getattr(model.config, "quantization_config", None) is None and type(model).__name__ == "LlamaForCausalLM"
     prompt = tokenizer("The capital of France is", return_tensors="pt", add_special_tokens=False)
-    greedy = model.eval().generate(**prompt, max_new_tokens=3, do_sample=False, generation_config=None, eos_token_id=None, suppress_tokens=None)
+    greedy = model.eval().generate(
+        **prompt, max_new_tokens=3, do_sample=False, generation_config=None, eos_token_id=None, suppress_tokens=None
+    )
     assert "Paris" in tokenizer.decode(greedy[0, prompt["input_ids"].shape[1] :])
     model.save_pretrained(tmp_path)
     assert [p.name for p in tmp_path.glob("*.safetensors")] and not list(tmp_path.glob("*.gguf"))

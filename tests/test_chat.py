@@ -29,8 +29,23 @@ def _read_until(fd, marker: bytes, timeout: float = 60) -> bytes:
 def test_interactive_loop_in_a_pseudo_terminal(trained_model_dir):
     leader, follower = pty.openpty()
     process = subprocess.Popen(
-        [sys.executable, "-m", "persona.commands.chat", "--model_name_or_path", str(trained_model_dir), "--persona", "i like cats.", "--persona", "i am tall.", "--no_sample"],
-        stdin=follower, stdout=follower, stderr=follower, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        [
+            sys.executable,
+            "-m",
+            "persona.commands.chat",
+            "--model_name_or_path",
+            str(trained_model_dir),
+            "--persona",
+            "i like cats.",
+            "--persona",
+            "i am tall.",
+            "--no_sample",
+        ],
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        cwd=REPO,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     os.close(follower)  # input() writes its prompt to stderr when the readline module is not loaded
     try:
@@ -70,15 +85,37 @@ def test_history_is_kept_and_reset(trained_model_dir):
             raise EOFError from None  # Ctrl-D
 
     out = []
-    chat_loop(Recording(load_folder(trained_model_dir), DecodingArguments(), 2), ["i like cats."], read=read, write=out.append)
+    chat_loop(
+        Recording(load_folder(trained_model_dir), DecodingArguments(), 2),
+        ["i like cats."],
+        read=read,
+        write=out.append,
+    )
     assert seen == [["a"], ["a", "ok.", "b"], ["c"]]
 
 
 def test_json_lines_answer_each_request(trained_model_dir, tmp_path):
-    requests = [{"persona": ["i like cats."], "history": ["hi!"]}, {"persona": ["i love jazz."], "history": ["what music?", "jazz.", "nice."]}]
+    requests = [
+        {"persona": ["i like cats."], "history": ["hi!"]},
+        {"persona": ["i love jazz."], "history": ["what music?", "jazz.", "nice."]},
+    ]
     stdin = "".join(json.dumps(r) + "\n" for r in requests) + "not json\n"
-    result = subprocess.run([sys.executable, "-m", "persona.commands.chat", "--model_name_or_path", str(trained_model_dir), "--json", "--no_sample"],
-                            input=stdin, capture_output=True, text=True, cwd=REPO, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "persona.commands.chat",
+            "--model_name_or_path",
+            str(trained_model_dir),
+            "--json",
+            "--no_sample",
+        ],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert result.returncode == 0 and len(lines) == 3
     assert all(isinstance(line["reply"], str) for line in lines[:2]) and "line 3" in lines[2]["error"]

@@ -21,10 +21,12 @@ def _as_seed_json(path: Path) -> Path:
     dialogs = []
     for conversation in CONVERSATIONS:
         u = conversation["utterances"]
-        dialogs.append({
-            "personality": conversation["personas"][1],
-            "utterances": [{"history": u[:i], "candidates": [u[i]]} for i in range(1, len(u), 2)],
-        })
+        dialogs.append(
+            {
+                "personality": conversation["personas"][1],
+                "utterances": [{"history": u[:i], "candidates": [u[i]]} for i in range(1, len(u), 2)],
+            }
+        )
     path.write_text(json.dumps({"train": dialogs, "valid": dialogs}))
     return path
 
@@ -55,7 +57,13 @@ def _as_csv(path: Path) -> Path:
 
 
 def _features(tmp_path, tokenizer, dataset_path, **options):  # one file: its whole content is the training split
-    args = DataArguments(dataset_path=str(dataset_path), dataset_cache=str(tmp_path / "cache"), num_candidates=2, eval_num_candidates=2, **options)
+    args = DataArguments(
+        dataset_path=str(dataset_path),
+        dataset_cache=str(tmp_path / "cache"),
+        num_candidates=2,
+        eval_num_candidates=2,
+        **options,
+    )
     return prepare_corpus(args, tokenizer, max_length=128, roles=("train",)).features["train"]
 
 
@@ -82,21 +90,35 @@ def test_both_sides_serve_as_bot_by_default(tmp_path):
     assert [d["persona"] for d in dialogs[:2]] == CONVERSATIONS[0]["personas"]
     # user 1 opens: its first turn answers PersonaChat's "__ SILENCE __", so every history is odd
     assert dialogs[0]["turns"][0] == {"history": [SILENCE], "candidates": ["hi there!"]}
-    assert dialogs[0]["turns"][1] == {"history": [SILENCE, *CONVERSATIONS[0]["utterances"][:2]], "candidates": ["i am a nurse from ohio."]}
-    assert dialogs[1]["turns"][1] == {"history": CONVERSATIONS[0]["utterances"][:3], "candidates": ["i live in paris, i play chess."]}
+    assert dialogs[0]["turns"][1] == {
+        "history": [SILENCE, *CONVERSATIONS[0]["utterances"][:2]],
+        "candidates": ["i am a nurse from ohio."],
+    }
+    assert dialogs[1]["turns"][1] == {
+        "history": CONVERSATIONS[0]["utterances"][:3],
+        "candidates": ["i live in paris, i play chess."],
+    }
     assert all(len(turn["history"]) % 2 for dialog in dialogs for turn in dialog["turns"])
     assert dialogs[1]["record"].endswith("train.jsonl, line 1 (user 2 as the bot)")
 
 
 def test_held_out_dialogs_take_whole_conversations(tmp_path, tokenizer):
     conversations = [
-        {"personas": [[f"i am person {i}."], [f"i am partner {i}."]], "utterances": [f"hello {i}.", f"hi {i}!", f"bye {i}.", f"ciao {i}."]}
+        {
+            "personas": [[f"i am person {i}."], [f"i am partner {i}."]],
+            "utterances": [f"hello {i}.", f"hi {i}!", f"bye {i}.", f"ciao {i}."],
+        }
         for i in range(10)
     ]
     path = write_conversations(tmp_path / "train.jsonl", conversations)
-    args = DataArguments(dataset_path=str(path), dataset_cache=str(tmp_path / "cache"), validation_split_size=0.3, eval_num_candidates=2)
+    args = DataArguments(
+        dataset_path=str(path), dataset_cache=str(tmp_path / "cache"), validation_split_size=0.3, eval_num_candidates=2
+    )
     dialogs = prepare_corpus(args, tokenizer, max_length=128).dialogs
-    seen = {role: {u for d in dialogs[role] for t in d["turns"] for u in (*t["history"], t["candidates"][-1])} - {SILENCE} for role in ("train", "eval")}
+    seen = {
+        role: {u for d in dialogs[role] for t in d["turns"] for u in (*t["history"], t["candidates"][-1])} - {SILENCE}
+        for role in ("train", "eval")
+    }
     assert len(dialogs["eval"]) == 6 and len(dialogs["train"]) == 14  # 3 of 10 conversations, both sides each
     assert not seen["train"] & seen["eval"]
 
@@ -113,14 +135,24 @@ def test_parlai_candidates_and_dialog_boundaries(tmp_path):
     path.write_text(text)
     (first, second) = read_corpus(str(path))[WHOLE_FILE]
     assert first["persona"] == ["i like cats."]
-    assert first["turns"][1] == {"history": ["hi!", "hello!", "how are you?"], "candidates": ["no.", "maybe.", "good."]}
+    assert first["turns"][1] == {
+        "history": ["hi!", "hello!", "how are you?"],
+        "candidates": ["no.", "maybe.", "good."],
+    }
     assert second["turns"] == [{"history": ["hey"], "candidates": ["nope", "yo"]}]
 
 
 def test_sampled_distractors_are_seeded_and_exclude_the_dialog(tmp_path, tokenizer):
-    args = DataArguments(dataset_path=str(QUICKSTART), dataset_cache=str(tmp_path / "c"), eval_num_candidates=20, max_eval_dialogs=10)
+    args = DataArguments(
+        dataset_path=str(QUICKSTART), dataset_cache=str(tmp_path / "c"), eval_num_candidates=20, max_eval_dialogs=10
+    )
     first = prepare_corpus(args, tokenizer, max_length=256, roles=("eval",)).dialogs["eval"]
-    again = prepare_corpus(DataArguments(**{**vars(args), "dataset_cache": str(tmp_path / "d")}), tokenizer, max_length=256, roles=("eval",)).dialogs["eval"]
+    again = prepare_corpus(
+        DataArguments(**{**vars(args), "dataset_cache": str(tmp_path / "d")}),
+        tokenizer,
+        max_length=256,
+        roles=("eval",),
+    ).dialogs["eval"]
     assert first[:] == again[:]
     for dialog in first:
         own = {u for t in dialog["turns"] for u in t["history"]}
@@ -158,9 +190,15 @@ def test_failed_build_leaves_no_cache(tmp_path, tokenizer):
     [
         (b'{"train": [{"personality": ["a."], "utterances": [', "invalid JSON at line 1"),
         (b'{"train": [{"personality": ["a."]}]}', "missing field(s) ['utterances']"),
-        (b'{"train": [{"personality": [], "utterances": [{"history": [], "candidates": ["x"]}]}]}', "field 'personality' is empty"),
+        (
+            b'{"train": [{"personality": [], "utterances": [{"history": [], "candidates": ["x"]}]}]}',
+            "field 'personality' is empty",
+        ),
         (b'{"train": [{"personality": ["a."], "utterances": []}]}', "the dialog has no usable turns"),
-        (b'{"train": [{"personality": ["a."], "utterances": [{"history": ["hi"], "candidates": []}]}]}', "field 'candidates' is empty"),
+        (
+            b'{"train": [{"personality": ["a."], "utterances": [{"history": ["hi"], "candidates": []}]}]}',
+            "field 'candidates' is empty",
+        ),
         (b"1 your persona: i like cats.\n2 hi there\n", "turn without its gold reply"),
         (b"1 your persona: i like cats.\n", "the dialog has no usable turns"),
         (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe binary", "not UTF-8"),
@@ -182,13 +220,20 @@ def test_missing_file_and_overlong_reply(tmp_path, tokenizer):
     with pytest.raises(DataError, match="file not found"):
         _features(tmp_path, tokenizer, tmp_path / "absent.json")
     long = {"personas": [["a."], ["b."]], "utterances": ["hi", "word " * 10_000]}
-    with pytest.raises(DataError, match=r"train.jsonl, line 1 \(user 2 as the bot\), turn 0: the gold reply \(20000 tokens\) cannot fit"):
+    with pytest.raises(
+        DataError,
+        match=r"train.jsonl, line 1 \(user 2 as the bot\), turn 0: the gold reply \(20000 tokens\) cannot fit",
+    ):
         _features(tmp_path, tokenizer, write_conversations(tmp_path / "train.jsonl", [long]), strict=True)
 
 
 def test_overlong_history_is_truncated_and_counted(tmp_path, tokenizer):
     long = {"personas": [["i like cats."], ["b."]], "utterances": ["word " * 10_000, "fine.", "ok.", "bye."]}
-    args = DataArguments(dataset_path=str(write_conversations(tmp_path / "train.jsonl", [long])), dataset_cache=str(tmp_path / "c"), bot_side="user2")
+    args = DataArguments(
+        dataset_path=str(write_conversations(tmp_path / "train.jsonl", [long])),
+        dataset_cache=str(tmp_path / "c"),
+        bot_side="user2",
+    )
     corpus = prepare_corpus(args, tokenizer, max_length=128, roles=("train",))
     assert corpus.stats["splits"]["train"]["truncated"] >= 1
     assert max(len(r["prefix_ids"]) + max(map(len, r["candidates"])) + 2 for r in corpus.features["train"]) <= 128
@@ -198,12 +243,27 @@ def test_hub_layout_from_a_saved_dataset_folder(tmp_path):
     import datasets
 
     rows = [
-        {"personality": ["i like cats."], "history": ["hi"], "candidates": ["no", "hello"], "conv_id": 0, "utterance_idx": 0},
-        {"personality": ["i like cats."], "history": ["hi", "hello", "how are you?"], "candidates": ["x", "good"], "conv_id": 0, "utterance_idx": 1},
+        {
+            "personality": ["i like cats."],
+            "history": ["hi"],
+            "candidates": ["no", "hello"],
+            "conv_id": 0,
+            "utterance_idx": 0,
+        },
+        {
+            "personality": ["i like cats."],
+            "history": ["hi", "hello", "how are you?"],
+            "candidates": ["x", "good"],
+            "conv_id": 0,
+            "utterance_idx": 1,
+        },
     ]
     datasets.DatasetDict({"validation": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "hub"))
     (dialog,) = read_corpus(str(tmp_path / "hub"))["valid"]
-    assert dialog["persona"] == ["i like cats."] and [t["candidates"][-1] for t in dialog["turns"]] == ["hello", "good"]
+    assert dialog["persona"] == ["i like cats."] and [t["candidates"][-1] for t in dialog["turns"]] == [
+        "hello",
+        "good",
+    ]
 
 
 def test_shared_synthetic_persona_chat_csv(tmp_path, tokenizer):
@@ -226,10 +286,13 @@ def _csv_with_bad_rows(path: Path) -> Path:
 
 def test_unusable_records_are_skipped_with_warnings_and_counted(tmp_path, tokenizer, caplog):
     path = _csv_with_bad_rows(tmp_path / "conversations.csv")
-    args = DataArguments(dataset_path=str(path), dataset_cache=str(tmp_path / "cache"), eval_num_candidates=2, validation_split_size=1)
+    args = DataArguments(
+        dataset_path=str(path), dataset_cache=str(tmp_path / "cache"), eval_num_candidates=2, validation_split_size=1
+    )
     with caplog.at_level("WARNING"):
         corpus = prepare_corpus(args, tokenizer, max_length=128)
-    # rows 4 and 5 are lost whole; row 6 keeps user 1's turns and user 2's turn after "hi" is too long for 128 positions
+    # rows 4 and 5 are lost whole; row 6 keeps user 1's turns and user 2's turn after "hi" is too long for 128
+    # positions
     assert corpus.stats["skipped"] == {"empty conversation": 1, "gold reply too long": 1, "no speaker tags": 1}
     assert sum(split["skipped"].get("gold reply too long", 0) for split in corpus.stats["splits"].values()) == 1
     assert f"Skipped {path}, row 4: the conversation is empty" in caplog.text
@@ -242,25 +305,62 @@ def test_strict_mode_stops_at_the_first_unusable_record_with_one_line_and_no_cac
     from persona.commands.data import main as prepare_main
 
     path = _csv_with_bad_rows(tmp_path / "conversations.csv")
-    argv = ["--dataset_path", str(path), "--tokenizer_name_or_path", str(QUICKSTART / "tokenizer"), "--dataset_cache", str(tmp_path / "cache"), "--strict", "true"]
+    argv = [
+        "--dataset_path",
+        str(path),
+        "--tokenizer_name_or_path",
+        str(QUICKSTART / "tokenizer"),
+        "--dataset_cache",
+        str(tmp_path / "cache"),
+        "--strict",
+        "true",
+    ]
     assert prepare_main(argv) == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert lines == [f"error: {path}, row 4: the conversation is empty Fix: drop it or complete it."]
     assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())
-    assert prepare_main(argv[:-2] + ["--stats_json", str(tmp_path / "stats.json")]) == 0  # lenient: skipped and counted
-    assert json.loads((tmp_path / "stats.json").read_text())["skipped"] == {"empty conversation": 1, "gold reply too long": 1, "no speaker tags": 1}
+    assert (
+        prepare_main(argv[:-2] + ["--stats_json", str(tmp_path / "stats.json")]) == 0
+    )  # lenient: skipped and counted
+    assert json.loads((tmp_path / "stats.json").read_text())["skipped"] == {
+        "empty conversation": 1,
+        "gold reply too long": 1,
+        "no speaker tags": 1,
+    }
 
 
-def test_a_personachat_turn_without_candidates_is_skipped_and_a_split_with_nothing_left_is_an_error(tmp_path, tokenizer):
+def test_a_personachat_turn_without_candidates_is_skipped_and_a_split_with_nothing_left_is_an_error(
+    tmp_path, tokenizer
+):
     good = {"personality": ["i like cats."], "utterances": [{"history": ["hi"], "candidates": ["no.", "hello!"]}]}
-    bad_turn = {"personality": ["i like dogs."], "utterances": [{"history": ["hi"], "candidates": []}, {"history": ["a", "b", "c"], "candidates": ["d"]}]}
+    bad_turn = {
+        "personality": ["i like dogs."],
+        "utterances": [{"history": ["hi"], "candidates": []}, {"history": ["a", "b", "c"], "candidates": ["d"]}],
+    }
     path = tmp_path / "personachat.json"
-    path.write_text(json.dumps({"train": [good, bad_turn, {"personality": ["x."], "utterances": []}], "valid": [{"personality": []}]}))
-    corpus = prepare_corpus(DataArguments(dataset_path=str(path), dataset_cache=str(tmp_path / "c"), eval_num_candidates=2), tokenizer, max_length=64, roles=("train",))
+    path.write_text(
+        json.dumps(
+            {"train": [good, bad_turn, {"personality": ["x."], "utterances": []}], "valid": [{"personality": []}]}
+        )
+    )
+    corpus = prepare_corpus(
+        DataArguments(dataset_path=str(path), dataset_cache=str(tmp_path / "c"), eval_num_candidates=2),
+        tokenizer,
+        max_length=64,
+        roles=("train",),
+    )
     assert corpus.stats["skipped"] == {"dialog without turns": 1, "turn without candidates": 1}
     assert [len(d["turns"]) for d in corpus.dialogs["train"]] == [1, 1]
-    with pytest.raises(DataError, match=r"no usable dialogs in the 'valid' split \(records skipped, by reason: \{'malformed record': 1\}"):
-        prepare_corpus(DataArguments(dataset_path=str(path), dataset_cache=str(tmp_path / "c")), tokenizer, max_length=64, roles=("eval",))
+    with pytest.raises(
+        DataError,
+        match=r"no usable dialogs in the 'valid' split \(records skipped, by reason: \{'malformed record': 1\}",
+    ):
+        prepare_corpus(
+            DataArguments(dataset_path=str(path), dataset_cache=str(tmp_path / "c")),
+            tokenizer,
+            max_length=64,
+            roles=("eval",),
+        )
 
 
 def test_a_single_file_is_the_training_split_whatever_its_name_and_is_not_evaluated_on(tmp_path, tokenizer, caplog):
@@ -273,7 +373,12 @@ def test_a_single_file_is_the_training_split_whatever_its_name_and_is_not_evalua
     assert "eval_dataset_path" in caplog.text and "validation_split_size" in caplog.text
     evaluated = prepare_corpus(args, tokenizer, max_length=128, roles=("eval",))  # what persona-eval asks for
     assert evaluated.stats["splits"]["eval"]["split"] == WHOLE_FILE and len(evaluated.dialogs["eval"]) == 4
-    other = write_conversations(tmp_path / "other.jsonl", [*CONVERSATIONS[:1], {"personas": [["a."], ["b."]], "utterances": []}])
+    other = write_conversations(
+        tmp_path / "other.jsonl", [*CONVERSATIONS[:1], {"personas": [["a."], ["b."]], "utterances": []}]
+    )
     both = prepare_corpus(DataArguments(**{**vars(args), "eval_dataset_path": str(other)}), tokenizer, max_length=128)
     assert len(both.dialogs["train"]) == 4 and len(both.dialogs["eval"]) == 2
-    assert both.stats["splits"]["eval"]["skipped"] == {"empty conversation": 1} and both.stats["splits"]["train"]["skipped"] == {}
+    assert (
+        both.stats["splits"]["eval"]["skipped"] == {"empty conversation": 1}
+        and both.stats["splits"]["train"]["skipped"] == {}
+    )

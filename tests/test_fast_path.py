@@ -19,9 +19,15 @@ def _examples(tokenizer):
     g = torch.Generator().manual_seed(1)
     rand = lambda n: torch.randint(5, 600, (n,), generator=g).tolist()  # noqa: E731
     return [
-        {"prefix_ids": build_prefix([rand(5), rand(3)], [rand(4), rand(2), rand(6)], ids), "candidates": [rand(3), rand(7), rand(5)]},
+        {
+            "prefix_ids": build_prefix([rand(5), rand(3)], [rand(4), rand(2), rand(6)], ids),
+            "candidates": [rand(3), rand(7), rand(5)],
+        },
         {"prefix_ids": build_prefix([rand(2)], [rand(9)], ids), "candidates": [rand(4), rand(2), rand(1)]},
-        {"prefix_ids": build_prefix([rand(4), rand(4)], [], ids), "candidates": [rand(6), rand(3)]},  # fewer candidates: a padded slot
+        {
+            "prefix_ids": build_prefix([rand(4), rand(4)], [], ids),
+            "candidates": [rand(6), rand(3)],
+        },  # fewer candidates: a padded slot
     ]
 
 
@@ -30,8 +36,12 @@ def test_logged_loss_equals_weighted_reference_losses(tiny_model, tokenizer):
     output = tiny_model(**batch, dual_path=CLASSIC)
     loss, lm, mc = dual_loss(output, batch["mc_labels"], lm_coef=2.0, mc_coef=0.5)
     reference = tiny_model.forward_full(
-        input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"], attention_mask=batch["attention_mask"],
-        mc_token_ids=batch["mc_token_ids"], labels=batch["labels"], mc_labels=batch["mc_labels"],
+        input_ids=batch["input_ids"],
+        token_type_ids=batch["token_type_ids"],
+        attention_mask=batch["attention_mask"],
+        mc_token_ids=batch["mc_token_ids"],
+        labels=batch["labels"],
+        mc_labels=batch["mc_labels"],
     )
     assert torch.allclose(lm, reference.loss, atol=1e-6)
     assert torch.allclose(mc, reference.mc_loss, atol=1e-6)
@@ -69,7 +79,8 @@ def test_packed_equals_classic_losses_logits_and_gradients(model_name, request, 
 
 
 def test_openai_gpt_runs_full_sequences_with_lm_logits_only_where_labels_are(tiny_openai_gpt, tokenizer):
-    """openai-gpt's attention takes no custom mask: its fast path is the classic layout, its results the classic path's."""
+    """openai-gpt's attention takes no custom mask: its fast path is the classic layout, its results the classic
+    path's."""
     assert not tiny_openai_gpt.packs()
     assert choose_dual_path(tiny_openai_gpt, PACKED) == FULL_SEQUENCES
     results = _losses_logits_and_gradients(tiny_openai_gpt, tokenizer, (CLASSIC, FULL_SEQUENCES), (1.0, 1.0))
@@ -86,11 +97,17 @@ def test_causal_lm_classic_path_equals_the_base_model_with_types_in_the_embeddin
     output = tiny_llama(**batch, dual_path=CLASSIC)
     _, lm, _ = dual_loss(output, batch["mc_labels"], 1.0, 1.0)
     rows = torch.arange(2)
-    gold = {name: batch[name][rows, batch["mc_labels"]] for name in ("input_ids", "token_type_ids", "attention_mask", "labels")}
+    gold = {
+        name: batch[name][rows, batch["mc_labels"]]
+        for name in ("input_ids", "token_type_ids", "attention_mask", "labels")
+    }
     embed = tiny_llama.get_input_embeddings()
     plain = LlamaForCausalLM.forward(
-        tiny_llama, inputs_embeds=embed(gold["input_ids"]) + embed(gold["token_type_ids"]), attention_mask=gold["attention_mask"],
-        labels=gold["labels"], output_hidden_states=True,
+        tiny_llama,
+        inputs_embeds=embed(gold["input_ids"]) + embed(gold["token_type_ids"]),
+        attention_mask=gold["attention_mask"],
+        labels=gold["labels"],
+        output_hidden_states=True,
     )
     assert torch.allclose(lm, plain.loss, atol=1e-6)
     last = plain.hidden_states[-1][rows, batch["mc_token_ids"][rows, batch["mc_labels"]]]
@@ -114,8 +131,13 @@ def test_every_path_scores_each_candidate_as_its_own_full_sequence(model_name, r
             for c, reply in enumerate(example["candidates"]):
                 sequence = [*example["prefix_ids"], ids.speaker1, *reply, ids.eos]
                 with torch.no_grad():
-                    logits = model.forward_full(input_ids=torch.tensor([sequence]), token_type_ids=torch.tensor([token_types(sequence, ids).tolist()])).logits
+                    logits = model.forward_full(
+                        input_ids=torch.tensor([sequence]),
+                        token_type_ids=torch.tensor([token_types(sequence, ids).tolist()]),
+                    ).logits
                 log_probs = torch.log_softmax(logits[0, :-1].float(), -1)
-                nll = -sum(log_probs[t, sequence[t + 1]].item() for t in range(len(example["prefix_ids"]), len(sequence) - 1))
+                nll = -sum(
+                    log_probs[t, sequence[t + 1]].item() for t in range(len(example["prefix_ids"]), len(sequence) - 1)
+                )
                 assert output.candidate_tokens[b, c].item() == len(reply) + 1, (path, b, c)
                 assert output.candidate_nll_sum[b, c].item() == pytest.approx(nll, rel=1e-4, abs=1e-4), (path, b, c)

@@ -13,11 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from persona.errors import PersonaError
 from persona.commands.train import main as train_main
+from persona.errors import PersonaError
 from tests.conftest import CONVERSATIONS, QUICKSTART, REPO, tiny_train_args, write_conversations
 
-GOOD_SEED_DIALOG = {"personality": ["i like cats."], "utterances": [{"history": ["hi"], "candidates": ["no.", "hello!"]}]}
+GOOD_SEED_DIALOG = {
+    "personality": ["i like cats."],
+    "utterances": [{"history": ["hi"], "candidates": ["no.", "hello!"]}],
+}
 
 
 def _write(path: Path, content) -> Path:
@@ -25,28 +28,102 @@ def _write(path: Path, content) -> Path:
     return path
 
 
-STRICT = ["--strict", "true"]  # record-level problems are errors only in strict mode (skipped otherwise: tests/test_data.py)
+STRICT = [
+    "--strict",
+    "true",
+]  # record-level problems are errors only in strict mode (skipped otherwise: tests/test_data.py)
 
 # (case, file name, content, extra arguments, what the line must say)
 MATRIX = [
-    ("truncated JSON", "personachat.json", '{"train": [{"personality": ["a."], "utterances": [', [], r"invalid JSON at line 1, column \d+"),
-    ("not the declared format", "personachat.json", json.dumps({"train": [GOOD_SEED_DIALOG]}), ["--dataset_format", "parlai"],
-     r"personachat\.json, line 1: not a ParlAI line"),
-    ("missing field", "personachat.json", json.dumps({"train": [{"personality": ["a."]}]}), STRICT, r"train\[0\]: missing field\(s\) \['utterances'\]"),
-    ("empty persona", "personachat.json", json.dumps({"train": [{**GOOD_SEED_DIALOG, "personality": []}]}), STRICT, r"train\[0\]: field 'personality' is empty"),
-    ("turn without its gold reply", "train_self_original.txt", "1 your persona: i like cats.\n2 hi there\n", STRICT, r"line 2: .*turn without its gold reply"),
-    ("non-UTF-8 bytes", "train.jsonl", b'{"personas": [["a."], ["b."]], "utterances": ["caf\xe9", "x"]}\n', [], r"not UTF-8 text \(byte \d+, line 1\)"),
-    ("10,000-token reply", "train.jsonl", "".join(json.dumps(c) + "\n" for c in [{"personas": [["a."], ["b."]], "utterances": ["hi", "word " * 10_000]},
-                                                                               *CONVERSATIONS]), ["--validation_split_size", "1", *STRICT],
-     r"line 1 \(user 2 as the bot\), turn 0: the gold reply \(20000 tokens\) cannot fit"),
+    (
+        "truncated JSON",
+        "personachat.json",
+        '{"train": [{"personality": ["a."], "utterances": [',
+        [],
+        r"invalid JSON at line 1, column \d+",
+    ),
+    (
+        "not the declared format",
+        "personachat.json",
+        json.dumps({"train": [GOOD_SEED_DIALOG]}),
+        ["--dataset_format", "parlai"],
+        r"personachat\.json, line 1: not a ParlAI line",
+    ),
+    (
+        "missing field",
+        "personachat.json",
+        json.dumps({"train": [{"personality": ["a."]}]}),
+        STRICT,
+        r"train\[0\]: missing field\(s\) \['utterances'\]",
+    ),
+    (
+        "empty persona",
+        "personachat.json",
+        json.dumps({"train": [{**GOOD_SEED_DIALOG, "personality": []}]}),
+        STRICT,
+        r"train\[0\]: field 'personality' is empty",
+    ),
+    (
+        "turn without its gold reply",
+        "train_self_original.txt",
+        "1 your persona: i like cats.\n2 hi there\n",
+        STRICT,
+        r"line 2: .*turn without its gold reply",
+    ),
+    (
+        "non-UTF-8 bytes",
+        "train.jsonl",
+        b'{"personas": [["a."], ["b."]], "utterances": ["caf\xe9", "x"]}\n',
+        [],
+        r"not UTF-8 text \(byte \d+, line 1\)",
+    ),
+    (
+        "10,000-token reply",
+        "train.jsonl",
+        "".join(
+            json.dumps(c) + "\n"
+            for c in [{"personas": [["a."], ["b."]], "utterances": ["hi", "word " * 10_000]}, *CONVERSATIONS]
+        ),
+        ["--validation_split_size", "1", *STRICT],
+        r"line 1 \(user 2 as the bot\), turn 0: the gold reply \(20000 tokens\) cannot fit",
+    ),
     ("empty file", "train.jsonl", "", [], r"train\.jsonl: the file is empty"),
     ("missing file", None, None, [], r"absent\.json: file not found"),
-    ("unreachable model", "train.jsonl", None, ["--model_config", "null", "--model_name_or_path", "nobody/no-such-model", "--tokenizer_name_or_path", ""],
-     r"nobody/no-such-model: cannot load 'nobody/no-such-model'"),
-    ("unknown recipe field", "recipe.yaml", "learning_rat: 0.001\n", [], r"recipe\.yaml: unknown field 'learning_rat'.*learning_rate"),
-    ("wrong type in the recipe", "recipe.yaml", "num_train_epochs: many\n", [], r"recipe\.yaml.*num_train_epochs.*many"),
-    ("JSONL record cut short", "train.jsonl", json.dumps(CONVERSATIONS[0]) + '\n{"personas": [["a."]', STRICT, r"train\.jsonl, line 2: invalid JSON"),
-    ("nothing usable left", "train.jsonl", '{"personas": [["a."], ["b."]], "utterances": []}\n', [], r"train\.jsonl: no usable dialogs in the 'all' split"),
+    (
+        "unreachable model",
+        "train.jsonl",
+        None,
+        ["--model_config", "null", "--model_name_or_path", "nobody/no-such-model", "--tokenizer_name_or_path", ""],
+        r"nobody/no-such-model: cannot load 'nobody/no-such-model'",
+    ),
+    (
+        "unknown recipe field",
+        "recipe.yaml",
+        "learning_rat: 0.001\n",
+        [],
+        r"recipe\.yaml: unknown field 'learning_rat'.*learning_rate",
+    ),
+    (
+        "wrong type in the recipe",
+        "recipe.yaml",
+        "num_train_epochs: many\n",
+        [],
+        r"recipe\.yaml.*num_train_epochs.*many",
+    ),
+    (
+        "JSONL record cut short",
+        "train.jsonl",
+        json.dumps(CONVERSATIONS[0]) + '\n{"personas": [["a."]',
+        STRICT,
+        r"train\.jsonl, line 2: invalid JSON",
+    ),
+    (
+        "nothing usable left",
+        "train.jsonl",
+        '{"personas": [["a."], ["b."]], "utterances": []}\n',
+        [],
+        r"train\.jsonl: no usable dialogs in the 'all' split",
+    ),
 ]
 
 
@@ -69,7 +146,9 @@ def test_bad_input_matrix(case, name, content, extra, expected, tmp_path, capsys
     assert len(lines) == 1 and "Traceback" not in err, err
     assert re.search(expected, lines[0]) and "Fix: " in lines[0], lines[0]
     assert not out.exists()  # no output folder
-    assert not cache.exists() or not [p for p in cache.iterdir() if p.name != "downloads"]  # no cache, not even a partial one
+    assert not cache.exists() or not [
+        p for p in cache.iterdir() if p.name != "downloads"
+    ]  # no cache, not even a partial one
 
 
 def test_debug_shows_the_traceback(tmp_path):
@@ -80,15 +159,31 @@ def test_debug_shows_the_traceback(tmp_path):
 def _big_corpus(path: Path, conversations: int = 6000) -> Path:
     words = "cats dogs music jazz chess paris ohio nurse pilot truck pizza garden rain books".split()
     records = [
-        {"personas": [[f"i like {words[i % 14]}."], [f"i am {i}."]], "utterances": [f"{words[(i + k) % 14]} {i} {k} " * 6 for k in range(8)]}
+        {
+            "personas": [[f"i like {words[i % 14]}."], [f"i am {i}."]],
+            "utterances": [f"{words[(i + k) % 14]} {i} {k} " * 6 for k in range(8)],
+        }
         for i in range(conversations)
     ]
     return write_conversations(path, records)
 
 
 def _persona_data(corpus: Path, cache: Path, **popen) -> subprocess.Popen:
-    command = [sys.executable, "-m", "persona.commands.data", "--dataset_path", str(corpus), "--dataset_cache", str(cache),
-               "--tokenizer_name_or_path", str(QUICKSTART / "tokenizer"), "--splits", "train", "--validation_split_size", "0"]
+    command = [
+        sys.executable,
+        "-m",
+        "persona.commands.data",
+        "--dataset_path",
+        str(corpus),
+        "--dataset_cache",
+        str(cache),
+        "--tokenizer_name_or_path",
+        str(QUICKSTART / "tokenizer"),
+        "--splits",
+        "train",
+        "--validation_split_size",
+        "0",
+    ]
     return subprocess.Popen(command, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, **popen)
 
 
@@ -112,7 +207,9 @@ def test_kill_during_preparation_leaves_nothing_reused(tmp_path):
 
 def test_two_processes_preparing_one_cache_end_with_one_valid_cache(tmp_path):
     corpus, cache = _big_corpus(tmp_path / "train.jsonl", 1500), tmp_path / "cache"
-    processes = [_persona_data(corpus, cache, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    processes = [
+        _persona_data(corpus, cache, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
     outputs = [p.communicate(timeout=300) for p in processes]
     assert [p.returncode for p in processes] == [0, 0], [e[-2000:] for _, e in outputs]
     (built,) = cache.iterdir()
@@ -121,15 +218,41 @@ def test_two_processes_preparing_one_cache_end_with_one_valid_cache(tmp_path):
 
 
 def test_kill_during_training_resumes_to_the_same_result(tmp_path):
-    common = ("--max_train_dialogs", "40", "--max_eval_dialogs", "2", "--eval_num_candidates", "4", "--max_steps", "30",
-              "--save_strategy", "steps", "--save_steps", "5", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1")
+    common = (
+        "--max_train_dialogs",
+        "40",
+        "--max_eval_dialogs",
+        "2",
+        "--eval_num_candidates",
+        "4",
+        "--max_steps",
+        "30",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "5",
+        "--per_device_train_batch_size",
+        "2",
+        "--gradient_accumulation_steps",
+        "1",
+    )
     reference = tmp_path / "reference"
     assert train_main(tiny_train_args(reference, *common)) == 0
     interrupted = tmp_path / "interrupted"
     command = [sys.executable, "-m", "persona.commands.train", *tiny_train_args(interrupted, *common)]
-    process = subprocess.Popen(command, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command,
+        cwd=REPO,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 240
-    while not (interrupted / "checkpoint-10" / "trainer_state.json").exists() and time.time() < deadline and process.poll() is None:
+    while (
+        not (interrupted / "checkpoint-10" / "trainer_state.json").exists()
+        and time.time() < deadline
+        and process.poll() is None
+    ):
         time.sleep(0.02)
     assert process.poll() is None, "training ended before it could be killed"
     process.send_signal(signal.SIGKILL)

@@ -11,12 +11,12 @@ import torch
 from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.hf_api import RepoUrl
 
-from persona.model.chat_template import add_chat_template
-from persona.data import build_inputs
-from persona.data.tokenize import encode_texts
 from persona.commands.push import main as push_main
-from persona.data.special_tokens import special_ids
 from persona.commands.train import main as train_main
+from persona.data import build_inputs
+from persona.data.special_tokens import special_ids
+from persona.data.tokenize import encode_texts
+from persona.model.chat_template import add_chat_template
 from tests.conftest import needs_shared, tiny_train_args
 
 PERSONA = "i like cats and i am a nurse."
@@ -24,13 +24,17 @@ HISTORY = ["hi! how are you?", "good, and you?", "fine. what do you do?"]
 
 
 def _messages(history, roles=("user", "assistant")):
-    return [{"role": "system", "content": PERSONA}] + [{"role": roles[i % 2], "content": h} for i, h in enumerate(history)]
+    return [{"role": "system", "content": PERSONA}] + [
+        {"role": roles[i % 2], "content": h} for i, h in enumerate(history)
+    ]
 
 
 def _reference(tokenizer, history, reply=None):
     persona_ids, history_ids = encode_texts(tokenizer, [PERSONA]), encode_texts(tokenizer, history)
     reply_ids = encode_texts(tokenizer, [reply])[0] if reply else []
-    return build_inputs(persona_ids, history_ids, reply_ids, special_ids(tokenizer), lm_labels=False, with_eos=reply is not None)["input_ids"]
+    return build_inputs(
+        persona_ids, history_ids, reply_ids, special_ids(tokenizer), lm_labels=False, with_eos=reply is not None
+    )["input_ids"]
 
 
 @pytest.mark.parametrize("which", ["quickstart", "gpt2"])
@@ -44,7 +48,9 @@ def test_chat_template_renders_build_inputs(which, tokenizer):
         add_special_tokens(tokenizer)
     add_chat_template(tokenizer)
     for history in (HISTORY, HISTORY[-1:], []):
-        asked = tokenizer.apply_chat_template(_messages(history), add_generation_prompt=True, tokenize=True, return_dict=False)
+        asked = tokenizer.apply_chat_template(
+            _messages(history), add_generation_prompt=True, tokenize=True, return_dict=False
+        )
         assert asked == _reference(tokenizer, history)
         assert asked[-1] == special_ids(tokenizer).speaker1  # the bot, as in the reference
     answered = tokenizer.apply_chat_template(_messages([*HISTORY, "i am a nurse."]), tokenize=True, return_dict=False)
@@ -55,7 +61,9 @@ def test_chat_template_renders_build_inputs(which, tokenizer):
 def test_chat_template_refuses_what_build_inputs_cannot_express(tokenizer):
     add_chat_template(tokenizer)
     with pytest.raises(Exception, match="must alternate"):
-        tokenizer.apply_chat_template(_messages(["hi", "hello"], roles=("user", "user")), add_generation_prompt=True, tokenize=False)
+        tokenizer.apply_chat_template(
+            _messages(["hi", "hello"], roles=("user", "user")), add_generation_prompt=True, tokenize=False
+        )
     with pytest.raises(Exception, match="last message must be the user's"):
         tokenizer.apply_chat_template(_messages(["hi", "hello"]), add_generation_prompt=True, tokenize=False)
 
@@ -65,12 +73,19 @@ def test_plain_transformers_loads_and_prompts_the_saved_model(trained_model_dir)
 
     tokenizer = AutoTokenizer.from_pretrained(trained_model_dir)
     model = AutoModelForCausalLM.from_pretrained(trained_model_dir)
-    inputs = tokenizer.apply_chat_template(_messages(HISTORY), add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    inputs = tokenizer.apply_chat_template(
+        _messages(HISTORY), add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
     assert inputs["input_ids"][0].tolist() == _reference(tokenizer, HISTORY)
     config = model.generation_config  # the reference's decoding, saved with the model
     assert (config.do_sample, config.temperature, config.top_p, config.max_new_tokens) == (True, 0.7, 0.9, 20)
     ids = special_ids(tokenizer)
-    assert config.eos_token_id == ids.eos and set(config.suppress_tokens) >= {ids.bos, ids.pad, ids.speaker1, ids.speaker2}
+    assert config.eos_token_id == ids.eos and set(config.suppress_tokens) >= {
+        ids.bos,
+        ids.pad,
+        ids.speaker1,
+        ids.speaker2,
+    }
     torch.manual_seed(0)
     output = model.generate(**inputs)
     new = output[0, inputs["input_ids"].shape[1] :].tolist()
@@ -89,11 +104,29 @@ def test_model_card_carries_the_evaluation(trained_model_dir, tmp_path):
     assert 'AutoTokenizer.from_pretrained("alice/persona-tiny")' in card.text and "apply_chat_template" in card.text
     assert "| `max_steps` | `1` |" in card.text  # the recipe's hyperparameters
 
-    evaluation = {"split": "valid", "perplexity": 12.5, "hits@1": 0.25, "hits@5": 0.75, "f1": 0.1875,
-                  "num_turns": {"perplexity": 40, "hits": 40, "f1": 30}, "num_candidates": 20.0}
+    evaluation = {
+        "split": "valid",
+        "perplexity": 12.5,
+        "hits@1": 0.25,
+        "hits@5": 0.75,
+        "f1": 0.1875,
+        "num_turns": {"perplexity": 40, "hits": 40, "f1": 30},
+        "num_candidates": 20.0,
+    }
     (tmp_path / "eval_results.json").write_text(json.dumps(evaluation))
-    card = ModelCard(str(model_card(trained_model_dir, hub_model_id="alice/persona-tiny", eval_results=tmp_path / "eval_results.json")))
-    assert {r.metric_type: r.metric_value for r in card.data.eval_results} == {"perplexity": 12.5, "hits@1": 0.25, "hits@5": 0.75, "f1": 0.1875}
+    card = ModelCard(
+        str(
+            model_card(
+                trained_model_dir, hub_model_id="alice/persona-tiny", eval_results=tmp_path / "eval_results.json"
+            )
+        )
+    )
+    assert {r.metric_type: r.metric_value for r in card.data.eval_results} == {
+        "perplexity": 12.5,
+        "hits@1": 0.25,
+        "hits@5": 0.75,
+        "f1": 0.1875,
+    }
     assert "on 40 turns (valid), each with 20 candidates; F1 over 30 generated replies" in card.text
 
 
@@ -101,7 +134,14 @@ def test_persona_push_dry_run_writes_exactly_the_upload(trained_model_dir, tmp_p
     folder = tmp_path / "upload"
     assert push_main([str(trained_model_dir), "--hub_model_id", "alice/persona-tiny", "--dry_run", str(folder)]) == 0
     names = sorted(p.name for p in folder.iterdir())
-    assert {"README.md", "config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja", "generation_config.json"} <= set(names)
+    assert {
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "chat_template.jinja",
+        "generation_config.json",
+    } <= set(names)
     assert not [n for n in names if n.endswith((".bin", ".pt", ".pkl"))] and "trainer_state.json" not in names
     listing = capsys.readouterr().out
     assert "Would upload to alice/persona-tiny (public)" in listing and all(name in listing for name in names)
@@ -146,12 +186,31 @@ def test_persona_push_uploads_one_commit(trained_model_dir, fake_hub):
 def test_train_pushes_through_the_trainer_and_never_writes_the_token(tmp_path, fake_hub, capsys):
     secret = "hf_" + "x" * 34
     out = tmp_path / "run"
-    argv = tiny_train_args(out, "--max_train_dialogs", "4", "--max_eval_dialogs", "1", "--eval_num_candidates", "2", "--max_steps", "1",
-                           "--push_to_hub", "true", "--hub_model_id", "alice/persona-pushed", "--hub_token", secret)
+    argv = tiny_train_args(
+        out,
+        "--max_train_dialogs",
+        "4",
+        "--max_eval_dialogs",
+        "1",
+        "--eval_num_candidates",
+        "2",
+        "--max_steps",
+        "1",
+        "--push_to_hub",
+        "true",
+        "--hub_model_id",
+        "alice/persona-pushed",
+        "--hub_token",
+        secret,
+    )
     assert train_main(argv) == 0
     assert fake_hub["create_repo"][0]["repo_id"] == "alice/persona-pushed"
     upload = fake_hub["upload_folder"][-1]
-    assert upload["repo_id"] == "alice/persona-pushed" and {"README.md", "model.safetensors", "eval_results.json"} <= set(upload["files"])
+    assert upload["repo_id"] == "alice/persona-pushed" and {
+        "README.md",
+        "model.safetensors",
+        "eval_results.json",
+    } <= set(upload["files"])
     assert b"model-index" in upload["files"]["README.md"]
     written = b"".join(p.read_bytes() for p in out.rglob("*") if p.is_file())
     captured = capsys.readouterr()

@@ -9,15 +9,17 @@ import pytest
 
 from persona.data import PersonaCollator, build_inputs
 from persona.data.layout import IGNORE_INDEX, build_prefix, fit_context, token_types
-from persona.errors import ModelLoadError
 from persona.data.special_tokens import special_ids
+from persona.errors import ModelLoadError
 
 
 def reference_build_input_from_segments(persona, history, reply, ids, lm_labels=False, with_eos=True):
     """transfer-learning-conv-ai's build_input_from_segments, transcribed (special ids instead of a tokenizer)."""
     bos, eos, speaker1, speaker2 = ids.bos, ids.eos, ids.speaker1, ids.speaker2
     sequence = [[bos] + list(chain(*persona))] + history + [reply + ([eos] if with_eos else [])]
-    sequence = [sequence[0]] + [[speaker2 if (len(sequence) - i) % 2 else speaker1] + s for i, s in enumerate(sequence[1:])]
+    sequence = [sequence[0]] + [
+        [speaker2 if (len(sequence) - i) % 2 else speaker1] + s for i, s in enumerate(sequence[1:])
+    ]
     instance = {}
     instance["input_ids"] = list(chain(*sequence))
     instance["token_type_ids"] = [speaker2 if i % 2 else speaker1 for i, s in enumerate(sequence) for _ in s]
@@ -48,10 +50,18 @@ def test_build_inputs_equals_the_transcribed_reference_for_every_history_length(
     rng = np.random.default_rng(num_history)
     segment = lambda: rng.integers(0, 600, rng.integers(1, 6)).tolist()  # noqa: E731
     for _ in range(5):
-        persona, history, reply = [segment() for _ in range(rng.integers(1, 4))], [segment() for _ in range(num_history)], segment()
+        persona, history, reply = (
+            [segment() for _ in range(rng.integers(1, 4))],
+            [segment() for _ in range(num_history)],
+            segment(),
+        )
         for lm_labels, with_eos in ((True, True), (False, True), (False, False)):
-            ours = build_inputs(persona, history, reply, special_ids(tokenizer), lm_labels=lm_labels, with_eos=with_eos)
-            theirs = reference_build_input_from_segments(persona, history, reply, ids, lm_labels=lm_labels, with_eos=with_eos)
+            ours = build_inputs(
+                persona, history, reply, special_ids(tokenizer), lm_labels=lm_labels, with_eos=with_eos
+            )
+            theirs = reference_build_input_from_segments(
+                persona, history, reply, ids, lm_labels=lm_labels, with_eos=with_eos
+            )
             assert ours["input_ids"] == theirs["input_ids"] and ours["mc_token_ids"] == theirs["mc_token_ids"]
             assert ours["labels"] == theirs["lm_labels"]
             if num_history % 2:  # every turn of PersonaChat and of persona's corpora: the reference's types exactly
@@ -59,7 +69,9 @@ def test_build_inputs_equals_the_transcribed_reference_for_every_history_length(
             else:  # the reference counts types forwards; persona types each segment with its own speaker token
                 assert ours["token_type_ids"] == token_types(ours["input_ids"], ids).tolist()
                 reply_start = len(ours["input_ids"]) - len(reply) - with_eos - 1
-                assert ours["token_type_ids"][reply_start:] == [ours["input_ids"][reply_start]] * (len(reply) + with_eos + 1)
+                assert ours["token_type_ids"][reply_start:] == [ours["input_ids"][reply_start]] * (
+                    len(reply) + with_eos + 1
+                )
                 assert ours["input_ids"][reply_start] == ids.speaker1
 
 
@@ -78,7 +90,10 @@ def test_token_types_from_ids_equal_segment_types(tokenizer):
 def test_collator_rebuilds_build_inputs_for_every_candidate(tokenizer):
     ids = special_ids(tokenizer)
     examples = [
-        {"prefix_ids": build_prefix([[10, 11]], [[20], [21, 22], [23]], ids), "candidates": [[40], [41, 42, 43], [30, 31]]},
+        {
+            "prefix_ids": build_prefix([[10, 11]], [[20], [21, 22], [23]], ids),
+            "candidates": [[40], [41, 42, 43], [30, 31]],
+        },
         {"prefix_ids": build_prefix([[12]], [[24]], ids), "candidates": [[44, 45], [32]]},
     ]
     batch = PersonaCollator(special_ids(tokenizer), packed=False)(examples)
@@ -109,16 +124,23 @@ def test_packed_rows_hold_each_classic_sequence_as_the_prefix_plus_one_block(tok
         {"prefix_ids": build_prefix(*persona_history[1], ids), "candidates": [[44, 45], [32]]},
     ]
     packed = PersonaCollator(special_ids(tokenizer), packed=True)(examples)
-    assert packed["input_ids"][1].tolist() == [ids.bos, 12, ids.speaker2, 24, ids.speaker1, 44, 45, ids.eos, ids.speaker1, 32, ids.eos] + [ids.pad] * 11
+    assert (
+        packed["input_ids"][1].tolist()
+        == [ids.bos, 12, ids.speaker2, 24, ids.speaker1, 44, 45, ids.eos, ids.speaker1, 32, ids.eos] + [ids.pad] * 11
+    )
     assert packed["position_ids"][1, :11].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 4, 5, 6]
     assert packed["block_ids"][1].tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2] + [-1] * 11
     assert packed["labels"][1, :11].tolist() == [IGNORE_INDEX] * 9 + [32, ids.eos]
     assert packed["attention_mask"].sum(-1).tolist() == [22, 11]
     assert packed["mc_token_ids"].tolist() == [[12, 17, 21], [7, 10, 0]]
-    assert packed["candidate_valid"].tolist() == [[True, True, True], [True, True, False]] and packed["mc_labels"].tolist() == [2, 1]
+    assert packed["candidate_valid"].tolist() == [[True, True, True], [True, True, False]] and packed[
+        "mc_labels"
+    ].tolist() == [2, 1]
     for b, example in enumerate(examples):
         for c, reply in enumerate(example["candidates"]):
-            expected = build_inputs(*persona_history[b], reply, special_ids(tokenizer), lm_labels=c == len(example["candidates"]) - 1)
+            expected = build_inputs(
+                *persona_history[b], reply, special_ids(tokenizer), lm_labels=c == len(example["candidates"]) - 1
+            )
             seen = (packed["block_ids"][b] == 0) | (packed["block_ids"][b] == c + 1)
             assert packed["input_ids"][b, seen].tolist() == expected["input_ids"]
             assert packed["position_ids"][b, seen].tolist() == list(range(len(expected["input_ids"])))
@@ -159,8 +181,8 @@ def test_user_text_cannot_forge_speaker_tokens(tokenizer):
 def test_encode_texts_equals_the_tokenizer_call(which, tokenizer):
     from transformers import AutoTokenizer
 
-    from persona.data.tokenize import encode_texts
     from persona.data.special_tokens import add_special_tokens
+    from persona.data.tokenize import encode_texts
     from tests.conftest import needs_shared
 
     if which == "gpt2":

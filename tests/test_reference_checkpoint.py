@@ -17,7 +17,12 @@ from tests.conftest import QUICKSTART, TINY_GPT2, TINY_OPENAI_GPT, load_folder
 from tests.test_layout import reference_build_input_from_segments
 
 # the reference's train.py, word for word
-ATTR_TO_SPECIAL_TOKEN = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "additional_special_tokens": ["<speaker1>", "<speaker2>"]}
+ATTR_TO_SPECIAL_TOKEN = {
+    "bos_token": "<bos>",
+    "eos_token": "<eos>",
+    "pad_token": "<pad>",
+    "additional_special_tokens": ["<speaker1>", "<speaker2>"],
+}
 CLASSES = {"gpt2": (GPT2DoubleHeadsModel, TINY_GPT2), "openai-gpt": (OpenAIGPTDoubleHeadsModel, TINY_OPENAI_GPT)}
 
 
@@ -63,7 +68,11 @@ def test_persona_chat_feeds_a_reference_checkpoint_the_reference_prompt(family, 
     reply = Bot(loaded, DecodingArguments(do_sample=False, max_length=5), max_history=2).reply(persona, history)
     assert isinstance(reply, str)
     expected = reference_build_input_from_segments(
-        [_reference_encode(reference_tokenizer, s) for s in persona], [_reference_encode(reference_tokenizer, h) for h in history], [], tokenizer_ids(tokenizer), with_eos=False
+        [_reference_encode(reference_tokenizer, s) for s in persona],
+        [_reference_encode(reference_tokenizer, h) for h in history],
+        [],
+        tokenizer_ids(tokenizer),
+        with_eos=False,
     )
     assert seen["input_ids"][0].tolist() == expected["input_ids"]
     assert seen["token_type_ids"][0].tolist() == expected["token_type_ids"]
@@ -79,8 +88,10 @@ def tokenizer_ids(tokenizer):
 def test_persona_eval_scores_a_reference_checkpoint_on_the_reference_tensors(family, tmp_path):
     reference_tokenizer = _reference_checkpoint(tmp_path / "model", family)
     loaded = load_folder(tmp_path / "model")
-    model, tokenizer = loaded.model, loaded.tokenizer
-    args = DataArguments(dataset_path=str(QUICKSTART), dataset_cache=str(tmp_path / "cache"), max_eval_dialogs=2, eval_num_candidates=3)
+    tokenizer = loaded.tokenizer
+    args = DataArguments(
+        dataset_path=str(QUICKSTART), dataset_cache=str(tmp_path / "cache"), max_eval_dialogs=2, eval_num_candidates=3
+    )
     corpus = prepare_corpus(args, tokenizer, max_length=loaded.max_positions, roles=("eval",))
     batch = PersonaCollator(special_ids(tokenizer), packed=False)(list(corpus.features["eval"]))
     turns = [(d["persona"], t) for d in corpus.dialogs["eval"] for t in d["turns"]]
@@ -89,15 +100,31 @@ def test_persona_eval_scores_a_reference_checkpoint_on_the_reference_tensors(fam
         encode = lambda texts: [_reference_encode(reference_tokenizer, text) for text in texts]  # noqa: E731
         for c, reply in enumerate(encode(turn["candidates"])):
             gold = c == len(turn["candidates"]) - 1
-            expected = reference_build_input_from_segments(encode(persona), encode(turn["history"]), reply, tokenizer_ids(tokenizer), lm_labels=gold)
+            expected = reference_build_input_from_segments(
+                encode(persona), encode(turn["history"]), reply, tokenizer_ids(tokenizer), lm_labels=gold
+            )
             n = len(expected["input_ids"])
             assert batch["input_ids"][row, c, :n].tolist() == expected["input_ids"]
             assert batch["token_type_ids"][row, c, :n].tolist() == expected["token_type_ids"]
             assert batch["labels"][row, c, :n].tolist() == expected["lm_labels"]
             assert batch["mc_token_ids"][row, c].item() == expected["mc_token_ids"]
     out = tmp_path / "eval"
-    argv = ["--model_name_or_path", str(tmp_path / "model"), "--dataset_path", str(QUICKSTART), "--dataset_cache", str(tmp_path / "cache"),
-            "--max_eval_dialogs", "2", "--output_dir", str(out), "--do_sample", "false", "--max_length", "5"]
+    argv = [
+        "--model_name_or_path",
+        str(tmp_path / "model"),
+        "--dataset_path",
+        str(QUICKSTART),
+        "--dataset_cache",
+        str(tmp_path / "cache"),
+        "--max_eval_dialogs",
+        "2",
+        "--output_dir",
+        str(out),
+        "--do_sample",
+        "false",
+        "--max_length",
+        "5",
+    ]
     assert eval_main(argv) == 0
     results = json.loads((out / "eval_results.json").read_text())
     assert results["num_candidates"] == 20 and results["token_types"] is True and 0 <= results["hits@1"] <= 1

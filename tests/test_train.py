@@ -17,9 +17,26 @@ from tests.conftest import REPO, TINY_OPENAI_GPT, as_loaded, tiny_train_args
 def _args(output_dir, *extra):
     return tiny_train_args(
         output_dir,
-        "--max_train_dialogs", "24", "--max_eval_dialogs", "4", "--eval_num_candidates", "5", "--num_candidates", "2",
-        "--train_batch_size", "4", "--valid_batch_size", "4", "--gradient_accumulation_steps", "2",
-        "--logging_steps", "2", "--seed", "3", "--lr", "1e-3",
+        "--max_train_dialogs",
+        "24",
+        "--max_eval_dialogs",
+        "4",
+        "--eval_num_candidates",
+        "5",
+        "--num_candidates",
+        "2",
+        "--train_batch_size",
+        "4",
+        "--valid_batch_size",
+        "4",
+        "--gradient_accumulation_steps",
+        "2",
+        "--logging_steps",
+        "2",
+        "--seed",
+        "3",
+        "--lr",
+        "1e-3",
         *extra,
     )
 
@@ -27,8 +44,17 @@ def _args(output_dir, *extra):
 def test_train_writes_every_output(tmp_path):
     out = tmp_path / "run"
     assert train_main(_args(out, "--n_epochs", "1", "--lm_coef", "2.0")) == 0
-    for name in ("model.safetensors", "config.json", "tokenizer.json", "persona_recipe.yaml", "train_results.json",
-                 "eval_results.json", "trainer_state.json", "loss_curves.png", "training_args.json"):
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "persona_recipe.yaml",
+        "train_results.json",
+        "eval_results.json",
+        "trainer_state.json",
+        "loss_curves.png",
+        "training_args.json",
+    ):
         assert (out / name).exists(), name
     assert not (out / "training_args.bin").exists()
     assert json.loads((out / "config.json").read_text())["architectures"] == ["GPT2DoubleHeadsModel"]
@@ -51,7 +77,22 @@ def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path):
     resumed = tmp_path / "resumed"
     resumed.mkdir()
     shutil.copytree(full / "checkpoint-3", resumed / "checkpoint-3")
-    assert train_main(_args(resumed, "--max_steps", "6", "--save_steps", "3", "--save_strategy", "steps", "--resume_from_checkpoint", "last")) == 0
+    assert (
+        train_main(
+            _args(
+                resumed,
+                "--max_steps",
+                "6",
+                "--save_steps",
+                "3",
+                "--save_strategy",
+                "steps",
+                "--resume_from_checkpoint",
+                "last",
+            )
+        )
+        == 0
+    )
     a, b = (json.loads((d / "trainer_state.json").read_text()) for d in (full, resumed))
     assert a["global_step"] == b["global_step"] == 6
     ea, eb = (json.loads((d / "eval_results.json").read_text()) for d in (full, resumed))
@@ -69,7 +110,9 @@ def test_bf16_mixed_precision_on_cpu(precision, tmp_path, monkeypatch):
     original = PersonaTrainer.compute_loss
 
     def recording(self, model, inputs, *args, **kwargs):
-        hook = self.accelerator.unwrap_model(model).lm_head.register_forward_hook(lambda module, given, output: seen.add(output.dtype))
+        hook = self.accelerator.unwrap_model(model).lm_head.register_forward_hook(
+            lambda module, given, output: seen.add(output.dtype)
+        )
         try:
             return original(self, model, inputs, *args, **kwargs)
         finally:
@@ -77,8 +120,13 @@ def test_bf16_mixed_precision_on_cpu(precision, tmp_path, monkeypatch):
 
     monkeypatch.setattr(PersonaTrainer, "compute_loss", recording)
     out = tmp_path / precision
-    assert train_main(_args(out, "--max_steps", "2", "--bf16", str(precision == "bf16").lower(), "--use_cpu", "true")) == 0
-    assert json.loads((out / "train_results.json").read_text())["mixed_precision"] == ("bf16" if precision == "bf16" else "no")
+    assert (
+        train_main(_args(out, "--max_steps", "2", "--bf16", str(precision == "bf16").lower(), "--use_cpu", "true"))
+        == 0
+    )
+    assert json.loads((out / "train_results.json").read_text())["mixed_precision"] == (
+        "bf16" if precision == "bf16" else "no"
+    )
     assert seen == {torch.bfloat16 if precision == "bf16" else torch.float32}
 
 
@@ -88,7 +136,12 @@ def test_openai_gpt_trains_in_both_forward_modes_to_the_same_evaluation(tmp_path
     results = {}
     for mode in ("packed", "classic"):
         out = tmp_path / mode
-        assert train_main(_args(out, "--model_config", json.dumps(TINY_OPENAI_GPT), "--max_steps", "2", "--forward_mode", mode)) == 0
+        assert (
+            train_main(
+                _args(out, "--model_config", json.dumps(TINY_OPENAI_GPT), "--max_steps", "2", "--forward_mode", mode)
+            )
+            == 0
+        )
         results[mode] = json.loads((out / "eval_results.json").read_text())
     assert results["packed"]["eval_loss"] == pytest.approx(results["classic"]["eval_loss"], rel=1e-4)
 
@@ -107,8 +160,18 @@ def test_a_process_that_does_not_save_writes_nothing(tmp_path, monkeypatch, tiny
 
 def test_two_processes_under_accelerate_launch(tmp_path):
     out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs" / "multi_cpu.yaml"),
-               "--main_process_port", "29533", "-m", "persona.commands.train", *_args(out, "--max_steps", "3")]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO / "accelerate_configs" / "multi_cpu.yaml"),
+        "--main_process_port",
+        "29533",
+        "-m",
+        "persona.commands.train",
+        *_args(out, "--max_steps", "3"),
+    ]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     train = json.loads((out / "train_results.json").read_text())

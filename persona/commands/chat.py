@@ -28,7 +28,9 @@ class ChatArguments:
     """Options of persona-chat besides the shared ones: the model (``ModelArguments``), the corpus a persona is drawn
     from and ``max_history`` (``DataArguments``), the decoding (``DecodingArguments``)."""
 
-    persona: list[str] = field(default_factory=list, metadata={"help": "A persona sentence; repeat the flag for more."})
+    persona: list[str] = field(
+        default_factory=list, metadata={"help": "A persona sentence; repeat the flag for more."}
+    )
     seed: int = field(default=0, metadata={"help": "Seed of the persona draw and of sampling."})
     json: bool = field(default=False, metadata={"help": "JSON lines on stdin and stdout instead of the prompt loop."})
 

@@ -34,7 +34,8 @@ SECRET_FIELDS = {"hub_token", "api_key"}  # never in a saved recipe
 RECIPE_USAGE = "[RECIPE.yaml] [--field value ...]"
 EPILOG = (
     "A recipe (YAML, field: value) may come first: its values become the defaults above, and every --field on the "
-    "command line overrides them (a mapping such as model_config as JSON there). --debug shows the traceback of an error."
+    "command line overrides them (a mapping such as model_config as JSON there). --debug shows the traceback of an "
+    "error."
 )
 
 
@@ -55,7 +56,14 @@ class RecipeParser(HfArgumentParser):
 
     def __init__(self, classes: tuple, prog: str, description: str | None = None):
         self.source = "command line"
-        super().__init__(classes, prog=prog, usage=f"{prog} {RECIPE_USAGE}", description=description, epilog=EPILOG, allow_abbrev=False)
+        super().__init__(
+            classes,
+            prog=prog,
+            usage=f"{prog} {RECIPE_USAGE}",
+            description=description,
+            epilog=EPILOG,
+            allow_abbrev=False,
+        )
 
     def add_argument(self, *args, **kwargs):
         """As argparse's, but list fields take :class:`_RepeatableList`."""
@@ -64,7 +72,9 @@ class RecipeParser(HfArgumentParser):
         return super().add_argument(*args, **kwargs)
 
     def error(self, message: str):  # argparse's hook for bad values
-        raise ConfigError(message, where=self.source, fix=f"give the field a value of the type its help names ({self.prog} --help).")
+        raise ConfigError(
+            message, where=self.source, fix=f"give the field a value of the type its help names ({self.prog} --help)."
+        )
 
     def field_action(self, name: str) -> argparse.Action | None:
         """The action of a field, by its name or one of its aliases."""
@@ -93,7 +103,9 @@ class RecipeParser(HfArgumentParser):
             typed = self._get_value(action, text)
             self._check_value(action, typed)
         except argparse.ArgumentError as error:
-            raise ConfigError(str(error), where=where, fix=f"give the field a value of the type its help names ({self.prog} --help).") from None
+            raise ConfigError(
+                str(error), where=where, fix=f"give the field a value of the type its help names ({self.prog} --help)."
+            ) from None
         return typed
 
 
@@ -116,9 +128,13 @@ def read_recipe(path: str) -> dict[str, Any]:
     try:
         recipe = yaml.safe_load(recipe_path.read_text()) or {}
     except yaml.YAMLError as error:
-        raise ConfigError(f"not valid YAML ({str(error).splitlines()[0]})", where=path, fix="fix the YAML syntax.") from None
+        raise ConfigError(
+            f"not valid YAML ({str(error).splitlines()[0]})", where=path, fix="fix the YAML syntax."
+        ) from None
     if not isinstance(recipe, dict):
-        raise ConfigError("a recipe must be a mapping of field: value", where=path, fix="write one 'field: value' per line.")
+        raise ConfigError(
+            "a recipe must be a mapping of field: value", where=path, fix="write one 'field: value' per line."
+        )
     return recipe
 
 
@@ -133,7 +149,13 @@ def _without_ignored(argv: list[str], ignored: set[str]) -> list[str]:
     return kept
 
 
-def parse_recipe(argv: list[str], classes: tuple = RECIPE_CLASSES, ignored: tuple = (), prog: str = "persona", description: str | None = None) -> tuple[tuple, dict[str, Any]]:
+def parse_recipe(
+    argv: list[str],
+    classes: tuple = RECIPE_CLASSES,
+    ignored: tuple = (),
+    prog: str = "persona",
+    description: str | None = None,
+) -> tuple[tuple, dict[str, Any]]:
     """Parse ``[RECIPE.yaml] [--field value ...]`` into instances of ``classes``.
 
     Fields of the ``ignored`` classes are accepted and dropped (``persona-data`` reads a training recipe, for
@@ -160,14 +182,24 @@ def parse_recipe(argv: list[str], classes: tuple = RECIPE_CLASSES, ignored: tupl
     if unknown:
         flag = next((token for token in unknown if token.startswith("-")), None)
         if flag is None:
-            raise ConfigError(f"unexpected argument '{unknown[0]}'", where="command line", fix="write overrides as --field value.")
+            raise ConfigError(
+                f"unexpected argument '{unknown[0]}'", where="command line", fix="write overrides as --field value."
+            )
         raise _unknown_field(flag.lstrip("-").partition("=")[0], parser, "command line")
-    given |= {action.dest for token in argv if (action := parser.field_action(token[2:].partition("=")[0])) is not None}
+    given |= {
+        action.dest for token in argv if (action := parser.field_action(token[2:].partition("=")[0])) is not None
+    }
     try:
-        instances = tuple(cls(**{f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls) if f.init}) for cls in classes)
+        instances = tuple(
+            cls(**{f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls) if f.init}) for cls in classes
+        )
     except ValueError as error:  # the dataclasses' own checks (bf16 without support, bad combinations)
-        raise ConfigError(str(error).splitlines()[0], where=parser.source, fix="change the value the message names.") from None
-    as_run = {f.name: getattr(i, f.name) for i in instances for f in dataclasses.fields(i) if f.name in given - SECRET_FIELDS}
+        raise ConfigError(
+            str(error).splitlines()[0], where=parser.source, fix="change the value the message names."
+        ) from None
+    as_run = {
+        f.name: getattr(i, f.name) for i in instances for f in dataclasses.fields(i) if f.name in given - SECRET_FIELDS
+    }
     return instances, {name: getattr(value, "value", value) for name, value in as_run.items()}
 
 
@@ -175,7 +207,9 @@ def setup_logging(main_process: bool = True, training_args=None) -> None:
     """persona's progress on stderr (stdout stays for data: statistics, JSON lines), at INFO on the main process
     (WARNING on the others), with the time; with ``training_args``, transformers' messages at the Trainer's
     level for this process, in the same stream."""
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
+    )
     logger.setLevel(logging.INFO if main_process else logging.WARNING)
     if training_args is not None:
         hf_logging.set_verbosity(training_args.get_process_log_level())

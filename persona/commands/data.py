@@ -1,4 +1,5 @@
-"""``persona-data RECIPE.yaml [--field value ...]``: prepare and cache a corpus exactly as ``persona-train RECIPE.yaml``
+"""``persona-data RECIPE.yaml [--field value ...]``: prepare and cache a corpus exactly as ``persona-train
+RECIPE.yaml``
 will, and print its statistics.
 
 Also ``persona-data --dataset_path FILE --tokenizer_name_or_path DIR`` with no recipe. ``--stats_json FILE``
@@ -31,7 +32,9 @@ class PrepareArguments:
 def main(argv: list[str]) -> int:
     """Prepare the recipe's corpus with its tokenizer and print the statistics."""
     classes = (ModelArguments, DataArguments, PrepareArguments)
-    (model_args, data_args, prepare_args), _ = parse_recipe(argv, classes, ignored=RECIPE_CLASSES, prog="persona-data", description=__doc__)
+    (model_args, data_args, prepare_args), _ = parse_recipe(
+        argv, classes, ignored=RECIPE_CLASSES, prog="persona-data", description=__doc__
+    )
     setup_logging()
     tokenizer = load_tokenizer(model_args)
     add_special_tokens(tokenizer)

@@ -20,7 +20,9 @@ from persona.training.evaluation import EvalArguments, evaluate_model
 def main(argv: list[str]) -> int:
     """Score the candidates, generate replies, and write the results, generations and report."""
     classes = (ModelArguments, DataArguments, PersonaTrainingArguments, EvalArguments, DecodingArguments)
-    (model_args, data_args, run_args, eval_args, decoding), recipe = parse_recipe(argv, classes, prog="persona-eval", description=__doc__)
+    (model_args, data_args, run_args, eval_args, decoding), recipe = parse_recipe(
+        argv, classes, prog="persona-eval", description=__doc__
+    )
     setup_logging()
     evaluate_model(model_args, data_args, run_args, eval_args, decoding, recipe)
     return 0

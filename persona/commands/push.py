@@ -30,13 +30,20 @@ class PushArguments:
     model_dir: str = field(metadata={"help": "The folder persona-train wrote (output_dir); also the first argument."})
     hub_model_id: str = field(default="", metadata={"help": "The Hub repository, USER/NAME or ORG/NAME."})
     private: bool = field(default=False, metadata={"help": "Create the repository private (no effect if it exists)."})
-    eval_results: str | None = field(default=None, metadata={"help": "persona-eval's eval_results.json, for the card's metrics."})
-    dry_run: str | None = field(default=None, metadata={"help": "Write the folder that would be uploaded here, list it, upload nothing."})
-    commit_message: str = field(default="persona-push: upload a persona model", metadata={"help": "The commit message."})
+    eval_results: str | None = field(
+        default=None, metadata={"help": "persona-eval's eval_results.json, for the card's metrics."}
+    )
+    dry_run: str | None = field(
+        default=None, metadata={"help": "Write the folder that would be uploaded here, list it, upload nothing."}
+    )
+    commit_message: str = field(
+        default="persona-push: upload a persona model", metadata={"help": "The commit message."}
+    )
 
 
 def dry_run(args: PushArguments, hub_model_id: str) -> None:
-    """Write the folder that would be uploaded to ``args.dry_run`` (complete or absent, never half-written) and list it."""
+    """Write the folder that would be uploaded to ``args.dry_run`` (complete or absent, never half-written) and list
+    it."""
     folder = Path(args.dry_run)
     if folder.exists() and any(folder.iterdir()):
         raise ConfigError("the dry-run folder is not empty", where=str(folder), fix="pass a new or empty folder.")
@@ -46,7 +53,10 @@ def dry_run(args: PushArguments, hub_model_id: str) -> None:
         if folder.exists():
             folder.rmdir()
         (Path(staging) / "folder").rename(folder)
-    print(f"Would upload to {hub_model_id} ({'private' if args.private else 'public'}), {len(files)} files, now in {folder}:")
+    print(
+        f"Would upload to {hub_model_id} ({'private' if args.private else 'public'}), {len(files)} files, now in "
+        f"{folder}:"
+    )
     for path in sorted(folder.rglob("*")):
         if path.is_file():
             print(f"  {path.relative_to(folder)}  ({path.stat().st_size:,} bytes)")
@@ -60,7 +70,11 @@ def main(argv: list[str]) -> int:
     ((args,), _) = parse_recipe(argv, (PushArguments,), prog="persona-push", description=__doc__)
     setup_logging()
     if not args.dry_run and "/" not in args.hub_model_id:
-        raise ConfigError("--hub_model_id USER/NAME is required", where="command line", fix="name the repository, e.g. --hub_model_id alice/persona-gpt2.")
+        raise ConfigError(
+            "--hub_model_id USER/NAME is required",
+            where="command line",
+            fix="name the repository, e.g. --hub_model_id alice/persona-gpt2.",
+        )
     hub_model_id = args.hub_model_id or Path(args.model_dir).resolve().name
     if args.dry_run:
         dry_run(args, hub_model_id)

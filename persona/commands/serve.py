@@ -31,7 +31,10 @@ def main(argv: list[str]) -> int:
     setup_logging()
     app, batcher = build_server(model_args, data_args, args, decoding)
     logger.info(
-        "Serving %s on http://%s:%d/ (the page) and /v1 (the API)%s", model_args.model_name_or_path, args.host, args.port,
+        "Serving %s on http://%s:%d/ (the page) and /v1 (the API)%s",
+        model_args.model_name_or_path,
+        args.host,
+        args.port,
         ", API key required" if args.api_key else "",
     )
     try:

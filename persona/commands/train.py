@@ -17,7 +17,9 @@ from persona.training.fine_tune import fine_tune
 @cli_entry
 def main(argv: list[str]) -> int:
     """Parse the recipe, then train, evaluate and save."""
-    (model_args, data_args, training_args), recipe = parse_recipe(argv, RECIPE_CLASSES, prog="persona-train", description=__doc__)
+    (model_args, data_args, training_args), recipe = parse_recipe(
+        argv, RECIPE_CLASSES, prog="persona-train", description=__doc__
+    )
     setup_logging(training_args.should_log, training_args)
     fine_tune(model_args, data_args, training_args, recipe)
     return 0

@@ -21,7 +21,14 @@ def tokenizer_fingerprint(tokenizer) -> str:
         content = backend.to_str()
     else:
         content = json.dumps(sorted(tokenizer.get_vocab().items()))
-    content += json.dumps([type(tokenizer).__name__, tokenizer.all_special_tokens, getattr(tokenizer, "model_max_length", None), wants_leading_space(tokenizer)])
+    content += json.dumps(
+        [
+            type(tokenizer).__name__,
+            tokenizer.all_special_tokens,
+            getattr(tokenizer, "model_max_length", None),
+            wants_leading_space(tokenizer),
+        ]
+    )
     return hashlib.sha256(content.encode()).hexdigest()
 
 

@@ -15,7 +15,9 @@ def reply_pool(dialogs: list[Dialog]) -> list[str]:
     return sorted({gold_reply(turn["candidates"]) for dialog in dialogs for turn in dialog["turns"]})
 
 
-def split_view(dialogs: list[Dialog], *, wanted: int, max_history: int, seed: int, role: str, pool: list[str]) -> tuple[list[Dialog], int]:
+def split_view(
+    dialogs: list[Dialog], *, wanted: int, max_history: int, seed: int, role: str, pool: list[str]
+) -> tuple[list[Dialog], int]:
     """New dialogs with each turn's history cut to its :func:`~persona.data.layout.history_window` and exactly
     ``wanted`` candidates.
 

@@ -1,4 +1,5 @@
-"""Batches with per-batch dynamic padding: packed (each prefix once, its candidates after it) or classic [batch, candidates, length]."""
+"""Batches with per-batch dynamic padding: packed (each prefix once, its candidates after it) or classic [batch,
+candidates, length]."""
 
 from __future__ import annotations
 
@@ -51,7 +52,13 @@ def packed_batch(examples: list[dict], ids: SpecialIds, wrap: bool = True) -> di
     rows, positions, blocks, labels, every_label, ends = [], [], [], [], [], []
     for example in examples:
         prefix, gold = example["prefix_ids"], gold_index(example["candidates"])
-        row, label, block, position, end = list(prefix), [IGNORE_INDEX] * len(prefix), [0] * len(prefix), list(range(len(prefix))), []
+        row, label, block, position, end = (
+            list(prefix),
+            [IGNORE_INDEX] * len(prefix),
+            [0] * len(prefix),
+            list(range(len(prefix))),
+            [],
+        )
         all_labels = [IGNORE_INDEX] * len(prefix)
         for c, reply in enumerate(example["candidates"]):
             candidate = build_candidate(reply, ids) if wrap else list(reply)
@@ -95,7 +102,10 @@ def classic_batch(examples: list[dict], ids: SpecialIds, wrap: bool = True) -> d
             else:
                 candidate = build_candidate(example["candidates"][c], ids) if wrap else list(example["candidates"][c])
             sequences.append([*prefix, *candidate])
-            labels.append([IGNORE_INDEX] * len(prefix) + (_gold_labels(candidate) if c == gold else [IGNORE_INDEX] * len(candidate)))
+            labels.append(
+                [IGNORE_INDEX] * len(prefix)
+                + (_gold_labels(candidate) if c == gold else [IGNORE_INDEX] * len(candidate))
+            )
             every_label.append([IGNORE_INDEX] * len(prefix) + _gold_labels(candidate))
     input_ids, attention_mask = _pad(sequences, ids.pad)
     shape = (len(examples), count, input_ids.shape[1])
@@ -132,5 +142,7 @@ class PersonaCollator:
         build = packed_batch if self.packed else classic_batch
         batch = build(examples, self.ids, self.wrap_candidates)
         return {
-            name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in batch.items() if self.token_types or not name.endswith("type_ids")
+            name: torch.from_numpy(np.ascontiguousarray(value))
+            for name, value in batch.items()
+            if self.token_types or not name.endswith("type_ids")
         }

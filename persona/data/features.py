@@ -14,8 +14,8 @@ import datasets
 
 from persona.data.layout import REPLY_OVERHEAD, build_prefix, fit_context, gold_index
 from persona.data.skips import RecordError, SkipLog
-from persona.data.tokenize import encode_texts
 from persona.data.special_tokens import SpecialIds, special_ids
+from persona.data.tokenize import encode_texts
 
 FEATURES = datasets.Features(
     {
@@ -52,7 +52,9 @@ def fit_candidates(candidates: list[list[int]], max_length: int) -> tuple[list[l
     return [c[:budget] for c in candidates[:gold]] + [candidates[gold]], cut
 
 
-def tokenize_batch(batch: dict, indices: list[int], *, tokenizer, ids: SpecialIds, max_length: int, permutations: int, strict: bool) -> dict:
+def tokenize_batch(
+    batch: dict, indices: list[int], *, tokenizer, ids: SpecialIds, max_length: int, permutations: int, strict: bool
+) -> dict:
     """The ``datasets.map`` function: a batch of dialogs in, their examples out (``ids``: the special tokens).
 
     Every distinct string of the batch is tokenized once, in one call of the fast tokenizer, with
@@ -74,14 +76,22 @@ def tokenize_batch(batch: dict, indices: list[int], *, tokenizer, ids: SpecialId
                 out["turn_id"].append(turn_id)
                 if cut is None:
                     error = RecordError(
-                        f"the gold reply ({len(candidates[gold_index(candidates)])} tokens) cannot fit the model's {max_length} positions",
+                        f"the gold reply ({len(candidates[gold_index(candidates)])} tokens) cannot fit the model's "
+                        f"{max_length} positions",
                         where=f"{record}, turn {turn_id}",
-                        fix="shorten or drop that utterance (gold replies are never truncated), or leave strict off to skip such turns.",
+                        fix="shorten or drop that utterance (gold replies are never truncated), or leave strict off "
+                        "to skip such turns.",
                         reason="gold reply too long",
                     )
                     if strict:
                         raise error
-                    for name, value in (("prefix_ids", []), ("candidates", []), ("length", 0), ("truncated", False), (SKIPPED, json.dumps([error.where, error.what]))):
+                    for name, value in (
+                        ("prefix_ids", []),
+                        ("candidates", []),
+                        ("length", 0),
+                        ("truncated", False),
+                        (SKIPPED, json.dumps([error.where, error.what])),
+                    ):
                         out[name].append(value)
                     continue
                 longest = max(len(c) for c in candidates) + REPLY_OVERHEAD
@@ -98,7 +108,15 @@ def tokenize_batch(batch: dict, indices: list[int], *, tokenizer, ids: SpecialId
 
 
 def build_features(
-    dialogs: datasets.Dataset, tokenizer, *, max_length: int, permutations: int, num_proc: int, skips: SkipLog, split: str, desc: str
+    dialogs: datasets.Dataset,
+    tokenizer,
+    *,
+    max_length: int,
+    permutations: int,
+    num_proc: int,
+    skips: SkipLog,
+    split: str,
+    desc: str,
 ) -> datasets.Dataset:
     """Tokenized features of one split's dialogs (batched ``datasets.map``, ``num_proc`` workers).
 
@@ -112,7 +130,13 @@ def build_features(
         remove_columns=dialogs.column_names,
         features=datasets.Features({**FEATURES, SKIPPED: datasets.Value("string")}),
         num_proc=num_proc if num_proc > 1 and len(dialogs) >= 1000 else None,
-        fn_kwargs={"tokenizer": tokenizer, "ids": special_ids(tokenizer), "max_length": max_length, "permutations": permutations, "strict": skips.strict},
+        fn_kwargs={
+            "tokenizer": tokenizer,
+            "ids": special_ids(tokenizer),
+            "max_length": max_length,
+            "permutations": permutations,
+            "strict": skips.strict,
+        },
         desc=f"Tokenizing {desc}",
         load_from_cache_file=False,
     )

@@ -15,7 +15,10 @@ def split_sentences(text: str) -> list[str]:
 
 
 def draw_persona(data_args: DataArguments, seed: int) -> list[str]:
-    """The persona of a dialog drawn (with ``seed``) from the corpus of ``data_args``, as the reference's interact.py does."""
+    """The persona of a dialog drawn (with ``seed``) from the corpus of ``data_args``, as the reference's interact.py
+    does."""
     source = resolve(data_args.dataset_path, data_args.dataset_cache)
-    dialogs = [d for split in read_corpus(source, data_args.dataset_format, data_args.bot_side).values() for d in split]
+    dialogs = [
+        d for split in read_corpus(source, data_args.dataset_format, data_args.bot_side).values() for d in split
+    ]
     return random.Random(seed).choice(dialogs)["persona"]

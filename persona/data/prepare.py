@@ -89,12 +89,17 @@ def _missing_split(split: str, corpus: Corpus, where: str, role: str) -> DataErr
 
 
 def resolved_sources(args: DataArguments, roles: tuple[str, ...]) -> tuple[str, str | None]:
-    """``dataset_path`` and, when the eval role reads it, ``eval_dataset_path`` as local paths (URLs downloaded) or Hub ids."""
+    """``dataset_path`` and, when the eval role reads it, ``eval_dataset_path`` as local paths (URLs downloaded) or
+    Hub ids."""
     source = resolve(args.dataset_path, args.dataset_cache)
-    return source, resolve(args.eval_dataset_path, args.dataset_cache) if args.eval_dataset_path and "eval" in roles else None
+    return source, resolve(
+        args.eval_dataset_path, args.dataset_cache
+    ) if args.eval_dataset_path and "eval" in roles else None
 
 
-def read_splits(args: DataArguments, roles: tuple[str, ...], source: str, eval_source: str | None, skips: SkipLog) -> tuple[Corpus, dict[str, str]]:
+def read_splits(
+    args: DataArguments, roles: tuple[str, ...], source: str, eval_source: str | None, skips: SkipLog
+) -> tuple[Corpus, dict[str, str]]:
     """The canonical dialogs of each role (``train``, ``eval``), trimmed and topped up, and the split each reads.
 
     ``source`` and ``eval_source`` are the resolved ``dataset_path`` and ``eval_dataset_path``. A single file
@@ -109,7 +114,9 @@ def read_splits(args: DataArguments, roles: tuple[str, ...], source: str, eval_s
     splits = {"train": train_split} if "train" in roles else {}
     if "eval" in roles:
         if eval_source:
-            eval_skips = SkipLog(strict=skips.strict)  # counted apart: its splits may be named like the training file's
+            eval_skips = SkipLog(
+                strict=skips.strict
+            )  # counted apart: its splits may be named like the training file's
             eval_corpus = read_corpus(eval_source, args.dataset_format, args.bot_side, eval_skips)
             skips.counts[EVAL_FILE].update(eval_skips.reasons())
             name = next((s for s in (WHOLE_FILE, args.eval_split) if s in eval_corpus), None)
@@ -119,7 +126,11 @@ def read_splits(args: DataArguments, roles: tuple[str, ...], source: str, eval_s
             splits["eval"] = EVAL_FILE
         elif args.validation_split_size > 0:
             if train_split not in corpus:
-                raise DataError(f"no '{train_split}' split to hold dialogs out of", where=where, fix=f"set train_split to one of {sorted(corpus)}.")
+                raise DataError(
+                    f"no '{train_split}' split to hold dialogs out of",
+                    where=where,
+                    fix=f"set train_split to one of {sorted(corpus)}.",
+                )
             _holdout(corpus, args, train_split)
             splits["eval"] = HELDOUT
         elif not (whole_file and "train" in roles):
@@ -132,13 +143,19 @@ def read_splits(args: DataArguments, roles: tuple[str, ...], source: str, eval_s
         dialogs = corpus[split][:limit] if limit else corpus[split]
         if not dialogs:
             raise DataError(
-                f"no usable dialogs in the '{split}' split (records skipped, by reason: {skips.of(split) or skips.reasons()})",
+                f"no usable dialogs in the '{split}' split (records skipped, by reason: "
+                f"{skips.of(split) or skips.reasons()})",
                 where=args.eval_dataset_path if split == EVAL_FILE else where,
                 fix="check the file: every record of the split was skipped (the warnings above name the first ones).",
             )
         wanted = args.num_candidates if role == "train" else args.eval_num_candidates
         out[role], sampled = split_view(
-            dialogs, wanted=wanted, max_history=args.max_history, seed=args.sampling_seed, role=role, pool=reply_pool(corpus[split])
+            dialogs,
+            wanted=wanted,
+            max_history=args.max_history,
+            seed=args.sampling_seed,
+            role=role,
+            pool=reply_pool(corpus[split]),
         )
         if sampled:
             logger.info("Sampled %d distractors for the %s split (%d candidates per turn)", sampled, split, wanted)
@@ -169,8 +186,97 @@ def split_stats(features: datasets.Dataset, dialogs: datasets.Dataset, batch_siz
     }
 
 
+def _cache_path(args: DataArguments, tokenizer, roles: tuple[str, ...], max_length: int, sources: tuple) -> Path:
+    """The cache folder of these splits: named after the corpus, keyed by its content, the tokenizer and options."""
+    source, eval_source = sources
+    ignored = ("dataset_path", "eval_dataset_path", "dataset_cache", "preprocessing_num_workers")
+    key = cache_key(
+        corpus=fingerprint(source),
+        eval_corpus=fingerprint(eval_source) if eval_source else None,
+        tokenizer=tokenizer_fingerprint(tokenizer),
+        options={k: v for k, v in vars(args).items() if k not in ignored},
+        roles=list(roles),
+        max_length=max_length,
+    )
+    name = Path(source.rstrip("/")).name.replace(".", "_") or "corpus"
+    return Path(args.dataset_cache) / f"{name}-{key[:16]}"
+
+
+def _prepare_role(
+    folder: Path, role: str, dialogs: list, split: str, tokenizer, args, skips: SkipLog, **options
+) -> dict:
+    """Write one role's dialogs and features into ``folder``; return its statistics."""
+    # Written first and read back memory-mapped: map's workers then open the file
+    # instead of receiving a pickled copy of the dialogs, and the Python lists are freed.
+    datasets.Dataset.from_list(dialogs).save_to_disk(str(folder / "dialogs" / role))
+    dialog_set = datasets.load_from_disk(str(folder / "dialogs" / role))
+    features = build_features(
+        dialog_set,
+        tokenizer,
+        max_length=options["max_length"],
+        permutations=args.personality_permutations if role == "train" else 1,
+        num_proc=args.preprocessing_num_workers,
+        skips=skips,
+        split=f"{role} turns",
+        desc=f"{args.dataset_path or 'PersonaChat'} [{split}]",
+    )
+    if not len(features):
+        raise DataError(
+            f"no usable turns in the '{split}' split ({skips.reasons()})",
+            where=args.dataset_path or "PersonaChat",
+            fix="check max_input_length and the corpus: every turn was skipped.",
+        )
+    features.save_to_disk(str(folder / "features" / role))
+    dialog_set.cleanup_cache_files()  # map's own output, now copied into features/
+    read_skips = skips.of(split) if split != HELDOUT else {}
+    return {
+        "split": split,
+        **split_stats(features, dialog_set, options["stats_batch_size"]),
+        "skipped": dict(Counter(read_skips) + Counter(skips.of(f"{role} turns"))),
+    }
+
+
+def _totals(splits: dict) -> dict:
+    """The statistics of all splits together."""
+    totals = {
+        name: sum(split[name] for split in splits.values())
+        for name in ("dialogs", "examples", "candidates", "tokens", "truncated")
+    }
+    totals["padding_ratio"] = max(split["padding_ratio"] for split in splits.values())
+    skipped = sum((Counter(split["skipped"]) for split in splits.values()), Counter())
+    return {**totals, "skipped": dict(sorted(skipped.items()))}
+
+
+def _loaded(cache_path: Path, roles: tuple[str, ...], args: DataArguments) -> PreparedCorpus:
+    """The prepared splits of ``roles`` read from the cache (memory-mapped), with warnings about what they lack."""
+    stats = json.loads((cache_path / "stats.json").read_text())
+    if stats["skipped"]:
+        count, where = sum(stats["skipped"].values()), args.dataset_path or "PersonaChat"
+        logger.warning("Skipped %d unusable record(s) of %s, by reason: %s", count, where, stats["skipped"])
+    present = [role for role in roles if role in stats["splits"]]
+    if "eval" in roles and "eval" not in present:
+        logger.warning(
+            "%s is one file with no splits inside: training on all of it and evaluating on nothing. To evaluate, pass "
+            "eval_dataset_path (a held-out corpus) or validation_split_size (a fraction or a number of dialogs to "
+            "hold out).",
+            args.dataset_path,
+        )
+    read = {
+        kind: {role: datasets.load_from_disk(str(cache_path / kind / role)) for role in present}
+        for kind in ("features", "dialogs")
+    }
+    return PreparedCorpus(
+        datasets.DatasetDict(read["features"]), datasets.DatasetDict(read["dialogs"]), stats, cache_path
+    )
+
+
 def prepare_corpus(
-    args: DataArguments, tokenizer, *, max_length: int, roles: tuple[str, ...] = ("train", "eval"), stats_batch_size: int = 4
+    args: DataArguments,
+    tokenizer,
+    *,
+    max_length: int,
+    roles: tuple[str, ...] = ("train", "eval"),
+    stats_batch_size: int = 4,
 ) -> PreparedCorpus:
     """Load the prepared splits from the cache, or build and cache them (atomically).
 
@@ -182,73 +288,30 @@ def prepare_corpus(
     the others load.
     """
     max_length = min(max_length, args.max_input_length or max_length)
-    source, eval_source = resolved_sources(args, roles)
-    options = {k: v for k, v in vars(args).items() if k not in ("dataset_path", "eval_dataset_path", "dataset_cache", "preprocessing_num_workers")}
-    key = cache_key(
-        corpus=fingerprint(source),
-        eval_corpus=fingerprint(eval_source) if eval_source else None,
-        tokenizer=tokenizer_fingerprint(tokenizer),
-        options=options,
-        roles=list(roles),
-        max_length=max_length,
-    )
-    name = Path(source.rstrip("/")).name.replace(".", "_") or "corpus"
-    cache_path = Path(args.dataset_cache) / f"{name}-{key[:16]}"
+    sources = resolved_sources(args, roles)
+    cache_path = _cache_path(args, tokenizer, roles, max_length, sources)
     if cache_path.exists():
         logger.info("Loading prepared features from the cache %s (no tokenization)", cache_path)
-    else:
-        logger.info("Preparing %s (cache %s, inputs of at most %d tokens)", source, cache_path, max_length)
+        return _loaded(cache_path, roles, args)
+    logger.info("Preparing %s (cache %s, inputs of at most %d tokens)", sources[0], cache_path, max_length)
 
-        def build(folder: Path) -> None:
-            skips = SkipLog(strict=args.strict)
-            corpus, splits = read_splits(args, roles, source, eval_source, skips)
-            stats = {"cache_path": str(cache_path), "max_length": max_length, "splits": {}}
-            for role in list(corpus):
-                # Written first and read back memory-mapped: map's workers then open the file
-                # instead of receiving a pickled copy of the dialogs, and the Python lists are freed.
-                datasets.Dataset.from_list(corpus.pop(role)).save_to_disk(str(folder / "dialogs" / role))
-                dialog_set = datasets.load_from_disk(str(folder / "dialogs" / role))
-                features = build_features(
-                    dialog_set,
-                    tokenizer,
-                    max_length=max_length,
-                    permutations=args.personality_permutations if role == "train" else 1,
-                    num_proc=args.preprocessing_num_workers,
-                    skips=skips,
-                    split=f"{role} turns",
-                    desc=f"{args.dataset_path or 'PersonaChat'} [{splits[role]}]",
-                )
-                if not len(features):
-                    raise DataError(
-                        f"no usable turns in the '{splits[role]}' split ({skips.reasons()})",
-                        where=args.dataset_path or "PersonaChat",
-                        fix="check max_input_length and the corpus: every turn was skipped.",
-                    )
-                features.save_to_disk(str(folder / "features" / role))
-                dialog_set.cleanup_cache_files()  # map's own output, now copied into features/
-                read_skips = skips.of(splits[role]) if splits[role] != HELDOUT else {}
-                stats["splits"][role] = {
-                    "split": splits[role],
-                    **split_stats(features, dialog_set, stats_batch_size),
-                    "skipped": dict(Counter(read_skips) + Counter(skips.of(f"{role} turns"))),
-                }
-            for name in ("dialogs", "examples", "candidates", "tokens", "truncated"):
-                stats[name] = sum(split[name] for split in stats["splits"].values())
-            stats["padding_ratio"] = max(split["padding_ratio"] for split in stats["splits"].values())
-            stats["skipped"] = dict(sorted(sum((Counter(split["skipped"]) for split in stats["splits"].values()), Counter()).items()))
-            (folder / "stats.json").write_text(json.dumps(stats, indent=2))
+    def build(folder: Path) -> None:
+        skips = SkipLog(strict=args.strict)
+        corpus, splits = read_splits(args, roles, *sources, skips)
+        stats = {"cache_path": str(cache_path), "max_length": max_length, "splits": {}}
+        for role in list(corpus):
+            stats["splits"][role] = _prepare_role(
+                folder,
+                role,
+                corpus.pop(role),
+                splits[role],
+                tokenizer,
+                args,
+                skips,
+                max_length=max_length,
+                stats_batch_size=stats_batch_size,
+            )
+        (folder / "stats.json").write_text(json.dumps({**stats, **_totals(stats["splits"])}, indent=2))
 
-        write_atomically(cache_path, build)
-    stats = json.loads((cache_path / "stats.json").read_text())
-    if stats["skipped"]:
-        logger.warning("Skipped %d unusable record(s) of %s, by reason: %s", sum(stats["skipped"].values()), args.dataset_path or "PersonaChat", stats["skipped"])
-    present = [role for role in roles if role in stats["splits"]]
-    if "eval" in roles and "eval" not in present:
-        logger.warning(
-            "%s is one file with no splits inside: training on all of it and evaluating on nothing. To evaluate, pass "
-            "eval_dataset_path (a held-out corpus) or validation_split_size (a fraction or a number of dialogs to hold out).",
-            args.dataset_path,
-        )
-    features = datasets.DatasetDict({role: datasets.load_from_disk(str(cache_path / "features" / role)) for role in present})
-    dialogs = datasets.DatasetDict({role: datasets.load_from_disk(str(cache_path / "dialogs" / role)) for role in present})
-    return PreparedCorpus(features=features, dialogs=dialogs, stats=stats, cache_path=cache_path)
+    write_atomically(cache_path, build)
+    return _loaded(cache_path, roles, args)

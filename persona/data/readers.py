@@ -52,7 +52,14 @@ from persona.data.skips import RecordError, SkipLog
 from persona.errors import DataError
 
 CORPUS_SUFFIXES = (".txt", ".json", ".jsonl", ".csv")
-SPLIT_ALIASES = {"train": "train", "valid": "valid", "validation": "valid", "val": "valid", "dev": "valid", "test": "test"}
+SPLIT_ALIASES = {
+    "train": "train",
+    "valid": "valid",
+    "validation": "valid",
+    "val": "valid",
+    "dev": "valid",
+    "test": "test",
+}
 _SPC_COLUMNS = ("user 1 personas", "user 2 personas", "Best Generated Conversation")
 _SPEAKER_LINE = re.compile(r"^[\s*_]*(?:user|person|speaker)\s*([12])\s*[*_]*:[*_\s]*(.*?)[*_\s]*$", re.IGNORECASE)
 _PARLAI_LINE = re.compile(r"^(\d+) (.*)$")
@@ -89,7 +96,9 @@ def split_of_filename(path: str | os.PathLike) -> str:
 def read_text(path: Path) -> str:
     """A file's text as UTF-8; a clear error for a missing, empty or binary file."""
     if not path.exists():
-        raise DataError("file not found", where=str(path), fix="check dataset_path (a file, a folder, a URL or a Hub id).")
+        raise DataError(
+            "file not found", where=str(path), fix="check dataset_path (a file, a folder, a URL or a Hub id)."
+        )
     raw = path.read_bytes()
     if not raw.strip():
         raise DataError("the file is empty", where=str(path), fix="point dataset_path at a non-empty corpus.")
@@ -143,7 +152,9 @@ def _parse_json(path: Path, text: str) -> Any:
         ) from None
 
 
-def _string_list(value: Any, where: str, field: str, *, allow_empty: bool = False, reason: str = "malformed record") -> list[str]:
+def _string_list(
+    value: Any, where: str, field: str, *, allow_empty: bool = False, reason: str = "malformed record"
+) -> list[str]:
     if isinstance(value, str):
         value = [line for line in value.splitlines() if line.strip()]
     try:
@@ -151,22 +162,40 @@ def _string_list(value: Any, where: str, field: str, *, allow_empty: bool = Fals
             raise TypeError
         value = [item for item in map(str.strip, value) if item]  # str.strip refuses anything but text
     except TypeError:
-        raise RecordError(f"field '{field}' must be a list of strings", where=where, fix=f"give '{field}' as a list of sentences.") from None
+        raise RecordError(
+            f"field '{field}' must be a list of strings", where=where, fix=f"give '{field}' as a list of sentences."
+        ) from None
     if not value and not allow_empty:
-        raise RecordError(f"field '{field}' is empty", where=where, fix=f"give at least one sentence in '{field}', or drop the record.", reason=reason)
+        raise RecordError(
+            f"field '{field}' is empty",
+            where=where,
+            fix=f"give at least one sentence in '{field}', or drop the record.",
+            reason=reason,
+        )
     return value
 
 
 def _require(record: Any, fields: Iterable[str], where: str) -> None:
     if not isinstance(record, dict):
-        raise RecordError(f"expected an object, found {type(record).__name__}", where=where, fix="each record must be a JSON object.")
+        raise RecordError(
+            f"expected an object, found {type(record).__name__}", where=where, fix="each record must be a JSON object."
+        )
     missing = [field for field in fields if field not in record]
     if missing:
-        raise RecordError(f"missing field(s) {missing}", where=where, fix="add them, or set dataset_format to the layout of the file.")
+        raise RecordError(
+            f"missing field(s) {missing}",
+            where=where,
+            fix="add them, or set dataset_format to the layout of the file.",
+        )
 
 
 def _no_turns(where: str) -> RecordError:
-    return RecordError("the dialog has no usable turns", where=where, fix="drop the dialog or add its turns.", reason="dialog without turns")
+    return RecordError(
+        "the dialog has no usable turns",
+        where=where,
+        fix="drop the dialog or add its turns.",
+        reason="dialog without turns",
+    )
 
 
 def reference_dialog(record: Any, where: str, skips: SkipLog, split: str) -> Dialog:
@@ -185,7 +214,12 @@ def reference_dialog(record: Any, where: str, skips: SkipLog, split: str) -> Dia
         with skips.guard(split):
             _require(turn, ("history", "candidates"), turn_where)
             candidates = _string_list(turn["candidates"], turn_where, "candidates", reason="turn without candidates")
-            turns.append({"history": _string_list(turn["history"], turn_where, "history", allow_empty=True), "candidates": candidates})
+            turns.append(
+                {
+                    "history": _string_list(turn["history"], turn_where, "history", allow_empty=True),
+                    "candidates": candidates,
+                }
+            )
     if not turns:
         raise _no_turns(where)
     return {"persona": persona, "turns": turns, "record": where}
@@ -235,7 +269,12 @@ def read_parlai(path: Path, text: str, skips: SkipLog, split: str) -> list[Dialo
             if not turns:
                 raise _no_turns(where)
             if not persona:
-                raise RecordError("the dialog has no 'your persona:' lines", where=where, fix="add the bot's persona lines.", reason="empty persona")
+                raise RecordError(
+                    "the dialog has no 'your persona:' lines",
+                    where=where,
+                    fix="add the bot's persona lines.",
+                    reason="empty persona",
+                )
             dialogs.append({"persona": list(persona), "turns": list(turns), "record": where})
 
     for line_number, line in enumerate(text.splitlines(), start=1):
@@ -287,9 +326,16 @@ def conversation_dialogs(
     The side that opens the conversation gets :data:`SILENCE` before it, as PersonaChat does.
     """
     if not utterances:
-        raise RecordError("the conversation is empty", where=where, fix="drop it or complete it.", reason="empty conversation")
+        raise RecordError(
+            "the conversation is empty", where=where, fix="drop it or complete it.", reason="empty conversation"
+        )
     if len(utterances) < 2:
-        raise RecordError("the conversation has a single utterance", where=where, fix="drop it or complete it.", reason="conversation of one utterance")
+        raise RecordError(
+            "the conversation has a single utterance",
+            where=where,
+            fix="drop it or complete it.",
+            reason="conversation of one utterance",
+        )
     sides = {"both": (0, 1), "user1": (0,), "user2": (1,)}[bot_side]
     dialogs = []
     for side in sides:
@@ -347,7 +393,9 @@ def record_dialogs(record: Any, where: str, bot_side: str, skips: SkipLog, split
     _require(record, ("personas", "utterances"), where)
     personas = record["personas"]
     if not isinstance(personas, list) or len(personas) != 2:
-        raise RecordError("'personas' must be a list of two lists (user 1, user 2)", where=where, fix="give both personas.")
+        raise RecordError(
+            "'personas' must be a list of two lists (user 1, user 2)", where=where, fix="give both personas."
+        )
     utterances = _string_list(record["utterances"], where, "utterances", allow_empty=True)
     return conversation_dialogs(personas, utterances, bot_side, where)
 
@@ -377,7 +425,9 @@ def read_conversations(path: Path, text: str, bot_side: str, skips: SkipLog, spl
         reader = csv.DictReader(io.StringIO(text))
         missing = [c for c in _SPC_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
-            raise DataError(f"the CSV lacks column(s) {missing}", where=str(path), fix="use the Synthetic-Persona-Chat columns.")
+            raise DataError(
+                f"the CSV lacks column(s) {missing}", where=str(path), fix="use the Synthetic-Persona-Chat columns."
+            )
         records = list(reader)
         names = [f"{path}, row {i + 2}" for i in range(len(records))]
     dialogs: list[Dialog] = []
@@ -408,7 +458,9 @@ def read_folder(path: Path, dataset_format: str, bot_side: str, skips: SkipLog) 
     """A folder of corpus files (ParlAI ``train_*.txt``/``valid_*.txt``, CSV, JSON), merged split by split."""
     files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in CORPUS_SUFFIXES)
     if not files:
-        raise DataError("the folder holds no .txt, .json, .jsonl or .csv corpus file", where=str(path), fix="check dataset_path.")
+        raise DataError(
+            "the folder holds no .txt, .json, .jsonl or .csv corpus file", where=str(path), fix="check dataset_path."
+        )
     corpus: Corpus = defaultdict(list)
     for file in files:
         for split, dialogs in read_file(file, dataset_format, bot_side, skips, split_of_filename(file)).items():
@@ -442,7 +494,11 @@ def _group_turn_rows(rows, where: str, skips: SkipLog, split: str) -> list[Dialo
             persona = _string_list(row["personality"], record_where, "personality", reason="empty persona")
             turn = {
                 "history": _string_list(row["history"], record_where, "history", allow_empty=True),
-                "candidates": _string_list(row["candidates"], record_where, "candidates", reason="turn without candidates"),
+                "candidates": _string_list(
+                    row["candidates"], record_where, "candidates", reason="turn without candidates"
+                ),
             }
-            grouped.setdefault(row["conv_id"], {"persona": persona, "turns": [], "record": f"{where} conv_id {row['conv_id']}"})["turns"].append(turn)
+            grouped.setdefault(
+                row["conv_id"], {"persona": persona, "turns": [], "record": f"{where} conv_id {row['conv_id']}"}
+            )["turns"].append(turn)
     return list(grouped.values())

@@ -24,7 +24,9 @@ SHOWN_ONE_BY_ONE = 5
 class RecordError(DataError):
     """A problem of one record (a conversation, a dialog or a turn): skipped unless strict, counted by ``reason``."""
 
-    def __init__(self, what: str, *, where: str | None = None, fix: str | None = None, reason: str = "malformed record"):
+    def __init__(
+        self, what: str, *, where: str | None = None, fix: str | None = None, reason: str = "malformed record"
+    ):
         super().__init__(what, where=where, fix=fix)
         self.reason = reason
 
@@ -48,7 +50,10 @@ class SkipLog:
         if total <= SHOWN_ONE_BY_ONE:
             logger.warning("Skipped %s: %s", error.where, error.what)
         if total == SHOWN_ONE_BY_ONE:
-            logger.warning("Further skipped records are only counted (by reason: 'skipped' in the statistics); strict: true stops at the first")
+            logger.warning(
+                "Further skipped records are only counted (by reason: 'skipped' in the statistics); strict: true "
+                "stops at the first"
+            )
 
     @contextmanager
     def guard(self, split: str) -> Iterator[None]:

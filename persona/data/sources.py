@@ -23,7 +23,9 @@ def is_url(path: str) -> bool:
 
 def download(url: str, cache_dir: str) -> Path:
     """Download ``url`` once into ``cache_dir/downloads`` (atomically) and return the local file."""
-    target = Path(cache_dir) / "downloads" / (hashlib.sha256(url.encode()).hexdigest()[:16] + "-" + url.rsplit("/", 1)[-1])
+    target = (
+        Path(cache_dir) / "downloads" / (hashlib.sha256(url.encode()).hexdigest()[:16] + "-" + url.rsplit("/", 1)[-1])
+    )
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -51,7 +53,8 @@ def resolve(dataset_path: str, cache_dir: str) -> str:
 
 
 def is_hub_dataset(source: str) -> bool:
-    """Whether a resolved source is a Hub dataset id (``user/name``, not a corpus file's name) rather than a local path."""
+    """Whether a resolved source is a Hub dataset id (``user/name``, not a corpus file's name) rather than a local
+    path."""
     return "/" in source and Path(source).suffix.lower() not in CORPUS_SUFFIXES and is_hub_id(source)
 
 
@@ -86,7 +89,9 @@ def fingerprint(source: str) -> str:
     digest = hashlib.sha256()
     path = Path(source)
     if not path.exists() and not is_hub_dataset(source):
-        raise DataError("file not found", where=source, fix="check dataset_path (a file, a folder, a URL or a Hub id).")
+        raise DataError(
+            "file not found", where=source, fix="check dataset_path (a file, a folder, a URL or a Hub id)."
+        )
     if path.is_file():
         files = [path]
     elif path.is_dir() and not is_saved_dataset(path):
@@ -103,7 +108,9 @@ def fingerprint(source: str) -> str:
     return digest.hexdigest()
 
 
-def read_corpus(source: str, dataset_format: str = "auto", bot_side: str = "both", skips: SkipLog | None = None) -> Corpus:
+def read_corpus(
+    source: str, dataset_format: str = "auto", bot_side: str = "both", skips: SkipLog | None = None
+) -> Corpus:
     """All splits of a resolved corpus, as canonical dialogs; unusable records are skipped into ``skips``.
 
     A single file with no splits inside gives the one split ``WHOLE_FILE``.

@@ -8,9 +8,9 @@ from functools import lru_cache
 def wants_leading_space(tokenizer) -> bool:
     """Whether each text gets a leading space before tokenization.
 
-    As the model was trained: ``persona_leading_space`` on the tokenizer when :func:`persona.model.dual_heads.load_trained`
-    set it from the model's config (False for a checkpoint of transfer-learning-conv-ai, which encoded each text
-    as it is); otherwise yes for byte-level BPE tokenizers (:func:`byte_level_wants_space`).
+    As the model was trained: ``persona_leading_space`` on the tokenizer when :mod:`persona.model.loading` set it from
+    the model's config (False for a checkpoint of transfer-learning-conv-ai, which encoded each text as it is);
+    otherwise yes for byte-level BPE tokenizers (:func:`byte_level_wants_space`).
     """
     declared = getattr(tokenizer, "persona_leading_space", None)
     return byte_level_wants_space(tokenizer) if declared is None else declared
@@ -18,7 +18,8 @@ def wants_leading_space(tokenizer) -> bool:
 
 @lru_cache(maxsize=8)
 def byte_level_wants_space(tokenizer) -> bool:
-    """Whether the tokenizer reads ``" word"`` and ``"word"`` differently and decodes the spaced form back (byte-level BPE)."""
+    """Whether the tokenizer reads ``" word"`` and ``"word"`` differently and decodes the spaced form back
+    (byte-level BPE)."""
     # Byte-level BPE (GPT-2, SmolLM2...) reads " word" and "word" as different tokens and was pretrained
     # on words preceded by a space; utterances are tokenized alone and concatenated, so give each one
     # its space. Tokenizers that strip or add spaces themselves (openai-gpt, SentencePiece) are left as is.

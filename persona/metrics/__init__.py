@@ -1,4 +1,5 @@
-"""The ConvAI2 metrics as ``evaluate`` modules shipped in the package (Hub metric scripts cannot be fetched offline)."""
+"""The ConvAI2 metrics as ``evaluate`` modules shipped in the package (Hub metric scripts cannot be fetched
+offline)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ _DEFINITIONS = {
     "perplexity": "exp of the mean negative log-likelihood of the gold replies' tokens (lower is better)",
     "hits@k": "fraction of turns whose gold reply is among the k candidates the multiple-choice head scores highest "
     "(a candidate tied with the gold reply counts as above it)",
-    "lm_hits@k": "fraction of turns whose gold reply is among the k candidates with the highest mean token log-likelihood "
-    "(the reply and its end token, given the prompt): the language model's own ranking, without the multiple-choice head",
+    "lm_hits@k": "fraction of turns whose gold reply is among the k candidates with the highest mean token "
+    "log-likelihood "
+    "(the reply and its end token, given the prompt): the language model's own ranking, without the multiple-choice "
+    "head",
     "f1": "unigram F1 between the generated and the gold reply after ConvAI2's normalisation (mean over turns)",
 }
 

@@ -6,9 +6,10 @@ assistant messages alternating, into the layout of :func:`persona.data.build_inp
     <bos> persona  <speaker2> user  <speaker1> assistant  ...  <speaker2> user  <speaker1>
 
 User messages are the partner's ``<speaker2>``, the bot's (assistant) ``<speaker1>``, as in the reference;
-``add_generation_prompt`` ends with ``<speaker1>``; a final assistant message ends with ``<eos>`` (as a training input does). For
-byte-level BPE tokenizers each text gets the leading space that :func:`persona.data.tokenize.encode_texts`
-gives it, so the rendered ids equal ``build_inputs`` for the same persona (as one sentence) and history.
+``add_generation_prompt`` ends with ``<speaker1>``; a final assistant message ends with ``<eos>`` (as a training
+input does). For byte-level BPE tokenizers each text gets the leading space that
+:func:`persona.data.tokenize.encode_texts` gives it, so the rendered ids equal ``build_inputs`` for the same persona
+(as one sentence) and history.
 
 What a template cannot carry: token types (the speaker embeddings added at every position) and the
 splitting of special-token text typed by a user. ``persona-eval --use_token_types false`` measures the
@@ -17,8 +18,8 @@ first; the model card reports it.
 
 from __future__ import annotations
 
-from persona.data.tokenize import wants_leading_space
 from persona.data.special_tokens import BOT, PARTNER
+from persona.data.tokenize import wants_leading_space
 
 _TEMPLATE = """\
 {%- set space = "SPACE" -%}
@@ -26,10 +27,14 @@ _TEMPLATE = """\
 {{- bos_token -}}
 {%- for message in messages -%}
     {%- if message["role"] == "system" -%}
-        {%- if not loop.first -%}{{- raise_exception("The system message (the persona) must come first.") -}}{%- endif -%}
+        {%- if not loop.first -%}
+            {{- raise_exception("The system message (the persona) must come first.") -}}
+        {%- endif -%}
         {{- space + message["content"] -}}
     {%- elif message["role"] in ["user", "assistant"] -%}
-        {%- if message["role"] == ns.previous -%}{{- raise_exception("User and assistant messages must alternate.") -}}{%- endif -%}
+        {%- if message["role"] == ns.previous -%}
+            {{- raise_exception("User and assistant messages must alternate.") -}}
+        {%- endif -%}
         {%- set ns.previous = message["role"] -%}
         {{- ("PARTNER_TOKEN" if message["role"] == "user" else "BOT_TOKEN") + space + message["content"] -}}
         {%- if loop.last and message["role"] == "assistant" -%}{{- eos_token -}}{%- endif -%}
@@ -38,7 +43,9 @@ _TEMPLATE = """\
     {%- endif -%}
 {%- endfor -%}
 {%- if add_generation_prompt -%}
-    {%- if ns.previous == "assistant" -%}{{- raise_exception("The last message must be the user's when a reply is asked for.") -}}{%- endif -%}
+    {%- if ns.previous == "assistant" -%}
+        {{- raise_exception("The last message must be the user's when a reply is asked for.") -}}
+    {%- endif -%}
     {{- "BOT_TOKEN" -}}
 {%- endif -%}
 """

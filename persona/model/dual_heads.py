@@ -8,7 +8,8 @@ which adds one entry to ``forward``: a persona batch (from :class:`persona.data.
 returns the gold reply's token NLL and the candidates' scores.
 
 Three paths (:class:`DualPath`) compute them; the trainer picks one, once, from the recipe's
-``forward_mode`` and what the model supports (:func:`choose_dual_path`), and :func:`collator_for` gives the collator that
+``forward_mode`` and what the model supports (:func:`choose_dual_path`), and :func:`collator_for` gives the collator
+that
 builds its batches:
 
 - ``DualPath.PACKED`` (``forward_mode: packed``, the default): one packed row per turn, the persona+history
@@ -73,7 +74,9 @@ class FullOutput(ModelOutput):
     mc_logits: torch.Tensor | None = None
 
 
-def _label_nll(hidden: torch.Tensor, labels: torch.Tensor, lm_head, groups: torch.Tensor | None = None, count: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _label_nll(
+    hidden: torch.Tensor, labels: torch.Tensor, lm_head, groups: torch.Tensor | None = None, count: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Token NLL of the labelled tokens, LM logits computed only at the positions whose next token has a label.
 
     ``hidden``: [B, L, H]; ``labels``: [B, L]. Returns the NLL sum and labelled-token count of each row, or, with
@@ -86,7 +89,9 @@ def _label_nll(hidden: torch.Tensor, labels: torch.Tensor, lm_head, groups: torc
     owner = where.nonzero()[:, 0] if groups is None else groups[:, 1:][where]
     size = hidden.shape[0] if groups is None else count
     nll_sum = torch.zeros(size, device=hidden.device, dtype=nll.dtype).index_add(0, owner, nll)
-    return nll_sum, torch.zeros(size, device=hidden.device, dtype=torch.long).index_add(0, owner, torch.ones_like(owner))
+    return nll_sum, torch.zeros(size, device=hidden.device, dtype=torch.long).index_add(
+        0, owner, torch.ones_like(owner)
+    )
 
 
 def _picked(hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -95,7 +100,8 @@ def _picked(hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 def _candidate_ends(hidden: torch.Tensor, mc_token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Classic hidden states [B, C, L, H] as rows [B, C*L, H], and each candidate's ``mc_token_ids`` as indices in them."""
+    """Classic hidden states [B, C, L, H] as rows [B, C*L, H], and each candidate's ``mc_token_ids`` as indices in
+    them."""
     length = hidden.shape[2]
     offsets = torch.arange(hidden.shape[1], device=hidden.device) * length
     return hidden.flatten(1, 2), mc_token_ids + offsets
@@ -112,26 +118,53 @@ def _flat(tensor: torch.Tensor | None, length: int) -> torch.Tensor | None:
 
 
 def _classic(
-    model, input_ids, attention_mask, labels, mc_token_ids, candidate_valid, mc_labels, token_type_ids=None, candidate_labels=None
+    model,
+    input_ids,
+    attention_mask,
+    labels,
+    mc_token_ids,
+    candidate_valid,
+    mc_labels,
+    token_type_ids=None,
+    candidate_labels=None,
 ) -> DualOutput:
     # The mask flattened to [B*C, L]: openai-gpt's own forward flattens the ids and types but not the mask.
     output = model.forward_full(
-        input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=_flat(attention_mask, input_ids.shape[-1]), mc_token_ids=mc_token_ids
+        input_ids=input_ids,
+        token_type_ids=token_type_ids,
+        attention_mask=_flat(attention_mask, input_ids.shape[-1]),
+        mc_token_ids=mc_token_ids,
     )
 
     def summed(token_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # [B, C] NLL sums and counts
         shift_logits, shift_labels = output.logits[..., :-1, :].float(), token_labels[..., 1:]
-        nll = F.cross_entropy(shift_logits.flatten(0, -2), shift_labels.flatten(), reduction="none", ignore_index=IGNORE_INDEX)
+        nll = F.cross_entropy(
+            shift_logits.flatten(0, -2), shift_labels.flatten(), reduction="none", ignore_index=IGNORE_INDEX
+        )
         return nll.view(shift_labels.shape).sum(-1), (shift_labels != IGNORE_INDEX).sum(-1)
 
     nll_sum, tokens = summed(labels)
     mc_logits = output.mc_logits.float().masked_fill(~candidate_valid.bool(), torch.finfo(torch.float32).min)
     ranked = summed(candidate_labels) if candidate_labels is not None else (None, None)
-    return DualOutput(nll_sum=nll_sum.sum(-1), tokens=tokens.sum(-1), mc_logits=mc_logits, candidate_nll_sum=ranked[0], candidate_tokens=ranked[1])
+    return DualOutput(
+        nll_sum=nll_sum.sum(-1),
+        tokens=tokens.sum(-1),
+        mc_logits=mc_logits,
+        candidate_nll_sum=ranked[0],
+        candidate_tokens=ranked[1],
+    )
 
 
 def _full_sequences(
-    model, input_ids, attention_mask, labels, mc_token_ids, candidate_valid, mc_labels, token_type_ids=None, candidate_labels=None
+    model,
+    input_ids,
+    attention_mask,
+    labels,
+    mc_token_ids,
+    candidate_valid,
+    mc_labels,
+    token_type_ids=None,
+    candidate_labels=None,
 ) -> DualOutput:
     batch, count, length = input_ids.shape
     hidden = model.persona_backbone(
@@ -143,12 +176,19 @@ def _full_sequences(
     nll_sum, tokens = _label_nll(hidden[rows, mc_labels], labels[rows, mc_labels], model.lm_head)
     ranked = (None, None)
     if candidate_labels is not None:  # each candidate sequence is its own group
-        ranked = tuple(t.view(batch, count) for t in _label_nll(hidden.flatten(0, 1), candidate_labels.flatten(0, 1), model.lm_head))
+        ranked = tuple(
+            t.view(batch, count)
+            for t in _label_nll(hidden.flatten(0, 1), candidate_labels.flatten(0, 1), model.lm_head)
+        )
     mc_logits = _mc_logits(model, *_candidate_ends(hidden, mc_token_ids), candidate_valid)
-    return DualOutput(nll_sum=nll_sum, tokens=tokens, mc_logits=mc_logits, candidate_nll_sum=ranked[0], candidate_tokens=ranked[1])
+    return DualOutput(
+        nll_sum=nll_sum, tokens=tokens, mc_logits=mc_logits, candidate_nll_sum=ranked[0], candidate_tokens=ranked[1]
+    )
 
 
-def _block_causal_mask(model, block_ids: torch.Tensor, attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def _block_causal_mask(
+    model, block_ids: torch.Tensor, attention_mask: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
     """The 4D mask of a packed batch, in the form the model's attention implementation takes (SDPA's boolean,
     eager's additive): causal, padding out, and each token seeing the prefix (block 0) and its own block only.
 
@@ -162,25 +202,49 @@ def _block_causal_mask(model, block_ids: torch.Tensor, attention_mask: torch.Ten
 
     batch, length = block_ids.shape
     return ALL_MASK_ATTENTION_FUNCTIONS[model.config._attn_implementation](
-        batch_size=batch, q_length=length, kv_length=length, mask_function=and_masks(causal_mask_function, prefix_or_own_block),
-        attention_mask=attention_mask.bool(), allow_is_causal_skip=False, use_vmap=False, dtype=dtype, device=block_ids.device,
+        batch_size=batch,
+        q_length=length,
+        kv_length=length,
+        mask_function=and_masks(causal_mask_function, prefix_or_own_block),
+        attention_mask=attention_mask.bool(),
+        allow_is_causal_skip=False,
+        use_vmap=False,
+        dtype=dtype,
+        device=block_ids.device,
     )
 
 
 def _packed(
-    model, input_ids, attention_mask, position_ids, block_ids, labels, mc_token_ids, candidate_valid, mc_labels, token_type_ids=None, candidate_labels=None
+    model,
+    input_ids,
+    attention_mask,
+    position_ids,
+    block_ids,
+    labels,
+    mc_token_ids,
+    candidate_valid,
+    mc_labels,
+    token_type_ids=None,
+    candidate_labels=None,
 ) -> DualOutput:
     embeds = model.persona_embeddings(input_ids, token_type_ids)
     mask = _block_causal_mask(model, block_ids, attention_mask, embeds.dtype)
-    hidden = model.persona_backbone(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, use_cache=False).last_hidden_state
+    hidden = model.persona_backbone(
+        inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, use_cache=False
+    ).last_hidden_state
     nll_sum, tokens = _label_nll(hidden, labels, model.lm_head)
     ranked = (None, None)
     if candidate_labels is not None:  # group = (row, candidate): LM logits over the candidate blocks only
         count = mc_token_ids.shape[1]
         groups = torch.arange(len(block_ids), device=block_ids.device)[:, None] * count + (block_ids - 1).clamp(min=0)
-        ranked = tuple(t.view(-1, count) for t in _label_nll(hidden, candidate_labels, model.lm_head, groups, len(block_ids) * count))
+        ranked = tuple(
+            t.view(-1, count)
+            for t in _label_nll(hidden, candidate_labels, model.lm_head, groups, len(block_ids) * count)
+        )
     mc_logits = _mc_logits(model, hidden, mc_token_ids, candidate_valid)
-    return DualOutput(nll_sum=nll_sum, tokens=tokens, mc_logits=mc_logits, candidate_nll_sum=ranked[0], candidate_tokens=ranked[1])
+    return DualOutput(
+        nll_sum=nll_sum, tokens=tokens, mc_logits=mc_logits, candidate_nll_sum=ranked[0], candidate_tokens=ranked[1]
+    )
 
 
 class PersonaDualHeads:
@@ -229,10 +293,14 @@ def choose_dual_path(model, forward_mode: str) -> DualPath:
     return DualPath.PACKED if model.packs() else DualPath.FULL_SEQUENCES
 
 
-def collator_for(path: DualPath, ids: SpecialIds, *, token_types: bool = True, wrap_candidates: bool = True) -> PersonaCollator:
+def collator_for(
+    path: DualPath, ids: SpecialIds, *, token_types: bool = True, wrap_candidates: bool = True
+) -> PersonaCollator:
     """The collator that builds the batches of ``path`` (packed rows for the packed path, [batch, candidates, length]
     for the others): the one place a path and its batch layout are paired."""
-    return PersonaCollator(ids, packed=path is DualPath.PACKED, token_types=token_types, wrap_candidates=wrap_candidates)
+    return PersonaCollator(
+        ids, packed=path is DualPath.PACKED, token_types=token_types, wrap_candidates=wrap_candidates
+    )
 
 
 class GPTDualHeads(PersonaDualHeads):
@@ -240,7 +308,9 @@ class GPTDualHeads(PersonaDualHeads):
 
     def persona_mc_logits(self, picked: torch.Tensor) -> torch.Tensor:
         """GPT's SequenceSummary head on the picked hidden states [B, C, H] -> [B, C]."""
-        return self.multiple_choice_head(picked[:, :, None], torch.zeros(picked.shape[:2], dtype=torch.long, device=picked.device)).squeeze(-1)
+        return self.multiple_choice_head(
+            picked[:, :, None], torch.zeros(picked.shape[:2], dtype=torch.long, device=picked.device)
+        ).squeeze(-1)
 
     def forward_full(self, *args, **kwargs):
         """The base double-heads model's own forward (all logits)."""
@@ -271,7 +341,9 @@ class CausalDualHeads(PersonaDualHeads):
 
     def __init__(self, config, *args, **kwargs):
         super().__init__(config, *args, **kwargs)
-        self.multiple_choice_head = MultipleChoiceHead(config.hidden_size, getattr(config, "summary_first_dropout", 0.1))
+        self.multiple_choice_head = MultipleChoiceHead(
+            config.hidden_size, getattr(config, "summary_first_dropout", 0.1)
+        )
 
     def persona_mc_logits(self, picked: torch.Tensor) -> torch.Tensor:
         """The multiple-choice head on the picked hidden states [B, C, H] -> [B, C]."""
@@ -287,17 +359,24 @@ class CausalDualHeads(PersonaDualHeads):
         batch, count, length = input_ids.shape
         mask = kwargs.pop("attention_mask")
         hidden = self.persona_backbone(
-            inputs_embeds=self.persona_embeddings(input_ids.view(-1, length), _flat(token_type_ids, length)), attention_mask=mask.view(-1, length), **kwargs
+            inputs_embeds=self.persona_embeddings(input_ids.view(-1, length), _flat(token_type_ids, length)),
+            attention_mask=mask.view(-1, length),
+            **kwargs,
         ).last_hidden_state
         hidden = hidden.view(batch, count, length, -1)
-        return FullOutput(logits=self.lm_head(hidden), mc_logits=self.persona_mc_logits(_picked(*_candidate_ends(hidden, mc_token_ids))))
+        return FullOutput(
+            logits=self.lm_head(hidden),
+            mc_logits=self.persona_mc_logits(_picked(*_candidate_ends(hidden, mc_token_ids))),
+        )
 
 
 def _with_extra_arguments(signature: inspect.Signature, names: tuple[str, ...]) -> inspect.Signature:
     """The base forward's signature plus keyword arguments ``names`` (``generate`` checks its arguments against it)."""
     present = set(signature.parameters)
     params = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
-    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None) for name in names if name not in present]
+    extra = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None) for name in names if name not in present
+    ]
     tail = [p for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD]
     return signature.replace(parameters=[*params, *extra, *tail])
 
@@ -315,7 +394,10 @@ def persona_class(base: type) -> type:
     if base is OpenAIGPTDoubleHeadsModel:
         # Its attention takes no custom 4D mask: it runs full sequences (LM logits still only where labels are).
         # Nor can it generate in transformers 5: it gets the generation of its language-model sibling.
-        attributes.update(body_takes_block_mask=False, prepare_inputs_for_generation=OpenAIGPTLMHeadModel.prepare_inputs_for_generation)
+        attributes.update(
+            body_takes_block_mask=False,
+            prepare_inputs_for_generation=OpenAIGPTLMHeadModel.prepare_inputs_for_generation,
+        )
         bases = (family, base, GenerationMixin)
     cls = type(base.__name__, bases, attributes)
 

@@ -26,7 +26,9 @@ class DecodingArguments:
     do_sample: bool = field(default=True, metadata={"help": "Sample (nucleus/top-k); false: greedy or beam search."})
     num_beams: int = field(default=1, metadata={"help": "Beam width when not sampling (1: greedy)."})
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature."})
-    top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling: keep the smallest token set of this probability."})
+    top_p: float = field(
+        default=0.9, metadata={"help": "Nucleus sampling: keep the smallest token set of this probability."}
+    )
     top_k: int = field(default=0, metadata={"help": "Keep the k most likely tokens (0: no limit)."})
     max_length: int = field(default=20, metadata={"help": "Most tokens in a reply."})
     min_length: int = field(default=1, metadata={"help": "Fewest tokens in a reply before <eos> may end it."})
@@ -35,7 +37,11 @@ class DecodingArguments:
         """These settings as ``GenerationConfig`` fields, whatever the tokenizer."""
         # Greedy and beam search get transformers' neutral values: left unset, a model's saved sampling settings
         # would fill them in, and generate would warn about flags that only sampling uses.
-        sampling = {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k} if self.do_sample else NEUTRAL_SAMPLING
+        sampling = (
+            {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
+            if self.do_sample
+            else NEUTRAL_SAMPLING
+        )
         return {
             "do_sample": self.do_sample,
             "num_beams": 1 if self.do_sample else self.num_beams,
@@ -45,17 +51,27 @@ class DecodingArguments:
         }
 
     def generation_config(self, loaded: LoadedModel) -> GenerationConfig:
-        """The ``GenerationConfig`` of a persona model: these settings, ``<eos>`` to stop, every other special token suppressed."""
+        """The ``GenerationConfig`` of a persona model: these settings, ``<eos>`` to stop, every other special token
+        suppressed."""
         ids = loaded.ids
         suppressed = sorted(set(loaded.tokenizer.all_special_ids) - {ids.eos})
-        return GenerationConfig(**self.settings(), bos_token_id=ids.bos, eos_token_id=ids.eos, pad_token_id=ids.pad, suppress_tokens=suppressed)
+        return GenerationConfig(
+            **self.settings(),
+            bos_token_id=ids.bos,
+            eos_token_id=ids.eos,
+            pad_token_id=ids.pad,
+            suppress_tokens=suppressed,
+        )
 
 
 def prompt_inputs(persona: list[str], history: list[str], loaded: LoadedModel, reply_budget: int) -> dict:
-    """``<bos> persona ... <speaker2> last utterance <speaker1>``: the model input before a reply, fitted to the positions."""
+    """``<bos> persona ... <speaker2> last utterance <speaker1>``: the model input before a reply, fitted to the
+    positions."""
     encoded = encode_texts(loaded.tokenizer, [*persona, *history]) if persona or history else []
     persona_ids, history_ids = encoded[: len(persona)], encoded[len(persona) :]
-    persona_ids, history_ids, _ = fit_context(persona_ids, history_ids, reply_budget + REPLY_OVERHEAD, loaded.max_positions)
+    persona_ids, history_ids, _ = fit_context(
+        persona_ids, history_ids, reply_budget + REPLY_OVERHEAD, loaded.max_positions
+    )
     return build_inputs(persona_ids, history_ids, [], loaded.ids, lm_labels=False, with_eos=False)
 
 
@@ -68,15 +84,27 @@ def left_padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Te
 
 
 @torch.no_grad()
-def generate_batch(loaded: LoadedModel, prompts: list[dict], config: GenerationConfig, *, streamer=None) -> list[list[int]]:
+def generate_batch(
+    loaded: LoadedModel, prompts: list[dict], config: GenerationConfig, *, streamer=None
+) -> list[list[int]]:
     """The reply token ids (up to ``<eos>``, excluded) of each prompt of :func:`prompt_inputs`, generated in one
     left-padded batch (with token types if the model takes them); ``streamer`` (a transformers streamer) receives
     the new tokens as they come."""
     ids, model = loaded.ids, loaded.model
     device = next(model.parameters()).device
     input_ids, mask = left_padded([p["input_ids"] for p in prompts], ids.pad)
-    types = {"token_type_ids": left_padded([p["token_type_ids"] for p in prompts], ids.pad)[0].to(device)} if loaded.token_types else {}
-    output = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), generation_config=config, streamer=streamer, **types)
+    types = (
+        {"token_type_ids": left_padded([p["token_type_ids"] for p in prompts], ids.pad)[0].to(device)}
+        if loaded.token_types
+        else {}
+    )
+    output = model.generate(
+        input_ids=input_ids.to(device),
+        attention_mask=mask.to(device),
+        generation_config=config,
+        streamer=streamer,
+        **types,
+    )
     replies = []
     for row in output[:, input_ids.shape[1] :].tolist():
         replies.append(row[: row.index(ids.eos)] if ids.eos in row else row)
@@ -84,13 +112,20 @@ def generate_batch(loaded: LoadedModel, prompts: list[dict], config: GenerationC
 
 
 def generate_replies(
-    loaded: LoadedModel, dialogs: list[tuple[list[str], list[str]]], decoding: DecodingArguments, *, batch_size: int = 32, progress: bool = False
+    loaded: LoadedModel,
+    dialogs: list[tuple[list[str], list[str]]],
+    decoding: DecodingArguments,
+    *,
+    batch_size: int = 32,
+    progress: bool = False,
 ) -> list[str]:
     """One reply per ``(persona sentences, history utterances)``, generated in left-padded batches; ``progress``
     shows a bar."""
     config = decoding.generation_config(loaded)
     replies: list[str] = []
-    for start in tqdm(range(0, len(dialogs), batch_size), desc="Generating replies", unit="batch", disable=not progress):
+    for start in tqdm(
+        range(0, len(dialogs), batch_size), desc="Generating replies", unit="batch", disable=not progress
+    ):
         prompts = [prompt_inputs(p, h, loaded, decoding.max_length) for p, h in dialogs[start : start + batch_size]]
         generated = generate_batch(loaded, prompts, config)
         replies += [text.strip() for text in loaded.tokenizer.batch_decode(generated, skip_special_tokens=True)]

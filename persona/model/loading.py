@@ -113,7 +113,9 @@ def max_positions(config) -> int:
     for name in ("n_positions", "max_position_embeddings", "n_ctx"):
         if getattr(config, name, None):
             return int(getattr(config, name))
-    raise ModelLoadError("the model config gives no maximum number of positions", where="model config", fix="set n_positions.")
+    raise ModelLoadError(
+        "the model config gives no maximum number of positions", where="model config", fix="set n_positions."
+    )
 
 
 def uses_token_types(config, requested: bool | None = None) -> bool:
@@ -142,11 +144,19 @@ def load_for_training(model_args: ModelArguments, use_token_types: bool | None =
     model.config.persona_token_types = uses_token_types(model.config, use_token_types)
     model.config.pad_token_id, model.config.bos_token_id, model.config.eos_token_id = ids.pad, ids.bos, ids.eos
     logger.info("Added %d special tokens; vocabulary %d", added, len(tokenizer))
-    return LoadedModel(model, tokenizer, ids, max_positions(model.config), model.config.persona_token_types, name=model_args.model_name_or_path)
+    return LoadedModel(
+        model,
+        tokenizer,
+        ids,
+        max_positions(model.config),
+        model.config.persona_token_types,
+        name=model_args.model_name_or_path,
+    )
 
 
 def refuse_training_fields(model_args: ModelArguments, command: str) -> None:
-    """A :class:`ConfigError` for a model field that only training uses, given to a command that loads a trained model."""
+    """A :class:`ConfigError` for a model field that only training uses, given to a command that loads a trained
+    model."""
     fields = model_args.training_only_fields()
     if fields:
         raise ConfigError(
@@ -164,10 +174,15 @@ def _trained(model_args: ModelArguments, tokenizer, use_token_types: bool | None
     if hasattr(config, "persona_leading_space"):
         tokenizer.persona_leading_space = config.persona_leading_space
     elif not hasattr(config, "persona_token_types"):
-        logger.info("%s has no persona fields in its config: fed as transfer-learning-conv-ai feeds its checkpoints", model_args.model_name_or_path)
+        logger.info(
+            "%s has no persona fields in its config: fed as transfer-learning-conv-ai feeds its checkpoints",
+            model_args.model_name_or_path,
+        )
         tokenizer.persona_leading_space = False
     token_types = uses_token_types(config, use_token_types)
-    return LoadedModel(model.eval(), tokenizer, ids, max_positions(config), token_types, name=model_args.model_name_or_path)
+    return LoadedModel(
+        model.eval(), tokenizer, ids, max_positions(config), token_types, name=model_args.model_name_or_path
+    )
 
 
 def load_trained(model_args: ModelArguments, use_token_types: bool | None = None) -> LoadedModel:
@@ -189,11 +204,20 @@ def load_for_evaluation(model_args: ModelArguments, use_token_types: bool | None
         return _trained(model_args, tokenizer, use_token_types)
     if not tokenizer.chat_template:
         special_ids(tokenizer)  # the error that says which tokens are missing and how to get a persona model
-    logger.info("%s has no persona tokens: evaluated as a prompted baseline through its chat template", model_args.model_name_or_path)
+    logger.info(
+        "%s has no persona tokens: evaluated as a prompted baseline through its chat template",
+        model_args.model_name_or_path,
+    )
     config = base_config(model_args)
     model = _pretrained(model_args, config).eval()
     return LoadedModel(
-        model, tokenizer, padding_only_ids(tokenizer), max_positions(config), False, layout=CHAT_TEMPLATE_LAYOUT, name=model_args.model_name_or_path
+        model,
+        tokenizer,
+        padding_only_ids(tokenizer),
+        max_positions(config),
+        False,
+        layout=CHAT_TEMPLATE_LAYOUT,
+        name=model_args.model_name_or_path,
     )
 
 
@@ -212,7 +236,8 @@ def preparation_length(model_args: ModelArguments, tokenizer) -> int:
     except ModelLoadError as error:
         limit = min(getattr(tokenizer, "model_max_length", None) or TOKENIZER_LIMIT, TOKENIZER_LIMIT)
         logger.warning(
-            "Inputs cut to the tokenizer's %d tokens, not the model's positions (%s); persona-train prepares the corpus "
+            "Inputs cut to the tokenizer's %d tokens, not the model's positions (%s); persona-train prepares the "
+            "corpus "
             "again if they differ. Pass the recipe's model or model_config to share the cache.",
             limit,
             error.what,

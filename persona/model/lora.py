@@ -17,20 +17,25 @@ logger = logging.getLogger(__name__)
 
 
 def with_lora(model, model_args: ModelArguments, ids: SpecialIds):
-    """``model`` wrapped by PEFT with the LoRA settings of ``model_args`` (``ids``: the special tokens, whose rows train)."""
+    """``model`` wrapped by PEFT with the LoRA settings of ``model_args`` (``ids``: the special tokens, whose rows
+    train)."""
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
         r=model_args.lora_r,
         lora_alpha=model_args.lora_alpha,
         lora_dropout=model_args.lora_dropout,
-        target_modules=model_args.lora_target_modules[0] if model_args.lora_target_modules == ["all-linear"] else model_args.lora_target_modules,
+        target_modules=model_args.lora_target_modules[0]
+        if model_args.lora_target_modules == ["all-linear"]
+        else model_args.lora_target_modules,
         modules_to_save=["multiple_choice_head"],
         trainable_token_indices=sorted(set(dataclasses.astuple(ids))),
     )
     model = get_peft_model(model, config)
     trainable, total = model.get_nb_trainable_parameters()
-    logger.info("LoRA: %s trainable parameters of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+    logger.info(
+        "LoRA: %s trainable parameters of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total
+    )
     return model
 
 

@@ -1,4 +1,5 @@
-"""Prompted baselines: a causal LM that persona never trained, evaluated on the same turns through its own chat template.
+"""Prompted baselines: a causal LM that persona never trained, evaluated on the same turns through its own chat
+template.
 
 The persona sentences are the system message, the history alternates user (the partner, who spoke last) and
 assistant messages, and each candidate is the assistant's reply up to and including its end-of-turn token.
@@ -29,9 +30,13 @@ PROMPTING = (
 
 
 def chat_messages(persona: list[str], history: list[str]) -> list[dict]:
-    """The chat of a turn: the persona as the system message, then the history, the partner's last utterance as the user's."""
+    """The chat of a turn: the persona as the system message, then the history, the partner's last utterance as the
+    user's."""
     roles = ["user" if (len(history) - index) % 2 else "assistant" for index in range(len(history))]
-    return [{"role": "system", "content": " ".join(persona)}, *({"role": r, "content": u} for r, u in zip(roles, history))]
+    return [
+        {"role": "system", "content": " ".join(persona)},
+        *({"role": r, "content": u} for r, u in zip(roles, history)),
+    ]
 
 
 def turn_example(tokenizer, persona: list[str], history: list[str], candidates: list[str]) -> dict:
@@ -42,7 +47,9 @@ def turn_example(tokenizer, persona: list[str], history: list[str], candidates: 
     specials = set(tokenizer.all_special_ids)
     blocks = []
     for candidate in candidates:
-        full = tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": candidate}], tokenize=True, return_dict=False)
+        full = tokenizer.apply_chat_template(
+            [*messages, {"role": "assistant", "content": candidate}], tokenize=True, return_dict=False
+        )
         if full[: len(prompt)] != prompt:
             raise DataError(
                 "the chat template renders an assistant reply that does not continue its own generation prompt",
@@ -60,7 +67,11 @@ def prompted_corpus(args: DataArguments, tokenizer) -> tuple[datasets.Dataset, l
     model), as packed examples through the chat template; the dialogs; and ``{"split", "skipped"}``."""
     skips = SkipLog(strict=args.strict)
     dialogs, splits = read_splits(args, ("eval",), *resolved_sources(args, ("eval",)), skips)
-    examples = [turn_example(tokenizer, d["persona"], t["history"], t["candidates"]) for d in dialogs["eval"] for t in d["turns"]]
+    examples = [
+        turn_example(tokenizer, d["persona"], t["history"], t["candidates"])
+        for d in dialogs["eval"]
+        for t in d["turns"]
+    ]
     return datasets.Dataset.from_list(examples), dialogs["eval"], {"split": splits["eval"], "skipped": skips.reasons()}
 
 
@@ -75,10 +86,14 @@ def generate_prompted(
     replies = []
     for start in range(0, len(turns), batch_size):
         prompts = [
-            tokenizer.apply_chat_template(chat_messages(p, h), add_generation_prompt=True, tokenize=True, return_dict=False)
+            tokenizer.apply_chat_template(
+                chat_messages(p, h), add_generation_prompt=True, tokenize=True, return_dict=False
+            )
             for p, h in turns[start : start + batch_size]
         ]
         ids, mask = left_padded(prompts, pad)
         output = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=config)
-        replies += [text.strip() for text in tokenizer.batch_decode(output[:, ids.shape[1] :], skip_special_tokens=True)]
+        replies += [
+            text.strip() for text in tokenizer.batch_decode(output[:, ids.shape[1] :], skip_special_tokens=True)
+        ]
     return replies

@@ -67,7 +67,9 @@ class ReplyBatcher:
     """The model and its worker thread; ``max_batch_size`` 1 generates one request at a time (the settings are
     persona-serve's, :class:`~persona.serving.server.ServeArguments`)."""
 
-    def __init__(self, loaded: LoadedModel, *, max_history: int, max_batch_size: int, max_queue: int, batch_wait_ms: float):
+    def __init__(
+        self, loaded: LoadedModel, *, max_history: int, max_batch_size: int, max_queue: int, batch_wait_ms: float
+    ):
         self.loaded, self.max_history = loaded, max_history
         self.max_batch_size, self.batch_wait_s = max_batch_size, batch_wait_ms / 1000
         self.pending: queue.Queue[ReplyRequest | None] = queue.Queue(maxsize=max_queue)
@@ -135,7 +137,9 @@ class ReplyBatcher:
             return
         decoding = group[0].decoding
         try:
-            rows = [ReplyStream(self._decode, r.stop, lambda delta, r=r: r.deliver(ReplyEvent(delta=delta))) for r in group]
+            rows = [
+                ReplyStream(self._decode, r.stop, lambda delta, r=r: r.deliver(ReplyEvent(delta=delta))) for r in group
+            ]
             if group[0].seed is not None:
                 torch.manual_seed(group[0].seed)
             config = decoding.generation_config(self.loaded)
@@ -146,14 +150,26 @@ class ReplyBatcher:
                 request.deliver(ReplyEvent(finish_reason="error", error=f"{type(error).__name__}: {error}"))
             return
         for request, prompt, row in zip(group, prompts, rows):
-            request.deliver(ReplyEvent(finish_reason=row.finish_reason, prompt_tokens=len(prompt["input_ids"]), completion_tokens=len(row.tokens)))
+            request.deliver(
+                ReplyEvent(
+                    finish_reason=row.finish_reason,
+                    prompt_tokens=len(prompt["input_ids"]),
+                    completion_tokens=len(row.tokens),
+                )
+            )
 
     def _decode(self, tokens: list[int]) -> str:
         return self.loaded.tokenizer.decode(tokens, skip_special_tokens=True)
 
 
 async def reply_events(
-    batcher: ReplyBatcher, persona: list[str], history: list[str], decoding: DecodingArguments, *, stop: list[str] = (), seed: int | None = None
+    batcher: ReplyBatcher,
+    persona: list[str],
+    history: list[str],
+    decoding: DecodingArguments,
+    *,
+    stop: list[str] = (),
+    seed: int | None = None,
 ) -> AsyncIterator[ReplyEvent]:
     """Submit a request (:class:`QueueFull` at once when the queue is full) and yield its events as they come, its
     end last."""

@@ -35,7 +35,15 @@ PERSONA_ROLES = ("system", "developer")
 class APIError(Exception):
     """A request the API refuses: the HTTP status and the OpenAI error fields."""
 
-    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None, code: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
 
@@ -59,7 +67,8 @@ class ChatRequest:
 
 
 def parse_messages(messages: list[Message]) -> tuple[list[str], list[str]]:
-    """The persona (the system message's sentences) and the history (user and assistant turns, ending with the user's)."""
+    """The persona (the system message's sentences) and the history (user and assistant turns, ending with the
+    user's)."""
     persona: list[str] = []
     history: list[str] = []
     expected = "user"
@@ -71,7 +80,12 @@ def parse_messages(messages: list[Message]) -> tuple[list[str], list[str]]:
             persona = split_sentences(message.content)
             continue
         if message.role != expected:
-            raise APIError(400, f"{param}: user and assistant messages must alternate, starting with the user's; this one is the {message.role}'s", param=param)
+            raise APIError(
+                400,
+                f"{param}: user and assistant messages must alternate, starting with the user's; this one is the "
+                f"{message.role}'s",
+                param=param,
+            )
         history.append(message.content)
         expected = "assistant" if message.role == "user" else "user"
     if not history or expected != "assistant":
@@ -92,13 +106,19 @@ def chat_request(body: ChatCompletionRequest, defaults: DecodingArguments, max_t
         decoding = replace(decoding, do_sample=False)
     elif body.temperature is not None or body.top_p is not None:
         temperature = defaults.temperature if body.temperature is None else body.temperature
-        decoding = replace(decoding, do_sample=True, temperature=temperature, top_p=defaults.top_p if body.top_p is None else body.top_p)
-    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+        decoding = replace(
+            decoding,
+            do_sample=True,
+            temperature=temperature,
+            top_p=defaults.top_p if body.top_p is None else body.top_p,
+        )
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return ChatRequest(persona, history, decoding, stop, body.seed, body.stream, include_usage)
+    return ChatRequest(persona, history, decoding, body.stop, body.seed, body.stream, include_usage)
 
 
-def create_app(batcher: ReplyBatcher, model_id: str, *, defaults: DecodingArguments, persona: list[str], settings) -> FastAPI:
+def create_app(
+    batcher: ReplyBatcher, model_id: str, *, defaults: DecodingArguments, persona: list[str], settings
+) -> FastAPI:
     """The FastAPI app of the API (the web page is mounted on it by :mod:`persona.serving.server`); ``settings``: the
     server's :class:`~persona.serving.server.ServeArguments` (``api_key``, ``max_tokens_cap``, ``max_body_bytes``)."""
     app = FastAPI(title="persona", docs_url=None, redoc_url=None)
@@ -113,7 +133,12 @@ def create_app(batcher: ReplyBatcher, model_id: str, *, defaults: DecodingArgume
             return
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), api_key.encode()):
-            raise APIError(401, "a valid API key is required: 'Authorization: Bearer KEY'", type="authentication_error", code="invalid_api_key")
+            raise APIError(
+                401,
+                "a valid API key is required: 'Authorization: Bearer KEY'",
+                type="authentication_error",
+                code="invalid_api_key",
+            )
 
     async def read_request(request: Request) -> ChatCompletionRequest:
         declared = request.headers.get("content-length")
@@ -146,15 +171,26 @@ def create_app(batcher: ReplyBatcher, model_id: str, *, defaults: DecodingArgume
         body = await read_request(request)
         chat = chat_request(body, defaults, settings.max_tokens_cap)
         if body.model not in (None, model_id):
-            raise APIError(404, f"the model '{body.model}' is not served here; this server serves '{model_id}'", param="model", code="model_not_found")
+            raise APIError(
+                404,
+                f"the model '{body.model}' is not served here; this server serves '{model_id}'",
+                param="model",
+                code="model_not_found",
+            )
         try:
-            events = reply_events(batcher, chat.persona or persona, chat.history, chat.decoding, stop=chat.stop, seed=chat.seed)
+            events = reply_events(
+                batcher, chat.persona or persona, chat.history, chat.decoding, stop=chat.stop, seed=chat.seed
+            )
             first = await anext(events)
         except QueueFull as error:
-            raise APIError(429, f"the server is busy ({error}); try again shortly", type="rate_limit_error", code="queue_full") from None
+            raise APIError(
+                429, f"the server is busy ({error}); try again shortly", type="rate_limit_error", code="queue_full"
+            ) from None
         completion = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_id}
         if chat.stream:
-            return StreamingResponse(_sse(completion, first, events, chat.include_usage), media_type="text/event-stream")
+            return StreamingResponse(
+                _sse(completion, first, events, chat.include_usage), media_type="text/event-stream"
+            )
         return await _completion(completion, first, events)
 
     return app
@@ -173,20 +209,37 @@ async def _completion(completion: dict, first: ReplyEvent, events: AsyncIterator
     return {
         **completion,
         "object": "chat.completion",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(content)}, "finish_reason": event.finish_reason}],
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "".join(content)},
+                "finish_reason": event.finish_reason,
+            }
+        ],
         "usage": _usage(event),
     }
 
 
 def _usage(event: ReplyEvent) -> dict:
-    return {"prompt_tokens": event.prompt_tokens, "completion_tokens": event.completion_tokens, "total_tokens": event.prompt_tokens + event.completion_tokens}
+    return {
+        "prompt_tokens": event.prompt_tokens,
+        "completion_tokens": event.completion_tokens,
+        "total_tokens": event.prompt_tokens + event.completion_tokens,
+    }
 
 
-async def _sse(completion: dict, first: ReplyEvent, events: AsyncIterator[ReplyEvent], include_usage: bool) -> AsyncIterator[str]:
+async def _sse(
+    completion: dict, first: ReplyEvent, events: AsyncIterator[ReplyEvent], include_usage: bool
+) -> AsyncIterator[str]:
     """The streamed answer: a role chunk, content chunks, the finishing chunk (and usage), then ``[DONE]``."""
 
     def chunk(delta: dict, finish_reason: str | None = None, **extra) -> str:
-        body = {**completion, "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}], **extra}
+        body = {
+            **completion,
+            "object": "chat.completion.chunk",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+            **extra,
+        }
         return f"data: {json.dumps(body)}\n\n"
 
     yield chunk({"role": "assistant", "content": ""})
@@ -198,9 +251,11 @@ async def _sse(completion: dict, first: ReplyEvent, events: AsyncIterator[ReplyE
             break
         event = await anext(events)
     if event.finish_reason == "error":
-        yield f"data: {json.dumps({'error': {'message': f'generation failed: {event.error}', 'type': 'server_error', 'param': None, 'code': None}})}\n\n"
+        error = {"message": f"generation failed: {event.error}", "type": "server_error", "param": None, "code": None}
+        yield f"data: {json.dumps({'error': error})}\n\n"
     else:
         yield chunk({}, event.finish_reason)
         if include_usage:
-            yield f"data: {json.dumps({**completion, 'object': 'chat.completion.chunk', 'choices': [], 'usage': _usage(event)})}\n\n"
+            usage = {**completion, "object": "chat.completion.chunk", "choices": [], "usage": _usage(event)}
+            yield f"data: {json.dumps(usage)}\n\n"
     yield "data: [DONE]\n\n"

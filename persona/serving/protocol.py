@@ -29,7 +29,9 @@ class Message(BaseModel):
         """A string as it is; a list of text parts joined with spaces; anything else refused."""
         if isinstance(content, str):
             return content
-        if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
+        if isinstance(content, list) and all(
+            isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
+        ):
             return " ".join(p["text"] for p in content)
         raise ValueError("must be a string or a list of text parts ({'type': 'text', 'text': '...'})")
 
@@ -52,10 +54,21 @@ class ChatCompletionRequest(BaseModel):
     max_tokens: Annotated[int | None, Field(strict=True, ge=1)] = None
     max_completion_tokens: Annotated[int | None, Field(strict=True, ge=1)] = None
     seed: Annotated[int | None, Field(strict=True, ge=SEED_RANGE[0], le=SEED_RANGE[1])] = None
-    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    stop: list[str] = []
     stream: Annotated[bool, Field(strict=True)] = False
     stream_options: StreamOptions | None = None
     n: Annotated[int, Field(strict=True, ge=1, le=1, description="One choice per request.")] = 1
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def stop_strings(cls, stop: Any) -> list[str]:
+        """A string or a list of at most 4 strings (OpenAI's limit), as a list."""
+        if stop is None:
+            return []
+        stop = [stop] if isinstance(stop, str) else stop
+        if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) for s in stop):
+            raise ValueError("must be a string or a list of at most 4 strings")
+        return stop
 
     def ignored_fields(self) -> list[str]:
         """The request's fields that persona does not read."""
@@ -68,8 +81,8 @@ def error_param(location: tuple) -> str | None:
     for part in location:
         if isinstance(part, int):
             param += f"[{part}]"
-        elif part in ("str", "list[str]", "function-after", "function-before") or "[" in str(part):
-            break  # the member of a union that failed, not a field
+        elif part in ("str", "int", "float", "bool") or "[" in str(part) or "-" in str(part):
+            break  # the member of a union that failed (str, list[...], function-before...), not a field
         else:
             param += f".{part}" if param else str(part)
     return param or None

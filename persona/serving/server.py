@@ -1,4 +1,5 @@
-"""persona-serve's server: the API and the page in one FastAPI app over one :class:`~persona.serving.batching.ReplyBatcher`,
+"""persona-serve's server: the API and the page in one FastAPI app over one
+:class:`~persona.serving.batching.ReplyBatcher`,
 and its settings (:class:`ServeArguments`, declared once: the batcher and the API read them from here).
 
 - ``/``: the chat page (Gradio): streamed replies, an editable persona, a reset.
@@ -32,14 +33,30 @@ class ServeArguments:
     a default persona is drawn from (``DataArguments``), the default decoding (``DecodingArguments``, which a
     request's ``temperature``, ``top_p`` and ``max_tokens`` override)."""
 
-    host: str = field(default="127.0.0.1", metadata={"help": "The address to bind: 127.0.0.1 (this machine only) unless told otherwise."})
+    host: str = field(
+        default="127.0.0.1",
+        metadata={"help": "The address to bind: 127.0.0.1 (this machine only) unless told otherwise."},
+    )
     port: int = field(default=8000, metadata={"help": "The port to bind."})
-    api_key: str | None = field(default=None, metadata={"help": "Require 'Authorization: Bearer KEY' on the API (default: PERSONA_API_KEY, if set)."})
-    cors_origins: list[str] = field(default_factory=list, metadata={"help": "Origins allowed to call the API from a browser (default: none)."})
-    persona: list[str] = field(default_factory=list, metadata={"help": "The page's default persona and the API's when a request has no system message."})
-    model_id: str | None = field(default=None, metadata={"help": "The model's name in the API (default: the folder's or Hub id's last part)."})
+    api_key: str | None = field(
+        default=None,
+        metadata={"help": "Require 'Authorization: Bearer KEY' on the API (default: PERSONA_API_KEY, if set)."},
+    )
+    cors_origins: list[str] = field(
+        default_factory=list, metadata={"help": "Origins allowed to call the API from a browser (default: none)."}
+    )
+    persona: list[str] = field(
+        default_factory=list,
+        metadata={"help": "The page's default persona and the API's when a request has no system message."},
+    )
+    model_id: str | None = field(
+        default=None, metadata={"help": "The model's name in the API (default: the folder's or Hub id's last part)."}
+    )
     max_batch_size: int = field(default=16, metadata={"help": "Most requests generated together (1: one at a time)."})
-    batch_wait_ms: float = field(default=10.0, metadata={"help": "How long the first request of a batch waits for others to join, in milliseconds."})
+    batch_wait_ms: float = field(
+        default=10.0,
+        metadata={"help": "How long the first request of a batch waits for others to join, in milliseconds."},
+    )
     max_queue: int = field(default=64, metadata={"help": "Most requests waiting; beyond, the API answers 429."})
     max_tokens_cap: int = field(default=256, metadata={"help": "The largest max_tokens a request may ask for."})
     max_body_bytes: int = field(default=256 * 1024, metadata={"help": "The largest request body (413 beyond)."})
@@ -53,7 +70,9 @@ def default_persona(args: ServeArguments, data_args: DataArguments) -> list[str]
     return draw_persona(data_args, args.seed)
 
 
-def build_server(model_args: ModelArguments, data_args: DataArguments, args: ServeArguments, decoding: DecodingArguments):
+def build_server(
+    model_args: ModelArguments, data_args: DataArguments, args: ServeArguments, decoding: DecodingArguments
+):
     """The FastAPI app with the API and the page mounted at ``/``, and its batcher (close it when done)."""
     import gradio as gr
     from fastapi.middleware.cors import CORSMiddleware
@@ -65,19 +84,36 @@ def build_server(model_args: ModelArguments, data_args: DataArguments, args: Ser
     model_id = args.model_id or Path(model_args.model_name_or_path.rstrip("/")).name
     persona = default_persona(args, data_args)
     batcher = ReplyBatcher(
-        loaded, max_history=data_args.max_history, max_batch_size=args.max_batch_size, max_queue=args.max_queue, batch_wait_ms=args.batch_wait_ms
+        loaded,
+        max_history=data_args.max_history,
+        max_batch_size=args.max_batch_size,
+        max_queue=args.max_queue,
+        batch_wait_ms=args.batch_wait_ms,
     )
     app = create_app(batcher, model_id, defaults=decoding, persona=persona, settings=args)
     if args.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=args.cors_origins, allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=args.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
     page = build_page(batcher, decoding, persona, model_id)
-    auth = (lambda user, password: hmac.compare_digest(password.encode(), args.api_key.encode())) if args.api_key else None
-    app = gr.mount_gradio_app(app, page, path="/", auth=auth, auth_message="The password is the server's API key.", footer_links=[])
+    auth = (
+        (lambda user, password: hmac.compare_digest(password.encode(), args.api_key.encode()))
+        if args.api_key
+        else None
+    )
+    app = gr.mount_gradio_app(
+        app, page, path="/", auth=auth, auth_message="The password is the server's API key.", footer_links=[]
+    )
     return app, batcher
 
 
 @contextmanager
-def running_server(model_args: ModelArguments, data_args: DataArguments, args: ServeArguments, decoding: DecodingArguments):
+def running_server(
+    model_args: ModelArguments, data_args: DataArguments, args: ServeArguments, decoding: DecodingArguments
+):
     """The server of :func:`build_server` running in a thread of this process (tests, benchmarks): yields its base URL
     and its batcher; stops it and closes the batcher on exit."""
     import uvicorn

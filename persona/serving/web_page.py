@@ -18,11 +18,14 @@ to give it another persona, and **Reset** to start a new conversation."""
 
 
 def message_text(content) -> str:
-    """The text of a chat message as the page sends it back: a string, or a list of parts (``{"type": "text", "text": ...}``)."""
+    """The text of a chat message as the page sends it back: a string, or a list of parts (``{"type": "text", "text":
+    ...}``)."""
     if isinstance(content, str):
         return content
     parts = content if isinstance(content, list) else [content]
-    return " ".join(part if isinstance(part, str) else str(part.get("text", "")) for part in parts if isinstance(part, (str, dict)))
+    return " ".join(
+        part if isinstance(part, str) else str(part.get("text", "")) for part in parts if isinstance(part, (str, dict))
+    )
 
 
 def build_page(batcher: ReplyBatcher, decoding: DecodingArguments, persona: list[str], model_id: str) -> gr.Blocks:
@@ -47,9 +50,16 @@ def build_page(batcher: ReplyBatcher, decoding: DecodingArguments, persona: list
         with gr.Row():
             with gr.Column(scale=3):
                 conversation = gr.Chatbot(label=model_id, height=460, placeholder="The conversation appears here.")
-                message = gr.Textbox(placeholder="Say something and press Enter", show_label=False, autofocus=True, submit_btn=True)
+                message = gr.Textbox(
+                    placeholder="Say something and press Enter", show_label=False, autofocus=True, submit_btn=True
+                )
             with gr.Column(scale=2):
-                persona_box = gr.Textbox(value=" ".join(persona), lines=8, label="The bot's persona", info="A few short sentences in the first person.")
+                persona_box = gr.Textbox(
+                    value=" ".join(persona),
+                    lines=8,
+                    label="The bot's persona",
+                    info="A few short sentences in the first person.",
+                )
                 reset = gr.Button("Reset the conversation", variant="secondary", size="sm")
         message.submit(respond, [message, conversation, persona_box], [message, conversation])
         reset.click(lambda: ([], ""), None, [conversation, message])

@@ -22,7 +22,11 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
     folder = Path(output_dir)
     if not folder.is_dir():
         return None
-    numbered = [(int(p.name.split("-")[1]), p) for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[1].isdigit()]
+    numbered = [
+        (int(p.name.split("-")[1]), p)
+        for p in folder.glob("checkpoint-*")
+        if p.is_dir() and p.name.split("-")[1].isdigit()
+    ]
     for _, checkpoint in sorted(numbered, reverse=True):
         if (checkpoint / TRAINER_STATE_NAME).is_file():
             return str(checkpoint)
@@ -38,9 +42,13 @@ def resolve_checkpoint(value: str | None, output_dir: str) -> str | None:
         last = last_complete_checkpoint(output_dir)
         if last is None:
             raise ConfigError(
-                "no complete checkpoint to resume from", where=output_dir, fix="train once with save_strategy set, or drop resume_from_checkpoint."
+                "no complete checkpoint to resume from",
+                where=output_dir,
+                fix="train once with save_strategy set, or drop resume_from_checkpoint.",
             )
         return last
     if not os.path.isdir(value):
-        raise ConfigError("checkpoint folder not found", where=value, fix="pass a checkpoint-N folder of output_dir, or 'last'.")
+        raise ConfigError(
+            "checkpoint folder not found", where=value, fix="pass a checkpoint-N folder of output_dir, or 'last'."
+        )
     return value

@@ -45,7 +45,9 @@ class EvalArguments:
 
     generation_batch_size: int = field(default=32, metadata={"help": "Turns per batch when generating replies."})
     hits_k: list[int] = field(default_factory=lambda: [1, 5, 10], metadata={"help": "The k of each reported hits@k."})
-    max_generation_turns: int | None = field(default=None, metadata={"help": "Generate (for F1) on the first N turns only; default all."})
+    max_generation_turns: int | None = field(
+        default=None, metadata={"help": "Generate (for F1) on the first N turns only; default all."}
+    )
     report_samples: int = field(default=5, metadata={"help": "Dialogs shown in report.md."})
 
 
@@ -58,7 +60,11 @@ def score_candidates(loaded: LoadedModel, features, args: PersonaTrainingArgumen
 def generate_turns(loaded: LoadedModel, dialogs, args: EvalArguments, decoding: DecodingArguments) -> list[dict]:
     """A generated reply for each turn (the first ``max_generation_turns``), sharded over processes; a prompted
     baseline is prompted through its chat template."""
-    turns = [{"persona": d["persona"], "history": t["history"], "gold": gold_reply(t["candidates"])} for d in dialogs for t in d["turns"]]
+    turns = [
+        {"persona": d["persona"], "history": t["history"], "gold": gold_reply(t["candidates"])}
+        for d in dialogs
+        for t in d["turns"]
+    ]
     turns = turns[: args.max_generation_turns]
     state = PartialState()
     loaded.model.to(state.device)
@@ -67,7 +73,9 @@ def generate_turns(loaded: LoadedModel, dialogs, args: EvalArguments, decoding: 
         if loaded.prompted:
             predictions = generate_prompted(loaded, pairs, decoding, args.generation_batch_size)
         else:
-            predictions = generate_replies(loaded, pairs, decoding, batch_size=args.generation_batch_size, progress=state.is_main_process)
+            predictions = generate_replies(
+                loaded, pairs, decoding, batch_size=args.generation_batch_size, progress=state.is_main_process
+            )
         records = [{**t, "prediction": p} for t, p in zip(shard, predictions)]
     return gather_object(records) if state.num_processes > 1 else records
 
@@ -83,14 +91,24 @@ def write_outputs(out: Path, results: dict, records: list[dict], samples: int) -
     hits = f"{results['hits@1']:.3f}" if "hits@1" in results else "(no head)"
     logger.info(
         "perplexity %.2f, hits@1 %s, lm_hits@1 %.3f over %d turns, f1 %.3f over %d turns; written to %s",
-        results["perplexity"], hits, results["lm_hits@1"], results["num_turns"]["hits"], results["f1"], len(records), out,
+        results["perplexity"],
+        hits,
+        results["lm_hits@1"],
+        results["num_turns"]["hits"],
+        results["f1"],
+        len(records),
+        out,
     )
 
 
 def _evaluated_split(loaded: LoadedModel, data_args: DataArguments) -> tuple:
     """The features, dialogs and ``{"split", "skipped"}`` of the evaluated split, as the model reads them."""
     if loaded.prompted:
-        logger.info("A prompted baseline: %s is evaluated through %s; it has no multiple-choice head, so hits@k is left out", loaded.name, PROMPTING)
+        logger.info(
+            "A prompted baseline: %s is evaluated through %s; it has no multiple-choice head, so hits@k is left out",
+            loaded.name,
+            PROMPTING,
+        )
         return prompted_corpus(data_args, loaded.tokenizer)
     with PartialState().main_process_first():
         corpus = prepare_corpus(data_args, loaded.tokenizer, max_length=loaded.max_positions, roles=("eval",))
@@ -117,14 +135,22 @@ def _results(loaded, data_args, run_args, eval_args, decoding, metrics, f1, spli
         "lm_loss": metrics["lm_loss"],
         **({"mc_loss": metrics["mc_loss"]} if head else {}),
         "decoding": dataclasses.asdict(decoding),
-        "data": {k: v for k, v in dataclasses.asdict(data_args).items() if k not in ("dataset_cache", "preprocessing_num_workers")},
+        "data": {
+            k: v
+            for k, v in dataclasses.asdict(data_args).items()
+            if k not in ("dataset_cache", "preprocessing_num_workers")
+        },
         "recipe": recipe,
     }
 
 
 def evaluate_model(
-    model_args: ModelArguments, data_args: DataArguments, run_args: PersonaTrainingArguments, eval_args: EvalArguments,
-    decoding: DecodingArguments, recipe: dict,
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    run_args: PersonaTrainingArguments,
+    eval_args: EvalArguments,
+    decoding: DecodingArguments,
+    recipe: dict,
 ) -> dict | None:
     """The whole run of ``persona-eval``: score the candidates, generate replies, write the results, generations and
     report into ``run_args.output_dir``. Returns the results on the main process (None on the others)."""
@@ -135,7 +161,9 @@ def evaluate_model(
     features, dialogs, split = _evaluated_split(loaded, data_args)
     metrics = score_candidates(loaded, features, run_args, eval_args.hits_k)
     records = generate_turns(loaded, dialogs, eval_args, decoding)
-    f1 = load_metric("convai2_f1").compute(predictions=[r["prediction"] for r in records], references=[r["gold"] for r in records])
+    f1 = load_metric("convai2_f1").compute(
+        predictions=[r["prediction"] for r in records], references=[r["gold"] for r in records]
+    )
     for record, score in zip(records, f1["f1_per_example"]):
         record["f1"] = score
     state = PartialState()

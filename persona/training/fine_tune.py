@@ -36,17 +36,23 @@ def check_engine() -> None:
     accelerate (1.15) shards with FSDP only on accelerators: an FSDP 1 config on CPU ranks fails inside the Trainer
     with a traceback, an FSDP 2 config silently trains data-parallel with a whole model on each rank.
     """
-    engines = [name for name in ("FSDP", "DEEPSPEED") if os.environ.get(f"ACCELERATE_USE_{name}", "false").lower() == "true"]
+    engines = [
+        name for name in ("FSDP", "DEEPSPEED") if os.environ.get(f"ACCELERATE_USE_{name}", "false").lower() == "true"
+    ]
     if engines and not torch.accelerator.is_available():
         raise ConfigError(
-            f"the accelerate config asks for {engines[0]}, which accelerate runs on GPUs (or other accelerators) only, "
+            f"the accelerate config asks for {engines[0]}, which accelerate runs on GPUs (or other accelerators) "
+            f"only, "
             "and this machine has none",
             where="accelerate launch --config_file",
-            fix="on CPU ranks launch with accelerate_configs/multi_cpu.yaml (data-parallel); use the FSDP and DeepSpeed configs on GPUs.",
+            fix="on CPU ranks launch with accelerate_configs/multi_cpu.yaml (data-parallel); use the FSDP and "
+            "DeepSpeed configs on GPUs.",
         )
 
 
-def _trainer(model_args: ModelArguments, data_args: DataArguments, training_args: PersonaTrainingArguments) -> tuple[PersonaTrainer, dict]:
+def _trainer(
+    model_args: ModelArguments, data_args: DataArguments, training_args: PersonaTrainingArguments
+) -> tuple[PersonaTrainer, dict]:
     """The trainer of the run, with its model, tokenizer and prepared splits; and the corpus statistics."""
     loaded = load_for_training(model_args, training_args.use_token_types)
     training_args.use_token_types = loaded.token_types
@@ -54,7 +60,12 @@ def _trainer(model_args: ModelArguments, data_args: DataArguments, training_args
     if model_args.use_peft:
         loaded = replace(loaded, model=with_lora(loaded.model, model_args, loaded.ids))
     with training_args.main_process_first(desc="dataset preparation"):
-        corpus = prepare_corpus(data_args, loaded.tokenizer, max_length=loaded.max_positions, stats_batch_size=training_args.per_device_train_batch_size)
+        corpus = prepare_corpus(
+            data_args,
+            loaded.tokenizer,
+            max_length=loaded.max_positions,
+            stats_batch_size=training_args.per_device_train_batch_size,
+        )
     for role, stats in corpus.stats["splits"].items():
         logger.info("%s split: %s", role, stats)
     evaluating = "eval" in corpus.features
@@ -62,7 +73,10 @@ def _trainer(model_args: ModelArguments, data_args: DataArguments, training_args
         logger.warning("eval_strategy %s set to no: there is no evaluation split", training_args.eval_strategy.value)
         training_args.eval_strategy = IntervalStrategy.NO
     trainer = PersonaTrainer(
-        loaded, training_args, train_dataset=corpus.features["train"], eval_dataset=corpus.features["eval"] if evaluating else None
+        loaded,
+        training_args,
+        train_dataset=corpus.features["train"],
+        eval_dataset=corpus.features["eval"] if evaluating else None,
     )
     return trainer, corpus.stats
 
@@ -88,8 +102,11 @@ def _train_and_save(trainer: PersonaTrainer, checkpoint: str | None, stats: dict
         trainer.save_metrics("eval", {**eval_metrics, "skipped": stats["splits"]["eval"]["skipped"]})
 
 
-def fine_tune(model_args: ModelArguments, data_args: DataArguments, training_args: PersonaTrainingArguments, recipe: dict) -> Path:
-    """The whole run of ``persona-train`` (``recipe``: the recipe as run, saved beside the model); returns ``output_dir``."""
+def fine_tune(
+    model_args: ModelArguments, data_args: DataArguments, training_args: PersonaTrainingArguments, recipe: dict
+) -> Path:
+    """The whole run of ``persona-train`` (``recipe``: the recipe as run, saved beside the model); returns
+    ``output_dir``."""
     check_engine()
     set_seed(training_args.seed)
     checkpoint = resolve_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)

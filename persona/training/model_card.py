@@ -32,14 +32,22 @@ def collect_metrics(model_dir: Path, eval_results: Path | None = None) -> dict:
     Returns ``{"metrics": {name: value}, "num_turns": int, "num_candidates": float, "split": str, "source": str}``.
     """
     training = _read(model_dir / "eval_results.json")
-    metrics = {name: training[f"eval_{name}"] for name in ("perplexity", "hits@1", "lm_hits@1") if f"eval_{name}" in training}
-    found = {"metrics": metrics, "num_turns": training.get("eval_num_turns"), "num_candidates": training.get("eval_num_candidates")}
+    metrics = {
+        name: training[f"eval_{name}"] for name in ("perplexity", "hits@1", "lm_hits@1") if f"eval_{name}" in training
+    }
+    found = {
+        "metrics": metrics,
+        "num_turns": training.get("eval_num_turns"),
+        "num_candidates": training.get("eval_num_candidates"),
+    }
     found.update(split="evaluation split of training", source="persona-train")
     if eval_results is not None:
         evaluation = json.loads(Path(eval_results).read_text())
         found["metrics"] = {name: evaluation[name] for name in PUBLISHED_METRICS if name in evaluation}
         turns = evaluation.get("num_turns", {})
-        found.update(num_turns=turns.get("hits"), num_f1_turns=turns.get("f1"), num_candidates=evaluation.get("num_candidates"))
+        found.update(
+            num_turns=turns.get("hits"), num_f1_turns=turns.get("f1"), num_candidates=evaluation.get("num_candidates")
+        )
         found.update(split=evaluation.get("split"), source="persona-eval")
     return found
 
@@ -53,7 +61,9 @@ def _dataset(recipe: dict) -> str:
     return recipe.get("dataset_path") or "PersonaChat (transfer-learning-conv-ai's personachat_self_original.json)"
 
 
-def model_card(model_dir: str | Path, *, hub_model_id: str | None = None, eval_results: str | Path | None = None) -> ModelCard:
+def model_card(
+    model_dir: str | Path, *, hub_model_id: str | None = None, eval_results: str | Path | None = None
+) -> ModelCard:
     """The card of the model in ``model_dir`` (to be published as ``hub_model_id``)."""
     model_dir = Path(model_dir)
     recipe_path = model_dir / "persona_recipe.yaml"
@@ -109,8 +119,60 @@ def _metrics_table(found: dict) -> list[str]:
     return [*rows, "", note + "."]
 
 
+def _chat_section(repo: str, token_types: bool) -> list[str]:
+    """How to chat with the model: persona-chat, and plain transformers through the saved chat template."""
+    return [
+        "## Chat with it",
+        "",
+        "With persona (fed exactly as in training):",
+        "",
+        "```bash",
+        f'persona-chat --model_name_or_path {repo} --persona "i love cats." --persona "i work as a nurse."',
+        "```",
+        "",
+        "With plain transformers, through the chat template saved with the tokenizer (the system message is the",
+        "persona, user and assistant messages alternate):",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
+        f'tokenizer = AutoTokenizer.from_pretrained("{repo}")',
+        f'model = AutoModelForCausalLM.from_pretrained("{repo}")',
+        'messages = [{"role": "system", "content": "i love cats. i work as a nurse."},',
+        '            {"role": "user", "content": "hi! what do you do for a living?"}]',
+        'inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", '
+        "return_dict=True)",
+        "reply = model.generate(**inputs)  # the saved generation config samples as the reference did",
+        'print(tokenizer.decode(reply[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))',
+        "```",
+        "",
+        "The template renders exactly the input layout of training (`<bos> persona <speaker2> user <speaker1> "
+        "bot ... <speaker1>`).",
+        *(
+            [
+                "It cannot carry token types (speaker embeddings added at each position); this model was trained",
+                "without them (`use_token_types: false`), so plain transformers feeds it exactly as training did.",
+            ]
+            if not token_types
+            else [
+                "It cannot carry the token types (speaker embeddings added at each position) that training used, and",
+                "their absence degrades the replies; `persona-eval --use_token_types false` measures by how "
+                "much. Prefer",
+                "persona-chat, or pass `token_type_ids` built by `persona.data.build_inputs`.",
+            ]
+        ),
+        "",
+    ]
+
+
 def _body(repo: str, recipe: dict, found: dict, base: str | None, dataset: str, token_types: bool) -> str:
-    start = f"`{base}`" if base else "a model built from a config (random weights)" if recipe.get("model_config") else "a causal language model"
+    start = (
+        f"`{base}`"
+        if base
+        else "a model built from a config (random weights)"
+        if recipe.get("model_config")
+        else "a causal language model"
+    )
     return "\n".join(
         [
             f"# {repo}",
@@ -120,39 +182,7 @@ def _body(repo: str, recipe: dict, found: dict, base: str | None, dataset: str, 
             "reply above distractors, given the bot's persona sentences and the dialogue history. Trained with",
             "the `persona` pipeline (Hugging Face `Trainer`, `datasets` and `accelerate`).",
             "",
-            "## Chat with it",
-            "",
-            "With persona (fed exactly as in training):",
-            "",
-            "```bash",
-            f'persona-chat --model_name_or_path {repo} --persona "i love cats." --persona "i work as a nurse."',
-            "```",
-            "",
-            "With plain transformers, through the chat template saved with the tokenizer (the system message is the",
-            "persona, user and assistant messages alternate):",
-            "",
-            "```python",
-            "from transformers import AutoModelForCausalLM, AutoTokenizer",
-            "",
-            f'tokenizer = AutoTokenizer.from_pretrained("{repo}")',
-            f'model = AutoModelForCausalLM.from_pretrained("{repo}")',
-            'messages = [{"role": "system", "content": "i love cats. i work as a nurse."},',
-            '            {"role": "user", "content": "hi! what do you do for a living?"}]',
-            'inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)',
-            "reply = model.generate(**inputs)  # the saved generation config samples as the reference did",
-            'print(tokenizer.decode(reply[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))',
-            "```",
-            "",
-            "The template renders exactly the input layout of training (`<bos> persona <speaker2> user <speaker1> bot ... <speaker1>`).",
-            *(
-                ["It cannot carry token types (speaker embeddings added at each position); this model was trained",
-                 "without them (`use_token_types: false`), so plain transformers feeds it exactly as training did."]
-                if not token_types
-                else ["It cannot carry the token types (speaker embeddings added at each position) that training used, and",
-                      "their absence degrades the replies; `persona-eval --use_token_types false` measures by how much. Prefer",
-                      "persona-chat, or pass `token_type_ids` built by `persona.data.build_inputs`."]
-            ),
-            "",
+            *_chat_section(repo, token_types),
             "## Evaluation",
             "",
             *_metrics_table(found),
@@ -163,27 +193,32 @@ def _body(repo: str, recipe: dict, found: dict, base: str | None, dataset: str, 
             "",
             *_hyperparameters(recipe),
             "",
-            "## Limitations",
-            "",
-            "- It imitates crowd-sourced chit-chat: replies are short, generic and can contradict the persona or",
-            "  earlier turns; it has no knowledge beyond its persona and no notion of truth.",
-            "- It may reproduce biases of its pretraining data and of the dialogue corpus. Do not deploy it where",
-            "  its replies could be taken as advice.",
-            "- Metrics come from the corpus's own distribution; hits@1 depends on how distractors were drawn.",
-            "",
-            "## Citation",
-            "",
-            "```bibtex",
-            "@article{wolf2019transfertransfo,",
-            "  title={TransferTransfo: A Transfer Learning Approach for Neural Network Based Conversational Agents},",
-            "  author={Wolf, Thomas and Sanh, Victor and Chaumond, Julien and Delangue, Clement},",
-            "  journal={arXiv preprint arXiv:1901.08149},",
-            "  year={2019}",
-            "}",
-            "```",
-            "",
+            *CLOSING_SECTIONS,
         ]
     )
+
+
+CLOSING_SECTIONS = [
+    "## Limitations",
+    "",
+    "- It imitates crowd-sourced chit-chat: replies are short, generic and can contradict the persona or",
+    "  earlier turns; it has no knowledge beyond its persona and no notion of truth.",
+    "- It may reproduce biases of its pretraining data and of the dialogue corpus. Do not deploy it where",
+    "  its replies could be taken as advice.",
+    "- Metrics come from the corpus's own distribution; hits@1 depends on how distractors were drawn.",
+    "",
+    "## Citation",
+    "",
+    "```bibtex",
+    "@article{wolf2019transfertransfo,",
+    "  title={TransferTransfo: A Transfer Learning Approach for Neural Network Based Conversational Agents},",
+    "  author={Wolf, Thomas and Sanh, Victor and Chaumond, Julien and Delangue, Clement},",
+    "  journal={arXiv preprint arXiv:1901.08149},",
+    "  year={2019}",
+    "}",
+    "```",
+    "",
+]
 
 
 def write_model_card(model_dir: str | Path, **kwargs) -> Path:

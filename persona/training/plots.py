@@ -22,7 +22,13 @@ def plot_losses(log_history: list[dict], path: Path) -> Path | None:
     figure, axis = plt.subplots(figsize=(7, 4))
     for name, points in series.items():
         steps, values = zip(*points)
-        axis.plot(steps, values, marker="o" if name.startswith("eval") else None, linestyle="--" if name.startswith("eval") else "-", label=name)
+        axis.plot(
+            steps,
+            values,
+            marker="o" if name.startswith("eval") else None,
+            linestyle="--" if name.startswith("eval") else "-",
+            label=name,
+        )
     axis.set_xlabel("optimizer step")
     axis.set_ylabel("loss")
     axis.set_title("Training and evaluation losses")

@@ -36,9 +36,17 @@ def ready_to_publish(loaded: LoadedModel) -> None:
 
 def _check_model_dir(model_dir: Path, eval_results: str | None) -> None:
     if eval_results and not Path(eval_results).is_file():
-        raise ConfigError("eval_results file not found", where=eval_results, fix="pass the eval_results.json that persona-eval wrote.")
+        raise ConfigError(
+            "eval_results file not found",
+            where=eval_results,
+            fix="pass the eval_results.json that persona-eval wrote.",
+        )
     if not (model_dir / "config.json").exists():
-        raise ConfigError("no trained model here (config.json is missing)", where=str(model_dir), fix="pass the output_dir of persona-train.")
+        raise ConfigError(
+            "no trained model here (config.json is missing)",
+            where=str(model_dir),
+            fix="pass the output_dir of persona-train.",
+        )
     weights = [p for pattern in ("model.safetensors", "model-*.safetensors") for p in model_dir.glob(pattern)]
     if not weights:
         pickles = [p.name for pattern in PICKLES for p in model_dir.glob(pattern)]
@@ -72,7 +80,9 @@ def upload(folder: Path, hub_model_id: str, private: bool, commit_message: str) 
     api = HfApi()
     try:
         api.create_repo(hub_model_id, private=private, exist_ok=True, repo_type="model")
-        commit = api.upload_folder(repo_id=hub_model_id, folder_path=str(folder), commit_message=commit_message, repo_type="model")
+        commit = api.upload_folder(
+            repo_id=hub_model_id, folder_path=str(folder), commit_message=commit_message, repo_type="model"
+        )
     except (HfHubHTTPError, OSError) as error:
         raise ModelLoadError(
             f"cannot upload to the Hub ({first_line(error)})",

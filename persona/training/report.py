@@ -12,9 +12,14 @@ def metrics_table(results: dict) -> list[str]:
     """The metrics as Markdown table rows, each with its number of turns and definition."""
     turns = results["num_turns"]
     rows = ["| metric | value | turns | definition |", "| --- | --- | --- | --- |"]
-    rows.append(f"| perplexity | {results['perplexity']:.2f} | {turns['perplexity']} | {metric_definition('perplexity')} |")
+    rows.append(
+        f"| perplexity | {results['perplexity']:.2f} | {turns['perplexity']} | {metric_definition('perplexity')} |"
+    )
     for key in [k for k in results if k.startswith(("hits@", "lm_hits@"))]:
-        rows.append(f"| {key} | {results[key]:.3f} | {turns['hits']} | {metric_definition(key)} ({results['num_candidates']:g} candidates per turn) |")
+        rows.append(
+            f"| {key} | {results[key]:.3f} | {turns['hits']} | {metric_definition(key)} "
+            f"({results['num_candidates']:g} candidates per turn) |"
+        )
     rows.append(f"| F1 | {results['f1']:.3f} | {turns['f1']} | {metric_definition('f1')} |")
     return rows
 
@@ -22,7 +27,11 @@ def metrics_table(results: dict) -> list[str]:
 def write_report(results: dict, records: list[dict], path: Path, samples: int = 5) -> None:
     """Write the metrics table, the settings and ``samples`` dialogs with their generated replies."""
     decoding = results["decoding"]
-    mode = "sampling" if decoding["do_sample"] else ("greedy" if decoding["num_beams"] == 1 else f"beam search ({decoding['num_beams']} beams)")
+    mode = (
+        "sampling"
+        if decoding["do_sample"]
+        else ("greedy" if decoding["num_beams"] == 1 else f"beam search ({decoding['num_beams']} beams)")
+    )
     lines = [
         f"# Evaluation of `{results['model']}`",
         "",
@@ -35,6 +44,8 @@ def write_report(results: dict, records: list[dict], path: Path, samples: int = 
     ]
     for record in records[:samples]:
         lines += ["", "**Persona:** " + " ".join(record["persona"]), ""]
-        lines += [f"> {utterance}" for utterance in record["history"] if utterance != SILENCE] or ["> (the bot opens the conversation)"]
+        lines += [f"> {utterance}" for utterance in record["history"] if utterance != SILENCE] or [
+            "> (the bot opens the conversation)"
+        ]
         lines += ["", f"- generated: {record['prediction']}", f"- gold: {record['gold']}", f"- F1: {record['f1']:.2f}"]
     path.write_text("\n".join(lines) + "\n")

@@ -26,8 +26,11 @@ from persona.model.loading import LoadedModel
 from persona.training.model_card import write_model_card
 
 
-def dual_loss(output: DualOutput, mc_labels: torch.Tensor, lm_coef: float, mc_coef: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The weighted loss of one batch and its two parts (LM: mean over the batch's gold tokens; MC: mean over turns)."""
+def dual_loss(
+    output: DualOutput, mc_labels: torch.Tensor, lm_coef: float, mc_coef: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The weighted loss of one batch and its two parts (LM: mean over the batch's gold tokens; MC: mean over
+    turns)."""
     lm_loss = output.nll_sum.sum() / output.tokens.sum().clamp(min=1)
     mc_loss = F.cross_entropy(output.mc_logits, mc_labels)
     return lm_coef * lm_loss + mc_coef * mc_loss, lm_loss, mc_loss
@@ -46,7 +49,9 @@ def turn_scores(output: DualOutput, mc_labels: torch.Tensor, candidate_valid: to
     return torch.stack([c.double() for c in columns], dim=-1)
 
 
-def metrics_from_scores(scores: np.ndarray, lm_coef: float, mc_coef: float, ks: tuple[int, ...] = (1,)) -> dict[str, float]:
+def metrics_from_scores(
+    scores: np.ndarray, lm_coef: float, mc_coef: float, ks: tuple[int, ...] = (1,)
+) -> dict[str, float]:
     """Split-level metrics from the rows of :func:`turn_scores`."""
     rank, nll, tokens, mc_loss, counts, lm_rank = scores.T
     lm_loss = float(nll.sum() / max(tokens.sum(), 1))
@@ -59,7 +64,11 @@ def metrics_from_scores(scores: np.ndarray, lm_coef: float, mc_coef: float, ks: 
         "num_turns": int(len(rank)),
         "num_reply_tokens": int(tokens.sum()),
     }
-    return {**metrics, **hits_from_ranks(rank, ks), **{f"lm_{name}": value for name, value in hits_from_ranks(lm_rank, ks).items()}}
+    return {
+        **metrics,
+        **hits_from_ranks(rank, ks),
+        **{f"lm_{name}": value for name, value in hits_from_ranks(lm_rank, ks).items()},
+    }
 
 
 class PersonaTrainer(Trainer):
@@ -73,7 +82,9 @@ class PersonaTrainer(Trainer):
 
     def __init__(self, loaded: LoadedModel, args, *, compute_metrics=None, **kwargs):
         self.dual_path = choose_dual_path(loaded.model, args.forward_mode)
-        data_collator = collator_for(self.dual_path, loaded.ids, token_types=loaded.token_types, wrap_candidates=not loaded.prompted)
+        data_collator = collator_for(
+            self.dual_path, loaded.ids, token_types=loaded.token_types, wrap_candidates=not loaded.prompted
+        )
         super().__init__(
             model=loaded.model,
             args=args,
@@ -92,7 +103,9 @@ class PersonaTrainer(Trainer):
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """Save as the Trainer does, but the training arguments as JSON instead of a pickled ``training_args.bin``."""
         super()._save(output_dir, state_dict)
-        if not self.args.should_save:  # every process calls _save; only the writer writes (the folder may not exist here)
+        if (
+            not self.args.should_save
+        ):  # every process calls _save; only the writer writes (the folder may not exist here)
             return
         folder = Path(output_dir or self.args.output_dir)
         (folder / TRAINING_ARGS_NAME).unlink(missing_ok=True)
@@ -104,7 +117,8 @@ class PersonaTrainer(Trainer):
             write_model_card(self.args.output_dir, hub_model_id=self.hub_model_id or self.args.hub_model_id)
 
     def _forward(self, model, inputs, rank_candidates: bool = False) -> DualOutput:
-        """The dual forward; ``rank_candidates`` also scores every candidate's likelihood (LM logits over all of them)."""
+        """The dual forward; ``rank_candidates`` also scores every candidate's likelihood (LM logits over all of
+        them)."""
         if not rank_candidates:
             inputs = {name: value for name, value in inputs.items() if name != "candidate_labels"}
         return model(**inputs, dual_path=self.dual_path)
