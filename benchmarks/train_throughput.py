@@ -1,4 +1,4 @@
-"""Training throughput and peak memory of the shared-prefix fast path against the classic path, side by side.
+"""Training throughput and peak memory of the packed fast path against the classic path, side by side.
 
     python benchmarks/train_throughput.py [--steps 16] [--accumulation 8] [--eval_batches 8] [--models NAME ...]
                                           [--device cuda] [--bf16] [--batch_sizes 8 32]

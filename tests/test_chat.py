@@ -99,7 +99,14 @@ def test_json_lines_answer_each_request(trained_model_dir, tmp_path):
         {"persona": ["i like cats."], "history": ["hi!"]},
         {"persona": ["i love jazz."], "history": ["what music?", "jazz.", "nice."]},
     ]
-    stdin = "".join(json.dumps(r) + "\n" for r in requests) + "not json\n"
+    lone_surrogate = '{"persona": ["i like cats."], "history": ["\\ud800 hi"]}\n'  # valid JSON, not valid Unicode
+    stdin = (
+        "".join(json.dumps(r) + "\n" for r in requests)
+        + "not json\n"
+        + lone_surrogate
+        + json.dumps(requests[0])
+        + "\n"
+    )
     result = subprocess.run(
         [
             sys.executable,
@@ -117,8 +124,26 @@ def test_json_lines_answer_each_request(trained_model_dir, tmp_path):
         timeout=300,
     )
     lines = [json.loads(line) for line in result.stdout.splitlines()]
-    assert result.returncode == 0 and len(lines) == 3
-    assert all(isinstance(line["reply"], str) for line in lines[:2]) and "line 3" in lines[2]["error"]
+    assert result.returncode == 0 and len(lines) == 5, result.stderr[-2000:]
+    assert all(isinstance(line["reply"], str) for line in (*lines[:2], lines[4])) and "line 3" in lines[2]["error"]
+    assert lines[3]["error"].startswith("line 4: text 1 is not valid Unicode (surrogates not allowed")
+
+
+def test_a_message_that_is_not_valid_unicode_is_not_sent_and_the_chat_goes_on(trained_model_dir):
+    from persona.commands.chat import chat_loop
+    from persona.model.generation import Bot, DecodingArguments
+    from tests.conftest import load_folder
+
+    inputs, out = iter(["\udcff broken bytes", "hello!", "/quit"]), []
+    chat_loop(
+        Bot(load_folder(trained_model_dir), DecodingArguments(do_sample=False, max_length=4), 2),
+        ["i like cats."],
+        lambda _: next(inputs),
+        out.append,
+    )
+    assert (
+        out[2].startswith("(not sent: text ") and "not valid Unicode" in out[2] and not out[3].startswith("(not sent")
+    )
 
 
 def test_model_without_persona_tokens_is_a_clear_message(tmp_path, capsys):

@@ -19,6 +19,7 @@ from persona.commands.cli import cli_entry, parse_recipe
 from persona.configs import DataArguments, ModelArguments
 from persona.data.layout import history_window
 from persona.data.personas import draw_persona, split_sentences
+from persona.data.tokenize import InvalidText
 from persona.model.generation import Bot, DecodingArguments
 from persona.model.loading import load_trained, refuse_training_fields
 
@@ -75,9 +76,12 @@ def chat_loop(bot: Bot, persona: list[str], read=input, write=print) -> None:
             persona = split_sentences(text[len("/persona") :]) or persona
             write("Persona: " + " ".join(persona))
             continue
-        history.append(text)
-        answer = bot.reply(persona, history)
-        history = history_window([*history, answer], bot.max_history)
+        try:
+            answer = bot.reply(persona, [*history, text])
+        except InvalidText as error:
+            write(f"(not sent: {error})")
+            continue
+        history = history_window([*history, text, answer], bot.max_history)
         write(answer)
 
 

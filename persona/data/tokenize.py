@@ -28,12 +28,36 @@ def byte_level_wants_space(tokenizer) -> bool:
     return plain != spaced and tokenizer.decode(spaced) == " hello"
 
 
+class InvalidText(ValueError):
+    """A text that is not valid Unicode (a lone surrogate, as undecodable bytes read leniently give): no tokenizer
+    reads it."""
+
+
+def _check_unicode(texts: list[str]) -> None:
+    for index, text in enumerate(texts):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise InvalidText(
+                f"text {index} is not valid Unicode ({error.reason} at character {error.start})"
+            ) from None
+
+
 def encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:
     """Token ids of each text, in one batched call, special tokens in the text split into plain tokens.
 
-    Splitting means a user who types ``<speaker2>`` cannot forge a speaker token.
+    Splitting means a user who types ``<speaker2>`` cannot forge a speaker token. A text that is not valid Unicode
+    raises :class:`InvalidText`, which names it.
     """
     texts = [" " + text for text in texts] if wants_leading_space(tokenizer) else list(texts)
+    try:
+        return _encode(tokenizer, texts)
+    except TypeError:  # what the tokenizers library raises for a lone surrogate
+        _check_unicode(texts)
+        raise
+
+
+def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None or backend.truncation or backend.padding:
         return tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
