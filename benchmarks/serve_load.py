@@ -53,8 +53,8 @@ def smollm2_model(steps: int) -> Path:
 
 def requests(count: int) -> list[list[dict]]:
     """``count`` chat-completions message lists: the bot's persona as the system message, the conversation so far."""
+    from persona.data.chat_layout import chat_messages
     from persona.data.sources import read_corpus
-    from persona.model.prompted import chat_messages
 
     dialogs = read_corpus(str(VALID_CONVERSATIONS), bot_side="user2")
     return [

@@ -23,6 +23,8 @@ FORMATS = (
     "conversations",
     "hub",
 )  # the corpus layouts persona.data.readers reads
+REFERENCE_LAYOUT, CHAT_TEMPLATE_LAYOUT = "reference", "chat_template"  # how a turn becomes the model's input
+INPUT_LAYOUTS = (REFERENCE_LAYOUT, CHAT_TEMPLATE_LAYOUT)
 
 
 @dataclass
@@ -73,6 +75,14 @@ class ModelArguments:
             "layer of the transformer body."
         },
     )
+    likelihood_prior: bool = field(
+        default=False,
+        metadata={
+            "help": "Score each candidate with the multiple-choice head plus a learned scale (starting at 1) times "
+            "its mean token log-likelihood, the head starting at zero: the untrained model ranks exactly as its "
+            "language model does, and training starts from that ranking instead of chance."
+        },
+    )
     revision: str = field(default="main", metadata={"help": "Branch, tag or commit of a Hub model."})
     trust_remote_code: bool = field(
         default=False,
@@ -102,7 +112,15 @@ class ModelArguments:
         """The fields set away from their defaults that only training uses (a fresh model, LoRA): a command that
         loads a trained model refuses them."""
         defaults = ModelArguments()
-        names = ("model_config", "use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
+        names = (
+            "model_config",
+            "use_peft",
+            "lora_r",
+            "lora_alpha",
+            "lora_dropout",
+            "lora_target_modules",
+            "likelihood_prior",
+        )
         return [name for name in names if getattr(self, name) != getattr(defaults, name)]
 
 
@@ -161,6 +179,16 @@ class DataArguments:
     )
     personality_permutations: int = field(
         default=1, metadata={"help": "Copies of each training dialog, the persona sentences rotated each time."}
+    )
+    input_layout: str = field(
+        default=REFERENCE_LAYOUT,
+        metadata={
+            "help": "reference: the reference's tokens (<bos> persona <speaker2> ... <speaker1> reply <eos>, five new "
+            "special tokens); chat_template: the model's own chat template (the persona as the system message, the "
+            "history as user and assistant messages, each candidate up to the template's end-of-turn token), for a "
+            "chat model that has one. A trained model keeps its layout: evaluation, chat and serving follow it.",
+            "choices": list(INPUT_LAYOUTS),
+        },
     )
     max_input_length: int | None = field(
         default=None,

@@ -174,7 +174,7 @@ def plain_chat_model(tmp_path_factory):
 def test_a_prompted_baseline_scores_each_candidate_through_the_chat_template(plain_chat_model):
     from transformers import AutoTokenizer
 
-    from persona.model.prompted import chat_messages, turn_example
+    from persona.data.chat_layout import chat_messages, template_turn
 
     tokenizer = AutoTokenizer.from_pretrained(plain_chat_model)
     persona, history, candidates = (
@@ -182,7 +182,7 @@ def test_a_prompted_baseline_scores_each_candidate_through_the_chat_template(pla
         ["hi!", "hello.", "what do you do?"],
         ["i sing.", "i am a nurse."],
     )
-    example = turn_example(tokenizer, persona, history, candidates)
+    example = template_turn(tokenizer, persona, history, candidates)
     messages = chat_messages(persona, history)
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
     for candidate, block in zip(candidates, example["candidates"]):
@@ -192,7 +192,6 @@ def test_a_prompted_baseline_scores_each_candidate_through_the_chat_template(pla
         assert (
             example["prefix_ids"] + block == full
         )  # the prompt once, then the reply up to and including its end token
-        assert example["length"] == len(example["prefix_ids"]) + sum(map(len, example["candidates"]))
         assert block[-1] == tokenizer.eos_token_id and block[0] == tokenizer.convert_tokens_to_ids("<|assistant|>")
 
 

@@ -28,11 +28,21 @@ def _gold_labels(candidate: list[int]) -> list[int]:
 
 
 def _candidate_slots(examples: list[dict]) -> dict[str, np.ndarray]:
-    """``candidate_valid`` [B, C] (False for slots padding a turn with fewer candidates) and ``mc_labels`` [B]
-    (the gold index: the last candidate), C being the most candidates of any turn."""
+    """``candidate_valid`` [B, C] (False for slots padding a turn with fewer candidates), ``mc_labels`` [B] (the gold
+    index) and ``gold_copies`` [B, C] (the candidates whose tokens are the gold reply's: scored as the gold, so that
+    a turn whose gold reply is also among its distractors counts as a tie, whatever batch it falls in), C being the
+    most candidates of any turn."""
     numbers = np.array([len(e["candidates"]) for e in examples])
     gold = np.array([gold_index(e["candidates"]) for e in examples])
-    return {"candidate_valid": np.arange(numbers.max())[None, :] < numbers[:, None], "mc_labels": gold}
+    copies = np.zeros((len(examples), numbers.max()), dtype=bool)
+    for row, example in enumerate(examples):
+        candidates = example["candidates"]
+        copies[row, : len(candidates)] = [list(c) == list(candidates[gold[row]]) for c in candidates]
+    return {
+        "candidate_valid": np.arange(numbers.max())[None, :] < numbers[:, None],
+        "mc_labels": gold,
+        "gold_copies": copies,
+    }
 
 
 def packed_batch(examples: list[dict], ids: SpecialIds, wrap: bool = True) -> dict[str, np.ndarray]:

@@ -1,7 +1,8 @@
 """Dialogs to tokenized features with ``datasets.map``: one example per turn (and persona rotation).
 
-Each example stores its persona+history prefix once and its candidates' reply tokens beside it
-(gold last); the collator builds the full layout of :mod:`persona.data.layout` from them. A turn whose
+Each example stores its persona+history prefix once and its candidates beside it (gold last): in the reference
+layout the reply tokens, which the collator wraps in ``<speaker1> ... <eos>`` (:mod:`persona.data.layout`); in the
+chat-template layout whole blocks up to the end-of-turn token (:mod:`persona.data.chat_layout`). A turn whose
 gold reply cannot fit the model's positions even alone is skipped (its record named in the
 :class:`~persona.data.skips.SkipLog`), or is an error in strict mode.
 """
@@ -12,6 +13,8 @@ import json
 
 import datasets
 
+from persona.configs import CHAT_TEMPLATE_LAYOUT, REFERENCE_LAYOUT
+from persona.data.chat_layout import template_turn
 from persona.data.layout import REPLY_OVERHEAD, build_prefix, fit_context, gold_index
 from persona.data.skips import RecordError, SkipLog
 from persona.data.special_tokens import SpecialIds, special_ids
@@ -52,58 +55,102 @@ def fit_candidates(candidates: list[list[int]], max_length: int) -> tuple[list[l
     return [c[:budget] for c in candidates[:gold]] + [candidates[gold]], cut
 
 
-def tokenize_batch(
-    batch: dict, indices: list[int], *, tokenizer, ids: SpecialIds, max_length: int, permutations: int, strict: bool
-) -> dict:
-    """The ``datasets.map`` function: a batch of dialogs in, their examples out (``ids``: the special tokens).
+class GoldTooLong(Exception):
+    """A turn whose gold reply cannot fit the model's positions even alone (its length in tokens)."""
 
-    Every distinct string of the batch is tokenized once, in one call of the fast tokenizer, with
-    special tokens split so that user text can never forge a ``<speaker>`` token. A turn whose gold reply
-    cannot fit gives one row whose :data:`SKIPPED` column says why (strict: a :class:`RecordError`).
-    """
+    def __init__(self, tokens: int):
+        super().__init__(tokens)
+        self.tokens = tokens
+
+
+def reference_turns(batch: dict, *, tokenizer, ids: SpecialIds, max_length: int):
+    """The turn builder of the reference layout for one ``datasets.map`` batch: ``build(persona, turn)`` gives the
+    prefix ``<bos> persona... <speaker> h...``, the candidate replies (wrapped by the collator) and whether anything
+    was cut. Every distinct string of the batch is tokenized once, in one call of the fast tokenizer, with special
+    tokens split so that user text can never forge a ``<speaker>`` token."""
     strings = sorted(
         {s for persona in batch["persona"] for s in persona}
         | {s for turns in batch["turns"] for turn in turns for s in (*turn["history"], *turn["candidates"])}
     )
     token_ids = dict(zip(strings, encode_texts(tokenizer, strings)))
+
+    def build(persona: list[str], turn: dict) -> tuple[list[int], list[list[int]], bool]:
+        candidates, cut = fit_candidates([token_ids[c] for c in turn["candidates"]], max_length)
+        if cut is None:
+            raise GoldTooLong(len(candidates[gold_index(candidates)]))
+        longest = max(len(c) for c in candidates) + REPLY_OVERHEAD
+        history = [token_ids[h] for h in turn["history"]]
+        kept_persona, kept_history, truncated = fit_context(
+            [token_ids[p] for p in persona], history, longest, max_length
+        )
+        return build_prefix(kept_persona, kept_history, ids), candidates, truncated or cut
+
+    return build
+
+
+def template_turns(batch: dict, *, tokenizer, ids: SpecialIds, max_length: int):
+    """The turn builder of the chat-template layout (:mod:`persona.data.chat_layout`): the prefix and the candidate
+    blocks, the oldest history then persona sentences dropped until they fit, distractor blocks cut (their
+    end-of-turn token kept)."""
+
+    def build(persona: list[str], turn: dict) -> tuple[list[int], list[list[int]], bool]:
+        persona, history, truncated = list(persona), list(turn["history"]), False
+        example = template_turn(tokenizer, persona, history, turn["candidates"])
+        while len(example["prefix_ids"]) + max(map(len, example["candidates"])) > max_length and (history or persona):
+            (history if history else persona).pop(0)
+            example, truncated = template_turn(tokenizer, persona, history, turn["candidates"]), True
+        prefix, blocks = example["prefix_ids"], example["candidates"]
+        budget = max_length - len(prefix)
+        if len(blocks[gold_index(blocks)]) > budget:
+            raise GoldTooLong(len(blocks[gold_index(blocks)]))
+        cut = any(len(block) > budget for block in blocks)
+        return (
+            prefix,
+            [block if len(block) <= budget else [*block[: budget - 1], block[-1]] for block in blocks],
+            truncated or cut,
+        )
+
+    return build
+
+
+TURN_BUILDERS = {REFERENCE_LAYOUT: reference_turns, CHAT_TEMPLATE_LAYOUT: template_turns}
+
+
+def _too_long(tokens: int, max_length: int, where: str) -> RecordError:
+    return RecordError(
+        f"the gold reply ({tokens} tokens) cannot fit the model's {max_length} positions",
+        where=where,
+        fix="shorten or drop that utterance (gold replies are never truncated), or leave strict off to skip such "
+        "turns.",
+        reason="gold reply too long",
+    )
+
+
+def tokenize_batch(
+    batch: dict, indices: list[int], *, layout: str, max_length: int, permutations: int, strict: bool, **builder
+) -> dict:
+    """The ``datasets.map`` function: a batch of dialogs in, their examples out, in the ``layout`` (``builder``: the
+    tokenizer and special ids its turn builder takes). A turn whose gold reply cannot fit gives one row whose
+    :data:`SKIPPED` column says why (strict: a :class:`RecordError`)."""
+    build = TURN_BUILDERS[layout](batch, max_length=max_length, **builder)
+    overhead = REPLY_OVERHEAD if layout == REFERENCE_LAYOUT else 0
     out = {name: [] for name in (*FEATURES, SKIPPED)}
     for dialog_id, persona, turns, record in zip(indices, batch["persona"], batch["turns"], batch["record"]):
-        persona_ids = [token_ids[s] for s in persona]
-        for ordering in rotations(persona_ids, permutations):
+        for ordering in rotations(persona, permutations):
             for turn_id, turn in enumerate(turns):
-                candidates, cut = fit_candidates([token_ids[c] for c in turn["candidates"]], max_length)
-                out["dialog_id"].append(dialog_id)
-                out["turn_id"].append(turn_id)
-                if cut is None:
-                    error = RecordError(
-                        f"the gold reply ({len(candidates[gold_index(candidates)])} tokens) cannot fit the model's "
-                        f"{max_length} positions",
-                        where=f"{record}, turn {turn_id}",
-                        fix="shorten or drop that utterance (gold replies are never truncated), or leave strict off "
-                        "to skip such turns.",
-                        reason="gold reply too long",
-                    )
+                try:
+                    prefix, candidates, truncated = build(ordering, turn)
+                    row = (prefix, candidates, len(prefix) + sum(len(c) + overhead for c in candidates), truncated, "")
+                except GoldTooLong as too_long:
+                    error = _too_long(too_long.tokens, max_length, f"{record}, turn {turn_id}")
                     if strict:
-                        raise error
-                    for name, value in (
-                        ("prefix_ids", []),
-                        ("candidates", []),
-                        ("length", 0),
-                        ("truncated", False),
-                        (SKIPPED, json.dumps([error.where, error.what])),
-                    ):
-                        out[name].append(value)
-                    continue
-                longest = max(len(c) for c in candidates) + REPLY_OVERHEAD
-                kept_persona, kept_history, truncated = fit_context(
-                    ordering, [token_ids[h] for h in turn["history"]], longest, max_length
-                )
-                prefix = build_prefix(kept_persona, kept_history, ids)
-                out["prefix_ids"].append(prefix)
-                out["candidates"].append(candidates)
-                out["length"].append(len(prefix) + sum(len(c) + REPLY_OVERHEAD for c in candidates))
-                out["truncated"].append(truncated or cut)
-                out[SKIPPED].append("")
+                        raise error from None
+                    row = ([], [], 0, False, json.dumps([error.where, error.what]))
+                for name, value in zip(
+                    ("dialog_id", "turn_id", "prefix_ids", "candidates", "length", "truncated", SKIPPED),
+                    (dialog_id, turn_id, *row),
+                ):
+                    out[name].append(value)
     return out
 
 
@@ -111,6 +158,7 @@ def build_features(
     dialogs: datasets.Dataset,
     tokenizer,
     *,
+    layout: str,
     max_length: int,
     permutations: int,
     num_proc: int,
@@ -118,7 +166,8 @@ def build_features(
     split: str,
     desc: str,
 ) -> datasets.Dataset:
-    """Tokenized features of one split's dialogs (batched ``datasets.map``, ``num_proc`` workers).
+    """Tokenized features of one split's dialogs in the input ``layout`` (batched ``datasets.map``, ``num_proc``
+    workers).
 
     Turns whose gold reply cannot fit are skipped into ``skips`` (as ``split``); ``desc`` names the progress bar.
     """
@@ -131,8 +180,9 @@ def build_features(
         features=datasets.Features({**FEATURES, SKIPPED: datasets.Value("string")}),
         num_proc=num_proc if num_proc > 1 and len(dialogs) >= 1000 else None,
         fn_kwargs={
+            "layout": layout,
             "tokenizer": tokenizer,
-            "ids": special_ids(tokenizer),
+            "ids": special_ids(tokenizer) if layout == REFERENCE_LAYOUT else None,
             "max_length": max_length,
             "permutations": permutations,
             "strict": skips.strict,

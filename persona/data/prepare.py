@@ -17,7 +17,7 @@ import datasets
 import numpy as np
 import pyarrow.compute as pc
 
-from persona.configs import DataArguments
+from persona.configs import REFERENCE_LAYOUT, DataArguments
 from persona.data.cache import cache_key, tokenizer_fingerprint, write_atomically
 from persona.data.candidates import reply_pool, split_view
 from persona.data.features import build_features
@@ -162,12 +162,13 @@ def read_splits(
     return out, splits
 
 
-def split_stats(features: datasets.Dataset, dialogs: datasets.Dataset, batch_size: int) -> dict:
-    """Counts of one split, and the padding the classic [batch, candidates, length] layout would carry."""
+def split_stats(features: datasets.Dataset, dialogs: datasets.Dataset, batch_size: int, overhead: int) -> dict:
+    """Counts of one split, and the padding the classic [batch, candidates, length] layout would carry (``overhead``:
+    the tokens the collator adds around each stored candidate)."""
     prefix_lengths = pc.list_value_length(features.data.column("prefix_ids")).to_numpy(zero_copy_only=False)
     candidates = features.data.column("candidates")
     counts = pc.list_value_length(candidates).to_numpy(zero_copy_only=False)
-    reply_lengths = pc.list_value_length(pc.list_flatten(candidates)).to_numpy(zero_copy_only=False) + REPLY_OVERHEAD
+    reply_lengths = pc.list_value_length(pc.list_flatten(candidates)).to_numpy(zero_copy_only=False) + overhead
     owners = np.repeat(np.arange(len(counts)), counts)
     longest = np.zeros(len(counts), dtype=np.int64)
     np.maximum.at(longest, owners, reply_lengths)
@@ -213,6 +214,7 @@ def _prepare_role(
     features = build_features(
         dialog_set,
         tokenizer,
+        layout=args.input_layout,
         max_length=options["max_length"],
         permutations=args.personality_permutations if role == "train" else 1,
         num_proc=args.preprocessing_num_workers,
@@ -231,7 +233,12 @@ def _prepare_role(
     read_skips = skips.of(split) if split != HELDOUT else {}
     return {
         "split": split,
-        **split_stats(features, dialog_set, options["stats_batch_size"]),
+        **split_stats(
+            features,
+            dialog_set,
+            options["stats_batch_size"],
+            REPLY_OVERHEAD if args.input_layout == REFERENCE_LAYOUT else 0,
+        ),
         "skipped": dict(Counter(read_skips) + Counter(skips.of(f"{role} turns"))),
     }
 

@@ -65,13 +65,6 @@ def special_ids(tokenizer) -> SpecialIds:
     return SpecialIds(*(vocab[t] for t in PERSONA_TOKENS))
 
 
-def padding_only_ids(tokenizer) -> SpecialIds:
-    """Ids for a tokenizer without persona's tokens (a prompted baseline): its pad id (else its end token's, else 0);
-    the others match no token."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return SpecialIds(bos=-1, eos=-1, speaker1=-1, speaker2=-1, pad=pad if pad is not None else 0)
-
-
 def resize_embeddings(model, tokenizer) -> None:
     """Resize the model's token embeddings to the tokenizer, new rows set to the mean of the old ones."""
     embeddings = model.get_input_embeddings()

@@ -33,7 +33,8 @@ class InvalidText(ValueError):
     reads it."""
 
 
-def _check_unicode(texts: list[str]) -> None:
+def check_unicode(texts: list[str]) -> None:
+    """An :class:`InvalidText` naming the first text that is not valid Unicode, if any."""
     for index, text in enumerate(texts):
         try:
             text.encode("utf-8")
@@ -53,7 +54,7 @@ def encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:
     try:
         return _encode(tokenizer, texts)
     except TypeError:  # what the tokenizers library raises for a lone surrogate
-        _check_unicode(texts)
+        check_unicode(texts)
         raise
 
 

@@ -18,6 +18,7 @@ _DEFINITIONS = {
     "log-likelihood "
     "(the reply and its end token, given the prompt): the language model's own ranking, without the multiple-choice "
     "head",
+    "ended": "fraction of generated replies that ended by themselves (their end token before the length limit)",
     "f1": "unigram F1 between the generated and the gold reply after ConvAI2's normalisation (mean over turns)",
 }
 

@@ -257,6 +257,11 @@ class PersonaDualHeads:
 
     body_takes_block_mask = False
 
+    def __init__(self, config, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        if getattr(config, "persona_likelihood_prior", False):
+            self.persona_prior_scale = nn.Parameter(torch.ones(()))
+
     def packs(self) -> bool:
         """Whether the packed path applies: the body takes a custom 4D mask and its attention (eager or SDPA)
         honours it."""
@@ -279,7 +284,29 @@ class PersonaDualHeads:
         else, the base forward."""
         if dual_path is None:
             return self.forward_full(*args, **kwargs)
-        return _PATHS[dual_path](self, **kwargs)
+        kwargs.pop("gold_copies", None)  # the collator's note for scoring (PersonaTrainer), not an input
+        output = _PATHS[dual_path](self, **kwargs)
+        if getattr(self.config, "persona_likelihood_prior", False):
+            output.mc_logits = _with_likelihood_prior(output, kwargs["candidate_valid"], self.persona_prior_scale)
+        return output
+
+
+def _with_likelihood_prior(output: DualOutput, valid: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """The multiple-choice logits plus ``scale`` times each valid candidate's mean token log-likelihood (its reply and
+    its end token), so that the score starts from what the language model already knows."""
+    if output.candidate_nll_sum is None:
+        raise ValueError("the likelihood prior scores every candidate: the batch needs its candidate_labels")
+    mean_log_likelihood = -output.candidate_nll_sum / output.candidate_tokens.clamp(min=1)
+    return output.mc_logits + scale * mean_log_likelihood.masked_fill(~valid.bool(), 0.0)
+
+
+def init_likelihood_prior(model) -> None:
+    """Start the likelihood prior: scale 1 and a multiple-choice head of zeros, so that the model ranks candidates
+    exactly as its language model does (the head then learns what the likelihood misses)."""
+    with torch.no_grad():
+        model.persona_prior_scale.fill_(1.0)
+        model.multiple_choice_head.summary.weight.zero_()
+        model.multiple_choice_head.summary.bias.zero_()
 
 
 _PATHS = {DualPath.PACKED: _packed, DualPath.FULL_SEQUENCES: _full_sequences, DualPath.CLASSIC: _classic}

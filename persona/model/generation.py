@@ -12,8 +12,10 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
+from persona.configs import CHAT_TEMPLATE_LAYOUT
+from persona.data.chat_layout import generation_prompt
 from persona.data.layout import REPLY_OVERHEAD, build_inputs, fit_context, history_window
-from persona.data.tokenize import encode_texts
+from persona.data.tokenize import check_unicode, encode_texts
 from persona.model.loading import LoadedModel
 
 NEUTRAL_SAMPLING = {"temperature": 1.0, "top_p": 1.0, "top_k": 50}
@@ -51,22 +53,39 @@ class DecodingArguments:
         }
 
     def generation_config(self, loaded: LoadedModel) -> GenerationConfig:
-        """The ``GenerationConfig`` of a persona model: these settings, ``<eos>`` to stop, every other special token
-        suppressed."""
+        """The ``GenerationConfig`` of a persona model: these settings, its end token (``<eos>``, or the chat
+        template's end of turn) to stop, every other special token suppressed."""
         ids = loaded.ids
         suppressed = sorted(set(loaded.tokenizer.all_special_ids) - {ids.eos})
+        bos = {"bos_token_id": ids.bos} if ids.bos >= 0 else {}  # the chat-template layout adds no <bos> of its own
         return GenerationConfig(
-            **self.settings(),
-            bos_token_id=ids.bos,
-            eos_token_id=ids.eos,
-            pad_token_id=ids.pad,
-            suppress_tokens=suppressed,
+            **self.settings(), eos_token_id=ids.eos, pad_token_id=ids.pad, suppress_tokens=suppressed, **bos
         )
 
 
+def _fitted_template_prompt(
+    persona: list[str], history: list[str], loaded: LoadedModel, reply_budget: int
+) -> list[int]:
+    """The chat template's generation prompt, the oldest history then persona sentences dropped until a reply of
+    ``reply_budget`` tokens fits the positions."""
+    persona, history = list(persona), list(history)
+    try:
+        prompt = generation_prompt(loaded.tokenizer, persona, history)
+    except TypeError:  # what the tokenizers library raises for a lone surrogate
+        check_unicode([*persona, *history])
+        raise
+    while len(prompt) + reply_budget > loaded.max_positions and (history or persona):
+        (history if history else persona).pop(0)
+        prompt = generation_prompt(loaded.tokenizer, persona, history)
+    return prompt
+
+
 def prompt_inputs(persona: list[str], history: list[str], loaded: LoadedModel, reply_budget: int) -> dict:
-    """``<bos> persona ... <speaker2> last utterance <speaker1>``: the model input before a reply, fitted to the
-    positions."""
+    """The model input before a reply, fitted to the positions: in the reference layout ``<bos> persona ...
+    <speaker2> last utterance <speaker1>`` with its token types, in the chat-template layout the template's
+    generation prompt (no token types)."""
+    if loaded.layout == CHAT_TEMPLATE_LAYOUT:
+        return {"input_ids": _fitted_template_prompt(persona, history, loaded, reply_budget), "token_type_ids": None}
     encoded = encode_texts(loaded.tokenizer, [*persona, *history]) if persona or history else []
     persona_ids, history_ids = encoded[: len(persona)], encoded[len(persona) :]
     persona_ids, history_ids, _ = fit_context(
@@ -83,21 +102,27 @@ def left_padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Te
     return ids, mask
 
 
+@dataclass
+class Reply:
+    """A generated reply: its text, and whether it ended by itself (its end token before the length limit)."""
+
+    text: str
+    ended: bool
+
+
 @torch.no_grad()
 def generate_batch(
     loaded: LoadedModel, prompts: list[dict], config: GenerationConfig, *, streamer=None
-) -> list[list[int]]:
-    """The reply token ids (up to ``<eos>``, excluded) of each prompt of :func:`prompt_inputs`, generated in one
-    left-padded batch (with token types if the model takes them); ``streamer`` (a transformers streamer) receives
-    the new tokens as they come."""
+) -> list[tuple[list[int], bool]]:
+    """The reply token ids (up to its end token, excluded) of each prompt of :func:`prompt_inputs` and whether that
+    end token came, generated in one left-padded batch (with token types if the model takes them); ``streamer`` (a
+    transformers streamer) receives the new tokens as they come."""
     ids, model = loaded.ids, loaded.model
     device = next(model.parameters()).device
     input_ids, mask = left_padded([p["input_ids"] for p in prompts], ids.pad)
-    types = (
-        {"token_type_ids": left_padded([p["token_type_ids"] for p in prompts], ids.pad)[0].to(device)}
-        if loaded.token_types
-        else {}
-    )
+    types = {}
+    if loaded.token_types:
+        types["token_type_ids"] = left_padded([p["token_type_ids"] for p in prompts], ids.pad)[0].to(device)
     output = model.generate(
         input_ids=input_ids.to(device),
         attention_mask=mask.to(device),
@@ -105,10 +130,8 @@ def generate_batch(
         streamer=streamer,
         **types,
     )
-    replies = []
-    for row in output[:, input_ids.shape[1] :].tolist():
-        replies.append(row[: row.index(ids.eos)] if ids.eos in row else row)
-    return replies
+    rows = output[:, input_ids.shape[1] :].tolist()
+    return [(row[: row.index(ids.eos)], True) if ids.eos in row else (row, False) for row in rows]
 
 
 def generate_replies(
@@ -118,17 +141,18 @@ def generate_replies(
     *,
     batch_size: int = 32,
     progress: bool = False,
-) -> list[str]:
+) -> list[Reply]:
     """One reply per ``(persona sentences, history utterances)``, generated in left-padded batches; ``progress``
     shows a bar."""
     config = decoding.generation_config(loaded)
-    replies: list[str] = []
+    replies: list[Reply] = []
     for start in tqdm(
         range(0, len(dialogs), batch_size), desc="Generating replies", unit="batch", disable=not progress
     ):
         prompts = [prompt_inputs(p, h, loaded, decoding.max_length) for p, h in dialogs[start : start + batch_size]]
         generated = generate_batch(loaded, prompts, config)
-        replies += [text.strip() for text in loaded.tokenizer.batch_decode(generated, skip_special_tokens=True)]
+        texts = loaded.tokenizer.batch_decode([tokens for tokens, _ in generated], skip_special_tokens=True)
+        replies += [Reply(text.strip(), ended) for text, (_, ended) in zip(texts, generated)]
     return replies
 
 
@@ -140,5 +164,6 @@ class Bot:
 
     def reply(self, persona: list[str], history: list[str]) -> str:
         """The bot's next utterance to the last ``max_history`` exchanges of ``history``."""
-        (text,) = generate_replies(self.loaded, [(persona, history_window(history, self.max_history))], self.decoding)
-        return text
+        window = history_window(history, self.max_history)
+        (reply,) = generate_replies(self.loaded, [(persona, window)], self.decoding)
+        return reply.text

@@ -14,32 +14,31 @@ from dataclasses import dataclass
 
 from transformers import AutoConfig, AutoTokenizer, GgufConfig
 
-from persona.configs import ModelArguments
+from persona.configs import CHAT_TEMPLATE_LAYOUT, REFERENCE_LAYOUT, ModelArguments
+from persona.data.chat_layout import template_ids
 from persona.data.special_tokens import (
     SpecialIds,
     add_special_tokens,
     has_persona_tokens,
-    padding_only_ids,
     resize_embeddings,
     special_ids,
 )
 from persona.data.tokenize import wants_leading_space
 from persona.errors import ConfigError, ModelLoadError, first_line
-from persona.model.dual_heads import model_class
+from persona.model.dual_heads import init_likelihood_prior, model_class
 
 logger = logging.getLogger(__name__)
-
-REFERENCE_LAYOUT = "reference"  # <bos> persona <speaker2> ... <speaker1> reply <eos>, persona's special tokens
-CHAT_TEMPLATE_LAYOUT = "chat_template"  # the model's own chat template (a prompted baseline)
 
 
 @dataclass
 class LoadedModel:
     """A model with its tokenizer and the facts every command needs, decided once at load.
 
-    ``ids``: the special tokens' ids (a prompted baseline's: its pad id only); ``max_positions``: the longest input;
-    ``token_types``: whether the inputs carry speaker embeddings; ``layout``: how a turn is laid out
-    (:data:`REFERENCE_LAYOUT` or :data:`CHAT_TEMPLATE_LAYOUT`); ``name``: what it was loaded from.
+    ``ids``: the special tokens' ids (in the chat-template layout: the end-of-turn token as ``eos`` and the pad
+    token); ``max_positions``: the longest input; ``token_types``: whether the inputs carry speaker embeddings;
+    ``layout``: how a turn is laid out (``reference`` or ``chat_template``, see ``DataArguments.input_layout``);
+    ``prompted``: a causal LM that persona never trained, prompted through its own chat template (its
+    multiple-choice head is untrained, so only its likelihood ranks); ``name``: what it was loaded from.
     """
 
     model: object
@@ -48,13 +47,8 @@ class LoadedModel:
     max_positions: int
     token_types: bool
     layout: str = REFERENCE_LAYOUT
+    prompted: bool = False
     name: str = ""
-
-    @property
-    def prompted(self) -> bool:
-        """Whether this is a causal LM that persona never trained, prompted through its own chat template (no
-        multiple-choice head is trained, no persona tokens)."""
-        return self.layout == CHAT_TEMPLATE_LAYOUT
 
 
 def _offline_hint(name: str, error: Exception) -> ModelLoadError:
@@ -124,33 +118,54 @@ def uses_token_types(config, requested: bool | None = None) -> bool:
     return bool(getattr(config, "persona_token_types", True)) if requested is None else requested
 
 
-def load_for_training(model_args: ModelArguments, use_token_types: bool | None = None) -> LoadedModel:
-    """The model to fine-tune: special tokens added, embeddings resized (new rows = mean of the old), and, saved in
-    its config, the leading-space rule and whether it takes token types (so evaluation and chat feed it alike).
+def _layout_ids(tokenizer, layout: str, use_token_types: bool | None) -> SpecialIds:
+    """The special ids of a model in ``layout``; a chat template carries no token types, so asking for them is an
+    error there."""
+    if layout == REFERENCE_LAYOUT:
+        return special_ids(tokenizer)
+    if use_token_types:
+        raise ConfigError(
+            "a chat template carries no token types",
+            where="use_token_types",
+            fix="drop use_token_types (or set it false).",
+        )
+    return template_ids(tokenizer)
 
-    With ``model_config`` a fresh model is built from that config (no weights downloaded).
+
+def load_for_training(
+    model_args: ModelArguments, use_token_types: bool | None = None, layout: str = REFERENCE_LAYOUT
+) -> LoadedModel:
+    """The model to fine-tune in the input ``layout``, its facts saved in its config so that evaluation, chat and
+    serving feed it alike: the layout, whether it takes token types and the leading-space rule.
+
+    In the reference layout the five special tokens are added and the embeddings resized (new rows = mean of the
+    old); in the chat-template layout the tokenizer stays as it is. With ``model_config`` a fresh model is built from
+    that config (no weights downloaded); with ``likelihood_prior`` the multiple-choice score starts as the
+    likelihood ranking.
     """
     tokenizer = load_tokenizer(model_args)
-    added = add_special_tokens(tokenizer)
+    added = add_special_tokens(tokenizer) if layout == REFERENCE_LAYOUT else 0
+    ids = _layout_ids(tokenizer, layout, use_token_types)
     config = base_config(model_args)
+    config.persona_likelihood_prior = model_args.likelihood_prior
     if model_args.model_config is not None:
         config.vocab_size = len(tokenizer)
         model = model_class(config.model_type)(config)
     else:
         model = _pretrained(model_args, config)
     resize_embeddings(model, tokenizer)
-    ids = special_ids(tokenizer)
+    if model_args.likelihood_prior:
+        init_likelihood_prior(model)
+    model.config.persona_layout = layout
     model.config.persona_leading_space = wants_leading_space(tokenizer)
-    model.config.persona_token_types = uses_token_types(model.config, use_token_types)
-    model.config.pad_token_id, model.config.bos_token_id, model.config.eos_token_id = ids.pad, ids.bos, ids.eos
-    logger.info("Added %d special tokens; vocabulary %d", added, len(tokenizer))
+    model.config.persona_token_types = layout == REFERENCE_LAYOUT and uses_token_types(model.config, use_token_types)
+    model.config.pad_token_id, model.config.eos_token_id = ids.pad, ids.eos
+    if layout == REFERENCE_LAYOUT:
+        model.config.bos_token_id = ids.bos
+    logger.info("Input layout %s; %d special tokens added; vocabulary %d", layout, added, len(tokenizer))
+    token_types = model.config.persona_token_types
     return LoadedModel(
-        model,
-        tokenizer,
-        ids,
-        max_positions(model.config),
-        model.config.persona_token_types,
-        name=model_args.model_name_or_path,
+        model, tokenizer, ids, max_positions(model.config), token_types, layout, name=model_args.model_name_or_path
     )
 
 
@@ -166,10 +181,10 @@ def refuse_training_fields(model_args: ModelArguments, command: str) -> None:
         )
 
 
-def _trained(model_args: ModelArguments, tokenizer, use_token_types: bool | None) -> LoadedModel:
-    """The persona model of ``model_args`` (its tokenizer already loaded), fed as it was trained."""
-    ids = special_ids(tokenizer)
-    config = base_config(model_args)
+def _trained(model_args: ModelArguments, tokenizer, config, use_token_types: bool | None) -> LoadedModel:
+    """The persona model of ``model_args`` (its tokenizer and config already loaded), fed as it was trained."""
+    layout = getattr(config, "persona_layout", REFERENCE_LAYOUT)
+    ids = _layout_ids(tokenizer, layout, use_token_types)
     model = _pretrained(model_args, config)
     if hasattr(config, "persona_leading_space"):
         tokenizer.persona_leading_space = config.persona_leading_space
@@ -179,45 +194,40 @@ def _trained(model_args: ModelArguments, tokenizer, use_token_types: bool | None
             model_args.model_name_or_path,
         )
         tokenizer.persona_leading_space = False
-    token_types = uses_token_types(config, use_token_types)
+    token_types = layout == REFERENCE_LAYOUT and uses_token_types(config, use_token_types)
     return LoadedModel(
-        model.eval(), tokenizer, ids, max_positions(config), token_types, name=model_args.model_name_or_path
+        model.eval(), tokenizer, ids, max_positions(config), token_types, layout, name=model_args.model_name_or_path
     )
 
 
 def load_trained(model_args: ModelArguments, use_token_types: bool | None = None) -> LoadedModel:
-    """A persona model and its tokenizer (a folder, a Hub id, a GGUF file in either), with a clear error if it lacks
-    the special tokens; ``use_token_types`` None feeds it as it was trained.
+    """A persona model and its tokenizer (a folder, a Hub id, a GGUF file in either), in the layout it was trained in,
+    with a clear error if it lacks what that layout needs; ``use_token_types`` None feeds it as it was trained.
 
     A checkpoint of transfer-learning-conv-ai (the five special tokens, no persona fields in its config) is
     fed as that code fed it: token types, and texts encoded without a leading space.
     """
-    return _trained(model_args, load_tokenizer(model_args), use_token_types)
+    return _trained(model_args, load_tokenizer(model_args), base_config(model_args), use_token_types)
 
 
 def load_for_evaluation(model_args: ModelArguments, use_token_types: bool | None = None) -> LoadedModel:
     """The model to evaluate: a persona model (or a reference checkpoint) as :func:`load_trained` loads it, else, for
-    a causal LM without persona's tokens that has a chat template (a Hub chat model, a local folder, a GGUF), the
-    model as it is, to be prompted through that template (no token types)."""
-    tokenizer = load_tokenizer(model_args)
-    if has_persona_tokens(tokenizer):
-        return _trained(model_args, tokenizer, use_token_types)
+    a causal LM that persona never trained but that has a chat template (a Hub chat model, a local folder, a GGUF),
+    the model as it is, prompted through that template (no token types)."""
+    tokenizer, config = load_tokenizer(model_args), base_config(model_args)
+    if hasattr(config, "persona_layout") or has_persona_tokens(tokenizer):
+        return _trained(model_args, tokenizer, config, use_token_types)
     if not tokenizer.chat_template:
         special_ids(tokenizer)  # the error that says which tokens are missing and how to get a persona model
     logger.info(
-        "%s has no persona tokens: evaluated as a prompted baseline through its chat template",
+        "%s is not a persona model: evaluated as a prompted baseline through its chat template",
         model_args.model_name_or_path,
     )
-    config = base_config(model_args)
+    ids = _layout_ids(tokenizer, CHAT_TEMPLATE_LAYOUT, use_token_types)
     model = _pretrained(model_args, config).eval()
+    name = model_args.model_name_or_path
     return LoadedModel(
-        model,
-        tokenizer,
-        padding_only_ids(tokenizer),
-        max_positions(config),
-        False,
-        layout=CHAT_TEMPLATE_LAYOUT,
-        name=model_args.model_name_or_path,
+        model, tokenizer, ids, max_positions(config), False, CHAT_TEMPLATE_LAYOUT, prompted=True, name=name
     )
 
 

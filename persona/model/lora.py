@@ -10,15 +10,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from persona.configs import ModelArguments
+from persona.configs import REFERENCE_LAYOUT, ModelArguments
 from persona.data.special_tokens import SpecialIds
 
 logger = logging.getLogger(__name__)
 
 
-def with_lora(model, model_args: ModelArguments, ids: SpecialIds):
-    """``model`` wrapped by PEFT with the LoRA settings of ``model_args`` (``ids``: the special tokens, whose rows
-    train)."""
+def with_lora(model, model_args: ModelArguments, ids: SpecialIds, layout: str = REFERENCE_LAYOUT):
+    """``model`` wrapped by PEFT with the LoRA settings of ``model_args``; in the reference layout the rows of the
+    special tokens (``ids``), new to the model, train too (the chat-template layout adds none)."""
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
@@ -29,7 +29,7 @@ def with_lora(model, model_args: ModelArguments, ids: SpecialIds):
         if model_args.lora_target_modules == ["all-linear"]
         else model_args.lora_target_modules,
         modules_to_save=["multiple_choice_head"],
-        trainable_token_indices=sorted(set(dataclasses.astuple(ids))),
+        trainable_token_indices=sorted(set(dataclasses.astuple(ids))) if layout == REFERENCE_LAYOUT else None,
     )
     model = get_peft_model(model, config)
     trainable, total = model.get_nb_trainable_parameters()

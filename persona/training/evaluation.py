@@ -30,11 +30,15 @@ from persona.data.layout import gold_reply
 from persona.metrics import load_metric
 from persona.model.generation import DecodingArguments, generate_replies
 from persona.model.loading import LoadedModel, load_for_evaluation, refuse_training_fields
-from persona.model.prompted import PROMPTING, generate_prompted, prompted_corpus
 from persona.training.report import write_report
 from persona.training.trainer import PersonaTrainer, metrics_from_scores
 
 logger = logging.getLogger("persona")
+PROMPTING = (
+    "its own chat template: the persona sentences as the system message, the history as alternating user and "
+    "assistant messages (the partner as the user), each candidate as the assistant's reply up to and including its "
+    "end-of-turn token"
+)
 
 
 @dataclass
@@ -58,8 +62,8 @@ def score_candidates(loaded: LoadedModel, features, args: PersonaTrainingArgumen
 
 
 def generate_turns(loaded: LoadedModel, dialogs, args: EvalArguments, decoding: DecodingArguments) -> list[dict]:
-    """A generated reply for each turn (the first ``max_generation_turns``), sharded over processes; a prompted
-    baseline is prompted through its chat template."""
+    """A generated reply for each turn (the first ``max_generation_turns``), sharded over processes, in the model's
+    layout (a prompted baseline through its chat template); each record says whether the reply ended by itself."""
     turns = [
         {"persona": d["persona"], "history": t["history"], "gold": gold_reply(t["candidates"])}
         for d in dialogs
@@ -70,13 +74,10 @@ def generate_turns(loaded: LoadedModel, dialogs, args: EvalArguments, decoding: 
     loaded.model.to(state.device)
     with state.split_between_processes(turns) as shard:
         pairs = [(t["persona"], t["history"]) for t in shard]
-        if loaded.prompted:
-            predictions = generate_prompted(loaded, pairs, decoding, args.generation_batch_size)
-        else:
-            predictions = generate_replies(
-                loaded, pairs, decoding, batch_size=args.generation_batch_size, progress=state.is_main_process
-            )
-        records = [{**t, "prediction": p} for t, p in zip(shard, predictions)]
+        replies = generate_replies(
+            loaded, pairs, decoding, batch_size=args.generation_batch_size, progress=state.is_main_process
+        )
+        records = [{**t, "prediction": r.text, "ended": r.ended} for t, r in zip(shard, replies)]
     return gather_object(records) if state.num_processes > 1 else records
 
 
@@ -86,16 +87,19 @@ def write_outputs(out: Path, results: dict, records: list[dict], samples: int) -
     (out / "eval_results.json").write_text(json.dumps(results, indent=2))
     with open(out / "generations.jsonl", "w") as handle:
         for record in records:
-            handle.write(json.dumps({k: record[k] for k in ("persona", "history", "prediction", "gold", "f1")}) + "\n")
+            fields = ("persona", "history", "prediction", "gold", "f1", "ended")
+            handle.write(json.dumps({k: record[k] for k in fields}) + "\n")
     write_report(results, records, out / "report.md", samples=samples)
     hits = f"{results['hits@1']:.3f}" if "hits@1" in results else "(no head)"
     logger.info(
-        "perplexity %.2f, hits@1 %s, lm_hits@1 %.3f over %d turns, f1 %.3f over %d turns; written to %s",
+        "perplexity %.2f, hits@1 %s, lm_hits@1 %.3f over %d turns, f1 %.3f and %.2f of replies ended by themselves "
+        "over %d turns; written to %s",
         results["perplexity"],
         hits,
         results["lm_hits@1"],
         results["num_turns"]["hits"],
         results["f1"],
+        results["ended"],
         len(records),
         out,
     )
@@ -105,11 +109,12 @@ def _evaluated_split(loaded: LoadedModel, data_args: DataArguments) -> tuple:
     """The features, dialogs and ``{"split", "skipped"}`` of the evaluated split, as the model reads them."""
     if loaded.prompted:
         logger.info(
-            "A prompted baseline: %s is evaluated through %s; it has no multiple-choice head, so hits@k is left out",
+            "A prompted baseline: %s is evaluated through %s; it has no trained multiple-choice head, so hits@k is "
+            "left out",
             loaded.name,
             PROMPTING,
         )
-        return prompted_corpus(data_args, loaded.tokenizer)
+    data_args = dataclasses.replace(data_args, input_layout=loaded.layout)
     with PartialState().main_process_first():
         corpus = prepare_corpus(data_args, loaded.tokenizer, max_length=loaded.max_positions, roles=("eval",))
     return corpus.features["eval"], corpus.dialogs["eval"], corpus.stats["splits"]["eval"]
@@ -127,10 +132,12 @@ def _results(loaded, data_args, run_args, eval_args, decoding, metrics, f1, spli
         **({f"hits@{k}": metrics[f"hits@{k}"] for k in eval_args.hits_k} if head else {}),
         **{f"lm_hits@{k}": metrics[f"lm_hits@{k}"] for k in eval_args.hits_k},
         "f1": f1,
+        "ended": sum(r["ended"] for r in records) / max(len(records), 1),
         "num_turns": {"perplexity": metrics["num_turns"], "hits": metrics["num_turns"], "f1": len(records)},
         "num_candidates": metrics["num_candidates"],
         "skipped": split["skipped"],
         "token_types": loaded.token_types,
+        "input_layout": loaded.layout,
         "num_reply_tokens": metrics["num_reply_tokens"],
         "lm_loss": metrics["lm_loss"],
         **({"mc_loss": metrics["mc_loss"]} if head else {}),

@@ -54,11 +54,11 @@ def _trainer(
     model_args: ModelArguments, data_args: DataArguments, training_args: PersonaTrainingArguments
 ) -> tuple[PersonaTrainer, dict]:
     """The trainer of the run, with its model, tokenizer and prepared splits; and the corpus statistics."""
-    loaded = load_for_training(model_args, training_args.use_token_types)
+    loaded = load_for_training(model_args, training_args.use_token_types, data_args.input_layout)
     training_args.use_token_types = loaded.token_types
     ready_to_publish(loaded)
     if model_args.use_peft:
-        loaded = replace(loaded, model=with_lora(loaded.model, model_args, loaded.ids))
+        loaded = replace(loaded, model=with_lora(loaded.model, model_args, loaded.ids, loaded.layout))
     with training_args.main_process_first(desc="dataset preparation"):
         corpus = prepare_corpus(
             data_args,

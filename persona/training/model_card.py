@@ -18,7 +18,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from persona.hub_names import is_hub_id
 from persona.metrics import metric_definition
 
-PUBLISHED_METRICS = ("perplexity", "hits@1", "hits@5", "hits@10", "lm_hits@1", "f1")
+PUBLISHED_METRICS = ("perplexity", "hits@1", "hits@5", "hits@10", "lm_hits@1", "f1", "ended")
 TAGS = ["persona-chat", "conversational", "transfertransfo", "persona"]
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from persona.configs import ModelArguments
+from persona.configs import REFERENCE_LAYOUT, ModelArguments
 from persona.errors import ConfigError, ModelLoadError, first_line
 from persona.model.chat_template import add_chat_template
 from persona.model.generation import DecodingArguments
@@ -28,9 +28,11 @@ PICKLES = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.ckpt")
 
 
 def ready_to_publish(loaded: LoadedModel) -> None:
-    """What a trained model carries for plain transformers and persona alike: the chat template, and the reference's
-    decoding (sampling, temperature 0.7, top-p 0.9, the other special tokens suppressed) as its generation config."""
-    add_chat_template(loaded.tokenizer)
+    """What a trained model carries for plain transformers and persona alike: a chat template that renders its layout
+    (persona's for the reference layout; a chat-template model keeps its own), and the reference's decoding
+    (sampling, temperature 0.7, top-p 0.9, the other special tokens suppressed) as its generation config."""
+    if loaded.layout == REFERENCE_LAYOUT:
+        add_chat_template(loaded.tokenizer)
     loaded.model.generation_config = DecodingArguments().generation_config(loaded)
 
 

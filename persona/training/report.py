@@ -21,6 +21,8 @@ def metrics_table(results: dict) -> list[str]:
             f"({results['num_candidates']:g} candidates per turn) |"
         )
     rows.append(f"| F1 | {results['f1']:.3f} | {turns['f1']} | {metric_definition('f1')} |")
+    if "ended" in results:
+        rows.append(f"| ended | {results['ended']:.3f} | {turns['f1']} | {metric_definition('ended')} |")
     return rows
 
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from transformers import EvalPrediction, Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 
+from persona.configs import REFERENCE_LAYOUT
 from persona.metrics import gold_ranks, hits_from_ranks
 from persona.model.dual_heads import DualOutput, choose_dual_path, collator_for
 from persona.model.loading import LoadedModel
@@ -36,14 +37,28 @@ def dual_loss(
     return lm_coef * lm_loss + mc_coef * mc_loss, lm_loss, mc_loss
 
 
-def turn_scores(output: DualOutput, mc_labels: torch.Tensor, candidate_valid: torch.Tensor) -> torch.Tensor:
+def _tied_to_gold(scores: torch.Tensor, gold_copies: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
+    """``scores`` [B, C] with every copy of the gold reply given exactly the gold's score (a tie, which counts as a
+    miss)."""
+    return torch.where(gold_copies, scores.gather(1, gold[:, None]), scores)
+
+
+def turn_scores(
+    output: DualOutput, mc_labels: torch.Tensor, candidate_valid: torch.Tensor, gold_copies: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per turn: the gold reply's rank among the candidates by the multiple-choice head (0 = first), its NLL sum and
     token count, the MC loss, the number of candidates, and its rank by likelihood (the candidates' mean token
-    log-likelihood, their ``<eos>`` included), as a [B, 6] float64 tensor that the Trainer gathers."""
+    log-likelihood, their ``<eos>`` included), as a [B, 6] float64 tensor that the Trainer gathers. ``gold_copies``
+    (the collator's) marks the candidates identical to the gold reply, which are scored as it is (a tie)."""
     valid = candidate_valid.bool()
-    rank = gold_ranks(output.mc_logits.masked_fill(~valid, -torch.inf), mc_labels)
+    gold_copies = torch.zeros_like(valid) if gold_copies is None else gold_copies
+    rank = gold_ranks(
+        _tied_to_gold(output.mc_logits, gold_copies, mc_labels).masked_fill(~valid, -torch.inf), mc_labels
+    )
     mean_log_likelihood = -output.candidate_nll_sum / output.candidate_tokens.clamp(min=1)
-    lm_rank = gold_ranks(mean_log_likelihood.masked_fill(~valid, -torch.inf), mc_labels)
+    lm_rank = gold_ranks(
+        _tied_to_gold(mean_log_likelihood, gold_copies, mc_labels).masked_fill(~valid, -torch.inf), mc_labels
+    )
     mc_loss = F.cross_entropy(output.mc_logits, mc_labels, reduction="none")
     columns = (rank, output.nll_sum, output.tokens, mc_loss, candidate_valid.sum(-1), lm_rank)
     return torch.stack([c.double() for c in columns], dim=-1)
@@ -76,15 +91,15 @@ class PersonaTrainer(Trainer):
     args are a ``PersonaTrainingArguments``.
 
     The batch's path through the model (``dual_path``: packed, full sequences or classic) and its collator are
-    decided here, once, from ``args.forward_mode``, the model and its facts (token types; a prompted baseline's
-    candidates come as whole blocks, see :mod:`persona.model.prompted`).
+    decided here, once, from ``args.forward_mode``, the model and its facts (token types; in the chat-template
+    layout the candidates come as whole blocks, see :mod:`persona.data.chat_layout`).
     """
 
     def __init__(self, loaded: LoadedModel, args, *, compute_metrics=None, **kwargs):
         self.dual_path = choose_dual_path(loaded.model, args.forward_mode)
-        data_collator = collator_for(
-            self.dual_path, loaded.ids, token_types=loaded.token_types, wrap_candidates=not loaded.prompted
-        )
+        self.scores_every_candidate = bool(getattr(loaded.model.config, "persona_likelihood_prior", False))
+        wrap = loaded.layout == REFERENCE_LAYOUT  # the chat template's candidates are stored as whole blocks
+        data_collator = collator_for(self.dual_path, loaded.ids, token_types=loaded.token_types, wrap_candidates=wrap)
         super().__init__(
             model=loaded.model,
             args=args,
@@ -103,9 +118,7 @@ class PersonaTrainer(Trainer):
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """Save as the Trainer does, but the training arguments as JSON instead of a pickled ``training_args.bin``."""
         super()._save(output_dir, state_dict)
-        if (
-            not self.args.should_save
-        ):  # every process calls _save; only the writer writes (the folder may not exist here)
+        if not self.args.should_save:  # every process calls _save; only the writer writes (the folder may not exist)
             return
         folder = Path(output_dir or self.args.output_dir)
         (folder / TRAINING_ARGS_NAME).unlink(missing_ok=True)
@@ -117,9 +130,9 @@ class PersonaTrainer(Trainer):
             write_model_card(self.args.output_dir, hub_model_id=self.hub_model_id or self.args.hub_model_id)
 
     def _forward(self, model, inputs, rank_candidates: bool = False) -> DualOutput:
-        """The dual forward; ``rank_candidates`` also scores every candidate's likelihood (LM logits over all of
-        them)."""
-        if not rank_candidates:
+        """The dual forward; ``rank_candidates`` (and, always, a model with the likelihood prior) also scores every
+        candidate's likelihood (LM logits over all of them)."""
+        if not (rank_candidates or self.scores_every_candidate):
             inputs = {name: value for name, value in inputs.items() if name != "candidate_labels"}
         return model(**inputs, dual_path=self.dual_path)
 
@@ -144,7 +157,8 @@ class PersonaTrainer(Trainer):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad():
             output = self._forward(model, inputs, rank_candidates=True)
-        return None, turn_scores(output, inputs["mc_labels"], inputs["candidate_valid"]), inputs["mc_labels"]
+        scores = turn_scores(output, inputs["mc_labels"], inputs["candidate_valid"], inputs["gold_copies"])
+        return None, scores, inputs["mc_labels"]
 
     def _compute_metrics(self, prediction: EvalPrediction) -> dict[str, float]:
         return metrics_from_scores(np.asarray(prediction.predictions), self.args.lm_coef, self.args.mc_coef)
