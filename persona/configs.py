@@ -253,6 +253,7 @@ class PersonaTrainingArguments(TrainingArguments, ForwardArguments):
 
     - ``lm_coef`` (default 1.0): weight of the language-modelling loss (the reference's ``lm_coef``).
     - ``mc_coef`` (default 1.0): weight of the multiple-choice loss (the reference's ``mc_coef``).
+    - ``head_learning_rate`` (default: ``learning_rate``): the multiple-choice head's own peak learning rate.
 
     NOTE: these defaults differ from ``TrainingArguments``' (the reference's values, and what the collator needs):
 
@@ -270,6 +271,13 @@ class PersonaTrainingArguments(TrainingArguments, ForwardArguments):
 
     lm_coef: float = field(default=1.0, metadata={"help": "Weight of the language-modelling loss."})
     mc_coef: float = field(default=1.0, metadata={"help": "Weight of the multiple-choice (next-utterance) loss."})
+    head_learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": "Peak learning rate of the multiple-choice head (and of the likelihood prior's scale), which "
+            "starts from nothing while the body is pretrained; default: learning_rate, as for every other weight."
+        },
+    )
     learning_rate: float = field(
         default=6.25e-5, metadata={"help": "Peak learning rate (linear decay to 0).", "aliases": ["--lr"]}
     )

@@ -35,3 +35,20 @@ def first_line(error: BaseException) -> str:
     """``TypeName: first line of the message``, at most 200 characters: how a library's error is quoted in ours."""
     message = str(error).splitlines()[0][:200] if str(error) else ""
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+class Interrupted(BaseException):
+    """The command was asked to stop (SIGTERM, SIGINT): it stops cleanly, through its ``finally`` blocks; ``signum``
+    says by which signal. Like ``KeyboardInterrupt`` it is no ``Exception``, so that no ``except Exception`` in a
+    library swallows it."""
+
+    def __init__(self, signum: int, message: str = ""):
+        super().__init__(message or f"interrupted by {signal_name(signum)}")
+        self.signum = signum
+
+
+def signal_name(signum: int) -> str:
+    """``SIGTERM``, ``SIGINT``...: a signal's name."""
+    import signal
+
+    return signal.Signals(signum).name

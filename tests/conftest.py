@@ -181,3 +181,30 @@ CONVERSATIONS = [
         "utterances": ["good morning.", "morning! what music do you like?", "pop, and you?", "jazz, always jazz."],
     },
 ]
+
+
+TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|> "
+    "{{ m['content'] }}{% if m['role'] != 'system' %}{{ eos_token }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def plain_chat_model(tmp_path_factory):
+    """A tiny Llama that persona never trained: plain transformers, the quickstart tokenizer with a chat template."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("plain") / "tiny-chat"
+    tokenizer = AutoTokenizer.from_pretrained(QUICKSTART / "tokenizer")
+    tokenizer.add_special_tokens(
+        {"eos_token": "<|end|>", "additional_special_tokens": ["<|system|>", "<|user|>", "<|assistant|>"]}
+    )
+    tokenizer.chat_template = TEMPLATE
+    sizes = {k: v for k, v in TINY_LLAMA.items() if k != "model_type"}
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model("llama", vocab_size=len(tokenizer), **sizes))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -142,35 +142,6 @@ def test_parlai_turns_keep_their_own_candidates(trained, tmp_path):
     assert results["num_candidates"] == 20 and results["num_turns"]["hits"] == 2
 
 
-TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|> "
-    "{{ m['content'] }}{% if m['role'] != 'system' %}{{ eos_token }}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
-
-
-@pytest.fixture(scope="module")
-def plain_chat_model(tmp_path_factory):
-    """A tiny Llama that persona never trained: plain transformers, the quickstart tokenizer with a chat template."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from tests.conftest import TINY_LLAMA
-
-    folder = tmp_path_factory.mktemp("plain") / "tiny-chat"
-    tokenizer = AutoTokenizer.from_pretrained(QUICKSTART / "tokenizer")
-    tokenizer.add_special_tokens(
-        {"eos_token": "<|end|>", "additional_special_tokens": ["<|system|>", "<|user|>", "<|assistant|>"]}
-    )
-    tokenizer.chat_template = TEMPLATE
-    sizes = {k: v for k, v in TINY_LLAMA.items() if k != "model_type"}
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(AutoConfig.for_model("llama", vocab_size=len(tokenizer), **sizes))
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def test_a_prompted_baseline_scores_each_candidate_through_the_chat_template(plain_chat_model):
     from transformers import AutoTokenizer
 

@@ -20,6 +20,7 @@ from persona.configs import DataArguments, ModelArguments
 from persona.data.layout import history_window
 from persona.data.personas import draw_persona, split_sentences
 from persona.data.tokenize import InvalidText
+from persona.errors import Interrupted
 from persona.model.generation import Bot, DecodingArguments
 from persona.model.loading import load_trained, refuse_training_fields
 
@@ -61,7 +62,7 @@ def chat_loop(bot: Bot, persona: list[str], read=input, write=print) -> None:
     while True:
         try:
             text = read(">>> ").strip()
-        except (EOFError, KeyboardInterrupt):
+        except (EOFError, KeyboardInterrupt, Interrupted):  # Ctrl-D, Ctrl-C
             write("")
             return
         if not text:

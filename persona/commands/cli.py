@@ -26,7 +26,8 @@ from transformers import HfArgumentParser
 from transformers.utils import logging as hf_logging
 
 from persona.configs import RECIPE_CLASSES
-from persona.errors import ConfigError, PersonaError
+from persona.errors import ConfigError, Interrupted, PersonaError
+from persona.interrupts import stopping_on_signals
 
 logger = logging.getLogger("persona")
 
@@ -220,7 +221,10 @@ def setup_logging(main_process: bool = True, training_args=None) -> None:
 def cli_entry(main: Callable[[list[str] | None], int | None]) -> Callable[[list[str] | None], int]:
     """Wrap a command's ``main(argv)`` so user errors exit 2 with one line and no traceback.
 
-    ``--debug`` anywhere on the command line re-raises the error with its traceback; ``--help`` returns 0.
+    ``--debug`` anywhere on the command line re-raises the error with its traceback; ``--help`` returns 0. SIGTERM
+    and SIGINT (Ctrl-C) stop the command through its ``finally`` blocks (no partial cache or output is left) with
+    128 + the signal's number (:mod:`persona.interrupts`); persona-train stops at the end of an optimizer step with
+    a checkpoint.
     """
 
     @functools.wraps(main)
@@ -230,7 +234,11 @@ def cli_entry(main: Callable[[list[str] | None], int | None]) -> Callable[[list[
         if debug:
             argv.remove("--debug")
         try:
-            return main(argv) or 0
+            with stopping_on_signals():
+                return main(argv) or 0
+        except Interrupted as stop:
+            print(f"stopped: {stop}", file=sys.stderr)
+            return 128 + stop.signum
         except SystemExit as done:  # --help and -h: the parser printed the fields
             return done.code if isinstance(done.code, int) else 0
         except PersonaError as error:
@@ -238,8 +246,5 @@ def cli_entry(main: Callable[[list[str] | None], int | None]) -> Callable[[list[
                 raise
             print(f"error: {error}", file=sys.stderr)
             return 2
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return 130
 
     return wrapper

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from persona.data.tokenize import wants_leading_space
+from persona.interrupts import raise_if_interrupted
 
 FORMAT_VERSION = 2  # 2: the reference's speakers (the bot <speaker1>), __ SILENCE __ openings, skipped records
 
@@ -51,6 +52,7 @@ def write_atomically(target: Path, write) -> bool:
     folder = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{target.name}-{os.getpid()}-"))
     try:
         write(folder)
+        raise_if_interrupted()  # a stop that a library swallowed on the way still drops the build
         os.replace(folder, target)
         return True
     except OSError:

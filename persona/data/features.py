@@ -19,6 +19,7 @@ from persona.data.layout import REPLY_OVERHEAD, build_prefix, fit_context, gold_
 from persona.data.skips import RecordError, SkipLog
 from persona.data.special_tokens import SpecialIds, special_ids
 from persona.data.tokenize import encode_texts
+from persona.interrupts import deferred_interrupts
 
 FEATURES = datasets.Features(
     {
@@ -154,6 +155,39 @@ def tokenize_batch(
     return out
 
 
+def _mapped(
+    dialogs: datasets.Dataset,
+    tokenizer,
+    *,
+    layout: str,
+    max_length: int,
+    permutations: int,
+    num_proc: int,
+    strict: bool,
+    desc: str,
+) -> datasets.Dataset:
+    """The examples of ``dialogs``, with the :data:`SKIPPED` column (``datasets.map`` of :func:`tokenize_batch`)."""
+    return dialogs.map(
+        tokenize_batch,
+        with_indices=True,
+        batched=True,
+        batch_size=500,
+        remove_columns=dialogs.column_names,
+        features=datasets.Features({**FEATURES, SKIPPED: datasets.Value("string")}),
+        num_proc=num_proc if num_proc > 1 and len(dialogs) >= 1000 else None,
+        fn_kwargs={
+            "layout": layout,
+            "tokenizer": tokenizer,
+            "ids": special_ids(tokenizer) if layout == REFERENCE_LAYOUT else None,
+            "max_length": max_length,
+            "permutations": permutations,
+            "strict": strict,
+        },
+        desc=f"Tokenizing {desc}",
+        load_from_cache_file=False,
+    )
+
+
 def build_features(
     dialogs: datasets.Dataset,
     tokenizer,
@@ -171,25 +205,17 @@ def build_features(
 
     Turns whose gold reply cannot fit are skipped into ``skips`` (as ``split``); ``desc`` names the progress bar.
     """
-    features = dialogs.map(
-        tokenize_batch,
-        with_indices=True,
-        batched=True,
-        batch_size=500,
-        remove_columns=dialogs.column_names,
-        features=datasets.Features({**FEATURES, SKIPPED: datasets.Value("string")}),
-        num_proc=num_proc if num_proc > 1 and len(dialogs) >= 1000 else None,
-        fn_kwargs={
-            "layout": layout,
-            "tokenizer": tokenizer,
-            "ids": special_ids(tokenizer) if layout == REFERENCE_LAYOUT else None,
-            "max_length": max_length,
-            "permutations": permutations,
-            "strict": skips.strict,
-        },
-        desc=f"Tokenizing {desc}",
-        load_from_cache_file=False,
-    )
+    with deferred_interrupts():
+        features = _mapped(
+            dialogs,
+            tokenizer,
+            layout=layout,
+            max_length=max_length,
+            permutations=permutations,
+            num_proc=num_proc,
+            strict=skips.strict,
+            desc=desc,
+        )
     skipped = features.data.column(SKIPPED).to_pylist()
     kept = [index for index, why in enumerate(skipped) if not why]
     for why in filter(None, skipped):

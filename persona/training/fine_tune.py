@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,11 +20,12 @@ from transformers import IntervalStrategy, set_seed
 
 from persona.configs import DataArguments, ModelArguments, PersonaTrainingArguments
 from persona.data import prepare_corpus
-from persona.errors import ConfigError
+from persona.errors import ConfigError, Interrupted
 from persona.model.loading import load_for_training
 from persona.model.lora import merged, with_lora
 from persona.training.checkpoints import resolve_checkpoint
 from persona.training.plots import plot_losses
+from persona.training.preemption import StopOnSignal
 from persona.training.publishing import ready_to_publish
 from persona.training.trainer import PersonaTrainer
 
@@ -81,10 +83,29 @@ def _trainer(
     return trainer, corpus.stats
 
 
+def _train(trainer: PersonaTrainer, checkpoint: str | None):
+    """``trainer.train``, stopping cleanly with a checkpoint on SIGTERM or SIGINT (:class:`Interrupted`, which says
+    how to resume)."""
+    stop = StopOnSignal()
+    trainer.add_callback(stop)
+    with stop:
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+    if stop.stopped_at is None:
+        return result
+    trainer.accelerator.wait_for_everyone()
+    trainer.accelerator.end_training()
+    folder = Path(trainer.args.output_dir) / f"checkpoint-{stop.stopped_at}"
+    raise Interrupted(
+        stop.received or signal.SIGTERM,
+        f"interrupted at step {stop.stopped_at} of {trainer.state.max_steps}, saved in {folder}; resume with the same "
+        "command and --resume_from_checkpoint last",
+    )
+
+
 def _train_and_save(trainer: PersonaTrainer, checkpoint: str | None, stats: dict) -> None:
     """Train, save the weights first, then the metrics and state; evaluate when there is an evaluation split."""
     args = trainer.args
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+    result = _train(trainer, checkpoint)
     trainer.model = merged(trainer.model)  # LoRA adapters merged: what is evaluated and saved is a plain model
     trainer.save_model()  # weights and tokenizer first: whatever fails after this, the trained model loads
     train_metrics = {

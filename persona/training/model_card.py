@@ -95,8 +95,8 @@ def model_card(
         ]
         or None,
     )
-    token_types = _read(model_dir / "config.json").get("persona_token_types", True)
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{_body(repo, recipe, found, base, dataset, token_types)}")
+    config = _read(model_dir / "config.json")
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{_body(repo, recipe, found, base, dataset, config)}")
 
 
 def _hyperparameters(recipe: dict) -> list[str]:
@@ -119,7 +119,32 @@ def _metrics_table(found: dict) -> list[str]:
     return [*rows, "", note + "."]
 
 
-def _chat_section(repo: str, token_types: bool) -> list[str]:
+def _template_note(config: dict) -> list[str]:
+    """What the saved chat template renders, for the model's layout and token types."""
+    if config.get("persona_layout") == "chat_template":
+        return [
+            "The model was trained in this very chat template (the base model's own), without token types: plain",
+            "transformers prompts it exactly as training did.",
+        ]
+    note = [
+        "The template renders exactly the input layout of training",
+        "(`<bos> persona <speaker2> user <speaker1> bot ... <speaker1>`).",
+    ]
+    if not config.get("persona_token_types", True):
+        return [
+            *note,
+            "It cannot carry token types (speaker embeddings added at each position); this model was trained",
+            "without them (`use_token_types: false`), so plain transformers feeds it exactly as training did.",
+        ]
+    return [
+        *note,
+        "It cannot carry the token types (speaker embeddings added at each position) that training used, and",
+        "their absence degrades the replies; `persona-eval --use_token_types false` measures by how much. Prefer",
+        "persona-chat, or pass `token_type_ids` built by `persona.data.build_inputs`.",
+    ]
+
+
+def _chat_section(repo: str, config: dict) -> list[str]:
     """How to chat with the model: persona-chat, and plain transformers through the saved chat template."""
     return [
         "## Chat with it",
@@ -146,26 +171,12 @@ def _chat_section(repo: str, token_types: bool) -> list[str]:
         'print(tokenizer.decode(reply[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))',
         "```",
         "",
-        "The template renders exactly the input layout of training (`<bos> persona <speaker2> user <speaker1> "
-        "bot ... <speaker1>`).",
-        *(
-            [
-                "It cannot carry token types (speaker embeddings added at each position); this model was trained",
-                "without them (`use_token_types: false`), so plain transformers feeds it exactly as training did.",
-            ]
-            if not token_types
-            else [
-                "It cannot carry the token types (speaker embeddings added at each position) that training used, and",
-                "their absence degrades the replies; `persona-eval --use_token_types false` measures by how "
-                "much. Prefer",
-                "persona-chat, or pass `token_type_ids` built by `persona.data.build_inputs`.",
-            ]
-        ),
+        *_template_note(config),
         "",
     ]
 
 
-def _body(repo: str, recipe: dict, found: dict, base: str | None, dataset: str, token_types: bool) -> str:
+def _body(repo: str, recipe: dict, found: dict, base: str | None, dataset: str, config: dict) -> str:
     start = (
         f"`{base}`"
         if base
@@ -182,7 +193,7 @@ def _body(repo: str, recipe: dict, found: dict, base: str | None, dataset: str, 
             "reply above distractors, given the bot's persona sentences and the dialogue history. Trained with",
             "the `persona` pipeline (Hugging Face `Trainer`, `datasets` and `accelerate`).",
             "",
-            *_chat_section(repo, token_types),
+            *_chat_section(repo, config),
             "## Evaluation",
             "",
             *_metrics_table(found),

@@ -115,6 +115,22 @@ class PersonaTrainer(Trainer):
         self.loss_is_scaled_for_ga = False
         self._loss_parts: dict[str, list[float]] = defaultdict(list)
 
+    def create_optimizer(self, model=None):
+        """The Trainer's optimizer, with the multiple-choice head (and the likelihood prior's scale) in groups of their
+        own at ``args.head_learning_rate`` when it is set; the scheduler then decays each group from its own peak."""
+        optimizer = super().create_optimizer(model)
+        if self.args.head_learning_rate is None:
+            return optimizer
+        names = ("multiple_choice_head", "persona_prior_scale")
+        head = {id(p) for name, p in self.model.named_parameters() if any(part in name for part in names)}
+        groups = []
+        for group in optimizer.param_groups:
+            groups.append({**group, "params": [p for p in group["params"] if id(p) not in head]})
+            head_params = [p for p in group["params"] if id(p) in head]
+            groups.append({**group, "params": head_params, "lr": self.args.head_learning_rate})
+        optimizer.param_groups = [group for group in groups if group["params"]]
+        return optimizer
+
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """Save as the Trainer does, but the training arguments as JSON instead of a pickled ``training_args.bin``."""
         super()._save(output_dir, state_dict)

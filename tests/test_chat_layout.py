@@ -1,0 +1,212 @@
+"""A chat model trained in its own chat template: the features are the template's rendering, the packed path equals
+the classic one, the likelihood prior starts from the LM's own ranking, and chat, serve and eval follow the layout."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from persona.commands.train import main as train_main
+from persona.configs import CHAT_TEMPLATE_LAYOUT, DataArguments, ModelArguments, PersonaTrainingArguments
+from persona.data import prepare_corpus
+from persona.data.chat_layout import chat_messages
+from persona.data.layout import IGNORE_INDEX
+from persona.model.dual_heads import DualPath, collator_for
+from persona.model.loading import load_for_training
+from persona.training.trainer import PersonaTrainer, dual_loss
+from tests.conftest import CONVERSATIONS, load_folder, write_conversations
+
+CHAT = ["--input_layout", "chat_template"]
+
+
+def _corpus(tmp_path, tokenizer, num_candidates: int = 3):
+    data = DataArguments(
+        dataset_path=str(write_conversations(tmp_path / "chats.jsonl", CONVERSATIONS)),
+        dataset_cache=str(tmp_path / "cache"),
+        input_layout=CHAT_TEMPLATE_LAYOUT,
+        eval_num_candidates=num_candidates,
+    )
+    return prepare_corpus(data, tokenizer, max_length=128, roles=("eval",))
+
+
+def _loaded(folder, **fields):
+    torch.manual_seed(0)
+    model_args = ModelArguments(model_name_or_path=str(folder), **fields)
+    return load_for_training(model_args, layout=CHAT_TEMPLATE_LAYOUT)
+
+
+def test_template_features_are_the_tokenizers_own_rendering(plain_chat_model, tmp_path):
+    loaded = _loaded(plain_chat_model)
+    tokenizer, end_of_turn = loaded.tokenizer, tokenizer_eos(loaded)
+    corpus = _corpus(tmp_path, tokenizer)
+    turns = [(d["persona"], t) for d in corpus.dialogs["eval"] for t in d["turns"]]
+    examples = list(corpus.features["eval"])
+    assert len(examples) == len(turns) > 0
+    batch = collator_for(DualPath.PACKED, loaded.ids, token_types=False, wrap_candidates=False)(examples)
+    for row, ((persona, turn), example) in enumerate(zip(turns, examples)):
+        messages = chat_messages(persona, turn["history"])
+        for candidate, block in zip(turn["candidates"], example["candidates"]):
+            rendered = tokenizer.apply_chat_template(
+                [*messages, {"role": "assistant", "content": candidate}], tokenize=True, return_dict=False
+            )
+            assert (
+                example["prefix_ids"] + block
+                == rendered[: rendered.index(end_of_turn, len(example["prefix_ids"])) + 1]
+            )
+        ids = batch["input_ids"][row].tolist()
+        ends = batch["mc_token_ids"][row].tolist()
+        assert [ids[end] for end in ends] == [end_of_turn] * len(
+            example["candidates"]
+        )  # the head reads the end of turn
+        gold = example["candidates"][-1]
+        labelled = [token for token in batch["labels"][row].tolist() if token != IGNORE_INDEX]
+        assert labelled == gold[1:]  # the gold reply and its end-of-turn token, nothing else
+
+
+def tokenizer_eos(loaded) -> int:
+    assert loaded.ids.eos == loaded.tokenizer.convert_tokens_to_ids("<|end|>")
+    return loaded.ids.eos
+
+
+@pytest.mark.parametrize("prior", [False, True])
+def test_packed_equals_classic_in_the_template_layout(plain_chat_model, tmp_path, prior):
+    loaded = _loaded(plain_chat_model, likelihood_prior=prior)
+    examples = list(_corpus(tmp_path, loaded.tokenizer).features["eval"])[:4]
+    results = {}
+    for path in (DualPath.CLASSIC, DualPath.PACKED):
+        batch = collator_for(path, loaded.ids, token_types=False, wrap_candidates=False)(examples)
+        output = loaded.model.eval()(**batch, dual_path=path)
+        results[path] = (dual_loss(output, batch["mc_labels"], 1.0, 1.0)[0], output.mc_logits)
+    for got, want in zip(results[DualPath.PACKED], results[DualPath.CLASSIC]):
+        assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_with_the_likelihood_prior_the_untrained_head_ranks_as_the_language_model(plain_chat_model, tmp_path):
+    loaded = _loaded(plain_chat_model, likelihood_prior=True)
+    assert loaded.model.persona_prior_scale.item() == 1.0
+    corpus = _corpus(tmp_path, loaded.tokenizer, num_candidates=5)
+    args = PersonaTrainingArguments(output_dir=str(tmp_path / "out"), report_to="none", per_device_eval_batch_size=3)
+    metrics = PersonaTrainer(loaded, args).evaluate(corpus.features["eval"])
+    assert metrics["eval_hits@1"] == metrics["eval_lm_hits@1"] and metrics["eval_num_turns"] == len(
+        corpus.features["eval"]
+    )
+
+
+def test_a_copy_of_the_gold_reply_among_the_distractors_is_a_tie_whatever_the_batch():
+    from persona.data.collator import PersonaCollator
+    from persona.data.special_tokens import SpecialIds
+    from persona.model.dual_heads import DualOutput
+    from persona.training.trainer import turn_scores
+
+    example = {"prefix_ids": [5, 6], "candidates": [[7, 8], [9], [7, 8]]}  # the gold reply [7, 8] twice
+    batch = PersonaCollator(SpecialIds(1, 2, 3, 4, 0))([example])
+    assert batch["gold_copies"].tolist() == [[True, False, True]]
+    scores = torch.tensor([[1.0 - 1e-7, -5.0, 1.0]])  # the copy a hair below the gold, as packed rows can give
+    output = DualOutput(
+        nll_sum=torch.ones(1),
+        tokens=torch.ones(1),
+        mc_logits=scores,
+        candidate_nll_sum=-scores,
+        candidate_tokens=torch.ones(1, 3),
+    )
+    rank, lm_rank = turn_scores(output, batch["mc_labels"], batch["candidate_valid"], batch["gold_copies"])[
+        0, [0, 5]
+    ].tolist()
+    assert rank == lm_rank == 1  # a tie counts as ranked above the gold: a miss, as the reference counts it
+
+
+def test_the_head_learning_rate_gets_a_group_of_its_own(plain_chat_model, tmp_path):
+    loaded = _loaded(plain_chat_model, likelihood_prior=True)
+    args = PersonaTrainingArguments(
+        output_dir=str(tmp_path), report_to="none", learning_rate=1e-4, head_learning_rate=1e-2
+    )
+    optimizer = PersonaTrainer(loaded, args).create_optimizer()
+    head = {id(loaded.model.persona_prior_scale), *map(id, loaded.model.multiple_choice_head.parameters())}
+    for group in optimizer.param_groups:
+        in_head = {id(p) in head for p in group["params"]}
+        assert len(in_head) == 1 and group["lr"] == (1e-2 if in_head == {True} else 1e-4)
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == sum(
+        p.requires_grad for p in loaded.model.parameters()
+    )
+
+
+@pytest.fixture(scope="module")
+def template_trained(plain_chat_model, tmp_path_factory):
+    """The tiny chat model trained a few steps by persona-train in its own chat template, with the likelihood prior."""
+    out = tmp_path_factory.mktemp("template") / "run"
+    data = write_conversations(out.parent / "chats.jsonl", CONVERSATIONS * 3)
+    argv = ["--model_name_or_path", str(plain_chat_model), "--dataset_path", str(data), "--validation_split_size", "2"]
+    argv += [*CHAT, "--likelihood_prior", "true", "--max_steps", "2", "--output_dir", str(out), "--report_to", "none"]
+    assert train_main([*argv, "--dataset_cache", str(out.parent / "cache"), "--eval_num_candidates", "3"]) == 0
+    return out
+
+
+def test_a_template_trained_model_keeps_its_own_template_and_layout(template_trained, plain_chat_model):
+    from transformers import AutoTokenizer
+
+    loaded = load_folder(template_trained)
+    assert loaded.layout == CHAT_TEMPLATE_LAYOUT and not loaded.token_types and not loaded.prompted
+    assert loaded.tokenizer.chat_template == AutoTokenizer.from_pretrained(plain_chat_model).chat_template
+    config = json.loads((template_trained / "config.json").read_text())
+    assert config["persona_layout"] == "chat_template" and config["persona_likelihood_prior"] is True
+    assert "<bos>" not in loaded.tokenizer.get_vocab()  # no persona tokens added
+    card = (template_trained / "README.md").read_text()
+    assert "trained in this very chat template" in card and "<speaker2>" not in card
+
+
+def test_chat_and_eval_of_a_template_trained_model_go_through_its_template(template_trained, tmp_path):
+    from persona.commands.eval import main as eval_main
+    from persona.data.chat_layout import generation_prompt
+    from persona.model.generation import Bot, DecodingArguments
+
+    loaded = load_folder(template_trained)
+    seen = {}
+    original = loaded.model.generate
+
+    def recording(**kwargs):
+        seen.update(kwargs)
+        return original(**kwargs)
+
+    loaded.model.generate = recording
+    persona, history = ["i like cats."], ["hi!", "hello.", "what do you do?"]
+    assert isinstance(Bot(loaded, DecodingArguments(do_sample=False, max_length=4), 2).reply(persona, history), str)
+    assert seen["input_ids"][0].tolist() == generation_prompt(loaded.tokenizer, persona, history)
+    assert "token_type_ids" not in seen and seen["generation_config"].eos_token_id == loaded.ids.eos
+    argv = [
+        "--model_name_or_path",
+        str(template_trained),
+        "--dataset_path",
+        str(write_conversations(tmp_path / "c.jsonl", CONVERSATIONS)),
+    ]
+    argv += [
+        "--dataset_cache",
+        str(tmp_path / "cache"),
+        "--output_dir",
+        str(tmp_path / "eval"),
+        "--eval_num_candidates",
+        "3",
+    ]
+    assert eval_main([*argv, "--do_sample", "false", "--max_length", "4"]) == 0
+    results = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
+    assert results["input_layout"] == "chat_template" and "hits@1" in results and "prompted" not in results
+    assert 0 <= results["ended"] <= 1 and results["num_turns"]["hits"] == 8
+
+
+def test_serve_prompts_a_template_trained_model_through_its_template(template_trained):
+    import httpx
+
+    from persona.data.chat_layout import generation_prompt
+    from persona.model.generation import DecodingArguments
+    from persona.serving.server import ServeArguments, free_port, running_server
+
+    persona, history = ["i like cats."], ["hi! what do you do?"]
+    messages = [{"role": "system", "content": " ".join(persona)}, {"role": "user", "content": history[0]}]
+    prompt = generation_prompt(load_folder(template_trained).tokenizer, persona, history)
+    model_args, args = ModelArguments(model_name_or_path=str(template_trained)), ServeArguments(port=free_port())
+    with running_server(model_args, DataArguments(), args, DecodingArguments()) as (url, _):
+        body = {"messages": messages, "temperature": 0, "max_tokens": 6}
+        answer = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
+    assert answer.status_code == 200 and answer.json()["usage"]["prompt_tokens"] == len(prompt)
+    assert 1 <= answer.json()["usage"]["completion_tokens"] <= 6
