@@ -121,16 +121,16 @@ def main() -> None:
     with open(args.record, "a") as record:
         for row in rows:
             record.write(json.dumps({"max_steps": args.max_steps, "eval_dialogs": args.eval_dialogs, **row}) + "\n")
+    turns = rows[0]["num_turns"]
     print(
-        f"\n{args.max_steps} updates of 8 turns; {rows[0]['num_turns']['hits']} held-out turns x 20 candidates; F1 and ended over {rows[0]['num_turns']['f1']} turns\n"
+        f"\n{args.max_steps} updates of 8 turns; {turns['hits']} held-out turns x 20 candidates; F1, ended: {turns['f1']} turns\n"
     )
     print("| variant | hits@1 | lm_hits@1 | perplexity | F1 | ended | training minutes | peak GB |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
         cells = [f"{row[c]:.3f}" if c in row else "(no head)" for c in COLUMNS]
-        print(
-            f"| {row['variant']} | {' | '.join(cells)} | {row.get('train_minutes', '')} | {row.get('train_peak_gb', '')} |"
-        )
+        cost = f"{row.get('train_minutes', '')} | {row.get('train_peak_gb', '')}"
+        print(f"| {row['variant']} | {' | '.join(cells)} | {cost} |")
 
 
 if __name__ == "__main__":
