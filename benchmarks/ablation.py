@@ -123,7 +123,7 @@ def main() -> None:
             record.write(json.dumps({"max_steps": args.max_steps, "eval_dialogs": args.eval_dialogs, **row}) + "\n")
     turns = rows[0]["num_turns"]
     print(
-        f"\n{args.max_steps} updates of 8 turns; {turns['hits']} held-out turns x 20 candidates; F1, ended: {turns['f1']} turns\n"
+        f"\n{args.max_steps} updates of 8 turns; {turns['hits']} held-out turns x 20 candidates (F1: {turns['f1']})\n"
     )
     print("| variant | hits@1 | lm_hits@1 | perplexity | F1 | ended | training minutes | peak GB |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
