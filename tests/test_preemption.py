@@ -115,3 +115,39 @@ def test_persona_data_stopped_by_a_signal_leaves_no_partial_cache(tmp_path, sign
     assert process.returncode == 128 + signum and stderr.splitlines()[-1] == f"stopped: interrupted by {signum.name}"
     assert "Traceback" not in stderr, stderr[-2000:]
     assert not cache.exists() or list(cache.iterdir()) == []  # not even the unfinished build's folder
+
+
+def test_two_ranks_stopped_by_sigterm_save_the_same_step_and_resume_to_the_uninterrupted_weights(tmp_path):
+    """accelerate launch forwards SIGTERM to both ranks; they agree on the step, save one checkpoint and stop."""
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO / "accelerate_configs" / "multi_cpu.yaml"),
+    ]
+    launch += ["--main_process_port", "29561", "-m", "persona.commands.train"]
+    reference = tmp_path / "reference"
+    done = subprocess.run(
+        [*launch, *tiny_train_args(reference, *COMMON)], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    interrupted = tmp_path / "interrupted"
+    process, out, err = _started([*launch, *tiny_train_args(interrupted, *COMMON)])
+    assert out.wait_for("'loss'", process), "training ended (or never logged) before it could be stopped"
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=300) != 0
+    err.join(timeout=10)
+    checkpoints = list(interrupted.glob("checkpoint-*"))
+    assert len(checkpoints) == 1 and (checkpoints[0] / "trainer_state.json").exists(), "".join(err.lines[-30:])
+    assert sum(line.startswith("stopped: interrupted at step") for line in err.lines) == 2  # both ranks, one step
+    resumed = subprocess.run(
+        [*launch, *tiny_train_args(interrupted, *COMMON), "--resume_from_checkpoint", "last"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected, got = _weights(reference), _weights(interrupted)
+    assert max((expected[k] - got[k]).abs().max().item() for k in expected) == 0.0
