@@ -267,13 +267,15 @@ def test_kill_during_training_resumes_to_the_same_result(tmp_path):
 def test_a_checkpoint_written_in_part_is_not_resumed_from(tmp_path, caplog):
     from persona.training.checkpoints import last_complete_checkpoint
 
-    for step, complete in ((5, True), (10, True), (15, False)):
+    for step, state in ((5, "{}"), (10, "{}"), (15, '{"global_step": 1'), (20, None)):  # 15 cut short, 20 without
         folder = tmp_path / f"checkpoint-{step}"
         folder.mkdir()
-        if complete:
-            (folder / "trainer_state.json").write_text("{}")
+        if state is not None:
+            (folder / "trainer_state.json").write_text(state)
     assert last_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-10")
-    assert "checkpoint-15: written only in part" in caplog.text
+    assert (
+        "checkpoint-15: written only in part" in caplog.text and "checkpoint-20: written only in part" in caplog.text
+    )
 
 
 def test_no_pickle_anywhere(trained_model_dir):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -16,8 +17,8 @@ logger = logging.getLogger(__name__)
 def last_complete_checkpoint(output_dir: str) -> str | None:
     """The newest ``checkpoint-N`` of ``output_dir`` that was written to the end.
 
-    The Trainer writes ``trainer_state.json`` last; a run killed while saving leaves a checkpoint
-    without it, which is skipped (with a warning) rather than resumed from.
+    The Trainer writes ``trainer_state.json`` last; a run killed while saving leaves a checkpoint without it, or with
+    it cut short, which is skipped (with a warning) rather than resumed from.
     """
     folder = Path(output_dir)
     if not folder.is_dir():
@@ -28,10 +29,18 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
         if p.is_dir() and p.name.split("-")[1].isdigit()
     ]
     for _, checkpoint in sorted(numbered, reverse=True):
-        if (checkpoint / TRAINER_STATE_NAME).is_file():
+        if _readable_state(checkpoint / TRAINER_STATE_NAME):
             return str(checkpoint)
-        logger.warning("Skipping %s: written only in part (no %s)", checkpoint, TRAINER_STATE_NAME)
+        logger.warning("Skipping %s: written only in part (no complete %s)", checkpoint, TRAINER_STATE_NAME)
     return None
+
+
+def _readable_state(path: Path) -> bool:
+    """Whether the trainer state was written whole (the Trainer writes it last, but not atomically)."""
+    try:
+        return isinstance(json.loads(path.read_text()), dict)
+    except (OSError, ValueError):
+        return False
 
 
 def resolve_checkpoint(value: str | None, output_dir: str) -> str | None:
