@@ -154,3 +154,41 @@ def test_two_ranks_stopped_by_sigterm_save_the_same_step_and_resume_to_the_unint
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     expected, got = _weights(reference), _weights(interrupted)
     assert max((expected[k] - got[k]).abs().max().item() for k in expected) == 0.0
+
+
+def test_persona_serve_on_sigterm_finishes_what_it_holds_tells_new_clients_to_retry_and_exits_0(trained_model_dir):
+    import httpx
+
+    from persona.serving.server import free_port
+
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "persona.commands.serve",
+        "--model_name_or_path",
+        str(trained_model_dir),
+        "--port",
+        str(port),
+    ]
+    process, _, err = _started([*command, "--shutdown_grace_s", "60"])
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.2)
+    body = {"messages": [{"role": "user", "content": "hello!"}], "max_tokens": 32, "stream": True}
+    with httpx.Client(timeout=60) as client, client.stream("POST", f"{url}/v1/chat/completions", json=body) as held:
+        lines = held.iter_lines()
+        assert next(lines).startswith("data: ")  # the request is in flight, its reply streaming
+        process.send_signal(signal.SIGTERM)
+        assert err.wait_for("Stopping: no new requests", process)
+        refused = httpx.post(f"{url}/v1/chat/completions", json={**body, "stream": False}, timeout=30)
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
+        assert refused.json()["error"]["code"] == "shutting_down"
+        rest = list(lines)
+    assert [line for line in rest if line][-1] == "data: [DONE]"  # the held request was finished
+    assert process.wait(timeout=60) == 0

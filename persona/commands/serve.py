@@ -16,6 +16,7 @@ from persona.commands.cli import cli_entry, parse_recipe, setup_logging
 from persona.configs import DataArguments, ModelArguments
 from persona.model.generation import DecodingArguments
 from persona.serving.server import ServeArguments, build_server
+from persona.serving.shutdown import Drain, DrainingServer
 
 logger = logging.getLogger("persona")
 
@@ -37,10 +38,15 @@ def main(argv: list[str]) -> int:
         args.port,
         ", API key required" if args.api_key else "",
     )
+    app = Drain(app)
+    config = uvicorn.Config(
+        app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=args.shutdown_grace_s
+    )
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        DrainingServer(config, app, args.shutdown_grace_s).run()
     finally:
         batcher.close()
+    logger.info("Stopped")
     return 0
 
 

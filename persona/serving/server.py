@@ -61,6 +61,13 @@ class ServeArguments:
     max_tokens_cap: int = field(default=256, metadata={"help": "The largest max_tokens a request may ask for."})
     max_body_bytes: int = field(default=256 * 1024, metadata={"help": "The largest request body (413 beyond)."})
     seed: int = field(default=0, metadata={"help": "Seed of the default persona's draw."})
+    shutdown_grace_s: float = field(
+        default=30.0,
+        metadata={
+            "help": "On SIGTERM (or Ctrl-C): how long the requests in flight get to finish while new ones are told "
+            "to retry (503)."
+        },
+    )
 
 
 def default_persona(args: ServeArguments, data_args: DataArguments) -> list[str]:
