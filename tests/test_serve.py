@@ -176,6 +176,39 @@ def test_a_bad_request_gets_an_openai_error_and_the_server_goes_on(case, body, s
     assert ok.status_code == 200
 
 
+def test_routes_methods_and_media_types_the_api_does_not_take_get_openai_errors(served):
+    url, _, model_id = served
+    cases = [
+        ("GET", "/v1/chat/completions", {}, 405, "method_not_allowed"),
+        ("DELETE", "/v1/models", {}, 405, "method_not_allowed"),
+        ("GET", "/v1/embeddings", {}, 404, "not_found"),
+        ("GET", "/v1/models/another-model", {}, 404, "model_not_found"),
+        (
+            "POST",
+            "/v1/chat/completions",
+            {"content": b'{"messages": []}', "headers": {"Content-Type": "text/plain"}},
+            415,
+            "unsupported_media_type",
+        ),
+    ]
+    for method, path, options, status, code in cases:
+        response = httpx.request(method, f"{url}{path}", timeout=30, **options)
+        assert response.status_code == status and response.json()["error"]["code"] == code, (path, response.text)
+    assert httpx.get(f"{url}/v1/chat/completions", timeout=30).headers["allow"] == "POST"
+    assert httpx.get(f"{url}/v1/models/{model_id}", timeout=30).json()["id"] == model_id
+    assert httpx.post(f"{url}/gradio_api/upload", files={"files": ("a.txt", b"x")}, timeout=30).status_code == 404
+
+
+def test_a_conversation_that_cannot_fit_the_positions_is_a_400_naming_the_counts(served):
+    url, _, _ = served  # the tiny model has 128 positions
+    persona = " ".join(f"i like thing number {i}." for i in range(40))
+    body = {"messages": [{"role": "system", "content": persona}, {"role": "user", "content": "hi"}], "max_tokens": 32}
+    response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30)
+    error = response.json()["error"]
+    assert response.status_code == 400 and error["code"] == "context_length_exceeded" and error["param"] == "messages"
+    assert "plus max_tokens 32, over the model's 128 positions" in error["message"]
+
+
 def test_text_parts_and_the_developer_role_are_read_as_clients_send_them(served):
     url, _, _ = served
     parts = [{"type": "text", "text": "hello!"}, {"type": "text", "text": "what do you do for a living?"}]
@@ -263,6 +296,7 @@ def test_a_full_queue_answers_429_and_the_server_recovers(trained_model_dir, mon
                 time.sleep(0.01)
             third = httpx.post(f"{url}/v1/chat/completions", json={"messages": ASK, "max_tokens": 4}, timeout=30)
             assert third.status_code == 429 and third.json()["error"]["code"] == "queue_full"
+            assert third.headers["retry-after"] == "1"
             release.set()
             assert first.result().status_code == second.result().status_code == 200
 

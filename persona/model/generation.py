@@ -80,6 +80,15 @@ def _fitted_template_prompt(
     return prompt
 
 
+def context_needed(persona: list[str], history: list[str], loaded: LoadedModel, reply_budget: int) -> int:
+    """The positions a reply of ``reply_budget`` tokens needs after ``persona`` and ``history`` kept whole (no
+    utterance dropped to fit), in the model's layout."""
+    if loaded.layout == CHAT_TEMPLATE_LAYOUT:
+        return len(generation_prompt(loaded.tokenizer, persona, history)) + reply_budget
+    encoded = encode_texts(loaded.tokenizer, [*persona, *history]) if persona or history else []
+    return 1 + sum(map(len, encoded)) + len(history) + reply_budget + REPLY_OVERHEAD
+
+
 def prompt_inputs(persona: list[str], history: list[str], loaded: LoadedModel, reply_budget: int) -> dict:
     """The model input before a reply, fitted to the positions: in the reference layout ``<bos> persona ...
     <speaker2> last utterance <speaker1>`` with its token types, in the chat-template layout the template's

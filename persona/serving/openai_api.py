@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from persona.data.personas import split_sentences
-from persona.model.generation import DecodingArguments
+from persona.model.generation import DecodingArguments, context_needed
 from persona.serving.batching import QueueFull, ReplyBatcher, ReplyEvent, reply_events
 from persona.serving.protocol import ChatCompletionRequest, Message, first_error
 
@@ -43,14 +43,16 @@ class APIError(Exception):
         type: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
+        headers: dict[str, str] | None = None,
     ):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers
 
     def response(self) -> JSONResponse:
-        """The error as OpenAI sends it."""
+        """The error as OpenAI sends it (with ``Retry-After`` or ``Allow`` where they apply)."""
         body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-        return JSONResponse(body, status_code=self.status)
+        return JSONResponse(body, status_code=self.status, headers=self.headers)
 
 
 @dataclass
@@ -116,45 +118,65 @@ def chat_request(body: ChatCompletionRequest, defaults: DecodingArguments, max_t
     return ChatRequest(persona, history, decoding, body.stop, body.seed, body.stream, include_usage)
 
 
+def _authorize(request: Request, api_key: str | None) -> None:
+    if api_key is None:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), api_key.encode()):
+        message = "a valid API key is required: 'Authorization: Bearer KEY'"
+        raise APIError(401, message, type="authentication_error", code="invalid_api_key")
+
+
+async def _read_request(request: Request, body_limit: int) -> ChatCompletionRequest:
+    """The typed request, or the 4xx that says what is wrong with it (its type, its size, its JSON, a field)."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json":
+        raise APIError(
+            415,
+            f"the request body must be JSON (Content-Type: application/json), not '{kind or 'none'}'",
+            code="unsupported_media_type",
+        )
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > body_limit:
+        raise APIError(413, f"the request body is over {body_limit} bytes", code="request_too_large")
+    raw = await request.body()
+    if len(raw) > body_limit:
+        raise APIError(413, f"the request body is over {body_limit} bytes", code="request_too_large")
+    try:
+        body = ChatCompletionRequest.model_validate_json(raw)
+    except ValidationError as error:
+        message, param = first_error(error)
+        raise APIError(400, message, param=param) from None
+    if body.ignored_fields():
+        logger.info("Ignored request fields: %s", ", ".join(body.ignored_fields()))
+    return body
+
+
+def _check_context(batcher: ReplyBatcher, chat: ChatRequest, persona: list[str]) -> None:
+    """A 400 ``context_length_exceeded`` when the persona and the last message with ``max_tokens`` cannot fit."""
+    needed = context_needed(persona, chat.history[-1:], batcher.loaded, chat.decoding.max_length)
+    if needed > batcher.loaded.max_positions:
+        raise APIError(
+            400,
+            f"this conversation needs {needed - chat.decoding.max_length} prompt tokens (the persona and the last "
+            f"message) plus max_tokens {chat.decoding.max_length}, over the model's {batcher.loaded.max_positions} "
+            "positions: shorten them or lower max_tokens",
+            param="messages",
+            code="context_length_exceeded",
+        )
+
+
 def create_app(
     batcher: ReplyBatcher, model_id: str, *, defaults: DecodingArguments, persona: list[str], settings
 ) -> FastAPI:
     """The FastAPI app of the API (the web page is mounted on it by :mod:`persona.serving.server`); ``settings``: the
     server's :class:`~persona.serving.server.ServeArguments` (``api_key``, ``max_tokens_cap``, ``max_body_bytes``)."""
     app = FastAPI(title="persona", docs_url=None, redoc_url=None)
-    api_key, body_limit = settings.api_key, settings.max_body_bytes
+    model_card = {"id": model_id, "object": "model", "created": 0, "owned_by": "persona"}
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, error: APIError) -> JSONResponse:
         return error.response()
-
-    def authorize(request: Request) -> None:
-        if api_key is None:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), api_key.encode()):
-            raise APIError(
-                401,
-                "a valid API key is required: 'Authorization: Bearer KEY'",
-                type="authentication_error",
-                code="invalid_api_key",
-            )
-
-    async def read_request(request: Request) -> ChatCompletionRequest:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > body_limit:
-            raise APIError(413, f"the request body is over {body_limit} bytes", code="request_too_large")
-        raw = await request.body()
-        if len(raw) > body_limit:
-            raise APIError(413, f"the request body is over {body_limit} bytes", code="request_too_large")
-        try:
-            body = ChatCompletionRequest.model_validate_json(raw)
-        except ValidationError as error:
-            message, param = first_error(error)
-            raise APIError(400, message, param=param) from None
-        if body.ignored_fields():
-            logger.info("Ignored request fields: %s", ", ".join(body.ignored_fields()))
-        return body
 
     @app.get("/health")
     async def health() -> dict:
@@ -162,29 +184,39 @@ def create_app(
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict:
-        authorize(request)
-        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": 0, "owned_by": "persona"}]}
+        _authorize(request, settings.api_key)
+        return {"object": "list", "data": [model_card]}
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
-        authorize(request)
-        body = await read_request(request)
-        chat = chat_request(body, defaults, settings.max_tokens_cap)
-        if body.model not in (None, model_id):
+    @app.get("/v1/models/{name:path}")
+    async def model(name: str, request: Request) -> dict:
+        _authorize(request, settings.api_key)
+        if name != model_id:
             raise APIError(
                 404,
-                f"the model '{body.model}' is not served here; this server serves '{model_id}'",
+                f"the model '{name}' is not served here; this server serves '{model_id}'",
                 param="model",
                 code="model_not_found",
             )
+        return model_card
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        _authorize(request, settings.api_key)
+        body = await _read_request(request, settings.max_body_bytes)
+        chat = chat_request(body, defaults, settings.max_tokens_cap)
+        if body.model not in (None, model_id):
+            message = f"the model '{body.model}' is not served here; this server serves '{model_id}'"
+            raise APIError(404, message, param="model", code="model_not_found")
+        _check_context(batcher, chat, chat.persona or persona)
         try:
             events = reply_events(
                 batcher, chat.persona or persona, chat.history, chat.decoding, stop=chat.stop, seed=chat.seed
             )
             first = await anext(events)
         except QueueFull as error:
+            message = f"the server is busy ({error}); try again shortly"
             raise APIError(
-                429, f"the server is busy ({error}); try again shortly", type="rate_limit_error", code="queue_full"
+                429, message, type="rate_limit_error", code="queue_full", headers={"Retry-After": "1"}
             ) from None
         completion = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_id}
         if chat.stream:
@@ -192,6 +224,18 @@ def create_app(
                 _sse(completion, first, events, chat.include_usage), media_type="text/event-stream"
             )
         return await _completion(completion, first, events)
+
+    @app.api_route("/v1/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"])
+    async def elsewhere(path: str, request: Request):
+        allowed = {"models": "GET", "chat/completions": "POST"}.get(path)
+        if allowed:
+            raise APIError(
+                405,
+                f"/v1/{path} takes {allowed}, not {request.method}",
+                code="method_not_allowed",
+                headers={"Allow": allowed},
+            )
+        raise APIError(404, f"no route /v1/{path}: the API has /v1/models and /v1/chat/completions", code="not_found")
 
     return app
 

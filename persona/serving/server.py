@@ -83,6 +83,7 @@ def build_server(
     """The FastAPI app with the API and the page mounted at ``/``, and its batcher (close it when done)."""
     import gradio as gr
     from fastapi.middleware.cors import CORSMiddleware
+    from fastapi.responses import JSONResponse
 
     from persona.serving.web_page import build_page
 
@@ -105,12 +106,17 @@ def build_server(
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type"],
         )
-    page = build_page(batcher, decoding, persona, model_id)
+    page = build_page(batcher, decoding, persona, model_id, max_message_chars=args.max_body_bytes)
     auth = (
         (lambda user, password: hmac.compare_digest(password.encode(), args.api_key.encode()))
         if args.api_key
         else None
     )
+
+    @app.post("/gradio_api/upload")  # before the page's own routes: the page takes no files, from anyone
+    async def no_uploads() -> JSONResponse:
+        return JSONResponse({"detail": "this page takes no files"}, status_code=404)
+
     app = gr.mount_gradio_app(
         app, page, path="/", auth=auth, auth_message="The password is the server's API key.", footer_links=[]
     )
