@@ -199,6 +199,30 @@ def test_routes_methods_and_media_types_the_api_does_not_take_get_openai_errors(
     assert httpx.post(f"{url}/gradio_api/upload", files={"files": ("a.txt", b"x")}, timeout=30).status_code == 404
 
 
+def test_a_chunked_body_over_the_limit_is_refused(served):
+    url, _, _ = served  # a body limit of 4096 bytes; a chunked body declares no length
+
+    def chunks():
+        for _ in range(256):
+            yield b"x" * 1024
+
+    response = httpx.post(
+        f"{url}/v1/chat/completions", content=chunks(), headers={"Content-Type": "application/json"}, timeout=30
+    )
+    assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"
+
+
+def test_the_api_key_can_come_from_a_file(trained_model_dir, tmp_path):
+    key_file = tmp_path / "key"
+    key_file.write_text("sk-from-a-file\n")
+    with live_server(trained_model_dir, api_key_file=str(key_file)) as (url, _):
+        assert httpx.get(f"{url}/v1/models", timeout=30).status_code == 401
+        assert (
+            httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer sk-from-a-file"}, timeout=30).status_code
+            == 200
+        )
+
+
 def test_a_conversation_that_cannot_fit_the_positions_is_a_400_naming_the_counts(served):
     url, _, _ = served  # the tiny model has 128 positions
     persona = " ".join(f"i like thing number {i}." for i in range(40))

@@ -9,7 +9,6 @@ it as its password; no CORS unless ``--cors_origins``.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 from persona.commands.cli import cli_entry, parse_recipe, setup_logging
@@ -28,7 +27,6 @@ def main(argv: list[str]) -> int:
 
     classes = (ModelArguments, DataArguments, ServeArguments, DecodingArguments)
     (model_args, data_args, args, decoding), _ = parse_recipe(argv, classes, prog="persona-serve", description=__doc__)
-    args.api_key = args.api_key or os.environ.get("PERSONA_API_KEY") or None
     setup_logging()
     app, batcher = build_server(model_args, data_args, args, decoding)
     logger.info(

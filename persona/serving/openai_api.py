@@ -139,9 +139,11 @@ async def _read_request(request: Request, body_limit: int) -> ChatCompletionRequ
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > body_limit:
         raise APIError(413, f"the request body is over {body_limit} bytes", code="request_too_large")
-    raw = await request.body()
-    if len(raw) > body_limit:
-        raise APIError(413, f"the request body is over {body_limit} bytes", code="request_too_large")
+    raw = bytearray()
+    async for chunk in request.stream():  # a chunked body has no Content-Length: stop reading at the limit
+        raw += chunk
+        if len(raw) > body_limit:
+            raise APIError(413, f"the request body is over {body_limit} bytes", code="request_too_large")
     try:
         body = ChatCompletionRequest.model_validate_json(raw)
     except ValidationError as error:

@@ -12,6 +12,7 @@ It binds 127.0.0.1 unless ``host`` says otherwise; with ``api_key`` every ``/v1`
 from __future__ import annotations
 
 import hmac
+import os
 import socket
 import threading
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from persona.configs import DataArguments, ModelArguments
 from persona.data.personas import draw_persona
+from persona.errors import ConfigError
 from persona.model.generation import DecodingArguments
 from persona.model.loading import load_trained, refuse_training_fields
 from persona.serving.batching import ReplyBatcher
@@ -40,8 +42,12 @@ class ServeArguments:
     port: int = field(default=8000, metadata={"help": "The port to bind."})
     api_key: str | None = field(
         default=None,
-        metadata={"help": "Require 'Authorization: Bearer KEY' on the API (default: PERSONA_API_KEY, if set)."},
+        metadata={
+            "help": "Require 'Authorization: Bearer KEY' on the API. Default: the first line of api_key_file, else "
+            "PERSONA_API_KEY if set (both better than the command line, which other users of the machine can see)."
+        },
     )
+    api_key_file: str | None = field(default=None, metadata={"help": "A file whose first line is the API key."})
     cors_origins: list[str] = field(
         default_factory=list, metadata={"help": "Origins allowed to call the API from a browser (default: none)."}
     )
@@ -61,6 +67,7 @@ class ServeArguments:
     max_tokens_cap: int = field(default=256, metadata={"help": "The largest max_tokens a request may ask for."})
     max_body_bytes: int = field(default=256 * 1024, metadata={"help": "The largest request body (413 beyond)."})
     seed: int = field(default=0, metadata={"help": "Seed of the default persona's draw."})
+
     shutdown_grace_s: float = field(
         default=30.0,
         metadata={
@@ -68,6 +75,20 @@ class ServeArguments:
             "to retry (503)."
         },
     )
+
+    def __post_init__(self):
+        if self.api_key is None and self.api_key_file:
+            try:
+                self.api_key = Path(self.api_key_file).read_text().splitlines()[0].strip()
+            except (OSError, IndexError):
+                raise ConfigError(
+                    "cannot read an API key from it", where=self.api_key_file, fix="write the key on its first line."
+                ) from None
+            if not self.api_key:
+                raise ConfigError(
+                    "the first line is empty", where=self.api_key_file, fix="write the key on its first line."
+                )
+        self.api_key = self.api_key or os.environ.get("PERSONA_API_KEY") or None
 
 
 def default_persona(args: ServeArguments, data_args: DataArguments) -> list[str]:
