@@ -34,6 +34,7 @@ SMOLLM2 = [
 CHAT = ["--input_layout", "chat_template"]
 PRIOR = [*CHAT, "--likelihood_prior", "true"]
 VARIANTS = {
+    "the offline recipe as written": [],
     "reference layout": ["--input_layout", "reference"],
     "reference layout + likelihood prior": ["--input_layout", "reference", "--likelihood_prior", "true"],
     "chat template": CHAT,
@@ -43,6 +44,7 @@ VARIANTS = {
     "chat template + prior, lm_coef 1": [*PRIOR, "--lm_coef", "1.0"],
     "chat template + prior, head lr 1e-3": [*PRIOR, "--head_learning_rate", "1e-3"],
     "chat template + prior, lr 2e-4": [*PRIOR, "--learning_rate", "2e-4"],
+    "chat template + prior, LoRA (lr 5e-4)": [*PRIOR, "--use_peft", "true", "--learning_rate", "5e-4"],
 }
 COLUMNS = ("hits@1", "lm_hits@1", "perplexity", "f1", "ended")
 
