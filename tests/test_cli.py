@@ -116,6 +116,6 @@ def test_training_only_model_fields_are_refused_in_one_line(command, extra, name
     err = capsys.readouterr().err.strip()
     assert (
         err.count("\n") == 0
-        and err.startswith(f"error: command line: {named} only apply when training")
+        and err.startswith(f"error: command line: {named} only applies when training")
         and "Fix: drop" in err
     )
