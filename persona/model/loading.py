@@ -175,7 +175,8 @@ def refuse_training_fields(model_args: ModelArguments, command: str) -> None:
     fields = model_args.training_only_fields()
     if fields:
         raise ConfigError(
-            f"{', '.join(fields)} only appl{'ies' if len(fields) == 1 else 'y'} when training; {command} loads a trained model",
+            f"{', '.join(fields)} only appl{'ies' if len(fields) == 1 else 'y'} when training; {command} loads a "
+            "trained model",
             where="command line",
             fix=f"drop --{' --'.join(fields)}, or give persona-train the model to train.",
         )
