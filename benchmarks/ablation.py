@@ -43,6 +43,7 @@ VARIANTS = {
     "chat template + prior, 16 candidates": [*PRIOR, "--num_candidates", "16"],
     "chat template + prior, lm_coef 1": [*PRIOR, "--lm_coef", "1.0"],
     "chat template + prior, head lr 1e-3": [*PRIOR, "--head_learning_rate", "1e-3"],
+    "chat template + prior, head lr 1e-2": [*PRIOR, "--head_learning_rate", "1e-2"],
     "chat template + prior, lr 2e-4": [*PRIOR, "--learning_rate", "2e-4"],
     "chat template + prior, LoRA (lr 5e-4)": [*PRIOR, "--use_peft", "true", "--learning_rate", "5e-4"],
 }
