@@ -70,15 +70,12 @@ def stand_in_arguments(recipe: dict, corpus: Path, folder: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("recipe_path", TRAIN_RECIPES, ids=lambda p: p.parent.name)
-def test_train_recipe_runs_as_written(recipe_path, personachat_stand_in, tmp_path, monkeypatch):
+def test_train_recipe_runs_as_written(recipe_path, personachat_stand_in, tmp_path, monkeypatch, plain_chat_model):
     monkeypatch.chdir(REPO)  # recipes name their local files relative to the repository
     recipe = yaml.safe_load(recipe_path.read_text())
-    model = [
-        "--model_config",
-        json.dumps(STAND_INS[family(recipe)]),
-        "--tokenizer_name_or_path",
-        str(QUICKSTART / "tokenizer"),
-    ]
+    # a recipe in the chat-template layout gets a stand-in tokenizer that has a chat template
+    tokenizer = plain_chat_model if recipe.get("input_layout") == "chat_template" else QUICKSTART / "tokenizer"
+    model = ["--model_config", json.dumps(STAND_INS[family(recipe)]), "--tokenizer_name_or_path", str(tokenizer)]
     argv = [
         str(recipe_path),
         *model,
