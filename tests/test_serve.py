@@ -390,3 +390,35 @@ def test_a_real_browser_chats_on_the_page(trained_model_dir, tmp_path):
             driver.save_screenshot(os.environ.get("PERSONA_PAGE_SCREENSHOT") or str(tmp_path / "page.png"))
         finally:
             driver.quit()
+
+
+def test_one_request_that_cannot_be_encoded_fails_alone_in_its_batch(trained_model_dir):
+    """Ten good requests and one whose text is not valid Unicode (past the API, which refuses it) in one batch."""
+    import asyncio
+
+    from persona.serving.batching import ReplyBatcher, reply_events
+    from tests.conftest import load_folder
+
+    batcher = ReplyBatcher(
+        load_folder(trained_model_dir), max_history=2, max_batch_size=16, max_queue=64, batch_wait_ms=200
+    )
+    decoding = DecodingArguments(do_sample=False, max_length=4)
+
+    async def ask(text: str):
+        events = [event async for event in reply_events(batcher, ["i like cats."], [text], decoding)]
+        return events[-1]
+
+    async def together():
+        return await asyncio.gather(
+            *(ask(f"question {i}?") for i in range(5)),
+            ask("\ud800 broken"),
+            *(ask(f"question {i}?") for i in range(5, 10)),
+        )
+
+    try:
+        endings = asyncio.run(together())
+    finally:
+        batcher.close()
+    bad = endings.pop(5)
+    assert bad.finish_reason == "error" and "not valid Unicode" in bad.error
+    assert [e.finish_reason in ("stop", "length") for e in endings] == [True] * 10 and max(batcher.batch_sizes) > 1
