@@ -187,3 +187,19 @@ def test_the_shared_smollm2_gguf_loads_as_float_weights_that_continue_sensibly_a
     plain = AutoModelForCausalLM.from_pretrained(tmp_path)
     with torch.no_grad():
         assert torch.allclose(plain(**prompt).logits, model(**prompt).logits, atol=1e-5)
+
+
+def test_presence_and_frequency_penalties_are_openais_over_the_reply_only():
+    from persona.model.generation import DecodingArguments
+
+    (penalties,) = DecodingArguments(presence_penalty=0.5, frequency_penalty=2.0).logits_processors(prompt_length=3)
+    input_ids = torch.tensor(
+        [[4, 4, 9, 4, 7, 4], [0, 1, 2, 3, 3, 3]]
+    )  # prompts of 3 (token 4 in the first), replies after
+    scores = penalties(input_ids, torch.zeros(2, 10))
+    assert scores[0, 4].item() == -(0.5 + 2.0 * 2) and scores[0, 7].item() == -(0.5 + 2.0) and scores[0, 9].item() == 0
+    assert (
+        scores[1, 3].item() == -(0.5 + 2.0 * 3)
+        and scores[1, 2].item() == 0
+        and not DecodingArguments().logits_processors(3)
+    )

@@ -149,6 +149,18 @@ BAD_REQUESTS = [
         400,
         "stop",
     ),
+    (
+        "a presence penalty past OpenAI's 2",
+        b'{"messages": [{"role": "user", "content": "a"}], "presence_penalty": 3}',
+        400,
+        "presence_penalty",
+    ),
+    (
+        "a repetition penalty of 0",
+        b'{"messages": [{"role": "user", "content": "a"}], "repetition_penalty": 0}',
+        400,
+        "repetition_penalty",
+    ),
     ("more than one choice", b'{"messages": [{"role": "user", "content": "a"}], "n": 2}', 400, "n"),
     (
         "content parts that are not text",
@@ -231,6 +243,26 @@ def test_a_conversation_that_cannot_fit_the_positions_is_a_400_naming_the_counts
     error = response.json()["error"]
     assert response.status_code == 400 and error["code"] == "context_length_exceeded" and error["param"] == "messages"
     assert "plus max_tokens 32, over the model's 128 positions" in error["message"]
+
+
+def test_the_penalties_reach_the_decoding(served, monkeypatch):
+    from persona.serving.batching import ReplyBatcher
+
+    url, _, _ = served
+    seen = []
+    original = ReplyBatcher._generate
+    monkeypatch.setattr(
+        ReplyBatcher, "_generate", lambda self, group: seen.extend(r.decoding for r in group) or original(self, group)
+    )
+    body = {
+        "messages": ASK,
+        "max_tokens": 4,
+        "presence_penalty": 0.5,
+        "frequency_penalty": 1.5,
+        "repetition_penalty": 1.2,
+    }
+    assert httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30).status_code == 200
+    assert (seen[-1].presence_penalty, seen[-1].frequency_penalty, seen[-1].repetition_penalty) == (0.5, 1.5, 1.2)
 
 
 def test_text_parts_and_the_developer_role_are_read_as_clients_send_them(served):

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
-from transformers import GenerationConfig
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from persona.configs import CHAT_TEMPLATE_LAYOUT
 from persona.data.chat_layout import generation_prompt
@@ -34,6 +34,20 @@ class DecodingArguments:
     top_k: int = field(default=0, metadata={"help": "Keep the k most likely tokens (0: no limit)."})
     max_length: int = field(default=20, metadata={"help": "Most tokens in a reply."})
     min_length: int = field(default=1, metadata={"help": "Fewest tokens in a reply before <eos> may end it."})
+    repetition_penalty: float = field(
+        default=1.0,
+        metadata={
+            "help": "Divide the positive scores of tokens already in the prompt or the reply by this (1: off; 1.2 "
+            "is common)."
+        },
+    )
+    presence_penalty: float = field(
+        default=0.0,
+        metadata={"help": "OpenAI's: subtract this from the score of every token the reply already holds."},
+    )
+    frequency_penalty: float = field(
+        default=0.0, metadata={"help": "OpenAI's: subtract this times its count in the reply from each token's score."}
+    )
 
     def settings(self) -> dict:
         """These settings as ``GenerationConfig`` fields, whatever the tokenizer."""
@@ -49,8 +63,29 @@ class DecodingArguments:
             "num_beams": 1 if self.do_sample else self.num_beams,
             "max_new_tokens": self.max_length,
             "min_new_tokens": self.min_length,
+            **({"repetition_penalty": self.repetition_penalty} if self.repetition_penalty != 1.0 else {}),
             **sampling,
         }
+
+    def logits_processors(self, prompt_length: int) -> LogitsProcessorList:
+        """The processors ``GenerationConfig`` has no field for: OpenAI's presence and frequency penalties over the
+        reply's own tokens (those after ``prompt_length``)."""
+        if not (self.presence_penalty or self.frequency_penalty):
+            return LogitsProcessorList()
+        return LogitsProcessorList([ReplyPenalties(prompt_length, self.presence_penalty, self.frequency_penalty)])
+
+
+class ReplyPenalties(LogitsProcessor):
+    """OpenAI's presence and frequency penalties: each token's score minus ``presence`` if the reply already holds it,
+    minus ``frequency`` times how often it does (the prompt, left-padded to ``prompt_length``, does not count)."""
+
+    def __init__(self, prompt_length: int, presence: float, frequency: float):
+        self.prompt_length, self.presence, self.frequency = prompt_length, presence, frequency
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        reply = input_ids[:, self.prompt_length :]
+        counts = torch.zeros_like(scores).scatter_add_(1, reply, torch.ones_like(reply, dtype=scores.dtype))
+        return scores - self.presence * (counts > 0).to(scores.dtype) - self.frequency * counts
 
     def generation_config(self, loaded: LoadedModel) -> GenerationConfig:
         """The ``GenerationConfig`` of a persona model: these settings, its end token (``<eos>``, or the chat
@@ -121,11 +156,11 @@ class Reply:
 
 @torch.no_grad()
 def generate_batch(
-    loaded: LoadedModel, prompts: list[dict], config: GenerationConfig, *, streamer=None
+    loaded: LoadedModel, prompts: list[dict], decoding: DecodingArguments, *, streamer=None
 ) -> list[tuple[list[int], bool]]:
     """The reply token ids (up to its end token, excluded) of each prompt of :func:`prompt_inputs` and whether that
-    end token came, generated in one left-padded batch (with token types if the model takes them); ``streamer`` (a
-    transformers streamer) receives the new tokens as they come."""
+    end token came, generated in one left-padded batch (with token types if the model takes them) as ``decoding``
+    says; ``streamer`` (a transformers streamer) receives the new tokens as they come."""
     ids, model = loaded.ids, loaded.model
     device = next(model.parameters()).device
     input_ids, mask = left_padded([p["input_ids"] for p in prompts], ids.pad)
@@ -135,7 +170,8 @@ def generate_batch(
     output = model.generate(
         input_ids=input_ids.to(device),
         attention_mask=mask.to(device),
-        generation_config=config,
+        generation_config=decoding.generation_config(loaded),
+        logits_processor=decoding.logits_processors(input_ids.shape[1]),
         streamer=streamer,
         **types,
     )
@@ -153,13 +189,12 @@ def generate_replies(
 ) -> list[Reply]:
     """One reply per ``(persona sentences, history utterances)``, generated in left-padded batches; ``progress``
     shows a bar."""
-    config = decoding.generation_config(loaded)
     replies: list[Reply] = []
     for start in tqdm(
         range(0, len(dialogs), batch_size), desc="Generating replies", unit="batch", disable=not progress
     ):
         prompts = [prompt_inputs(p, h, loaded, decoding.max_length) for p, h in dialogs[start : start + batch_size]]
-        generated = generate_batch(loaded, prompts, config)
+        generated = generate_batch(loaded, prompts, decoding)
         texts = loaded.tokenizer.batch_decode([tokens for tokens, _ in generated], skip_special_tokens=True)
         replies += [Reply(text.strip(), ended) for text, (_, ended) in zip(texts, generated)]
     return replies

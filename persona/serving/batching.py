@@ -142,8 +142,7 @@ class ReplyBatcher:
             ]
             if group[0].seed is not None:
                 torch.manual_seed(group[0].seed)
-            config = decoding.generation_config(self.loaded)
-            generate_batch(self.loaded, prompts, config, streamer=BatchStreamer(rows, self.loaded.ids.eos))
+            generate_batch(self.loaded, prompts, decoding, streamer=BatchStreamer(rows, self.loaded.ids.eos))
         except Exception as error:  # a failed batch answers its requests with the error and the server goes on
             logger.exception("Generation failed for a batch of %d", len(group))
             for request in group:

@@ -30,6 +30,7 @@ from persona.serving.protocol import ChatCompletionRequest, Message, first_error
 
 logger = logging.getLogger(__name__)
 PERSONA_ROLES = ("system", "developer")
+PENALTIES = ("presence_penalty", "frequency_penalty", "repetition_penalty")
 
 
 class APIError(Exception):
@@ -103,7 +104,8 @@ def chat_request(body: ChatCompletionRequest, defaults: DecodingArguments, max_t
         if value is not None and value > max_tokens_cap:
             raise APIError(400, f"'{name}' must be at most {max_tokens_cap}, not {value}", param=name)
     max_tokens = body.max_completion_tokens or body.max_tokens
-    decoding = replace(defaults, max_length=max_tokens or defaults.max_length)
+    penalties = {name: getattr(body, name) for name in PENALTIES if getattr(body, name) is not None}
+    decoding = replace(defaults, max_length=max_tokens or defaults.max_length, **penalties)
     if body.temperature == 0:
         decoding = replace(decoding, do_sample=False)
     elif body.temperature is not None or body.top_p is not None:

@@ -58,6 +58,9 @@ class ChatCompletionRequest(BaseModel):
     stream: Annotated[bool, Field(strict=True)] = False
     stream_options: StreamOptions | None = None
     n: Annotated[int, Field(strict=True, ge=1, le=1, description="One choice per request.")] = 1
+    presence_penalty: Annotated[Number | None, Field(ge=-2, le=2)] = None
+    frequency_penalty: Annotated[Number | None, Field(ge=-2, le=2)] = None
+    repetition_penalty: Annotated[Number | None, Field(gt=0, le=10)] = None  # not OpenAI's: vLLM's and HF's extra
 
     @field_validator("stop", mode="before")
     @classmethod
