@@ -265,6 +265,32 @@ def test_the_penalties_reach_the_decoding(served, monkeypatch):
     assert (seen[-1].presence_penalty, seen[-1].frequency_penalty, seen[-1].repetition_penalty) == (0.5, 1.5, 1.2)
 
 
+def test_metrics_in_prometheus_text_format(served):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url, _, _ = served
+    assert (
+        httpx.post(f"{url}/v1/chat/completions", json={"messages": ASK, "max_tokens": 3}, timeout=30).status_code
+        == 200
+    )
+    assert httpx.get(f"{url}/v1/nothing", timeout=30).status_code == 404
+    response = httpx.get(f"{url}/metrics", timeout=30)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(response.text)
+        for s in f.samples
+    }
+    assert samples[("persona_requests_total", (("route", "/v1/chat/completions"), ("status", "200")))] >= 1
+    assert samples[("persona_requests_total", (("route", "other"), ("status", "404")))] >= 1
+    assert (
+        samples[("persona_tokens_total", (("kind", "completion"),))] >= 1
+        and samples[("persona_tokens_total", (("kind", "prompt"),))] > 1
+    )
+    assert samples[("persona_batch_size_count", ())] >= 1 and ("persona_queue_depth", ()) in samples
+    assert samples[("persona_request_seconds_count", (("route", "/v1/chat/completions"),))] >= 1
+
+
 def test_text_parts_and_the_developer_role_are_read_as_clients_send_them(served):
     url, _, _ = served
     parts = [{"type": "text", "text": "hello!"}, {"type": "text", "text": "what do you do for a living?"}]
@@ -324,6 +350,11 @@ def test_no_cors_unless_asked(served, trained_model_dir):
             httpx.get(f"{cors_url}/v1/models", headers=origin, timeout=30).headers["access-control-allow-origin"]
             == "http://example.test"
         )
+    local = {"Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST"}  # Gradio grants it on its own
+    for path in ("/v1/models", "/config", "/gradio_api/info"):
+        for method in ("GET", "OPTIONS"):
+            answer = httpx.request(method, f"{url}{path}", headers=local, timeout=30)
+            assert not [h for h in answer.headers if h.startswith("access-control-")], (method, path, answer.headers)
 
 
 def test_a_full_queue_answers_429_and_the_server_recovers(trained_model_dir, monkeypatch):

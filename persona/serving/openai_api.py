@@ -20,12 +20,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
 from persona.data.personas import split_sentences
 from persona.model.generation import DecodingArguments, context_needed
 from persona.serving.batching import QueueFull, ReplyBatcher, ReplyEvent, reply_events
+from persona.serving.metrics import ServerMetrics
 from persona.serving.protocol import ChatCompletionRequest, Message, first_error
 
 logger = logging.getLogger(__name__)
@@ -177,6 +178,8 @@ def create_app(
     server's :class:`~persona.serving.server.ServeArguments` (``api_key``, ``max_tokens_cap``, ``max_body_bytes``)."""
     app = FastAPI(title="persona", docs_url=None, redoc_url=None)
     model_card = {"id": model_id, "object": "model", "created": 0, "owned_by": "persona"}
+    metrics = ServerMetrics(batcher)
+    app.middleware("http")(metrics.observe)
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, error: APIError) -> JSONResponse:
@@ -185,6 +188,12 @@ def create_app(
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok", "model": model_id}
+
+    @app.get("/metrics")
+    async def prometheus(request: Request) -> Response:
+        _authorize(request, settings.api_key)
+        body, media_type = metrics.exposition()
+        return Response(body, media_type=media_type)
 
     @app.get("/v1/models")
     async def models(request: Request) -> dict:
@@ -224,10 +233,9 @@ def create_app(
             ) from None
         completion = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_id}
         if chat.stream:
-            return StreamingResponse(
-                _sse(completion, first, events, chat.include_usage), media_type="text/event-stream"
-            )
-        return await _completion(completion, first, events)
+            stream = _sse(completion, first, events, chat.include_usage, metrics.count_tokens)
+            return StreamingResponse(stream, media_type="text/event-stream")
+        return await _completion(completion, first, events, metrics.count_tokens)
 
     @app.api_route("/v1/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"])
     async def elsewhere(path: str, request: Request):
@@ -244,7 +252,7 @@ def create_app(
     return app
 
 
-async def _completion(completion: dict, first: ReplyEvent, events: AsyncIterator[ReplyEvent]) -> dict:
+async def _completion(completion: dict, first: ReplyEvent, events: AsyncIterator[ReplyEvent], count_tokens) -> dict:
     """The whole answer of a request that is not streamed."""
     content, event = [], first
     while True:
@@ -254,6 +262,7 @@ async def _completion(completion: dict, first: ReplyEvent, events: AsyncIterator
         event = await anext(events)
     if event.finish_reason == "error":
         raise APIError(500, f"generation failed: {event.error}", type="server_error")
+    count_tokens(event.prompt_tokens, event.completion_tokens)
     return {
         **completion,
         "object": "chat.completion",
@@ -277,7 +286,7 @@ def _usage(event: ReplyEvent) -> dict:
 
 
 async def _sse(
-    completion: dict, first: ReplyEvent, events: AsyncIterator[ReplyEvent], include_usage: bool
+    completion: dict, first: ReplyEvent, events: AsyncIterator[ReplyEvent], include_usage: bool, count_tokens
 ) -> AsyncIterator[str]:
     """The streamed answer: a role chunk, content chunks, the finishing chunk (and usage), then ``[DONE]``."""
 
@@ -302,6 +311,7 @@ async def _sse(
         error = {"message": f"generation failed: {event.error}", "type": "server_error", "param": None, "code": None}
         yield f"data: {json.dumps({'error': error})}\n\n"
     else:
+        count_tokens(event.prompt_tokens, event.completion_tokens)
         yield chunk({}, event.finish_reason)
         if include_usage:
             usage = {**completion, "object": "chat.completion.chunk", "choices": [], "usage": _usage(event)}

@@ -27,6 +27,7 @@ from persona.model.generation import DecodingArguments
 from persona.model.loading import load_trained, refuse_training_fields
 from persona.serving.batching import ReplyBatcher
 from persona.serving.openai_api import create_app
+from persona.serving.origins import OnlyAllowedOrigins
 
 
 @dataclass
@@ -101,7 +102,8 @@ def default_persona(args: ServeArguments, data_args: DataArguments) -> list[str]
 def build_server(
     model_args: ModelArguments, data_args: DataArguments, args: ServeArguments, decoding: DecodingArguments
 ):
-    """The FastAPI app with the API and the page mounted at ``/``, and its batcher (close it when done)."""
+    """The ASGI app (FastAPI, the API and the page mounted at ``/``, CORS only for ``cors_origins``), and its batcher
+    (close it when done)."""
     import gradio as gr
     from fastapi.middleware.cors import CORSMiddleware
     from fastapi.responses import JSONResponse
@@ -141,7 +143,7 @@ def build_server(
     app = gr.mount_gradio_app(
         app, page, path="/", auth=auth, auth_message="The password is the server's API key.", footer_links=[]
     )
-    return app, batcher
+    return OnlyAllowedOrigins(app, args.cors_origins), batcher
 
 
 @contextmanager
