@@ -136,10 +136,10 @@ class PersonaCollator:
     [batch, candidates, length] layout (:func:`persona.model.dual_heads.collator_for` pairs it with the model's dual
     path).
 
-    ``ids`` are the special tokens of the model's vocabulary (a prompted baseline's: its pad id only).
+    ``ids`` are the special tokens of the model's vocabulary (in the chat-template layout: its end of turn and pad).
     ``token_types=False`` leaves the token types (speaker embeddings) out, as a chat template must.
-    ``wrap_candidates=False`` takes each candidate as a whole block whose first token is not scored (a prompted
-    baseline's: the prompt's last token, then the reply up to its end-of-turn token), not as a reply to wrap in
+    ``wrap_candidates=False`` takes each candidate as a whole block whose first token is not scored (the chat-template
+    layout's: the prompt's last token, then the reply up to its end-of-turn token), not as a reply to wrap in
     ``<speaker1> ... <eos>``.
     """
 
