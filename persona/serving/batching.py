@@ -2,7 +2,7 @@
 
 A :class:`ReplyBatcher` owns the model on one worker thread. :meth:`ReplyBatcher.submit` queues a
 :class:`ReplyRequest` (a bounded queue: :class:`QueueFull` beyond it); the worker takes what has arrived
-within ``batch_wait_s`` of the first request (at most ``max_batch_size``), groups requests that decode alike
+within ``batch_wait_ms`` of the first request (at most ``max_batch_size``), groups requests that decode alike
 (same settings, stop strings and seed), and runs each group as one left-padded batch through
 :func:`persona.model.generation.generate_batch`, the path of persona-chat and persona-eval. Each request receives
 its reply's text deltas and then its end (:class:`ReplyEvent`) through the callback it brought, so a
