@@ -74,6 +74,16 @@ class DecodingArguments:
             return LogitsProcessorList()
         return LogitsProcessorList([ReplyPenalties(prompt_length, self.presence_penalty, self.frequency_penalty)])
 
+    def generation_config(self, loaded: LoadedModel) -> GenerationConfig:
+        """The ``GenerationConfig`` of a persona model: these settings, its end token (``<eos>``, or the chat
+        template's end of turn) to stop, every other special token suppressed."""
+        ids = loaded.ids
+        suppressed = sorted(set(loaded.tokenizer.all_special_ids) - {ids.eos})
+        bos = {"bos_token_id": ids.bos} if ids.bos >= 0 else {}  # the chat-template layout adds no <bos> of its own
+        return GenerationConfig(
+            **self.settings(), eos_token_id=ids.eos, pad_token_id=ids.pad, suppress_tokens=suppressed, **bos
+        )
+
 
 class ReplyPenalties(LogitsProcessor):
     """OpenAI's presence and frequency penalties: each token's score minus ``presence`` if the reply already holds it,
@@ -86,16 +96,6 @@ class ReplyPenalties(LogitsProcessor):
         reply = input_ids[:, self.prompt_length :]
         counts = torch.zeros_like(scores).scatter_add_(1, reply, torch.ones_like(reply, dtype=scores.dtype))
         return scores - self.presence * (counts > 0).to(scores.dtype) - self.frequency * counts
-
-    def generation_config(self, loaded: LoadedModel) -> GenerationConfig:
-        """The ``GenerationConfig`` of a persona model: these settings, its end token (``<eos>``, or the chat
-        template's end of turn) to stop, every other special token suppressed."""
-        ids = loaded.ids
-        suppressed = sorted(set(loaded.tokenizer.all_special_ids) - {ids.eos})
-        bos = {"bos_token_id": ids.bos} if ids.bos >= 0 else {}  # the chat-template layout adds no <bos> of its own
-        return GenerationConfig(
-            **self.settings(), eos_token_id=ids.eos, pad_token_id=ids.pad, suppress_tokens=suppressed, **bos
-        )
 
 
 def _fitted_template_prompt(
