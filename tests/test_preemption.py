@@ -119,21 +119,27 @@ def test_persona_data_stopped_by_a_signal_leaves_no_partial_cache(tmp_path, sign
 
 def test_two_ranks_stopped_by_sigterm_save_the_same_step_and_resume_to_the_uninterrupted_weights(tmp_path):
     """accelerate launch forwards SIGTERM to both ranks; they agree on the step, save one checkpoint and stop."""
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(REPO / "accelerate_configs" / "multi_cpu.yaml"),
-    ]
-    launch += ["--main_process_port", "29561", "-m", "persona.commands.train"]
+    from persona.serving.server import free_port
+
+    def launch() -> list[str]:  # a fresh rendezvous port each time: a killed launcher's may linger
+        config = str(REPO / "accelerate_configs" / "multi_cpu.yaml")
+        return [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            config,
+            "--main_process_port",
+            str(free_port()),
+        ] + ["-m", "persona.commands.train"]
+
     reference = tmp_path / "reference"
     done = subprocess.run(
-        [*launch, *tiny_train_args(reference, *COMMON)], cwd=REPO, capture_output=True, text=True, timeout=600
+        [*launch(), *tiny_train_args(reference, *COMMON)], cwd=REPO, capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stderr[-3000:]
     interrupted = tmp_path / "interrupted"
-    process, out, err = _started([*launch, *tiny_train_args(interrupted, *COMMON)])
+    process, out, err = _started([*launch(), *tiny_train_args(interrupted, *COMMON)])
     assert out.wait_for("'loss'", process), "training ended (or never logged) before it could be stopped"
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=300) != 0
@@ -145,7 +151,7 @@ def test_two_ranks_stopped_by_sigterm_save_the_same_step_and_resume_to_the_unint
         line.startswith(f"stopped: interrupted at step {checkpoints[0].name.split('-')[1]} ") for line in err.lines
     )
     resumed = subprocess.run(
-        [*launch, *tiny_train_args(interrupted, *COMMON), "--resume_from_checkpoint", "last"],
+        [*launch(), *tiny_train_args(interrupted, *COMMON), "--resume_from_checkpoint", "last"],
         cwd=REPO,
         capture_output=True,
         text=True,
