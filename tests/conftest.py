@@ -208,3 +208,17 @@ def plain_chat_model(tmp_path_factory):
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def template_trained(plain_chat_model, tmp_path_factory):
+    """The tiny chat model trained a few steps by persona-train in its own chat template, with the likelihood prior."""
+    from persona.commands.train import main as train_main
+
+    out = tmp_path_factory.mktemp("template") / "run"
+    data = write_conversations(out.parent / "chats.jsonl", CONVERSATIONS * 3)
+    argv = ["--model_name_or_path", str(plain_chat_model), "--dataset_path", str(data), "--validation_split_size", "2"]
+    argv += ["--input_layout", "chat_template", "--likelihood_prior", "true", "--max_steps", "2"]
+    argv += ["--output_dir", str(out), "--report_to", "none", "--dataset_cache", str(out.parent / "cache")]
+    assert train_main([*argv, "--eval_num_candidates", "3"]) == 0
+    return out

@@ -8,7 +8,6 @@ import json
 import pytest
 import torch
 
-from persona.commands.train import main as train_main
 from persona.configs import CHAT_TEMPLATE_LAYOUT, DataArguments, ModelArguments, PersonaTrainingArguments
 from persona.data import prepare_corpus
 from persona.data.chat_layout import chat_messages
@@ -130,17 +129,6 @@ def test_the_head_learning_rate_gets_a_group_of_its_own(plain_chat_model, tmp_pa
     assert sum(len(g["params"]) for g in optimizer.param_groups) == sum(
         p.requires_grad for p in loaded.model.parameters()
     )
-
-
-@pytest.fixture(scope="module")
-def template_trained(plain_chat_model, tmp_path_factory):
-    """The tiny chat model trained a few steps by persona-train in its own chat template, with the likelihood prior."""
-    out = tmp_path_factory.mktemp("template") / "run"
-    data = write_conversations(out.parent / "chats.jsonl", CONVERSATIONS * 3)
-    argv = ["--model_name_or_path", str(plain_chat_model), "--dataset_path", str(data), "--validation_split_size", "2"]
-    argv += [*CHAT, "--likelihood_prior", "true", "--max_steps", "2", "--output_dir", str(out), "--report_to", "none"]
-    assert train_main([*argv, "--dataset_cache", str(out.parent / "cache"), "--eval_num_candidates", "3"]) == 0
-    return out
 
 
 def test_a_template_trained_model_keeps_its_own_template_and_layout(template_trained, plain_chat_model):

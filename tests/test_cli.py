@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from persona.commands import chat, data, push, serve, train
+from persona.commands import chat, data, export, push, serve, train
 from persona.commands import eval as evaluate
 from persona.commands.cli import parse_recipe
 from persona.configs import ModelArguments
@@ -20,6 +20,11 @@ COMMANDS = {
     "persona-chat": (chat.main, ["persona", "json", "max_history", "temperature"]),
     "persona-push": (push.main, ["hub_model_id", "dry_run", "eval_results"]),
     "persona-serve": (serve.main, ["port", "api_key", "max_batch_size", "cors_origins"]),
+    "persona-export": (export.main, ["gguf", "outtype"]),
+}
+USAGE = {
+    "persona-push": "MODEL_DIR --hub_model_id USER/NAME [--field value ...]",
+    "persona-export": "MODEL_DIR --gguf OUT.gguf [--outtype f32|f16|q8_0]",
 }
 
 
@@ -29,7 +34,7 @@ def test_every_command_answers_help_with_its_fields(command, flag, capsys):
     main, fields = COMMANDS[command]
     assert main([flag]) == 0
     shown = capsys.readouterr().out
-    assert shown.startswith(f"usage: {command} [RECIPE.yaml] [--field value ...]")
+    assert shown.startswith(f"usage: {command} {USAGE.get(command, '[RECIPE.yaml] [--field value ...]')}")
     for name in fields:
         assert f"--{name}" in shown, name
     assert "(default:" in shown

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from persona.commands.train import main as train_main
+from persona.serving.server import free_port
 from persona.training.trainer import PersonaTrainer
 from tests.conftest import REPO, load_folder, tiny_train_args
 
@@ -18,9 +19,7 @@ def test_an_fsdp_config_on_cpu_ranks_is_a_clear_error(version, tmp_path):
     """accelerate (1.15) shards with FSDP on accelerators only: on CPU ranks FSDP 1 failed inside the Trainer with a
     traceback and FSDP 2 silently trained data-parallel; persona-train says what to launch instead, before any work."""
     config = yaml.safe_load((REPO / "accelerate_configs" / "fsdp.yaml").read_text())
-    config.update(
-        num_processes=2, mixed_precision="no", main_process_ip="127.0.0.1", main_process_port=29545 + version
-    )
+    config.update(num_processes=2, mixed_precision="no", main_process_ip="127.0.0.1", main_process_port=free_port())
     config["fsdp_config"]["fsdp_version"] = version
     (tmp_path / "fsdp_on_cpu.yaml").write_text(yaml.safe_dump(config))
     out = tmp_path / "run"
@@ -109,7 +108,7 @@ def test_evaluation_on_two_ranks_equals_one_process_on_exactly_the_same_turns(tr
         "--config_file",
         str(REPO / "accelerate_configs" / "multi_cpu.yaml"),
         "--main_process_port",
-        "29551",
+        str(free_port()),
         "-m",
         "persona.commands.eval",
         *common,

@@ -258,9 +258,10 @@ def test_kill_during_training_resumes_to_the_same_result(tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (interrupted / "eval_results.json").exists()
+    left = {p.name: sorted(f.name for f in p.iterdir()) for p in interrupted.glob("checkpoint-*")}
     assert train_main([*tiny_train_args(interrupted, *common), "--resume_from_checkpoint", "last"]) == 0
     want, got = (json.loads((run / "eval_results.json").read_text()) for run in (reference, interrupted))
-    assert got["eval_loss"] == pytest.approx(want["eval_loss"], rel=1e-5)
+    assert got["eval_loss"] == pytest.approx(want["eval_loss"], rel=1e-5), f"checkpoints left by the kill: {left}"
     assert json.loads((interrupted / "trainer_state.json").read_text())["global_step"] == 30
 
 

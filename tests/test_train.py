@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from persona.commands.train import main as train_main
+from persona.serving.server import free_port
 from tests.conftest import REPO, TINY_OPENAI_GPT, as_loaded, tiny_train_args
 
 
@@ -167,7 +168,7 @@ def test_two_processes_under_accelerate_launch(tmp_path):
         "--config_file",
         str(REPO / "accelerate_configs" / "multi_cpu.yaml"),
         "--main_process_port",
-        "29533",
+        str(free_port()),
         "-m",
         "persona.commands.train",
         *_args(out, "--max_steps", "3"),

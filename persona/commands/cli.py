@@ -55,12 +55,12 @@ class RecipeParser(HfArgumentParser):
     """``HfArgumentParser`` over a command's dataclasses, whose defaults a recipe can set, and whose errors are
     :class:`~persona.errors.ConfigError` naming the recipe instead of a usage message and ``SystemExit(2)``."""
 
-    def __init__(self, classes: tuple, prog: str, description: str | None = None):
+    def __init__(self, classes: tuple, prog: str, description: str | None = None, usage: str = RECIPE_USAGE):
         self.source = "command line"
         super().__init__(
             classes,
             prog=prog,
-            usage=f"{prog} {RECIPE_USAGE}",
+            usage=f"{prog} {usage}",
             description=description,
             epilog=EPILOG,
             allow_abbrev=False,
@@ -156,15 +156,17 @@ def parse_recipe(
     ignored: tuple = (),
     prog: str = "persona",
     description: str | None = None,
+    usage: str = RECIPE_USAGE,
 ) -> tuple[tuple, dict[str, Any]]:
     """Parse ``[RECIPE.yaml] [--field value ...]`` into instances of ``classes``.
 
     Fields of the ``ignored`` classes are accepted and dropped (``persona-data`` reads a training recipe, for
-    example); any other unknown field is an error that suggests the closest field. Returns the instances and the
+    example); any other unknown field is an error that suggests the closest field. ``usage`` is the synopsis after
+    the command's name in ``--help``. Returns the instances and the
     recipe as run (the fields the file or the command line set, with their parsed values, secrets such as
     ``hub_token`` left out), which commands save. ``--help`` prints every field and exits 0.
     """
-    parser = RecipeParser(classes, prog=prog, description=description)
+    parser = RecipeParser(classes, prog=prog, description=description, usage=usage)
     dropped = _field_names(ignored) - _field_names(classes)
     given: set[str] = set()
     if argv and not argv[0].startswith("-"):
@@ -202,6 +204,11 @@ def parse_recipe(
         f.name: getattr(i, f.name) for i in instances for f in dataclasses.fields(i) if f.name in given - SECRET_FIELDS
     }
     return instances, {name: getattr(value, "value", value) for name, value in as_run.items()}
+
+
+def first_argument_as(name: str, argv: list[str]) -> list[str]:
+    """``argv`` with a leading positional argument given as ``--name`` (``persona-push RUN_DIR ...``)."""
+    return ["--" + name, argv[0], *argv[1:]] if argv and not argv[0].startswith("-") else argv
 
 
 def setup_logging(main_process: bool = True, training_args=None) -> None:

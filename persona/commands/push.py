@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from persona.commands.cli import cli_entry, parse_recipe, setup_logging
+from persona.commands.cli import cli_entry, first_argument_as, parse_recipe, setup_logging
 from persona.errors import ConfigError
 from persona.training.publishing import stage, upload
 
@@ -65,9 +65,13 @@ def dry_run(args: PushArguments, hub_model_id: str) -> None:
 @cli_entry
 def main(argv: list[str]) -> int:
     """Stage the model folder, then upload it (or, with ``--dry_run``, list it)."""
-    if argv and not argv[0].startswith("-"):
-        argv = ["--model_dir", argv[0], *argv[1:]]
-    ((args,), _) = parse_recipe(argv, (PushArguments,), prog="persona-push", description=__doc__)
+    ((args,), _) = parse_recipe(
+        first_argument_as("model_dir", argv),
+        (PushArguments,),
+        prog="persona-push",
+        description=__doc__,
+        usage="MODEL_DIR --hub_model_id USER/NAME [--field value ...]",
+    )
     setup_logging()
     if not args.dry_run and "/" not in args.hub_model_id:
         raise ConfigError(

@@ -4,53 +4,87 @@ from __future__ import annotations
 
 import zlib
 
+import datasets
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from persona.data.layout import gold_reply, history_window, kept_candidates
-from persona.data.readers import Dialog
+from persona.interrupts import raise_if_interrupted
+
+POOL_BATCH = 10_000  # dialogs read at a time to gather the reply pool
 
 
-def reply_pool(dialogs: list[Dialog]) -> list[str]:
-    """The distinct gold replies of a split, sorted: where distractors are drawn from."""
-    return sorted({gold_reply(turn["candidates"]) for dialog in dialogs for turn in dialog["turns"]})
+def reply_pool(dialogs: datasets.Dataset) -> pa.Array:
+    """The distinct gold replies of a split, sorted (as Python sorts text): where distractors are drawn from. Read
+    from the Arrow table in batches and kept as one Arrow array, never as Python strings."""
+    unique = []
+    for batch in dialogs.select_columns(["turns"]).with_format("arrow").iter(batch_size=POOL_BATCH):
+        candidates = pc.struct_field(pc.list_flatten(batch.column("turns").combine_chunks()), "candidates")
+        last = np.cumsum(pc.list_value_length(candidates).to_numpy(zero_copy_only=False)) - 1
+        unique.append(pc.unique(pc.list_flatten(candidates).take(pa.array(last))))
+    pool = pc.unique(pa.concat_arrays(unique)) if unique else pa.array([], pa.string())
+    return pool.take(pc.sort_indices(pool))
 
 
 def split_view(
-    dialogs: list[Dialog], *, wanted: int, max_history: int, seed: int, role: str, pool: list[str]
-) -> tuple[list[Dialog], int]:
-    """New dialogs with each turn's history cut to its :func:`~persona.data.layout.history_window` and exactly
-    ``wanted`` candidates.
+    dialogs: datasets.Dataset,
+    *,
+    wanted: int,
+    max_history: int,
+    seed: int,
+    role: str,
+    split: datasets.Dataset,
+    cache_file: str,
+) -> tuple[datasets.Dataset, int]:
+    """The dialogs with each turn's history cut to its :func:`~persona.data.layout.history_window` and exactly
+    ``wanted`` candidates, written by ``datasets.map`` to ``cache_file``.
 
-    Turns with more candidates keep the last ``wanted`` (the gold reply is last). Turns with fewer are
-    topped up with distractors from ``pool`` (the split's :func:`reply_pool`) that occur nowhere in the dialog itself,
+    Turns with more candidates keep the last ``wanted`` (the gold reply is last). Turns with fewer are topped up with
+    distractors from the :func:`reply_pool` of the whole ``split`` that ``dialogs`` were taken from (built on first
+    need) that occur nowhere in the dialog itself,
     never twice, sampled with ``seed`` and the ``role`` (``train``, ``eval``: the same on every run and process,
-    whatever the split is called); a turn
-    keeps fewer only when the split has too few distinct replies. ``wanted <= 0`` keeps every candidate.
-    Returns the dialogs and how many distractors were sampled.
+    whatever the split is called); a turn keeps fewer only when the split has too few distinct replies.
+    ``wanted <= 0`` keeps every candidate. Returns the dialogs and how many distractors were sampled.
     """
     rng = np.random.default_rng([seed, zlib.crc32(role.encode())])
-    sampled = 0
-    view = []
-    for dialog in dialogs:
-        own = {u for turn in dialog["turns"] for u in (*turn["history"], gold_reply(turn["candidates"]))}
-        turns = []
-        for turn in dialog["turns"]:
-            candidates = kept_candidates(turn["candidates"], wanted)
-            missing = wanted - len(candidates)
-            if missing > 0:
-                extra = _sample(pool, missing, own | set(candidates), rng)
-                candidates = extra + candidates
-                sampled += len(extra)
-            turns.append({"history": history_window(turn["history"], max_history), "candidates": candidates})
-        view.append({"persona": dialog["persona"], "turns": turns, "record": dialog["record"]})
-    return view, sampled
+    sampled, pool = 0, None
+
+    def view(batch: dict) -> dict:
+        nonlocal sampled, pool
+        raise_if_interrupted()
+        viewed = []
+        for turns in batch["turns"]:
+            own = {u for turn in turns for u in (*turn["history"], gold_reply(turn["candidates"]))}
+            kept = []
+            for turn in turns:
+                candidates = kept_candidates(turn["candidates"], wanted)
+                missing = wanted - len(candidates)
+                if missing > 0:
+                    pool = reply_pool(split) if pool is None else pool
+                    extra = _sample(pool, missing, own | set(candidates), rng)
+                    candidates = extra + candidates
+                    sampled += len(extra)
+                kept.append({"history": history_window(turn["history"], max_history), "candidates": candidates})
+            viewed.append(kept)
+        return {"turns": viewed}
+
+    view_set = dialogs.map(
+        view,
+        batched=True,
+        cache_file_name=cache_file,
+        load_from_cache_file=False,
+        new_fingerprint=f"{dialogs._fingerprint}-view-{role}-{wanted}-{max_history}-{seed}",
+        desc=f"Candidates and history windows [{role}]",
+    )
+    return view_set, sampled
 
 
-def _sample(pool: list[str], count: int, excluded: set[str], rng: np.random.Generator) -> list[str]:
+def _sample(pool: pa.Array, count: int, excluded: set[str], rng: np.random.Generator) -> list[str]:
     picks: list[str] = []
     draws = rng.permutation(len(pool)) if len(pool) <= 8 * count else rng.integers(0, len(pool), 8 * count)
     for index in draws:
-        text = pool[index]
+        text = pool[int(index)].as_py()
         if text not in excluded:
             excluded.add(text)
             picks.append(text)

@@ -6,7 +6,7 @@ import random
 import re
 
 from persona.configs import DataArguments
-from persona.data.sources import read_corpus, resolve
+from persona.data.sources import corpus_stream, resolve
 
 
 def split_sentences(text: str) -> list[str]:
@@ -18,7 +18,5 @@ def draw_persona(data_args: DataArguments, seed: int) -> list[str]:
     """The persona of a dialog drawn (with ``seed``) from the corpus of ``data_args``, as the reference's interact.py
     does."""
     source = resolve(data_args.dataset_path, data_args.dataset_cache)
-    dialogs = [
-        d for split in read_corpus(source, data_args.dataset_format, data_args.bot_side).values() for d in split
-    ]
-    return random.Random(seed).choice(dialogs)["persona"]
+    personas = [d["persona"] for _, d in corpus_stream(source, data_args.dataset_format, data_args.bot_side)]
+    return random.Random(seed).choice(personas)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,16 +17,18 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pyarrow.compute as pc
+from datasets.arrow_writer import ArrowWriter
 
 from persona.configs import REFERENCE_LAYOUT, DataArguments
 from persona.data.cache import cache_key, tokenizer_fingerprint, write_atomically
-from persona.data.candidates import reply_pool, split_view
+from persona.data.candidates import split_view
 from persona.data.features import build_features
 from persona.data.layout import REPLY_OVERHEAD, gold_reply
-from persona.data.readers import SILENCE, WHOLE_FILE, Corpus
+from persona.data.readers import SILENCE, WHOLE_FILE, Stream
 from persona.data.skips import SkipLog
-from persona.data.sources import fingerprint, read_corpus, resolve
+from persona.data.sources import corpus_stream, fingerprint, resolve
 from persona.errors import DataError
+from persona.interrupts import deferred_interrupts, raise_if_interrupted
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +43,17 @@ class PreparedCorpus:
     cache_path: Path
 
 
+READ = "read"  # the build folder's scratch space: the corpus as streamed, and the views of it
+WRITE_BATCH = 1000  # dialogs buffered before the Arrow writer writes them
+DIALOG_FEATURES = datasets.Features(
+    {
+        "persona": datasets.List(datasets.Value("string")),
+        "turns": datasets.List(
+            {"history": datasets.List(datasets.Value("string")), "candidates": datasets.List(datasets.Value("string"))}
+        ),
+        "record": datasets.Value("string"),
+    }
+)
 HELDOUT = "heldout"  # the part of the training split that validation_split_size holds out
 EVAL_FILE = "eval_dataset_path"  # the evaluated split of a separate eval_dataset_path
 
@@ -52,7 +66,30 @@ def conversation_key(dialog: dict) -> tuple[str, ...]:
     return tuple([u for u in (*last["history"], gold_reply(last["candidates"])) if u != SILENCE][:3])
 
 
-def _holdout(corpus: Corpus, args: DataArguments, split: str) -> None:
+def write_splits(stream: Stream, folder: Path) -> dict[str, datasets.Dataset]:
+    """The dialogs of ``stream`` written as they come to one Arrow file per split in ``folder`` (``datasets``' own
+    writer, in batches), then read back memory-mapped: memory stays flat whatever the corpus size."""
+    folder.mkdir(parents=True, exist_ok=True)
+    writers: dict[str, ArrowWriter] = {}
+    paths: dict[str, str] = {}
+    try:
+        for split, dialog in stream:
+            raise_if_interrupted()  # the stop deferred by prepare_corpus, taken between two dialogs
+            if split not in writers:
+                paths[split] = str(folder / f"{len(writers)}.arrow")
+                writers[split] = ArrowWriter(
+                    features=DIALOG_FEATURES, path=paths[split], writer_batch_size=WRITE_BATCH
+                )
+            writers[split].write(dialog)
+        for writer in writers.values():
+            writer.finalize()
+    finally:
+        for writer in writers.values():
+            writer.close()
+    return {split: datasets.Dataset.from_file(path) for split, path in paths.items()}
+
+
+def _holdout(corpus: dict[str, datasets.Dataset], args: DataArguments, split: str) -> None:
     """Move about ``validation_split_size`` dialogs (a fraction or a count) of ``split`` to HELDOUT.
 
     Whole conversations move: with ``bot_side: both`` the other side of a held-out dialog would
@@ -62,7 +99,7 @@ def _holdout(corpus: Corpus, args: DataArguments, split: str) -> None:
     size = args.validation_split_size
     count = int(size) if size >= 1 else int(round(size * len(dialogs)))
     groups: dict[tuple, list[int]] = {}
-    for index, dialog in enumerate(dialogs):
+    for index, dialog in enumerate(dialogs.select_columns(["turns"])):
         groups.setdefault(conversation_key(dialog), []).append(index)
     if not 0 < count < len(dialogs) or len(groups) < 2:
         raise DataError(
@@ -76,11 +113,11 @@ def _holdout(corpus: Corpus, args: DataArguments, split: str) -> None:
         if len(held) >= count:
             break
         held.update(members[group])
-    corpus[HELDOUT] = [d for i, d in enumerate(dialogs) if i in held]
-    corpus[split] = [d for i, d in enumerate(dialogs) if i not in held]
+    corpus[HELDOUT] = dialogs.select(sorted(held))
+    corpus[split] = dialogs.select([i for i in range(len(dialogs)) if i not in held])
 
 
-def _missing_split(split: str, corpus: Corpus, where: str, role: str) -> DataError:
+def _missing_split(split: str, corpus: dict, where: str, role: str) -> DataError:
     return DataError(
         f"the corpus has no '{split}' split (it has {sorted(corpus)})",
         where=where,
@@ -97,18 +134,31 @@ def resolved_sources(args: DataArguments, roles: tuple[str, ...]) -> tuple[str, 
     ) if args.eval_dataset_path and "eval" in roles else None
 
 
+def _read(source: str, args: DataArguments, skips: SkipLog, folder: Path) -> dict[str, datasets.Dataset]:
+    """Every split of ``source`` written to Arrow in ``folder``; a split whose every record was skipped is present,
+    empty."""
+    corpus = write_splits(corpus_stream(source, args.dataset_format, args.bot_side, skips), folder)
+    empty = datasets.Dataset.from_dict({name: [] for name in DIALOG_FEATURES}, features=DIALOG_FEATURES)
+    return {**{split: empty for split, reasons in skips.counts.items() if reasons and split not in corpus}, **corpus}
+
+
 def read_splits(
-    args: DataArguments, roles: tuple[str, ...], source: str, eval_source: str | None, skips: SkipLog
-) -> tuple[Corpus, dict[str, str]]:
+    args: DataArguments,
+    roles: tuple[str, ...],
+    sources: tuple[str, str | None],
+    skips: SkipLog,
+    folder: Path,
+) -> tuple[dict[str, datasets.Dataset], dict[str, str]]:
     """The canonical dialogs of each role (``train``, ``eval``), trimmed and topped up, and the split each reads.
 
-    ``source`` and ``eval_source`` are the resolved ``dataset_path`` and ``eval_dataset_path``. A single file
-    with no splits inside is the training split when training, the evaluated split otherwise; training on
-    such a file evaluates only on ``eval_dataset_path`` or a ``validation_split_size`` part, else on nothing
-    (the ``eval`` role is then left out).
+    ``sources`` are the resolved ``dataset_path`` and ``eval_dataset_path``; the corpus is streamed into Arrow files
+    in ``folder`` and every later step reads them memory-mapped. A single file with no splits inside is the training
+    split when training, the evaluated split otherwise; training on such a file evaluates only on
+    ``eval_dataset_path`` or a ``validation_split_size`` part, else on nothing (the ``eval`` role is then left out).
     """
+    source, eval_source = sources
     where = args.dataset_path or "PersonaChat"
-    corpus = read_corpus(source, args.dataset_format, args.bot_side, skips)
+    corpus = _read(source, args, skips, folder / "source")
     whole_file = WHOLE_FILE in corpus
     train_split = WHOLE_FILE if whole_file else args.train_split
     splits = {"train": train_split} if "train" in roles else {}
@@ -117,7 +167,7 @@ def read_splits(
             eval_skips = SkipLog(
                 strict=skips.strict
             )  # counted apart: its splits may be named like the training file's
-            eval_corpus = read_corpus(eval_source, args.dataset_format, args.bot_side, eval_skips)
+            eval_corpus = _read(eval_source, args, eval_skips, folder / "eval_source")
             skips.counts[EVAL_FILE].update(eval_skips.reasons())
             name = next((s for s in (WHOLE_FILE, args.eval_split) if s in eval_corpus), None)
             if name is None:
@@ -135,13 +185,13 @@ def read_splits(
             splits["eval"] = HELDOUT
         elif not (whole_file and "train" in roles):
             splits["eval"] = WHOLE_FILE if whole_file else args.eval_split
-    out: Corpus = {}
+    out: dict[str, datasets.Dataset] = {}
     for role, split in splits.items():
         if split not in corpus:
             raise _missing_split(split, corpus, where, role)
         limit = args.max_train_dialogs if role == "train" else args.max_eval_dialogs
-        dialogs = corpus[split][:limit] if limit else corpus[split]
-        if not dialogs:
+        dialogs = corpus[split].select(range(min(limit, len(corpus[split])))) if limit else corpus[split]
+        if not len(dialogs):
             raise DataError(
                 f"no usable dialogs in the '{split}' split (records skipped, by reason: "
                 f"{skips.of(split) or skips.reasons()})",
@@ -155,7 +205,8 @@ def read_splits(
             max_history=args.max_history,
             seed=args.sampling_seed,
             role=role,
-            pool=reply_pool(corpus[split]),
+            split=corpus[split],
+            cache_file=str(folder / f"view-{role}.arrow"),
         )
         if sampled:
             logger.info("Sampled %d distractors for the %s split (%d candidates per turn)", sampled, split, wanted)
@@ -204,12 +255,10 @@ def _cache_path(args: DataArguments, tokenizer, roles: tuple[str, ...], max_leng
 
 
 def _prepare_role(
-    folder: Path, role: str, dialogs: list, split: str, tokenizer, args, skips: SkipLog, **options
+    folder: Path, role: str, dialogs: datasets.Dataset, split: str, tokenizer, args, skips: SkipLog, **options
 ) -> dict:
     """Write one role's dialogs and features into ``folder``; return its statistics."""
-    # Written first and read back memory-mapped: map's workers then open the file
-    # instead of receiving a pickled copy of the dialogs, and the Python lists are freed.
-    datasets.Dataset.from_list(dialogs).save_to_disk(str(folder / "dialogs" / role))
+    dialogs.save_to_disk(str(folder / "dialogs" / role))
     dialog_set = datasets.load_from_disk(str(folder / "dialogs" / role))
     features = build_features(
         dialog_set,
@@ -303,22 +352,27 @@ def prepare_corpus(
     logger.info("Preparing %s (cache %s, inputs of at most %d tokens)", sources[0], cache_path, max_length)
 
     def build(folder: Path) -> None:
-        skips = SkipLog(strict=args.strict)
-        corpus, splits = read_splits(args, roles, *sources, skips)
-        stats = {"cache_path": str(cache_path), "max_length": max_length, "splits": {}}
-        for role in list(corpus):
-            stats["splits"][role] = _prepare_role(
-                folder,
-                role,
-                corpus.pop(role),
-                splits[role],
-                tokenizer,
-                args,
-                skips,
-                max_length=max_length,
-                stats_batch_size=stats_batch_size,
-            )
-        (folder / "stats.json").write_text(json.dumps({**stats, **_totals(stats["splits"])}, indent=2))
+        # A stop signal is taken at safe points (between dialogs, batches and splits), never inside a library's
+        # clean-up, where Python would print it and carry on.
+        with deferred_interrupts():
+            skips = SkipLog(strict=args.strict)
+            corpus, splits = read_splits(args, roles, sources, skips, folder / READ)
+            stats = {"cache_path": str(cache_path), "max_length": max_length, "splits": {}}
+            for role in list(corpus):
+                raise_if_interrupted()
+                stats["splits"][role] = _prepare_role(
+                    folder,
+                    role,
+                    corpus.pop(role),
+                    splits[role],
+                    tokenizer,
+                    args,
+                    skips,
+                    max_length=max_length,
+                    stats_batch_size=stats_batch_size,
+                )
+            (folder / "stats.json").write_text(json.dumps({**stats, **_totals(stats["splits"])}, indent=2))
+            shutil.rmtree(folder / READ)  # the corpus as read, before the views: now copied into dialogs/
 
     write_atomically(cache_path, build)
     return _loaded(cache_path, roles, args)

@@ -38,16 +38,18 @@ a :class:`~persona.data.skips.SkipLog`: skipped and counted, or an error in stri
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import re
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypedDict
 
+import ijson
+
 from persona.configs import FORMATS
+from persona.data.corpus_file import CorpusFile
 from persona.data.skips import RecordError, SkipLog
 from persona.errors import DataError
 
@@ -83,6 +85,7 @@ class Dialog(TypedDict):
 
 
 Corpus = dict[str, list[Dialog]]
+Stream = Iterator[tuple[str, Dialog]]  # (split, dialog) pairs in the order of the source
 
 
 def split_of_filename(path: str | os.PathLike) -> str:
@@ -93,39 +96,13 @@ def split_of_filename(path: str | os.PathLike) -> str:
     return "train"
 
 
-def read_text(path: Path) -> str:
-    """A file's text as UTF-8; a clear error for a missing, empty or binary file."""
-    if not path.exists():
-        raise DataError(
-            "file not found", where=str(path), fix="check dataset_path (a file, a folder, a URL or a Hub id)."
-        )
-    raw = path.read_bytes()
-    if not raw.strip():
-        raise DataError("the file is empty", where=str(path), fix="point dataset_path at a non-empty corpus.")
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = raw[: error.start].count(b"\n") + 1
-        raise DataError(
-            f"not UTF-8 text (byte {error.start}, line {line}); binary or another encoding",
-            where=str(path),
-            fix="re-encode the file as UTF-8 (for example with iconv -t utf-8).",
-        ) from None
-
-
-def detect_format(path: Path, text: str) -> str:
-    """The layout of one file, decided from its content (the name only breaks no ties)."""
-    head = text.lstrip()[:4096]
+def detect_format(file: CorpusFile) -> str:
+    """The layout of one file, decided from its head (the name only breaks no ties)."""
+    head = file.head()
     if head.startswith("{"):
         if re.match(r'\{\s*"(train|valid|validation|test|dev|val)"\s*:', head):
-            return "personachat_json"  # decided from the head: a 200 MB corpus is parsed once, later
-        try:
-            start = json.JSONDecoder().raw_decode(text.lstrip())
-        except json.JSONDecodeError:
-            return "conversations"
-        if isinstance(start[0], dict) and any(key in SPLIT_ALIASES for key in start[0]):
             return "personachat_json"
-        return "conversations"
+        return "personachat_json" if _keys_name_a_split(file) else "conversations"
     if head.startswith("["):
         return "conversations"
     first_line = head.splitlines()[0] if head else ""
@@ -136,20 +113,20 @@ def detect_format(path: Path, text: str) -> str:
     raise DataError(
         "cannot tell the corpus layout from its content (not PersonaChat JSON, ParlAI text, a conversation "
         "CSV with the Synthetic-Persona-Chat columns, nor JSON/JSONL conversations)",
-        where=str(path),
+        where=str(file.path),
         fix="check the file, or set dataset_format to one of " + ", ".join(FORMATS[1:]) + ".",
     )
 
 
-def _parse_json(path: Path, text: str) -> Any:
+def _keys_name_a_split(file: CorpusFile) -> bool:
+    """Whether the file's top-level object (its first line's, for JSONL) has a split as a key, read as a stream."""
+    _, first_line = next(file.lines(), (0, ""))
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise DataError(
-            f"invalid JSON at line {error.lineno}, column {error.colno}: {error.msg} (truncated or not JSON?)",
-            where=str(path),
-            fix="repair or re-download the file.",
-        ) from None
+        record = json.loads(first_line)
+        return isinstance(record, dict) and any(key in SPLIT_ALIASES for key in record)
+    except json.JSONDecodeError:  # an object over several lines: its keys from the stream
+        keys = (value for prefix, event, value in file.json_events() if prefix == "" and event == "map_key")
+        return any(key in SPLIT_ALIASES for key in keys)
 
 
 def _string_list(
@@ -225,35 +202,75 @@ def reference_dialog(record: Any, where: str, skips: SkipLog, split: str) -> Dia
     return {"persona": persona, "turns": turns, "record": where}
 
 
-def read_personachat_json(path: Path, text: str, skips: SkipLog) -> Corpus:
-    """The transfer-learning-conv-ai JSON: ``{"train": [dialog, ...], "valid": [...]}``."""
-    data = _parse_json(path, text)
-    if not isinstance(data, dict) or not any(key in SPLIT_ALIASES for key in data):
+def _guarded(skips: SkipLog, split: str, read: Callable[..., list[Dialog]], *args: Any) -> Stream:
+    """The dialogs ``read(*args)`` gives, as ``(split, dialog)`` pairs; none when it raises a :class:`RecordError`,
+    which ``skips`` counts (or raises in strict mode)."""
+    dialogs: list[Dialog] = []
+    with skips.guard(split):
+        dialogs = read(*args)
+    for dialog in dialogs:
+        yield split, dialog
+
+
+def _skip_value(events: Iterator, event: str) -> None:
+    """Consume the rest of a JSON value that began with ``event``."""
+    depth = int(event in ("start_map", "start_array"))
+    while depth:
+        _, event, _ = next(events)
+        depth += (event in ("start_map", "start_array")) - (event in ("end_map", "end_array"))
+
+
+def _array_items(events: Iterator, array: str) -> Iterator[Any]:
+    """Each element of the JSON array at prefix ``array`` (whose ``start_array`` was consumed), built one at a time."""
+    for prefix, event, value in events:
+        if prefix == array and event == "end_array":
+            return
+        builder = ijson.ObjectBuilder()
+        builder.event(event, value)
+        depth = int(event in ("start_map", "start_array"))
+        while depth:
+            _, event, value = next(events)
+            builder.event(event, value)
+            depth += (event in ("start_map", "start_array")) - (event in ("end_map", "end_array"))
+        yield builder.value
+
+
+def _reference_dialogs(record: Any, where: str, skips: SkipLog, split: str) -> list[Dialog]:
+    return [reference_dialog(record, where, skips, split)]
+
+
+def read_personachat_json(file: CorpusFile, skips: SkipLog) -> Stream:
+    """The transfer-learning-conv-ai JSON, ``{"train": [dialog, ...], "valid": [...]}``, one dialog at a time."""
+    events = file.json_events()
+    _, event, _ = next(events, ("", None, None))
+    found = False
+    if event == "start_map":
+        for prefix, event, key in events:
+            if prefix != "" or event != "map_key":
+                continue
+            _, event, _ = next(events)
+            if key not in SPLIT_ALIASES:
+                _skip_value(events, event)
+                continue
+            if event != "start_array":
+                raise DataError(f"split '{key}' must be a list of dialogs", where=str(file.path), fix="fix the file.")
+            found, split = True, SPLIT_ALIASES[key]
+            for index, record in enumerate(_array_items(events, key)):
+                where = f"{file.path}, {key}[{index}]"
+                yield from _guarded(skips, split, _reference_dialogs, record, where, skips, split)
+    if not found:
         raise DataError(
             "expected an object with 'train'/'valid' lists of dialogs (the transfer-learning-conv-ai JSON)",
-            where=str(path),
+            where=str(file.path),
             fix="set dataset_format: conversations for JSON conversations, or fix the file.",
         )
-    corpus: Corpus = {}
-    for key, dialogs in data.items():
-        if key not in SPLIT_ALIASES:
-            continue
-        if not isinstance(dialogs, list):
-            raise DataError(f"split '{key}' must be a list of dialogs", where=str(path), fix="fix the file.")
-        split = SPLIT_ALIASES[key]
-        corpus[split] = []
-        for index, dialog in enumerate(dialogs):
-            with skips.guard(split):
-                corpus[split].append(reference_dialog(dialog, f"{path}, {key}[{index}]", skips, split))
-    return corpus
 
 
-def read_parlai(path: Path, text: str, skips: SkipLog, split: str) -> list[Dialog]:
+def read_parlai(file: CorpusFile, skips: SkipLog, split: str) -> Stream:
     """ParlAI/ConvAI2 text: ``N your persona: ...`` and ``N text<TAB>label[<TAB><TAB>c1|...|cK]`` lines.
 
     A dialog with a turn that lacks its gold reply, with no turns or with no persona is skipped whole.
     """
-    dialogs: list[Dialog] = []
     persona: list[str] = []
     history: list[str] = []
     turns: list[Turn] = []
@@ -261,35 +278,34 @@ def read_parlai(path: Path, text: str, skips: SkipLog, split: str) -> list[Dialo
     previous_number = 0
     start_line = 1
 
-    def close() -> None:
-        where = f"{path}, dialog starting at line {start_line}"
-        with skips.guard(split):
-            if broken is not None:
-                raise broken
-            if not turns:
-                raise _no_turns(where)
-            if not persona:
-                raise RecordError(
-                    "the dialog has no 'your persona:' lines",
-                    where=where,
-                    fix="add the bot's persona lines.",
-                    reason="empty persona",
-                )
-            dialogs.append({"persona": list(persona), "turns": list(turns), "record": where})
+    def close() -> list[Dialog]:
+        where = f"{file.path}, dialog starting at line {start_line}"
+        if broken is not None:
+            raise broken
+        if not turns:
+            raise _no_turns(where)
+        if not persona:
+            raise RecordError(
+                "the dialog has no 'your persona:' lines",
+                where=where,
+                fix="add the bot's persona lines.",
+                reason="empty persona",
+            )
+        return [{"persona": list(persona), "turns": list(turns), "record": where}]
 
-    for line_number, line in enumerate(text.splitlines(), start=1):
+    for line_number, line in file.lines():
         if not line.strip():
             continue
         match = _PARLAI_LINE.match(line)
         if not match:
             raise DataError(
                 "not a ParlAI line (expected a number, a space, then text)",
-                where=f"{path}, line {line_number}",
+                where=f"{file.path}, line {line_number}",
                 fix="check the file is ConvAI2 text, or set dataset_format.",
             )
         number, content = int(match.group(1)), match.group(2)
         if number <= previous_number or (number == 1 and previous_number):
-            close()
+            yield from _guarded(skips, split, close)
             persona, history, turns, broken, start_line = [], [], [], None, line_number
         previous_number = number
         if content.startswith("your persona:"):
@@ -301,7 +317,7 @@ def read_parlai(path: Path, text: str, skips: SkipLog, split: str) -> list[Dialo
         if len(fields) < 2 or not fields[1].strip():
             broken = broken or RecordError(
                 "turn without its gold reply (expected 'text<TAB>label')",
-                where=f"{path}, line {line_number}",
+                where=f"{file.path}, line {line_number}",
                 fix="add the label after a tab, or drop the line.",
                 reason="turn without candidates",
             )
@@ -313,8 +329,7 @@ def read_parlai(path: Path, text: str, skips: SkipLog, split: str) -> list[Dialo
         turns.append({"history": list(history), "candidates": candidates})
         history.append(label)
     if previous_number:
-        close()
-    return dialogs
+        yield from _guarded(skips, split, close)
 
 
 def conversation_dialogs(
@@ -400,89 +415,100 @@ def record_dialogs(record: Any, where: str, bot_side: str, skips: SkipLog, split
     return conversation_dialogs(personas, utterances, bot_side, where)
 
 
-def read_conversations(path: Path, text: str, bot_side: str, skips: SkipLog, split: str) -> list[Dialog]:
-    """Conversation records from CSV (Synthetic-Persona-Chat columns), a JSON list, or JSONL."""
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        records = _parse_json(path, text)
-        names = [f"{path}, record {i}" for i in range(len(records))]
-    elif stripped.startswith("{"):
-        records, names = [], []
-        for line_number, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                with skips.guard(split):
-                    try:
-                        records.append(json.loads(line))
-                    except json.JSONDecodeError as error:
-                        raise RecordError(
-                            f"invalid JSON ({error.msg}); JSONL needs one object per line",
-                            where=f"{path}, line {line_number}",
-                            fix="repair the line, or check the file is not truncated.",
-                            reason="invalid JSON line",
-                        ) from None
-                    names.append(f"{path}, line {line_number}")
-    else:
-        reader = csv.DictReader(io.StringIO(text))
-        missing = [c for c in _SPC_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(
-                f"the CSV lacks column(s) {missing}", where=str(path), fix="use the Synthetic-Persona-Chat columns."
-            )
-        records = list(reader)
-        names = [f"{path}, row {i + 2}" for i in range(len(records))]
-    dialogs: list[Dialog] = []
-    for record, where in zip(records, names):
+def _jsonl_records(file: CorpusFile, skips: SkipLog, split: str) -> Iterator[tuple[Any, str]]:
+    """``(record, where)`` of each line of a JSONL file; a line that is not JSON is skipped into ``skips``."""
+    for line_number, line in file.lines():
+        if not line.strip():
+            continue
+        where = f"{file.path}, line {line_number}"
+        records: list[Any] = []
         with skips.guard(split):
-            dialogs.extend(record_dialogs(record, where, bot_side, skips, split))
-    return dialogs
+            try:
+                records = [json.loads(line)]
+            except json.JSONDecodeError as error:
+                raise RecordError(
+                    f"invalid JSON ({error.msg}); JSONL needs one object per line",
+                    where=where,
+                    fix="repair the line, or check the file is not truncated.",
+                    reason="invalid JSON line",
+                ) from None
+        for record in records:
+            yield record, where
 
 
-def read_file(path: Path, dataset_format: str, bot_side: str, skips: SkipLog, split: str | None = None) -> Corpus:
-    """One corpus file, in the given layout or the one its content shows.
+def _csv_records(file: CorpusFile) -> Iterator[tuple[Any, str]]:
+    """``(row, where)`` of each row of a Synthetic-Persona-Chat CSV."""
+    reader = csv.DictReader(line for _, line in file.lines(keepends=True))
+    missing = [c for c in _SPC_COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise DataError(
+            f"the CSV lacks column(s) {missing}", where=str(file.path), fix="use the Synthetic-Persona-Chat columns."
+        )
+    for index, row in enumerate(reader):
+        yield row, f"{file.path}, row {index + 2}"
+
+
+def read_conversations(file: CorpusFile, bot_side: str, skips: SkipLog, split: str) -> Stream:
+    """Conversation records from CSV (Synthetic-Persona-Chat columns), a JSON list, or JSONL, one at a time."""
+    head = file.head()
+    if head.startswith("["):
+        records = ((record, f"{file.path}, record {i}") for i, record in enumerate(file.json_values("item")))
+    elif head.startswith("{"):
+        records = _jsonl_records(file, skips, split)
+    else:
+        records = _csv_records(file)
+    for record, where in records:
+        yield from _guarded(skips, split, record_dialogs, record, where, bot_side, skips, split)
+
+
+def read_file(path: Path, dataset_format: str, bot_side: str, skips: SkipLog, split: str | None = None) -> Stream:
+    """One corpus file, in the given layout or the one its content shows, as ``(split, dialog)`` pairs.
 
     A file with no splits inside is read as ``split`` (default :data:`WHOLE_FILE`).
     """
-    text = read_text(path)
-    layout = detect_format(path, text) if dataset_format == "auto" else dataset_format
+    file = CorpusFile(path)
+    layout = detect_format(file) if dataset_format == "auto" else dataset_format
     if layout == "personachat_json":
-        return read_personachat_json(path, text, skips)
+        return read_personachat_json(file, skips)
     split = split or WHOLE_FILE
     if layout == "parlai":
-        return {split: read_parlai(path, text, skips, split)}
+        return read_parlai(file, skips, split)
     if layout == "conversations":
-        return {split: read_conversations(path, text, bot_side, skips, split)}
+        return read_conversations(file, bot_side, skips, split)
     raise DataError(f"dataset_format '{layout}' does not apply to a file", where=str(path), fix="use auto for files.")
 
 
-def read_folder(path: Path, dataset_format: str, bot_side: str, skips: SkipLog) -> Corpus:
-    """A folder of corpus files (ParlAI ``train_*.txt``/``valid_*.txt``, CSV, JSON), merged split by split."""
+def read_folder(path: Path, dataset_format: str, bot_side: str, skips: SkipLog) -> Stream:
+    """A folder of corpus files (ParlAI ``train_*.txt``/``valid_*.txt``, CSV, JSON), file after file."""
     files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in CORPUS_SUFFIXES)
     if not files:
         raise DataError(
             "the folder holds no .txt, .json, .jsonl or .csv corpus file", where=str(path), fix="check dataset_path."
         )
-    corpus: Corpus = defaultdict(list)
     for file in files:
-        for split, dialogs in read_file(file, dataset_format, bot_side, skips, split_of_filename(file)).items():
-            corpus[split].extend(dialogs)
-    return dict(corpus)
+        yield from read_file(file, dataset_format, bot_side, skips, split_of_filename(file))
 
 
-def hub_rows_to_corpus(dataset_dict, bot_side: str, name: str, skips: SkipLog) -> Corpus:
+def hub_rows(dataset_dict, bot_side: str, name: str, skips: SkipLog) -> Stream:
     """Rows of a ``datasets.DatasetDict`` (from the Hub or disk) in any accepted shape."""
-    corpus: Corpus = {}
     for split_name, rows in dataset_dict.items():
         split = SPLIT_ALIASES.get(split_name, split_name)
-        columns = set(rows.column_names)
-        if {"personality", "history", "candidates", "conv_id"} <= columns:
-            corpus[split] = _group_turn_rows(rows, f"{name}[{split_name}]", skips, split)
-        else:
-            dialogs: list[Dialog] = []
-            for index, row in enumerate(rows):
-                with skips.guard(split):
-                    dialogs.extend(record_dialogs(row, f"{name}[{split_name}] row {index}", bot_side, skips, split))
-            corpus[split] = dialogs
-    return corpus
+        if {"personality", "history", "candidates", "conv_id"} <= set(rows.column_names):
+            for dialog in _group_turn_rows(rows, f"{name}[{split_name}]", skips, split):
+                yield split, dialog
+            continue
+        for index, row in enumerate(rows):
+            where = f"{name}[{split_name}] row {index}"
+            yield from _guarded(skips, split, record_dialogs, row, where, bot_side, skips, split)
+
+
+def collect(stream: Stream) -> Corpus:
+    """The dialogs of a stream gathered split by split (for a corpus small enough to hold: a persona to draw, a
+    test)."""
+    corpus: Corpus = defaultdict(list)
+    for split, dialog in stream:
+        corpus[split].append(dialog)
+    return dict(corpus)
 
 
 def _group_turn_rows(rows, where: str, skips: SkipLog, split: str) -> list[Dialog]:

@@ -8,7 +8,7 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from persona.data.readers import CORPUS_SUFFIXES, Corpus, hub_rows_to_corpus, read_file, read_folder
+from persona.data.readers import CORPUS_SUFFIXES, Corpus, Stream, collect, hub_rows, read_file, read_folder
 from persona.data.skips import SkipLog
 from persona.errors import DataError, first_line
 from persona.hub_names import is_hub_id
@@ -108,16 +108,22 @@ def fingerprint(source: str) -> str:
     return digest.hexdigest()
 
 
-def read_corpus(
+def corpus_stream(
     source: str, dataset_format: str = "auto", bot_side: str = "both", skips: SkipLog | None = None
-) -> Corpus:
-    """All splits of a resolved corpus, as canonical dialogs; unusable records are skipped into ``skips``.
-
-    A single file with no splits inside gives the one split ``WHOLE_FILE``.
-    """
+) -> Stream:
+    """The dialogs of a resolved corpus as ``(split, dialog)`` pairs, read in bounded memory; unusable records are
+    skipped into ``skips``. A single file with no splits inside gives the one split ``WHOLE_FILE``."""
     path, skips = Path(source), skips or SkipLog()
     if dataset_format == "hub" or is_hub_dataset(source) or is_saved_dataset(path):
-        return hub_rows_to_corpus(_load_hub_dataset(source), bot_side, source, skips)
+        return hub_rows(_load_hub_dataset(source), bot_side, source, skips)
     if path.is_dir():
         return read_folder(path, dataset_format, bot_side, skips)
     return read_file(path, dataset_format, bot_side, skips)
+
+
+def read_corpus(
+    source: str, dataset_format: str = "auto", bot_side: str = "both", skips: SkipLog | None = None
+) -> Corpus:
+    """All splits of a resolved corpus held as lists of dialogs (:func:`corpus_stream` gathered), for a corpus small
+    enough to hold."""
+    return collect(corpus_stream(source, dataset_format, bot_side, skips))

@@ -182,6 +182,14 @@ def refuse_training_fields(model_args: ModelArguments, command: str) -> None:
         )
 
 
+def fed_token_types(config, use_token_types: bool | None = None) -> bool:
+    """Whether a trained model of ``config`` is fed token types: never in the chat-template layout; in the reference
+    layout as ``use_token_types`` asks, else as it was trained."""
+    return getattr(config, "persona_layout", REFERENCE_LAYOUT) == REFERENCE_LAYOUT and uses_token_types(
+        config, use_token_types
+    )
+
+
 def _trained(model_args: ModelArguments, tokenizer, config, use_token_types: bool | None) -> LoadedModel:
     """The persona model of ``model_args`` (its tokenizer and config already loaded), fed as it was trained."""
     layout = getattr(config, "persona_layout", REFERENCE_LAYOUT)
@@ -195,9 +203,14 @@ def _trained(model_args: ModelArguments, tokenizer, config, use_token_types: boo
             model_args.model_name_or_path,
         )
         tokenizer.persona_leading_space = False
-    token_types = layout == REFERENCE_LAYOUT and uses_token_types(config, use_token_types)
     return LoadedModel(
-        model.eval(), tokenizer, ids, max_positions(config), token_types, layout, name=model_args.model_name_or_path
+        model.eval(),
+        tokenizer,
+        ids,
+        max_positions(config),
+        fed_token_types(config, use_token_types),
+        layout,
+        name=model_args.model_name_or_path,
     )
 
 
