@@ -1,15 +1,20 @@
-"""Preparation of a PersonaChat-scale corpus: cold time, peak RSS, cache size, warm load time.
+"""Preparation of a PersonaChat-scale corpus, and of corpora several times its size: cold time, peak RSS, cache
+size, warm load time, side by side.
 
-    python benchmarks/prepare.py [--dialogs 17878] [--num_candidates 2] [--workers 2] [--corpus FILE]
+    python benchmarks/prepare.py [--scale 1 4] [--dialogs 17878] [--num_candidates 2] [--workers 2] [--corpus FILE]
 
 Without ``--corpus`` it writes (once, into ``benchmarks/.corpus/``) a synthetic corpus in the JSON
 layout of transfer-learning-conv-ai with PersonaChat's shape: 17,878 training dialogs of 6 to 9 turns
-(about 131k turns), 20 candidates per turn (19 utterances of other dialogs and the gold reply), whole
-histories, personas of 4 or 5 sentences, English words of GPT-2's vocabulary. It then prepares the
+(about 131k turns; ``--scale 4`` writes 4 times as many), 20 candidates per turn (19 utterances of
+other dialogs and the gold reply), whole histories, personas of 4 or 5 sentences, English words of GPT-2's
+vocabulary. It then prepares the
 training split with GPT-2's tokenizer (``../shared/tokenizers/gpt2``) at the reference's settings
 (``max_history 2``, ``num_candidates`` 2 by default), first into an empty cache (cold: reading,
 distractors, tokenization, Arrow), then again from the cache (warm). Each run is a fresh process;
-the peak RSS is the largest of the process and its ``datasets.map`` workers.
+the peak RSS is the largest of the process and its ``datasets.map`` workers, and so is the peak anonymous memory
+(sampled 20 times a second): RSS also counts the pages of the Arrow files a process maps, which grow with the
+output and which the kernel drops under pressure; anonymous memory is what the preparation holds. The last lines
+give each scale's time and peaks against the first scale's: preparation in bounded memory keeps them flat.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -79,8 +85,36 @@ def write_corpus(path: Path, dialogs: int, tokenizer_path: Path, seed: int = 0) 
     partial.replace(path)
 
 
+def _anonymous_kb(pid: int) -> int:
+    """A process's resident anonymous memory (RssAnon, kB): what it holds itself, without the pages of files it
+    maps, which RSS also counts and the kernel drops under pressure; 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("RssAnon:"))
+    except (OSError, StopIteration):
+        return 0
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as children:
+            return [int(child) for child in children.read().split()]
+    except OSError:
+        return []
+
+
+def _largest_anonymous(stop: threading.Event, peak: list[int]) -> None:
+    """Sample, 20 times a second, the anonymous memory of this process and of each of its map workers; keep the
+    largest."""
+    me = os.getpid()
+    while not stop.wait(0.05):
+        peak[0] = max(peak[0], *(_anonymous_kb(pid) for pid in (me, *_children(me))))
+
+
 def prepare(corpus: str, cache: str, num_candidates: int, workers: int) -> dict:
     """Prepare the training split in this process; its time, statistics and peak RSS (workers included)."""
+    stop, anonymous = threading.Event(), [0]
+    threading.Thread(target=_largest_anonymous, args=(stop, anonymous), daemon=True).start()
     start = time.perf_counter()
     from transformers import AutoTokenizer
 
@@ -101,11 +135,16 @@ def prepare(corpus: str, cache: str, num_candidates: int, workers: int) -> dict:
     )
     prepared = prepare_corpus(data, tokenizer, max_length=1024, roles=("train",))
     done = time.perf_counter()
-    peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) * 1024
+    # This process's own high-water mark from /proc (getrusage's for itself would include the benchmark process it
+    # was started from, Linux keeping it across exec), and the largest of its map workers.
+    own = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    peak = max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) * 1024
+    stop.set()
     return {
         "seconds": done - imported,
         "import_seconds": imported - start,
         "peak_rss_gb": peak / 1e9,
+        "peak_anonymous_gb": anonymous[0] * 1024 / 1e9,
         "stats": prepared.stats["splits"]["train"],
     }
 
@@ -127,9 +166,23 @@ def folder_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+def measure(corpus: Path, num_candidates: int, workers: int) -> dict:
+    """Cold and warm preparation of ``corpus`` into a fresh cache, each in a fresh process, and the cache's size."""
+    cache = Path(tempfile.mkdtemp(prefix="persona-prepare-bench-"))
+    try:
+        cold = run_child(str(corpus), str(cache), str(num_candidates), str(workers))
+        warm = run_child(str(corpus), str(cache), str(num_candidates), str(workers))
+        return {"cold": cold, "warm": warm, "cache_bytes": folder_size(cache)}
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dialogs", type=int, default=17878, help="training dialogs of the synthetic corpus")
+    parser.add_argument(
+        "--dialogs", type=int, default=17878, help="training dialogs of the synthetic corpus at scale 1"
+    )
+    parser.add_argument("--scale", type=int, nargs="+", default=[1], help="corpus sizes, as multiples of --dialogs")
     parser.add_argument("--num_candidates", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2, help="preprocessing_num_workers")
     parser.add_argument("--corpus", help="a corpus of your own instead of the synthetic one (any accepted layout)")
@@ -141,35 +194,41 @@ def main() -> None:
         return
     if not SHARED_GPT2_TOKENIZER.exists():
         sys.exit(f"GPT-2's tokenizer is absent: {SHARED_GPT2_TOKENIZER} (the shared folder beside the repository)")
-    corpus = Path(args.corpus) if args.corpus else CORPUS_DIR / f"personachat-shaped-{args.dialogs}.json"
-    if not corpus.exists():
-        print(f"Writing the synthetic corpus {corpus} ...", flush=True)
-        started = time.perf_counter()
-        write_corpus(corpus, args.dialogs, SHARED_GPT2_TOKENIZER)
-        print(f"  written in {time.perf_counter() - started:.1f} s, {corpus.stat().st_size / 1e6:.0f} MB")
-    cache = Path(tempfile.mkdtemp(prefix="persona-prepare-bench-"))
-    try:
-        cold = run_child(str(corpus), str(cache), str(args.num_candidates), str(args.workers))
-        warm = run_child(str(corpus), str(cache), str(args.num_candidates), str(args.workers))
-        stats = cold["stats"]
-        print(
-            f"corpus: {corpus.name}, {corpus.stat().st_size / 1e6:.0f} MB; training split, num_candidates "
-            f"{args.num_candidates}, max_history 2, {args.workers} workers"
-        )
+    corpora = {}
+    for scale in [1] if args.corpus else args.scale:
+        corpus = Path(args.corpus) if args.corpus else CORPUS_DIR / f"personachat-shaped-{args.dialogs * scale}.json"
+        if not corpus.exists():
+            print(f"Writing the synthetic corpus {corpus} ...", flush=True)
+            started = time.perf_counter()
+            write_corpus(corpus, args.dialogs * scale, SHARED_GPT2_TOKENIZER)
+            print(f"  written in {time.perf_counter() - started:.1f} s, {corpus.stat().st_size / 1e6:.0f} MB")
+        corpora[scale] = corpus
+    results = {scale: measure(corpus, args.num_candidates, args.workers) for scale, corpus in corpora.items()}
+    print(f"training split, num_candidates {args.num_candidates}, max_history 2, {args.workers} workers")
+    for scale, result in results.items():
+        corpus, cold, warm, stats = corpora[scale], result["cold"], result["warm"], result["cold"]["stats"]
+        print(f"scale {scale}: {corpus.name}, {corpus.stat().st_size / 1e6:.0f} MB")
         print(
             f"  {stats['dialogs']:,} dialogs, {stats['examples']:,} examples, {stats['candidates']:,} candidates, "
             f"{stats['tokens']:,} tokens, truncated {stats['truncated']}"
         )
         print(f"  padding the classic layout would add (batch 4): {stats['padding_ratio']:.1%}")
-        print(f"{'':24}{'seconds':>10}{'peak RSS GB':>14}")
-        print(f"{'cold (empty cache)':24}{cold['seconds']:10.1f}{cold['peak_rss_gb']:14.2f}")
-        print(f"{'warm (from the cache)':24}{warm['seconds']:10.2f}{warm['peak_rss_gb']:14.2f}")
+        print(f"  {'':24}{'seconds':>10}{'peak RSS GB':>14}{'anonymous GB':>14}")
+        for name, run in (("cold (empty cache)", cold), ("warm (from the cache)", warm)):
+            print(f"  {name:24}{run['seconds']:10.2f}{run['peak_rss_gb']:14.2f}{run['peak_anonymous_gb']:14.2f}")
         print(
-            f"cache size: {folder_size(cache) / 1e6:.0f} MB (python and library imports, not counted above: "
+            f"  cache size: {result['cache_bytes'] / 1e6:.0f} MB (python and library imports, not counted above: "
             f"{cold['import_seconds']:.1f} s)"
         )
-    finally:
-        shutil.rmtree(cache, ignore_errors=True)
+    first = min(results)
+    for scale in sorted(results)[1:]:
+        base, cold = results[first]["cold"], results[scale]["cold"]
+        print(
+            f"scale {scale} against scale {first}: time x{cold['seconds'] / base['seconds']:.2f}, "
+            f"peak RSS x{cold['peak_rss_gb'] / base['peak_rss_gb']:.2f}, "
+            f"peak anonymous memory x{cold['peak_anonymous_gb'] / base['peak_anonymous_gb']:.2f} "
+            f"(data x{scale / first:g})"
+        )
 
 
 if __name__ == "__main__":

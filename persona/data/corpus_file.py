@@ -99,6 +99,22 @@ class CorpusFile:
         except ijson.JSONError as error:
             raise self.broken_json(error) from None
 
+    def top_level(self) -> list[tuple[str, str]] | None:
+        """The keys of the document's top-level object, each with the event its value starts with (``start_array``
+        for a list), in file order; None when the document is not an object. One streaming pass."""
+        events = self.json_events()
+        _, event, _ = next(events, ("", None, None))
+        if event != "start_map":
+            return None
+        keys, pending = [], None
+        for prefix, event, value in events:
+            if prefix == "" and event == "map_key":
+                pending = value
+            elif pending is not None and prefix == pending:
+                keys.append((pending, event))
+                pending = None
+        return keys
+
     def broken_json(self, error: Exception) -> DataError:
         """Where a JSON document breaks, found again by the pure-Python parser (which counts characters), read as
         a line and column."""

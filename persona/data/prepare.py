@@ -23,7 +23,7 @@ from persona.configs import REFERENCE_LAYOUT, DataArguments
 from persona.data.cache import cache_key, tokenizer_fingerprint, write_atomically
 from persona.data.candidates import split_view
 from persona.data.features import build_features
-from persona.data.layout import REPLY_OVERHEAD, gold_reply
+from persona.data.layout import REPLY_OVERHEAD, gold_reply, kept_candidates
 from persona.data.readers import SILENCE, WHOLE_FILE, Stream
 from persona.data.skips import SkipLog
 from persona.data.sources import corpus_stream, fingerprint, resolve
@@ -134,10 +134,23 @@ def resolved_sources(args: DataArguments, roles: tuple[str, ...]) -> tuple[str, 
     ) if args.eval_dataset_path and "eval" in roles else None
 
 
-def _read(source: str, args: DataArguments, skips: SkipLog, folder: Path) -> dict[str, datasets.Dataset]:
-    """Every split of ``source`` written to Arrow in ``folder``; a split whose every record was skipped is present,
-    empty."""
-    corpus = write_splits(corpus_stream(source, args.dataset_format, args.bot_side, skips), folder)
+def _with_candidates_cut(stream: Stream, keep: int) -> Stream:
+    """The dialogs of ``stream`` with each turn's last ``keep`` candidates only (all for ``keep <= 0``): no role
+    reads more (distractors are drawn from gold replies, which stay), and a file's 20 candidates per turn are most
+    of its bytes."""
+    for split, dialog in stream:
+        turns = [{**turn, "candidates": kept_candidates(turn["candidates"], keep)} for turn in dialog["turns"]]
+        yield split, {**dialog, "turns": turns}
+
+
+def _read(
+    source: str, args: DataArguments, skips: SkipLog, folder: Path, wanted: list[int]
+) -> dict[str, datasets.Dataset]:
+    """Every split of ``source`` written to Arrow in ``folder``, with as many candidates per turn as the roles that
+    read it want at most (``wanted``); a split whose every record was skipped is present, empty."""
+    keep = 0 if min(wanted) <= 0 else max(wanted)
+    stream = _with_candidates_cut(corpus_stream(source, args.dataset_format, args.bot_side, skips), keep)
+    corpus = write_splits(stream, folder)
     empty = datasets.Dataset.from_dict({name: [] for name in DIALOG_FEATURES}, features=DIALOG_FEATURES)
     return {**{split: empty for split, reasons in skips.counts.items() if reasons and split not in corpus}, **corpus}
 
@@ -158,7 +171,9 @@ def read_splits(
     """
     source, eval_source = sources
     where = args.dataset_path or "PersonaChat"
-    corpus = _read(source, args, skips, folder / "source")
+    wanted = [args.num_candidates] if "train" in roles else []
+    wanted += [args.eval_num_candidates] if "eval" in roles and not eval_source else []
+    corpus = _read(source, args, skips, folder / "source", wanted or [args.eval_num_candidates])
     whole_file = WHOLE_FILE in corpus
     train_split = WHOLE_FILE if whole_file else args.train_split
     splits = {"train": train_split} if "train" in roles else {}
@@ -167,7 +182,7 @@ def read_splits(
             eval_skips = SkipLog(
                 strict=skips.strict
             )  # counted apart: its splits may be named like the training file's
-            eval_corpus = _read(eval_source, args, eval_skips, folder / "eval_source")
+            eval_corpus = _read(eval_source, args, eval_skips, folder / "eval_source", [args.eval_num_candidates])
             skips.counts[EVAL_FILE].update(eval_skips.reasons())
             name = next((s for s in (WHOLE_FILE, args.eval_split) if s in eval_corpus), None)
             if name is None:

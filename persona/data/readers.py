@@ -46,8 +46,6 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypedDict
 
-import ijson
-
 from persona.configs import FORMATS
 from persona.data.corpus_file import CorpusFile
 from persona.data.skips import RecordError, SkipLog
@@ -125,8 +123,7 @@ def _keys_name_a_split(file: CorpusFile) -> bool:
         record = json.loads(first_line)
         return isinstance(record, dict) and any(key in SPLIT_ALIASES for key in record)
     except json.JSONDecodeError:  # an object over several lines: its keys from the stream
-        keys = (value for prefix, event, value in file.json_events() if prefix == "" and event == "map_key")
-        return any(key in SPLIT_ALIASES for key in keys)
+        return any(key in SPLIT_ALIASES for key, _ in file.top_level() or [])
 
 
 def _string_list(
@@ -212,58 +209,29 @@ def _guarded(skips: SkipLog, split: str, read: Callable[..., list[Dialog]], *arg
         yield split, dialog
 
 
-def _skip_value(events: Iterator, event: str) -> None:
-    """Consume the rest of a JSON value that began with ``event``."""
-    depth = int(event in ("start_map", "start_array"))
-    while depth:
-        _, event, _ = next(events)
-        depth += (event in ("start_map", "start_array")) - (event in ("end_map", "end_array"))
-
-
-def _array_items(events: Iterator, array: str) -> Iterator[Any]:
-    """Each element of the JSON array at prefix ``array`` (whose ``start_array`` was consumed), built one at a time."""
-    for prefix, event, value in events:
-        if prefix == array and event == "end_array":
-            return
-        builder = ijson.ObjectBuilder()
-        builder.event(event, value)
-        depth = int(event in ("start_map", "start_array"))
-        while depth:
-            _, event, value = next(events)
-            builder.event(event, value)
-            depth += (event in ("start_map", "start_array")) - (event in ("end_map", "end_array"))
-        yield builder.value
-
-
 def _reference_dialogs(record: Any, where: str, skips: SkipLog, split: str) -> list[Dialog]:
     return [reference_dialog(record, where, skips, split)]
 
 
 def read_personachat_json(file: CorpusFile, skips: SkipLog) -> Stream:
-    """The transfer-learning-conv-ai JSON, ``{"train": [dialog, ...], "valid": [...]}``, one dialog at a time."""
-    events = file.json_events()
-    _, event, _ = next(events, ("", None, None))
-    found = False
-    if event == "start_map":
-        for prefix, event, key in events:
-            if prefix != "" or event != "map_key":
-                continue
-            _, event, _ = next(events)
-            if key not in SPLIT_ALIASES:
-                _skip_value(events, event)
-                continue
-            if event != "start_array":
-                raise DataError(f"split '{key}' must be a list of dialogs", where=str(file.path), fix="fix the file.")
-            found, split = True, SPLIT_ALIASES[key]
-            for index, record in enumerate(_array_items(events, key)):
-                where = f"{file.path}, {key}[{index}]"
-                yield from _guarded(skips, split, _reference_dialogs, record, where, skips, split)
-    if not found:
+    """The transfer-learning-conv-ai JSON, ``{"train": [dialog, ...], "valid": [...]}``, one dialog at a time: one
+    streaming pass finds the splits, then one per split builds its dialogs (``ijson``'s C builder)."""
+    splits: dict[str, str] = {}
+    for key, event in file.top_level() or []:
+        if key in SPLIT_ALIASES:
+            splits.setdefault(key, event)  # a key given twice is read once (ijson reads both of its lists)
+    if not splits:
         raise DataError(
             "expected an object with 'train'/'valid' lists of dialogs (the transfer-learning-conv-ai JSON)",
             where=str(file.path),
             fix="set dataset_format: conversations for JSON conversations, or fix the file.",
         )
+    for key, event in splits.items():
+        if event != "start_array":
+            raise DataError(f"split '{key}' must be a list of dialogs", where=str(file.path), fix="fix the file.")
+        split = SPLIT_ALIASES[key]
+        for index, record in enumerate(file.json_values(f"{key}.item")):
+            yield from _guarded(skips, split, _reference_dialogs, record, f"{file.path}, {key}[{index}]", skips, split)
 
 
 def read_parlai(file: CorpusFile, skips: SkipLog, split: str) -> Stream:
