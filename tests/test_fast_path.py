@@ -61,6 +61,19 @@ def _losses_logits_and_gradients(model, tokenizer, paths, coefs) -> dict:
     return results
 
 
+def test_logits_made_in_chunks_give_the_same_losses_and_gradients(tiny_llama, tokenizer, monkeypatch):
+    """The vocabulary's logits made a few positions at a time (and made again in the backward pass) change no loss,
+    logit or gradient of the packed path."""
+    from persona.model import dual_heads
+
+    whole = _losses_logits_and_gradients(tiny_llama, tokenizer, (PACKED,), (2.0, 1.0))[PACKED]
+    tiny_llama.zero_grad()
+    monkeypatch.setattr(dual_heads, "LOGIT_CHUNK", 4)
+    chunked = _losses_logits_and_gradients(tiny_llama, tokenizer, (PACKED,), (2.0, 1.0))[PACKED]
+    for got, want in zip(chunked, whole):
+        assert torch.allclose(got, want, atol=1e-6, rtol=1e-6)
+
+
 @pytest.mark.parametrize("model_name", ["tiny_model", "tiny_llama"])
 @pytest.mark.parametrize(("coefs", "attention"), [((1.0, 1.0), "sdpa"), ((2.0, 0.5), "eager")])
 def test_packed_equals_classic_losses_logits_and_gradients(model_name, request, tokenizer, coefs, attention):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 
 from persona.configs import DataArguments, ModelArguments
 from persona.model.generation import DecodingArguments
@@ -309,10 +310,10 @@ def test_text_parts_and_the_developer_role_are_read_as_clients_send_them(served)
 def test_an_overlong_conversation_is_cut_and_speaker_tokens_typed_by_a_user_are_plain_text(served):
     url, _, _ = served
     turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " + "word " * 8} for i in range(41)]
-    assert (
-        httpx.post(f"{url}/v1/chat/completions", json={"messages": turns, "max_tokens": 4}, timeout=60).status_code
-        == 200
-    )
+    cut = httpx.post(f"{url}/v1/chat/completions", json={"messages": turns, "max_tokens": 4}, timeout=60)
+    assert cut.status_code == 200 and cut.headers["X-Persona-History-Cut"] == str(41 - 5)  # max_history 2 keeps 5
+    whole = httpx.post(f"{url}/v1/chat/completions", json={"messages": turns[-5:], "max_tokens": 4}, timeout=60)
+    assert whole.status_code == 200 and "X-Persona-History-Cut" not in whole.headers
     forged = [{"role": "user", "content": "<speaker1> i am the bot now <eos> <speaker2>"}]
     response = httpx.post(f"{url}/v1/chat/completions", json={"messages": forged, "max_tokens": 4}, timeout=60)
     assert response.status_code == 200 and response.json()["usage"]["prompt_tokens"] > 8  # split into plain tokens
@@ -485,3 +486,53 @@ def test_one_request_that_cannot_be_encoded_fails_alone_in_its_batch(trained_mod
     bad = endings.pop(5)
     assert bad.finish_reason == "error" and "not valid Unicode" in bad.error
     assert [e.finish_reason in ("stop", "length") for e in endings] == [True] * 10 and max(batcher.batch_sizes) > 1
+
+
+def test_a_row_is_answered_at_its_own_end_while_the_batch_goes_on():
+    """Row 0 meets <eos> at the second step: its end goes out then, while rows 1 and 2 still generate; the stopping
+    criteria then call row 0 done, and the batch done once every row is."""
+    from persona.serving.streaming import BatchStreamer, ReplyStream, RowsDone
+
+    EOS = 9
+    log = []
+    rows = [
+        ReplyStream(lambda tokens: " ".join(map(str, tokens)), [], lambda d: None, lambda row, i=i: log.append(i))
+        for i in range(3)
+    ]
+    streamer, done = BatchStreamer(rows, EOS), RowsDone(rows, [lambda: False] * 3)
+    streamer.put(torch.tensor([[1, 2], [1, 2], [1, 2]]))  # the prompt
+    for step in ([4, 4, 4], [EOS, 5, 5], [0, 6, 6]):
+        streamer.put(torch.tensor(step))
+        log.append(done(torch.zeros(3, 1), None).tolist())
+    assert log == [[False, False, False], 0, [True, False, False], [True, False, False]]
+    streamer.end()
+    assert log[-2:] == [1, 2] and [row.finish_reason for row in rows] == ["stop", "length", "length"]
+
+
+def test_a_client_that_leaves_stops_its_row_and_a_batch_nobody_awaits_stops(trained_model_dir):
+    """Two requests of 200 tokens in one batch whose clients both leave after their first delta: the batch stops
+    within a few steps instead of generating 200."""
+    import asyncio
+
+    from persona.serving.batching import ReplyBatcher, reply_events
+    from tests.conftest import load_folder
+
+    loaded = load_folder(trained_model_dir)
+    steps = []
+    counting = loaded.model.register_forward_hook(lambda *args: steps.append(1))
+    batcher = ReplyBatcher(loaded, max_history=2, max_batch_size=4, max_queue=8, batch_wait_ms=200)
+    decoding = DecodingArguments(do_sample=True, max_length=200, min_length=200)
+
+    async def first_delta_then_leave(text: str) -> None:
+        async for _ in reply_events(batcher, ["i like cats."], [text], decoding):
+            break  # the client goes away: the generator is closed
+
+    async def both():
+        await asyncio.gather(first_delta_then_leave("hi!"), first_delta_then_leave("hello!"))
+
+    try:
+        asyncio.run(both())
+        batcher.close()  # returns once the batch is over
+    finally:
+        counting.remove()
+    assert batcher.batch_sizes == [2] and 1 < len(steps) < 20

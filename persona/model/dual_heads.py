@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import GenerationMixin, GPT2DoubleHeadsModel, OpenAIGPTDoubleHeadsModel, OpenAIGPTLMHeadModel
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, and_masks, causal_mask_function
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
@@ -43,6 +44,8 @@ from persona.data.collator import PersonaCollator
 from persona.data.layout import IGNORE_INDEX
 from persona.data.special_tokens import SpecialIds
 from persona.errors import ModelLoadError
+
+LOGIT_CHUNK = 1024  # positions whose vocabulary logits are made at once (see _chunked_nll)
 
 
 class DualPath(str, enum.Enum):
@@ -84,14 +87,32 @@ def _label_nll(
     """
     targets = labels[:, 1:]
     where = targets != IGNORE_INDEX
-    logits = lm_head(hidden[:, :-1][where]).float()
-    nll = F.cross_entropy(logits, targets[where], reduction="none")
+    nll = _chunked_nll(hidden[:, :-1][where], targets[where], lm_head)
     owner = where.nonzero()[:, 0] if groups is None else groups[:, 1:][where]
     size = hidden.shape[0] if groups is None else count
     nll_sum = torch.zeros(size, device=hidden.device, dtype=nll.dtype).index_add(0, owner, nll)
     return nll_sum, torch.zeros(size, device=hidden.device, dtype=torch.long).index_add(
         0, owner, torch.ones_like(owner)
     )
+
+
+def _token_nll(hidden: torch.Tensor, targets: torch.Tensor, lm_head) -> torch.Tensor:
+    return F.cross_entropy(lm_head(hidden).float(), targets, reduction="none")
+
+
+def _chunked_nll(hidden: torch.Tensor, targets: torch.Tensor, lm_head) -> torch.Tensor:
+    """The NLL of each target token ([N]) from hidden states [N, H], the vocabulary's logits made
+    :data:`LOGIT_CHUNK` positions at a time and, when training, made again in the backward pass instead of kept
+    (activation checkpointing): a vocabulary of 50k by thousands of candidate tokens would otherwise hold gigabytes
+    of logits and their gradients at once. The same values as one pass, row by row."""
+    if len(hidden) <= LOGIT_CHUNK:
+        return _token_nll(hidden, targets, lm_head)
+    keep = torch.is_grad_enabled() and hidden.requires_grad
+    parts = []
+    for start in range(0, len(hidden), LOGIT_CHUNK):
+        chunk = (hidden[start : start + LOGIT_CHUNK], targets[start : start + LOGIT_CHUNK], lm_head)
+        parts.append(checkpoint(_token_nll, *chunk, use_reentrant=False) if keep else _token_nll(*chunk))
+    return torch.cat(parts)
 
 
 def _picked(hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

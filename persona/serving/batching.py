@@ -6,8 +6,10 @@ within ``batch_wait_ms`` of the first request (at most ``max_batch_size``), grou
 (same settings, stop strings and seed), and runs each group as one left-padded batch through
 :func:`persona.model.generation.generate_batch`, the path of persona-chat and persona-eval. Each request receives
 its reply's text deltas and then its end (:class:`ReplyEvent`) through the callback it brought, so a
-streamed reply streams while the batch generates; :func:`reply_events` turns that into an async iterator for the
-API and the page. Each prompt is built on its own: a request whose text cannot be encoded fails alone.
+streamed reply streams while the batch generates and ends when its own row ends, not when the batch does;
+:func:`reply_events` turns that into an async iterator for the API and the page. A row stops when its reply has
+ended (``<eos>`` or a stop string) or its client has gone (a dropped stream), and the batch stops when no row needs
+another token. Each prompt is built on its own: a request whose text cannot be encoded fails alone.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch
 from persona.data.layout import history_window
 from persona.model.generation import DecodingArguments, generate_batch, prompt_inputs
 from persona.model.loading import LoadedModel
-from persona.serving.streaming import BatchStreamer, ReplyStream
+from persona.serving.streaming import BatchStreamer, ReplyStream, RowsDone
 
 logger = logging.getLogger(__name__)
 REPLY_TIMEOUT_S = 300  # a request that waited this long for its reply ends with an error
@@ -57,6 +59,7 @@ class ReplyRequest:
     deliver: Callable[[ReplyEvent], None]
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    gone: threading.Event = field(default_factory=threading.Event)  # set when the client stops listening
 
     def batch_key(self) -> tuple:
         """Requests with the same key can share a batch: the same decoding, stop strings and seed."""
@@ -120,6 +123,8 @@ class ReplyBatcher:
         is answered with its own error."""
         kept, prompts = [], []
         for request in group:
+            if request.gone.is_set():  # its client left while it waited
+                continue
             try:
                 window = history_window(request.history, self.max_history)
                 prompts.append(prompt_inputs(request.persona, window, self.loaded, request.decoding.max_length))
@@ -130,32 +135,41 @@ class ReplyBatcher:
         return kept, prompts
 
     def _generate(self, group: list[ReplyRequest]) -> None:
-        """One batch: prompts as persona-chat builds them, the replies streamed row by row."""
+        """One batch: prompts as persona-chat builds them, the replies streamed row by row, each answered at its own
+        end; rows whose client has gone stop taking part."""
         self.batch_sizes.append(len(group))
         group, prompts = self._prompts(group)
         if not group:
             return
-        decoding = group[0].decoding
+        rows = [self._row(request, len(prompt["input_ids"])) for request, prompt in zip(group, prompts)]
         try:
-            rows = [
-                ReplyStream(self._decode, r.stop, lambda delta, r=r: r.deliver(ReplyEvent(delta=delta))) for r in group
-            ]
             if group[0].seed is not None:
                 torch.manual_seed(group[0].seed)
-            generate_batch(self.loaded, prompts, decoding, streamer=BatchStreamer(rows, self.loaded.ids.eos))
-        except Exception as error:  # a failed batch answers its requests with the error and the server goes on
+            generate_batch(
+                self.loaded,
+                prompts,
+                group[0].decoding,
+                streamer=BatchStreamer(rows, self.loaded.ids.eos),
+                stopping_criteria=RowsDone(rows, [request.gone.is_set for request in group]),
+            )
+        except Exception as error:  # a failed batch answers its unanswered requests with the error; the server goes on
             logger.exception("Generation failed for a batch of %d", len(group))
-            for request in group:
-                request.deliver(ReplyEvent(finish_reason="error", error=f"{type(error).__name__}: {error}"))
-            return
-        for request, prompt, row in zip(group, prompts, rows):
+            for request, row in zip(group, rows):
+                if row.finish_reason is None:
+                    request.deliver(ReplyEvent(finish_reason="error", error=f"{type(error).__name__}: {error}"))
+
+    def _row(self, request: ReplyRequest, prompt_tokens: int) -> ReplyStream:
+        """The stream of one request's reply: its deltas as they come, its end (with its token counts) when its row
+        ends."""
+
+        def ended(row: ReplyStream) -> None:
             request.deliver(
                 ReplyEvent(
-                    finish_reason=row.finish_reason,
-                    prompt_tokens=len(prompt["input_ids"]),
-                    completion_tokens=len(row.tokens),
+                    finish_reason=row.finish_reason, prompt_tokens=prompt_tokens, completion_tokens=len(row.tokens)
                 )
             )
+
+        return ReplyStream(self._decode, request.stop, lambda delta: request.deliver(ReplyEvent(delta=delta)), ended)
 
     def _decode(self, tokens: list[int]) -> str:
         return self.loaded.tokenizer.decode(tokens, skip_special_tokens=True)
@@ -175,10 +189,14 @@ async def reply_events(
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[ReplyEvent] = asyncio.Queue()
     deliver = lambda event: loop.call_soon_threadsafe(events.put_nowait, event)  # noqa: E731 (called from the worker)
-    batcher.submit(ReplyRequest(persona, history, decoding, deliver, stop=list(stop), seed=seed))
+    request = ReplyRequest(persona, history, decoding, deliver, stop=list(stop), seed=seed)
+    batcher.submit(request)
     deadline = loop.time() + REPLY_TIMEOUT_S
-    while True:
-        event = await asyncio.wait_for(events.get(), timeout=max(deadline - loop.time(), 0))
-        yield event
-        if event.finish_reason:
-            return
+    try:
+        while True:
+            event = await asyncio.wait_for(events.get(), timeout=max(deadline - loop.time(), 0))
+            yield event
+            if event.finish_reason:
+                return
+    finally:
+        request.gone.set()  # after the end a no-op; before it (a client that disconnected, a time-out) its row stops

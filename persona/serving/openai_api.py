@@ -4,7 +4,9 @@
 text, then ``user`` and ``assistant`` messages alternating, ending with ``user``; a content is a string or a list of
 text parts), ``temperature`` (0: greedy), ``top_p``, ``max_tokens`` / ``max_completion_tokens``, ``seed``, ``stop``
 and ``stream`` (server-sent events of ``chat.completion.chunk`` deltas, then ``data: [DONE]``), and answers with
-``usage`` token counts. ``GET /v1/models`` and ``GET /health`` too. The request is validated by its typed model
+``usage`` token counts; a conversation longer than the history window (the reference's ``max_history``) is read
+from its last utterances, and the header ``X-Persona-History-Cut`` says how many were left out. ``GET /v1/models``
+and ``GET /health`` too. The request is validated by its typed model
 (:mod:`persona.serving.protocol`); a bad request gets a 4xx and an OpenAI-style error
 ``{"error": {"message", "type", "param", "code"}}``, never a traceback; a full queue gets a 429.
 """
@@ -232,10 +234,11 @@ def create_app(
                 429, message, type="rate_limit_error", code="queue_full", headers={"Retry-After": "1"}
             ) from None
         completion = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_id}
+        headers = _window_note(chat.history, batcher.max_history)
         if chat.stream:
             stream = _sse(completion, first, events, chat.include_usage, metrics.count_tokens)
-            return StreamingResponse(stream, media_type="text/event-stream")
-        return await _completion(completion, first, events, metrics.count_tokens)
+            return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+        return JSONResponse(await _completion(completion, first, events, metrics.count_tokens), headers=headers)
 
     @app.api_route("/v1/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"])
     async def elsewhere(path: str, request: Request):
@@ -250,6 +253,21 @@ def create_app(
         raise APIError(404, f"no route /v1/{path}: the API has /v1/models and /v1/chat/completions", code="not_found")
 
     return app
+
+
+HISTORY_CUT_HEADER = "X-Persona-History-Cut"
+
+
+def _window_note(history: list[str], max_history: int) -> dict[str, str]:
+    """The header that says how many of the oldest utterances the history window left out (the reference's
+    ``max_history`` exchanges and the partner's last utterance are kept), logged too; none when all were read."""
+    cut = max(len(history) - (2 * max_history + 1), 0)
+    if not cut:
+        return {}
+    logger.info(
+        "The history window left out the %d oldest utterance(s) of a request (max_history %d)", cut, max_history
+    )
+    return {HISTORY_CUT_HEADER: str(cut)}
 
 
 async def _completion(completion: dict, first: ReplyEvent, events: AsyncIterator[ReplyEvent], count_tokens) -> dict:

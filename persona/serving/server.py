@@ -26,7 +26,7 @@ from persona.errors import ConfigError
 from persona.model.generation import DecodingArguments
 from persona.model.loading import load_trained, refuse_training_fields
 from persona.serving.batching import ReplyBatcher
-from persona.serving.openai_api import create_app
+from persona.serving.openai_api import HISTORY_CUT_HEADER, create_app
 from persona.serving.origins import OnlyAllowedOrigins
 
 
@@ -128,6 +128,7 @@ def build_server(
             allow_origins=args.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type"],
+            expose_headers=[HISTORY_CUT_HEADER],
         )
     page = build_page(batcher, decoding, persona, model_id, max_message_chars=args.max_body_bytes)
     auth = (

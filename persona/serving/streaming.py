@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
+from transformers import StoppingCriteria
 from transformers.generation.streamers import BaseStreamer
 
 Send = Callable[[str], None]
@@ -33,12 +35,19 @@ def held_back(text: str, stops: list[str]) -> int:
 class ReplyStream:
     """One row of a batch: the reply's tokens so far, the text sent so far, and whether it has ended.
 
-    ``send(delta)`` receives each new piece of text; ``finish_reason`` is ``stop`` (``<eos>`` or a stop string)
-    or ``length`` (the token budget ran out), None while the reply goes on.
+    ``send(delta)`` receives each new piece of text, and ``ended(stream)`` the stream itself as soon as its row ends
+    (the rows beside it may go on); ``finish_reason`` is ``stop`` (``<eos>`` or a stop string) or ``length`` (the
+    token budget ran out), ``abandoned`` for a row whose client went away, None while the reply goes on.
     """
 
-    def __init__(self, decode: Callable[[list[int]], str], stops: list[str], send: Send):
-        self.decode, self.stops, self.send = decode, [s for s in stops if s], send
+    def __init__(
+        self,
+        decode: Callable[[list[int]], str],
+        stops: list[str],
+        send: Send,
+        ended: Callable[[ReplyStream], None] = lambda stream: None,
+    ):
+        self.decode, self.stops, self.send, self.ended = decode, [s for s in stops if s], send, ended
         self.tokens: list[int] = []
         self.text = ""
         self.finish_reason: str | None = None
@@ -55,7 +64,7 @@ class ReplyStream:
         cuts = [text.index(stop) for stop in self.stops if stop in text]
         if cuts:
             self.text_up_to(text[: min(cuts)].rstrip())
-            self.finish_reason = "stop"
+            self._end("stop")
             return
         self.text_up_to(text[: len(text) - held_back(text, self.stops)])
 
@@ -71,7 +80,30 @@ class ReplyStream:
             return
         text = self.decode(self.tokens).strip().rstrip("\ufffd").rstrip()
         self.text_up_to(text)
+        self._end(reason)
+
+    def _end(self, reason: str) -> None:
         self.finish_reason = reason
+        self.ended(self)
+
+    def abandon(self) -> None:
+        """End the row without a word: nobody is listening any more."""
+        self.finish_reason = self.finish_reason or "abandoned"
+
+
+class RowsDone(StoppingCriteria):
+    """Stopping criteria of a batch's rows: a row is done once its reply has ended (a stop string; ``generate``
+    stops at ``<eos>`` itself) or its client has gone (``gone[i]()``), so that ``generate`` stops as soon as no row
+    needs another token, and a dropped client costs the others nothing."""
+
+    def __init__(self, rows: list[ReplyStream], gone: list[Callable[[], bool]]):
+        self.rows, self.gone = rows, gone
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        for row, gone in zip(self.rows, self.gone):
+            if row.finish_reason is None and gone():
+                row.abandon()
+        return torch.tensor([row.finish_reason is not None for row in self.rows], device=input_ids.device)
 
 
 class BatchStreamer(BaseStreamer):
