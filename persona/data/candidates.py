@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from persona.data.layout import gold_reply, history_window, kept_candidates
+from persona.data.layout import kept_candidates
 from persona.interrupts import raise_if_interrupted
 
 POOL_BATCH = 10_000  # dialogs read at a time to gather the reply pool
@@ -27,26 +27,36 @@ def reply_pool(dialogs: datasets.Dataset) -> pa.Array:
     return pool.take(pc.sort_indices(pool))
 
 
+def _candidate_counts(dialogs: datasets.Dataset) -> tuple[int, int]:
+    """The fewest and the most candidates of any turn of ``dialogs``, read from the Arrow table."""
+    fewest, most = None, 0
+    for batch in dialogs.select_columns(["turns"]).with_format("arrow").iter(batch_size=POOL_BATCH):
+        turns = pc.list_flatten(batch.column("turns").combine_chunks())
+        counts = pc.list_value_length(pc.struct_field(turns, "candidates"))
+        if len(counts):
+            low, high = pc.min_max(counts).values()
+            fewest = low.as_py() if fewest is None else min(fewest, low.as_py())
+            most = max(most, high.as_py())
+    return fewest or 0, most
+
+
 def split_view(
-    dialogs: datasets.Dataset,
-    *,
-    wanted: int,
-    max_history: int,
-    seed: int,
-    role: str,
-    split: datasets.Dataset,
-    cache_file: str,
+    dialogs: datasets.Dataset, *, wanted: int, seed: int, role: str, split: datasets.Dataset, cache_file: str
 ) -> tuple[datasets.Dataset, int]:
-    """The dialogs with each turn's history cut to its :func:`~persona.data.layout.history_window` and exactly
-    ``wanted`` candidates, written by ``datasets.map`` to ``cache_file``.
+    """The dialogs of a role as the model sees them: exactly ``wanted`` candidates per turn, and only the canonical
+    columns (their ``utterances`` and ``conversation`` dropped).
 
     Turns with more candidates keep the last ``wanted`` (the gold reply is last). Turns with fewer are topped up with
     distractors from the :func:`reply_pool` of the whole ``split`` that ``dialogs`` were taken from (built on first
-    need) that occur nowhere in the dialog itself,
-    never twice, sampled with ``seed`` and the ``role`` (``train``, ``eval``: the same on every run and process,
-    whatever the split is called); a turn keeps fewer only when the split has too few distinct replies.
-    ``wanted <= 0`` keeps every candidate. Returns the dialogs and how many distractors were sampled.
+    need) that occur nowhere in the dialog itself (its ``utterances``), never twice, sampled with ``seed`` and the
+    ``role`` (``train``, ``eval``: the same on every run and process, whatever the split is called); a turn keeps
+    fewer only when the split has too few distinct replies. ``wanted <= 0`` keeps every candidate. Where a turn
+    changes, ``datasets.map`` writes the view to ``cache_file``; where none does, the dialogs are returned as they
+    are. Returns the dialogs and how many distractors were sampled.
     """
+    extra_columns = ["utterances", "conversation"]
+    if wanted <= 0 or _candidate_counts(dialogs) == (wanted, wanted):
+        return dialogs.remove_columns(extra_columns), 0
     rng = np.random.default_rng([seed, zlib.crc32(role.encode())])
     sampled, pool = 0, None
 
@@ -54,8 +64,8 @@ def split_view(
         nonlocal sampled, pool
         raise_if_interrupted()
         viewed = []
-        for turns in batch["turns"]:
-            own = {u for turn in turns for u in (*turn["history"], gold_reply(turn["candidates"]))}
+        for turns, utterances in zip(batch["turns"], batch["utterances"]):
+            own = set(utterances)
             kept = []
             for turn in turns:
                 candidates = kept_candidates(turn["candidates"], wanted)
@@ -65,17 +75,18 @@ def split_view(
                     extra = _sample(pool, missing, own | set(candidates), rng)
                     candidates = extra + candidates
                     sampled += len(extra)
-                kept.append({"history": history_window(turn["history"], max_history), "candidates": candidates})
+                kept.append({"history": turn["history"], "candidates": candidates})
             viewed.append(kept)
         return {"turns": viewed}
 
     view_set = dialogs.map(
         view,
         batched=True,
+        remove_columns=extra_columns,
         cache_file_name=cache_file,
         load_from_cache_file=False,
-        new_fingerprint=f"{dialogs._fingerprint}-view-{role}-{wanted}-{max_history}-{seed}",
-        desc=f"Candidates and history windows [{role}]",
+        new_fingerprint=f"{dialogs._fingerprint}-view-{role}-{wanted}-{seed}",
+        desc=f"Candidates [{role}]",
     )
     return view_set, sampled
 

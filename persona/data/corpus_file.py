@@ -91,23 +91,28 @@ class CorpusFile:
         except ijson.JSONError as error:
             raise self.broken_json(error) from None
 
-    def json_events(self) -> Iterator[tuple[str, str, Any]]:
-        """``ijson.parse``'s ``(prefix, event, value)`` stream of the document (see :meth:`json_values` for
-        errors)."""
+    def json_events(self, multiple_values: bool = False) -> Iterator[tuple[str, str, Any]]:
+        """``ijson.parse``'s ``(prefix, event, value)`` stream of the document (of each document one after the other
+        with ``multiple_values``, as in JSONL); see :meth:`json_values` for errors."""
         try:
-            yield from ijson.parse(_ChunkReader(self.checked_chunks()), use_float=True)
+            yield from ijson.parse(
+                _ChunkReader(self.checked_chunks()), use_float=True, multiple_values=multiple_values
+            )
         except ijson.JSONError as error:
             raise self.broken_json(error) from None
 
     def top_level(self) -> list[tuple[str, str]] | None:
-        """The keys of the document's top-level object, each with the event its value starts with (``start_array``
-        for a list), in file order; None when the document is not an object. One streaming pass."""
-        events = self.json_events()
+        """The keys of the (first) top-level object, each with the event its value starts with (``start_array`` for a
+        list), in file order; None when the document is not an object. One streaming pass, which stops at the end of
+        that object (the first record of a JSONL file)."""
+        events = self.json_events(multiple_values=True)
         _, event, _ = next(events, ("", None, None))
         if event != "start_map":
             return None
         keys, pending = [], None
         for prefix, event, value in events:
+            if prefix == "" and event == "end_map":
+                break
             if prefix == "" and event == "map_key":
                 pending = value
             elif pending is not None and prefix == pending:

@@ -1,8 +1,10 @@
-"""Prepare a corpus once: read it, sample distractors, tokenize with ``datasets.map``, cache as Arrow.
+"""Prepare a corpus once: stream it into Arrow, sample distractors, tokenize with ``datasets.map``, cache as Arrow.
 
-The cache folder holds, per split, the canonical dialogs (as the model sees them: history cut to the
-last ``2*max_history+1`` utterances, candidates to the count in use) and their features, plus
-``stats.json``. A second run with the same corpus, tokenizer and options loads it memory-mapped.
+Memory stays bounded whatever the corpus size: the readers yield one dialog at a time, which is written to an
+Arrow file as it comes, and every later step reads those files memory-mapped, batch by batch. The cache folder
+holds, per split, the canonical dialogs (as the model sees them: history cut to the last ``2*max_history+1``
+utterances, candidates to the count in use) and their features, plus ``stats.json``. A second run with the same
+corpus, tokenizer and options loads it memory-mapped.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from persona.configs import REFERENCE_LAYOUT, DataArguments
 from persona.data.cache import cache_key, tokenizer_fingerprint, write_atomically
 from persona.data.candidates import split_view
 from persona.data.features import build_features
-from persona.data.layout import REPLY_OVERHEAD, gold_reply, kept_candidates
+from persona.data.layout import REPLY_OVERHEAD, gold_reply, history_window, kept_candidates
 from persona.data.readers import SILENCE, WHOLE_FILE, Stream
 from persona.data.skips import SkipLog
 from persona.data.sources import corpus_stream, fingerprint, resolve
@@ -54,6 +56,13 @@ DIALOG_FEATURES = datasets.Features(
         "record": datasets.Value("string"),
     }
 )
+READ_FEATURES = datasets.Features(  # as streamed: with what holding out and drawing distractors need of the whole
+    {
+        **DIALOG_FEATURES,
+        "utterances": datasets.List(datasets.Value("string")),  # every utterance of the dialog, history windows aside
+        "conversation": datasets.List(datasets.Value("string")),  # its conversation_key
+    }
+)
 HELDOUT = "heldout"  # the part of the training split that validation_split_size holds out
 EVAL_FILE = "eval_dataset_path"  # the evaluated split of a separate eval_dataset_path
 
@@ -77,9 +86,7 @@ def write_splits(stream: Stream, folder: Path) -> dict[str, datasets.Dataset]:
             raise_if_interrupted()  # the stop deferred by prepare_corpus, taken between two dialogs
             if split not in writers:
                 paths[split] = str(folder / f"{len(writers)}.arrow")
-                writers[split] = ArrowWriter(
-                    features=DIALOG_FEATURES, path=paths[split], writer_batch_size=WRITE_BATCH
-                )
+                writers[split] = ArrowWriter(features=READ_FEATURES, path=paths[split], writer_batch_size=WRITE_BATCH)
             writers[split].write(dialog)
         for writer in writers.values():
             writer.finalize()
@@ -99,8 +106,9 @@ def _holdout(corpus: dict[str, datasets.Dataset], args: DataArguments, split: st
     size = args.validation_split_size
     count = int(size) if size >= 1 else int(round(size * len(dialogs)))
     groups: dict[tuple, list[int]] = {}
-    for index, dialog in enumerate(dialogs.select_columns(["turns"])):
-        groups.setdefault(conversation_key(dialog), []).append(index)
+    keys = (key for batch in dialogs.select_columns(["conversation"]).iter(1000) for key in batch["conversation"])
+    for index, key in enumerate(keys):
+        groups.setdefault(tuple(key), []).append(index)
     if not 0 < count < len(dialogs) or len(groups) < 2:
         raise DataError(
             f"validation_split_size {size} leaves no training or no evaluation dialogs of {len(dialogs)}",
@@ -134,13 +142,29 @@ def resolved_sources(args: DataArguments, roles: tuple[str, ...]) -> tuple[str, 
     ) if args.eval_dataset_path and "eval" in roles else None
 
 
-def _with_candidates_cut(stream: Stream, keep: int) -> Stream:
-    """The dialogs of ``stream`` with each turn's last ``keep`` candidates only (all for ``keep <= 0``): no role
-    reads more (distractors are drawn from gold replies, which stay), and a file's 20 candidates per turn are most
-    of its bytes."""
+def _streamed_view(stream: Stream, keep: int, max_history: int) -> Stream:
+    """The dialogs of ``stream`` as they will be stored: each turn's history cut to its window and its last ``keep``
+    candidates only (all for ``keep <= 0``; no role reads more, and a file's 20 candidates per turn are most of its
+    bytes), with what later steps need of the whole dialog: its ``utterances`` (which distractors must avoid) and
+    its ``conversation`` key (by which it is held out)."""
     for split, dialog in stream:
-        turns = [{**turn, "candidates": kept_candidates(turn["candidates"], keep)} for turn in dialog["turns"]]
-        yield split, {**dialog, "turns": turns}
+        utterances = {u for turn in dialog["turns"] for u in (*turn["history"], gold_reply(turn["candidates"]))}
+        turns = [
+            {
+                "history": history_window(turn["history"], max_history),
+                "candidates": kept_candidates(turn["candidates"], keep),
+            }
+            for turn in dialog["turns"]
+        ]
+        yield (
+            split,
+            {
+                **dialog,
+                "turns": turns,
+                "utterances": sorted(utterances),
+                "conversation": list(conversation_key(dialog)),
+            },
+        )
 
 
 def _read(
@@ -149,9 +173,9 @@ def _read(
     """Every split of ``source`` written to Arrow in ``folder``, with as many candidates per turn as the roles that
     read it want at most (``wanted``); a split whose every record was skipped is present, empty."""
     keep = 0 if min(wanted) <= 0 else max(wanted)
-    stream = _with_candidates_cut(corpus_stream(source, args.dataset_format, args.bot_side, skips), keep)
-    corpus = write_splits(stream, folder)
-    empty = datasets.Dataset.from_dict({name: [] for name in DIALOG_FEATURES}, features=DIALOG_FEATURES)
+    dialogs = corpus_stream(source, args.dataset_format, args.bot_side, skips)
+    corpus = write_splits(_streamed_view(dialogs, keep, args.max_history), folder)
+    empty = datasets.Dataset.from_dict({name: [] for name in READ_FEATURES}, features=READ_FEATURES)
     return {**{split: empty for split, reasons in skips.counts.items() if reasons and split not in corpus}, **corpus}
 
 
@@ -217,7 +241,6 @@ def read_splits(
         out[role], sampled = split_view(
             dialogs,
             wanted=wanted,
-            max_history=args.max_history,
             seed=args.sampling_seed,
             role=role,
             split=corpus[split],

@@ -117,13 +117,12 @@ def detect_format(file: CorpusFile) -> str:
 
 
 def _keys_name_a_split(file: CorpusFile) -> bool:
-    """Whether the file's top-level object (its first line's, for JSONL) has a split as a key, read as a stream."""
-    _, first_line = next(file.lines(), (0, ""))
+    """Whether the file's top-level object (its first record, for JSONL) has a split as a key, read as a stream; no
+    when it cannot be parsed (the conversations reader then says which record is broken)."""
     try:
-        record = json.loads(first_line)
-        return isinstance(record, dict) and any(key in SPLIT_ALIASES for key in record)
-    except json.JSONDecodeError:  # an object over several lines: its keys from the stream
         return any(key in SPLIT_ALIASES for key, _ in file.top_level() or [])
+    except DataError:
+        return False
 
 
 def _string_list(
