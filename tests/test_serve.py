@@ -71,6 +71,27 @@ def test_the_openai_client_gets_a_reply_and_a_streamed_reply_as_persona_chat_mak
     assert bot.reply(PERSONA.replace(". ", ".|").split("|"), [ASK[1]["content"]]) == text
 
 
+def test_n_choices_come_from_one_batch_whole_and_streamed(served):
+    """``n: 3``: three choices generated as rows of one batch (seeded sampling: three draws), indexed 0 to 2, the
+    usage counting the prompt once and every choice's tokens; streamed, each choice's deltas add up to its text."""
+    url, batcher, model_id = served
+    client = _client(url)
+    asked = {"model": model_id, "messages": ASK, "max_tokens": 12, "temperature": 1.0, "seed": 7, "n": 3}
+    before = len(batcher.batch_sizes)
+    reply = client.chat.completions.create(**asked)
+    assert [c.index for c in reply.choices] == [0, 1, 2] and batcher.batch_sizes[before:] == [3]
+    assert all(c.finish_reason in ("stop", "length") for c in reply.choices)
+    single = client.chat.completions.create(**{**asked, "n": 1})
+    assert reply.usage.prompt_tokens == single.usage.prompt_tokens
+    chunks = list(client.chat.completions.create(**asked, stream=True, stream_options={"include_usage": True}))
+    texts = {
+        i: "".join(c.choices[0].delta.content or "" for c in chunks if c.choices and c.choices[0].index == i)
+        for i in range(3)
+    }
+    assert texts == {c.index: c.message.content for c in reply.choices}  # the same seed, the same three draws
+    assert chunks[-1].usage.completion_tokens == reply.usage.completion_tokens >= 3
+
+
 def test_sixteen_clients_at_once_are_all_answered_in_shared_batches(served):
     url, batcher, model_id = served
     client = _client(url)
@@ -162,7 +183,7 @@ BAD_REQUESTS = [
         400,
         "repetition_penalty",
     ),
-    ("more than one choice", b'{"messages": [{"role": "user", "content": "a"}], "n": 2}', 400, "n"),
+    ("more choices than the cap", b'{"messages": [{"role": "user", "content": "a"}], "n": 9}', 400, "n"),
     (
         "content parts that are not text",
         b'{"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}',

@@ -2,23 +2,25 @@
 
 ``POST /v1/chat/completions`` takes ``messages`` (an optional first ``system`` or ``developer`` message is the persona
 text, then ``user`` and ``assistant`` messages alternating, ending with ``user``; a content is a string or a list of
-text parts), ``temperature`` (0: greedy), ``top_p``, ``max_tokens`` / ``max_completion_tokens``, ``seed``, ``stop``
-and ``stream`` (server-sent events of ``chat.completion.chunk`` deltas, then ``data: [DONE]``), and answers with
-``usage`` token counts; a conversation longer than the history window (the reference's ``max_history``) is read
-from its last utterances, and the header ``X-Persona-History-Cut`` says how many were left out. ``GET /v1/models``
-and ``GET /health`` too. The request is validated by its typed model
+text parts), ``temperature`` (0: greedy), ``top_p``, ``max_tokens`` / ``max_completion_tokens``, ``seed``, ``stop``,
+``n`` (choices generated as rows of one batch) and ``stream`` (server-sent events of ``chat.completion.chunk``
+deltas, then ``data: [DONE]``), and answers with ``usage`` token counts; a conversation longer than the history
+window (the reference's ``max_history``) is read from its last utterances, and the header ``X-Persona-History-Cut``
+says how many were left out. ``GET /v1/models`` and ``GET /health`` too. The request is validated by its typed model
 (:mod:`persona.serving.protocol`); a bad request gets a 4xx and an OpenAI-style error
 ``{"error": {"message", "type", "param", "code"}}``, never a traceback; a full queue gets a 429.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass, replace
 
 from fastapi import FastAPI, Request
@@ -70,6 +72,7 @@ class ChatRequest:
     seed: int | None
     stream: bool
     include_usage: bool
+    choices: int = 1
 
 
 def parse_messages(messages: list[Message]) -> tuple[list[str], list[str]]:
@@ -120,7 +123,7 @@ def chat_request(body: ChatCompletionRequest, defaults: DecodingArguments, max_t
             top_p=defaults.top_p if body.top_p is None else body.top_p,
         )
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return ChatRequest(persona, history, decoding, body.stop, body.seed, body.stream, include_usage)
+    return ChatRequest(persona, history, decoding, body.stop, body.seed, body.stream, include_usage, body.n)
 
 
 def _authorize(request: Request, api_key: str | None) -> None:
@@ -223,22 +226,24 @@ def create_app(
             message = f"the model '{body.model}' is not served here; this server serves '{model_id}'"
             raise APIError(404, message, param="model", code="model_not_found")
         _check_context(batcher, chat, chat.persona or persona)
+        replies = [
+            reply_events(batcher, chat.persona or persona, chat.history, chat.decoding, stop=chat.stop, seed=chat.seed)
+            for _ in range(chat.choices)
+        ]
         try:
-            events = reply_events(
-                batcher, chat.persona or persona, chat.history, chat.decoding, stop=chat.stop, seed=chat.seed
-            )
-            first = await anext(events)
+            firsts = await asyncio.gather(*(anext(events) for events in replies))  # all submitted at once: one batch
         except QueueFull as error:
             message = f"the server is busy ({error}); try again shortly"
             raise APIError(
                 429, message, type="rate_limit_error", code="queue_full", headers={"Retry-After": "1"}
             ) from None
         completion = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_id}
+        events = _merged(list(zip(firsts, replies)))
         headers = _window_note(chat.history, batcher.max_history)
         if chat.stream:
-            stream = _sse(completion, first, events, chat.include_usage, metrics.count_tokens)
+            stream = _sse(completion, events, chat.choices, chat.include_usage, metrics.count_tokens)
             return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
-        return JSONResponse(await _completion(completion, first, events, metrics.count_tokens), headers=headers)
+        return JSONResponse(await _completion(completion, events, chat.choices, metrics.count_tokens), headers=headers)
 
     @app.api_route("/v1/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"])
     async def elsewhere(path: str, request: Request):
@@ -270,68 +275,99 @@ def _window_note(history: list[str], max_history: int) -> dict[str, str]:
     return {HISTORY_CUT_HEADER: str(cut)}
 
 
-async def _completion(completion: dict, first: ReplyEvent, events: AsyncIterator[ReplyEvent], count_tokens) -> dict:
-    """The whole answer of a request that is not streamed."""
-    content, event = [], first
-    while True:
-        content.append(event.delta)
-        if event.finish_reason:
-            break
-        event = await anext(events)
-    if event.finish_reason == "error":
-        raise APIError(500, f"generation failed: {event.error}", type="server_error")
-    count_tokens(event.prompt_tokens, event.completion_tokens)
+async def _merged(
+    replies: list[tuple[ReplyEvent, AsyncIterator[ReplyEvent]]],
+) -> AsyncIterator[tuple[int, ReplyEvent]]:
+    """The events of several replies (each its first event and the rest) as they come, with the index of each; a
+    reply whose events fail (a time-out) ends with an error event. Stopped early, it stops every reply."""
+    arrived: asyncio.Queue[tuple[int, ReplyEvent]] = asyncio.Queue()
+
+    async def pump(index: int, event: ReplyEvent, events: AsyncIterator[ReplyEvent]) -> None:
+        try:
+            while True:
+                await arrived.put((index, event))
+                if event.finish_reason:
+                    return
+                event = await anext(events)
+        except Exception as error:
+            await arrived.put((index, ReplyEvent(finish_reason="error", error=f"{type(error).__name__}: {error}")))
+
+    tasks = [asyncio.create_task(pump(index, *reply)) for index, reply in enumerate(replies)]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            index, event = await arrived.get()
+            yield index, event
+            remaining -= bool(event.finish_reason)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def _completion(
+    completion: dict, events: AsyncIterator[tuple[int, ReplyEvent]], count: int, count_tokens
+) -> dict:
+    """The whole answer of a request that is not streamed: ``count`` choices."""
+    content: list[list[str]] = [[] for _ in range(count)]
+    ends: list[ReplyEvent] = [ReplyEvent()] * count
+    async with aclosing(events):
+        async for index, event in events:
+            content[index].append(event.delta)
+            if event.finish_reason == "error":
+                raise APIError(500, f"generation failed: {event.error}", type="server_error")
+            if event.finish_reason:
+                ends[index] = event
+    usage = _usage(ends)
+    count_tokens(usage["prompt_tokens"], usage["completion_tokens"])
     return {
         **completion,
         "object": "chat.completion",
         "choices": [
             {
-                "index": 0,
-                "message": {"role": "assistant", "content": "".join(content)},
-                "finish_reason": event.finish_reason,
+                "index": index,
+                "message": {"role": "assistant", "content": "".join(content[index])},
+                "finish_reason": end.finish_reason,
             }
+            for index, end in enumerate(ends)
         ],
-        "usage": _usage(event),
+        "usage": usage,
     }
 
 
-def _usage(event: ReplyEvent) -> dict:
-    return {
-        "prompt_tokens": event.prompt_tokens,
-        "completion_tokens": event.completion_tokens,
-        "total_tokens": event.prompt_tokens + event.completion_tokens,
-    }
+def _usage(ends: list[ReplyEvent]) -> dict:
+    """OpenAI's usage of a request: its prompt once, the tokens of all its choices."""
+    prompt, completion = ends[0].prompt_tokens, sum(end.completion_tokens for end in ends)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 async def _sse(
-    completion: dict, first: ReplyEvent, events: AsyncIterator[ReplyEvent], include_usage: bool, count_tokens
+    completion: dict, events: AsyncIterator[tuple[int, ReplyEvent]], count: int, include_usage: bool, count_tokens
 ) -> AsyncIterator[str]:
-    """The streamed answer: a role chunk, content chunks, the finishing chunk (and usage), then ``[DONE]``."""
+    """The streamed answer: a role chunk per choice, content chunks as they come, each choice's finishing chunk at
+    its end (then the usage), then ``[DONE]``."""
 
-    def chunk(delta: dict, finish_reason: str | None = None, **extra) -> str:
-        body = {
-            **completion,
-            "object": "chat.completion.chunk",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
-            **extra,
-        }
-        return f"data: {json.dumps(body)}\n\n"
+    def chunk(index: int, delta: dict, finish_reason: str | None = None) -> str:
+        choice = {"index": index, "delta": delta, "finish_reason": finish_reason}
+        return f"data: {json.dumps({**completion, 'object': 'chat.completion.chunk', 'choices': [choice]})}\n\n"
 
-    yield chunk({"role": "assistant", "content": ""})
-    event = first
-    while True:
-        if event.delta:
-            yield chunk({"content": event.delta})
-        if event.finish_reason:
-            break
-        event = await anext(events)
-    if event.finish_reason == "error":
-        error = {"message": f"generation failed: {event.error}", "type": "server_error", "param": None, "code": None}
-        yield f"data: {json.dumps({'error': error})}\n\n"
-    else:
-        count_tokens(event.prompt_tokens, event.completion_tokens)
-        yield chunk({}, event.finish_reason)
-        if include_usage:
-            usage = {**completion, "object": "chat.completion.chunk", "choices": [], "usage": _usage(event)}
-            yield f"data: {json.dumps(usage)}\n\n"
+    for index in range(count):
+        yield chunk(index, {"role": "assistant", "content": ""})
+    ends: list[ReplyEvent] = [ReplyEvent()] * count
+    async with aclosing(events):
+        async for index, event in events:
+            if event.delta:
+                yield chunk(index, {"content": event.delta})
+            if event.finish_reason == "error":
+                error = {"message": f"generation failed: {event.error}", "type": "server_error"}
+                yield f"data: {json.dumps({'error': {**error, 'param': None, 'code': None}})}\n\n"
+                yield "data: [DONE]\n\n"
+                return
+            if event.finish_reason:
+                ends[index] = event
+                yield chunk(index, {}, event.finish_reason)
+    usage = _usage(ends)
+    count_tokens(usage["prompt_tokens"], usage["completion_tokens"])
+    if include_usage:
+        usage_chunk = {**completion, "object": "chat.completion.chunk", "choices": [], "usage": usage}
+        yield f"data: {json.dumps(usage_chunk)}\n\n"
     yield "data: [DONE]\n\n"

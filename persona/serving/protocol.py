@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.manual_seed accepts
+MAX_CHOICES = 8  # ``n``: replies generated for one request (rows of one batch)
 
 Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
@@ -57,7 +58,7 @@ class ChatCompletionRequest(BaseModel):
     stop: list[str] = []
     stream: Annotated[bool, Field(strict=True)] = False
     stream_options: StreamOptions | None = None
-    n: Annotated[int, Field(strict=True, ge=1, le=1, description="One choice per request.")] = 1
+    n: Annotated[int, Field(strict=True, ge=1, le=MAX_CHOICES)] = 1
     presence_penalty: Annotated[Number | None, Field(ge=-2, le=2)] = None
     frequency_penalty: Annotated[Number | None, Field(ge=-2, le=2)] = None
     repetition_penalty: Annotated[Number | None, Field(gt=0, le=10)] = None  # not OpenAI's: vLLM's and HF's extra
