@@ -138,6 +138,8 @@ def test_a_missing_output_or_a_folder_that_is_no_model_is_a_clear_error(untyped_
     assert "--gguf OUT.gguf is required" in capsys.readouterr().err
     assert export_main([str(tmp_path), "--gguf", str(tmp_path / "x.gguf")]) == 2
     assert "not a model folder (no config.json)" in capsys.readouterr().err
+    assert export_main([str(untyped_gpt2), "--gguf", str(tmp_path)]) == 2
+    assert "--gguf names a folder" in capsys.readouterr().err
     assert export_main([str(untyped_gpt2), "--gguf", str(tmp_path / "x.gguf"), "--outtype", "q4"]) == 2
     assert "invalid choice: 'q4'" in capsys.readouterr().err
     assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(".tmp-*"))

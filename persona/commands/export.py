@@ -51,6 +51,8 @@ def main(argv: list[str]) -> int:
         raise ConfigError(
             "--gguf OUT.gguf is required", where="command line", fix="name the file to write, e.g. --gguf bot.gguf."
         )
+    if Path(args.gguf).is_dir():
+        raise ConfigError("--gguf names a folder", where=args.gguf, fix="name the file to write, e.g. DIR/bot.gguf.")
     folder = Path(args.model_dir)
     if not (folder / "config.json").is_file():
         raise ConfigError(
