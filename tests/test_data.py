@@ -382,3 +382,37 @@ def test_a_single_file_is_the_training_split_whatever_its_name_and_is_not_evalua
         both.stats["splits"]["eval"]["skipped"] == {"empty conversation": 1}
         and both.stats["splits"]["train"]["skipped"] == {}
     )
+
+
+@pytest.mark.parametrize("layout", ["jsonl", "json list", "personachat json"])
+def test_files_read_in_small_chunks_give_the_same_dialogs_and_locate_bad_bytes(tmp_path, monkeypatch, layout):
+    """Reading in 7-byte chunks (characters of two to four bytes cut across chunks) gives the dialogs of one whole
+    read; a byte that is not UTF-8 in a later chunk is named by its offset and line."""
+    from persona.data import corpus_file
+
+    conversations = [{**c, "utterances": [u + " café 🐈" for u in c["utterances"]]} for c in CONVERSATIONS]
+    reference = {
+        "train": [
+            {
+                "personality": c["personas"][1],
+                "utterances": [{"history": c["utterances"][:1], "candidates": ["x", "y"]}],
+            }
+            for c in conversations
+        ]
+    }
+    text = {
+        "jsonl": "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in conversations),
+        "json list": json.dumps(conversations, ensure_ascii=False, indent=1),
+        "personachat json": json.dumps(reference, ensure_ascii=False, indent=1),
+    }[layout]
+    path = tmp_path / "corpus.json"
+    path.write_text(text, encoding="utf-8")
+    whole = read_corpus(str(path))
+    monkeypatch.setattr(corpus_file, "CHUNK", 7)
+    assert read_corpus(str(path)) == whole and sum(map(len, whole.values())) >= 2
+    raw = text.encode()
+    offset = raw.index("🐈".encode(), len(raw) // 2)
+    path.write_bytes(raw[:offset] + b"\xff" + raw[offset + 1 :])
+    line = raw[:offset].count(b"\n") + 1
+    with pytest.raises(DataError, match=rf"not UTF-8 text \(byte {offset}, line {line}\)"):
+        read_corpus(str(path))
