@@ -8,7 +8,7 @@ thread that sends its requests one after the other through the API (a persona an
 quickstart validation corpus, the reference's decoding: sampling, temperature 0.7, top-p 0.9, at most
 ``--max_tokens`` tokens). Models: the quickstart model (``runs/quickstart``: train it first), and SmolLM2-135M
 from the shared GGUF, fine-tuned for ``--smollm2_steps`` updates by the offline recipe into
-``runs/smollm2-serve`` the first time (persona-serve needs a model with the persona special tokens).
+``runs/smollm2-serve`` the first time (persona-serve serves a model persona trained).
 """
 
 from __future__ import annotations
