@@ -377,6 +377,14 @@ def test_no_cors_unless_asked(served, trained_model_dir):
         for method in ("GET", "OPTIONS"):
             answer = httpx.request(method, f"{url}{path}", headers=local, timeout=30)
             assert not [h for h in answer.headers if h.startswith("access-control-")], (method, path, answer.headers)
+    # a cross-site form or fetch POST (text/plain needs no preflight) is refused before it runs, on every route
+    body, plain = '{"data": ["hi"], "fn_index": 0}', {**origin, "Content-Type": "text/plain"}
+    for path in ("/v1/chat/completions", "/gradio_api/queue/join", "/gradio_api/run/predict"):
+        refused = httpx.post(f"{url}{path}", content=body, headers=plain, timeout=30)
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "origin_not_allowed", path
+    own = {"Origin": url, "Content-Type": "application/json"}  # the page's own requests carry its origin
+    chat = {"messages": ASK, "max_tokens": 4}
+    assert httpx.post(f"{url}/v1/chat/completions", json=chat, headers=own, timeout=60).status_code == 200
 
 
 def test_a_full_queue_answers_429_and_the_server_recovers(trained_model_dir, monkeypatch):

@@ -1,12 +1,23 @@
 """CORS for the whole server, Gradio's routes included: a browser may call it from another origin only when that
 origin is one of ``--cors_origins``. Gradio's own middleware grants localhost origins (with credentials); this
-wrapper removes the ``Access-Control-*`` headers of every answer to any other origin, so the browser refuses it."""
+wrapper removes the ``Access-Control-*`` headers of every answer to any other origin, so the browser refuses to read
+it. A request that changes something (POST, PUT, PATCH, DELETE) from any other origin is refused outright (403)
+before it runs: a browser sends a ``text/plain`` POST to another site without asking first, and reading the answer
+is not needed to spend the model's time or post to the chat. Requests without an ``Origin`` (curl, SDKs) and the
+page's own (its origin is the server's: the ``Host`` the request was sent to, or the ``X-Forwarded-Host`` a proxy
+passes on) pass."""
 
 from __future__ import annotations
 
+import json
+from urllib.parse import urlsplit
+
+UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+
 
 class OnlyAllowedOrigins:
-    """Wraps an ASGI app: answers to a request from an origin outside ``origins`` carry no CORS header."""
+    """Wraps an ASGI app: a request from an origin outside ``origins`` (and not the server's own) gets answers
+    without CORS headers, and a 403 for an unsafe method."""
 
     def __init__(self, app, origins: list[str]):
         self.app, self.origins = app, set(origins)
@@ -15,9 +26,14 @@ class OnlyAllowedOrigins:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        origin = dict(scope.get("headers", [])).get(b"origin", b"").decode("latin-1")
-        if not origin or origin in self.origins:
+        headers = dict(scope.get("headers", []))
+        origin = headers.get(b"origin", b"").decode("latin-1")
+        hosts = {headers.get(name, b"").decode("latin-1") for name in (b"host", b"x-forwarded-host")}
+        if not origin or origin in self.origins or urlsplit(origin).netloc in hosts - {""}:
             await self.app(scope, receive, send)
+            return
+        if scope["method"] in UNSAFE_METHODS:
+            await _refuse(send, origin)
             return
 
         async def without_cors(message):
@@ -29,3 +45,17 @@ class OnlyAllowedOrigins:
             await send(message)
 
         await self.app(scope, receive, without_cors)
+
+
+async def _refuse(send, origin: str) -> None:
+    """403 in OpenAI's error shape for a request from an origin the server does not allow."""
+    error = {
+        "message": f"requests from the origin {origin} are not allowed; start the server with --cors_origins {origin}",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "origin_not_allowed",
+    }
+    body = json.dumps({"error": error}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": 403, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
