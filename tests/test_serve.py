@@ -233,17 +233,23 @@ def test_routes_methods_and_media_types_the_api_does_not_take_get_openai_errors(
     assert httpx.post(f"{url}/gradio_api/upload", files={"files": ("a.txt", b"x")}, timeout=30).status_code == 404
 
 
-def test_a_chunked_body_over_the_limit_is_refused(served):
+def test_a_body_over_the_limit_is_refused_on_every_route_chunked_or_declared(served):
     url, _, _ = served  # a body limit of 4096 bytes; a chunked body declares no length
 
     def chunks():
         for _ in range(256):
             yield b"x" * 1024
 
-    response = httpx.post(
-        f"{url}/v1/chat/completions", content=chunks(), headers={"Content-Type": "application/json"}, timeout=30
+    json_body = {"Content-Type": "application/json"}
+    for path in ("/v1/chat/completions", "/gradio_api/queue/join", "/gradio_api/run/predict"):  # the page's too
+        response = httpx.post(f"{url}{path}", content=chunks(), headers=json_body, timeout=30)
+        assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large", path
+        declared = httpx.post(f"{url}{path}", content=b"x" * 5000, headers=json_body, timeout=30)
+        assert declared.status_code == 413 and declared.json()["error"]["code"] == "request_too_large", path
+    assert (
+        httpx.post(f"{url}/v1/chat/completions", json={"messages": ASK, "max_tokens": 4}, timeout=60).status_code
+        == 200
     )
-    assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"
 
 
 def test_the_api_key_can_come_from_a_file(trained_model_dir, tmp_path):

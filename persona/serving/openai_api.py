@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 
 from persona.data.personas import split_sentences
 from persona.model.generation import DecodingArguments, context_needed
@@ -144,14 +145,10 @@ async def _read_request(request: Request, body_limit: int) -> ChatCompletionRequ
             f"the request body must be JSON (Content-Type: application/json), not '{kind or 'none'}'",
             code="unsupported_media_type",
         )
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > body_limit:
-        raise APIError(413, f"the request body is over {body_limit} bytes", code="request_too_large")
-    raw = bytearray()
-    async for chunk in request.stream():  # a chunked body has no Content-Length: stop reading at the limit
-        raw += chunk
-        if len(raw) > body_limit:
-            raise APIError(413, f"the request body is over {body_limit} bytes", code="request_too_large")
+    try:
+        raw = await request.body()  # BodyLimit (the server's wrapper) has refused any body over the limit
+    except ClientDisconnect:  # BodyLimit cut it short: its 413 is the answer
+        raise APIError(413, f"the request body is over {body_limit} bytes", code="request_too_large") from None
     try:
         body = ChatCompletionRequest.model_validate_json(raw)
     except ValidationError as error:

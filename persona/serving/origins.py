@@ -9,8 +9,9 @@ passes on) pass."""
 
 from __future__ import annotations
 
-import json
 from urllib.parse import urlsplit
+
+from persona.serving.openai_api import APIError
 
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
@@ -33,7 +34,7 @@ class OnlyAllowedOrigins:
             await self.app(scope, receive, send)
             return
         if scope["method"] in UNSAFE_METHODS:
-            await _refuse(send, origin)
+            await _refuse(scope, receive, send, origin)
             return
 
         async def without_cors(message):
@@ -47,15 +48,11 @@ class OnlyAllowedOrigins:
         await self.app(scope, receive, without_cors)
 
 
-async def _refuse(send, origin: str) -> None:
+async def _refuse(scope, receive, send, origin: str) -> None:
     """403 in OpenAI's error shape for a request from an origin the server does not allow."""
-    error = {
-        "message": f"requests from the origin {origin} are not allowed; start the server with --cors_origins {origin}",
-        "type": "invalid_request_error",
-        "param": None,
-        "code": "origin_not_allowed",
-    }
-    body = json.dumps({"error": error}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": 403, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    refusal = APIError(
+        403,
+        f"requests from the origin {origin} are not allowed; start the server with --cors_origins {origin}",
+        code="origin_not_allowed",
+    )
+    await refusal.response()(scope, receive, send)

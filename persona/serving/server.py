@@ -26,6 +26,7 @@ from persona.errors import ConfigError
 from persona.model.generation import DecodingArguments
 from persona.model.loading import load_trained, refuse_training_fields
 from persona.serving.batching import ReplyBatcher
+from persona.serving.body_limit import BodyLimit
 from persona.serving.openai_api import HISTORY_CUT_HEADER, create_app
 from persona.serving.origins import OnlyAllowedOrigins
 
@@ -144,7 +145,7 @@ def build_server(
     app = gr.mount_gradio_app(
         app, page, path="/", auth=auth, auth_message="The password is the server's API key.", footer_links=[]
     )
-    return OnlyAllowedOrigins(app, args.cors_origins), batcher
+    return OnlyAllowedOrigins(BodyLimit(app, args.max_body_bytes), args.cors_origins), batcher
 
 
 @contextmanager
