@@ -41,6 +41,13 @@ VARIANTS = {
     "chat template + likelihood prior": PRIOR,
     "chat template + prior, 8 candidates": [*PRIOR, "--num_candidates", "8"],
     "chat template + prior, 16 candidates": [*PRIOR, "--num_candidates", "16"],
+    "chat template + prior, 20 candidates (no checkpointing)": [
+        *PRIOR,
+        "--num_candidates",
+        "20",
+        "--gradient_checkpointing",
+        "false",
+    ],
     "chat template + prior, lm_coef 1": [*PRIOR, "--lm_coef", "1.0"],
     "chat template + prior, head lr 1e-3": [*PRIOR, "--head_learning_rate", "1e-3"],
     "chat template + prior, head lr 1e-2": [*PRIOR, "--head_learning_rate", "1e-2"],
