@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
 
 import datasets
 import numpy as np
@@ -12,15 +13,20 @@ import pyarrow.compute as pc
 from persona.data.layout import kept_candidates
 from persona.interrupts import raise_if_interrupted
 
-POOL_BATCH = 10_000  # dialogs read at a time to gather the reply pool
+ARROW_BATCH = 10_000  # dialogs read at a time from the Arrow table
+
+
+def _candidate_lists(dialogs: datasets.Dataset) -> Iterator[pa.Array]:
+    """The candidate lists of every turn of ``dialogs``, a batch of dialogs at a time, from the Arrow table."""
+    for batch in dialogs.select_columns(["turns"]).with_format("arrow").iter(batch_size=ARROW_BATCH):
+        yield pc.struct_field(pc.list_flatten(batch.column("turns").combine_chunks()), "candidates")
 
 
 def reply_pool(dialogs: datasets.Dataset) -> pa.Array:
     """The distinct gold replies of a split, sorted (as Python sorts text): where distractors are drawn from. Read
     from the Arrow table in batches and kept as one Arrow array, never as Python strings."""
     unique = []
-    for batch in dialogs.select_columns(["turns"]).with_format("arrow").iter(batch_size=POOL_BATCH):
-        candidates = pc.struct_field(pc.list_flatten(batch.column("turns").combine_chunks()), "candidates")
+    for candidates in _candidate_lists(dialogs):
         last = np.cumsum(pc.list_value_length(candidates).to_numpy(zero_copy_only=False)) - 1
         unique.append(pc.unique(pc.list_flatten(candidates).take(pa.array(last))))
     pool = pc.unique(pa.concat_arrays(unique)) if unique else pa.array([], pa.string())
@@ -28,15 +34,13 @@ def reply_pool(dialogs: datasets.Dataset) -> pa.Array:
 
 
 def _candidate_counts(dialogs: datasets.Dataset) -> tuple[int, int]:
-    """The fewest and the most candidates of any turn of ``dialogs``, read from the Arrow table."""
+    """The fewest and the most candidates of any turn of ``dialogs``."""
     fewest, most = None, 0
-    for batch in dialogs.select_columns(["turns"]).with_format("arrow").iter(batch_size=POOL_BATCH):
-        turns = pc.list_flatten(batch.column("turns").combine_chunks())
-        counts = pc.list_value_length(pc.struct_field(turns, "candidates"))
+    for candidates in _candidate_lists(dialogs):
+        counts = pc.list_value_length(candidates)
         if len(counts):
-            low, high = pc.min_max(counts).values()
-            fewest = low.as_py() if fewest is None else min(fewest, low.as_py())
-            most = max(most, high.as_py())
+            low, high = (value.as_py() for value in pc.min_max(counts).values())
+            fewest, most = low if fewest is None else min(fewest, low), max(most, high)
     return fewest or 0, most
 
 

@@ -4,11 +4,7 @@
 
 from __future__ import annotations
 
-from persona.serving.openai_api import APIError
-
-
-def _too_large(limit: int) -> APIError:
-    return APIError(413, f"the request body is over {limit} bytes", code="request_too_large")
+from persona.serving.openai_api import body_too_large
 
 
 class BodyLimit:
@@ -24,7 +20,7 @@ class BodyLimit:
             return
         declared = dict(scope.get("headers", [])).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.limit:
-            await _too_large(self.limit).response()(scope, receive, send)
+            await body_too_large(self.limit).response()(scope, receive, send)
             return
         state = {"read": 0, "refused": False, "started": False}
 
@@ -37,7 +33,7 @@ class BodyLimit:
                 if state["read"] > self.limit:
                     state["refused"] = True
                     if not state["started"]:
-                        await _too_large(self.limit).response()(scope, receive, send)
+                        await body_too_large(self.limit).response()(scope, receive, send)
                     return {"type": "http.disconnect"}
             return message
 

@@ -62,6 +62,11 @@ class APIError(Exception):
         return JSONResponse(body, status_code=self.status, headers=self.headers)
 
 
+def body_too_large(limit: int) -> APIError:
+    """The 413 of a request body over ``limit`` bytes."""
+    return APIError(413, f"the request body is over {limit} bytes", code="request_too_large")
+
+
 @dataclass
 class ChatRequest:
     """A validated chat-completions request, as the batcher takes it."""
@@ -148,7 +153,7 @@ async def _read_request(request: Request, body_limit: int) -> ChatCompletionRequ
     try:
         raw = await request.body()  # BodyLimit (the server's wrapper) has refused any body over the limit
     except ClientDisconnect:  # BodyLimit cut it short: its 413 is the answer
-        raise APIError(413, f"the request body is over {body_limit} bytes", code="request_too_large") from None
+        raise body_too_large(body_limit) from None
     try:
         body = ChatCompletionRequest.model_validate_json(raw)
     except ValidationError as error:
