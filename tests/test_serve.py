@@ -77,9 +77,9 @@ def test_n_choices_come_from_one_batch_whole_and_streamed(served):
     url, batcher, model_id = served
     client = _client(url)
     asked = {"model": model_id, "messages": ASK, "max_tokens": 12, "temperature": 1.0, "seed": 7, "n": 3}
-    before = len(batcher.batch_sizes)
+    before = len(batcher.join_sizes)
     reply = client.chat.completions.create(**asked)
-    assert [c.index for c in reply.choices] == [0, 1, 2] and batcher.batch_sizes[before:] == [3]
+    assert [c.index for c in reply.choices] == [0, 1, 2] and batcher.join_sizes[before:] == [3]
     assert all(c.finish_reason in ("stop", "length") for c in reply.choices)
     single = client.chat.completions.create(**{**asked, "n": 1})
     assert reply.usage.prompt_tokens == single.usage.prompt_tokens
@@ -92,10 +92,54 @@ def test_n_choices_come_from_one_batch_whole_and_streamed(served):
     assert chunks[-1].usage.completion_tokens == reply.usage.completion_tokens >= 3
 
 
+def test_logprobs_are_the_models_own_whole_and_streamed(served, trained_model_dir):
+    """``logprobs`` with ``top_logprobs: 3`` on a greedy reply: one entry per generated token, whose texts make the
+    reply and whose bytes decode to it; each log-probability equals the model's log-softmax at that position
+    (recomputed here in one forward over prompt and reply), the alternatives are the three likeliest in order; the
+    streamed chunks carry the same entries."""
+    from persona.model.generation import generate_batch, prompt_inputs
+    from tests.conftest import load_folder
+
+    url, _, model_id = served
+    client = _client(url)
+    asked = {"model": model_id, "messages": ASK, "max_tokens": 10, "temperature": 0, "logprobs": True}
+    reply = client.chat.completions.create(**asked, top_logprobs=3)
+    entries = reply.choices[0].logprobs.content
+    assert "".join(e.token for e in entries).strip() == reply.choices[0].message.content
+    assert bytes(b for e in entries for b in e.bytes).decode("utf-8", "replace").strip() == (
+        reply.choices[0].message.content
+    )
+    assert len(entries) == reply.usage.completion_tokens
+    loaded = load_folder(trained_model_dir)
+    prompt = prompt_inputs(PERSONA.replace(". ", ".|").split("|"), [ASK[1]["content"]], loaded, 10)
+    ((tokens, _),) = generate_batch(loaded, [prompt], DecodingArguments(do_sample=False, max_length=10))
+    ids = torch.tensor([prompt["input_ids"] + tokens])
+    types = torch.tensor([prompt["token_type_ids"] + prompt["token_type_ids"][-1:] * len(tokens)])
+    with torch.no_grad():
+        logprobs = loaded.model(input_ids=ids, token_type_ids=types).logits[0, len(prompt["input_ids"]) - 1 : -1]
+    logprobs = logprobs.float().log_softmax(-1)
+    expected = logprobs.gather(1, torch.tensor(tokens)[:, None])[:, 0].tolist()
+    assert [e.logprob for e in entries] == pytest.approx(expected, abs=1e-4)
+    top = logprobs.topk(3)
+    assert [[t.logprob for t in e.top_logprobs] for e in entries] == [
+        pytest.approx(v, abs=1e-4) for v in top.values.tolist()
+    ]
+    assert [[t.token for t in e.top_logprobs] for e in entries] == [
+        [loaded.tokenizer.decode([i]) for i in row] for row in top.indices.tolist()
+    ]
+    chunks = list(client.chat.completions.create(**asked, top_logprobs=3, stream=True))
+    streamed = [e for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+    assert [(e.token, e.logprob) for e in streamed] == [(e.token, e.logprob) for e in entries]
+    plain = client.chat.completions.create(**{**asked, "logprobs": False})
+    assert plain.choices[0].logprobs is None
+    only_chosen = client.chat.completions.create(**asked).choices[0].logprobs.content
+    assert [e.top_logprobs for e in only_chosen] == [[]] * len(entries)
+
+
 def test_sixteen_clients_at_once_are_all_answered_in_shared_batches(served):
     url, batcher, model_id = served
     client = _client(url)
-    before = len(batcher.batch_sizes)
+    before = len(batcher.join_sizes)
 
     def ask(index: int) -> str:
         messages = [{"role": "system", "content": PERSONA}, {"role": "user", "content": f"question number {index}?"}]
@@ -108,7 +152,7 @@ def test_sixteen_clients_at_once_are_all_answered_in_shared_batches(served):
     with ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(ask, range(16)))
     assert len(answers) == 16 and all(isinstance(a, str) for a in answers)
-    assert sum(batcher.batch_sizes[before:]) == 16 and max(batcher.batch_sizes[before:]) > 1
+    assert sum(batcher.join_sizes[before:]) == 16 and max(batcher.join_sizes[before:]) > 1
 
 
 BAD_REQUESTS = [
@@ -184,6 +228,24 @@ BAD_REQUESTS = [
         "repetition_penalty",
     ),
     ("more choices than the cap", b'{"messages": [{"role": "user", "content": "a"}], "n": 9}', 400, "n"),
+    (
+        "logprobs not a boolean",
+        b'{"messages": [{"role": "user", "content": "a"}], "logprobs": "yes"}',
+        400,
+        "logprobs",
+    ),
+    (
+        "top_logprobs without logprobs",
+        b'{"messages": [{"role": "user", "content": "a"}], "top_logprobs": 2}',
+        400,
+        "top_logprobs",
+    ),
+    (
+        "top_logprobs over 20",
+        b'{"messages": [{"role": "user", "content": "a"}], "logprobs": true, "top_logprobs": 21}',
+        400,
+        "top_logprobs",
+    ),
     (
         "content parts that are not text",
         b'{"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}',
@@ -278,9 +340,11 @@ def test_the_penalties_reach_the_decoding(served, monkeypatch):
 
     url, _, _ = served
     seen = []
-    original = ReplyBatcher._generate
+    original = ReplyBatcher._join
     monkeypatch.setattr(
-        ReplyBatcher, "_generate", lambda self, group: seen.extend(r.decoding for r in group) or original(self, group)
+        ReplyBatcher,
+        "_join",
+        lambda self, batch, arrived: seen.extend(r.decoding for r in arrived) or original(self, batch, arrived),
     )
     body = {
         "messages": ASK,
@@ -315,7 +379,7 @@ def test_metrics_in_prometheus_text_format(served):
         samples[("persona_tokens_total", (("kind", "completion"),))] >= 1
         and samples[("persona_tokens_total", (("kind", "prompt"),))] > 1
     )
-    assert samples[("persona_batch_size_count", ())] >= 1 and ("persona_queue_depth", ()) in samples
+    assert samples[("persona_batch_rows_count", ())] >= 1 and ("persona_queue_depth", ()) in samples
     assert samples[("persona_request_seconds_count", (("route", "/v1/chat/completions"),))] >= 1
 
 
@@ -397,14 +461,14 @@ def test_a_full_queue_answers_429_and_the_server_recovers(trained_model_dir, mon
     from persona.serving.batching import ReplyBatcher
 
     holding, release = threading.Event(), threading.Event()
-    generate = ReplyBatcher._generate
+    join = ReplyBatcher._join
 
-    def held(self, group):
+    def held(self, batch, arrived):
         holding.set()
         release.wait(timeout=60)
-        generate(self, group)
+        return join(self, batch, arrived)
 
-    monkeypatch.setattr(ReplyBatcher, "_generate", held)
+    monkeypatch.setattr(ReplyBatcher, "_join", held)
     with live_server(trained_model_dir, max_queue=1, max_batch_size=1) as (url, batcher):
         with ThreadPoolExecutor(2) as pool:
             first = pool.submit(
@@ -520,28 +584,7 @@ def test_one_request_that_cannot_be_encoded_fails_alone_in_its_batch(trained_mod
         batcher.close()
     bad = endings.pop(5)
     assert bad.finish_reason == "error" and "not valid Unicode" in bad.error
-    assert [e.finish_reason in ("stop", "length") for e in endings] == [True] * 10 and max(batcher.batch_sizes) > 1
-
-
-def test_a_row_is_answered_at_its_own_end_while_the_batch_goes_on():
-    """Row 0 meets <eos> at the second step: its end goes out then, while rows 1 and 2 still generate; the stopping
-    criteria then call row 0 done, and the batch done once every row is."""
-    from persona.serving.streaming import BatchStreamer, ReplyStream, RowsDone
-
-    EOS = 9
-    log = []
-    rows = [
-        ReplyStream(lambda tokens: " ".join(map(str, tokens)), [], lambda d: None, lambda row, i=i: log.append(i))
-        for i in range(3)
-    ]
-    streamer, done = BatchStreamer(rows, EOS), RowsDone(rows, [lambda: False] * 3)
-    streamer.put(torch.tensor([[1, 2], [1, 2], [1, 2]]))  # the prompt
-    for step in ([4, 4, 4], [EOS, 5, 5], [0, 6, 6]):
-        streamer.put(torch.tensor(step))
-        log.append(done(torch.zeros(3, 1), None).tolist())
-    assert log == [[False, False, False], 0, [True, False, False], [True, False, False]]
-    streamer.end()
-    assert log[-2:] == [1, 2] and [row.finish_reason for row in rows] == ["stop", "length", "length"]
+    assert [e.finish_reason in ("stop", "length") for e in endings] == [True] * 10 and max(batcher.join_sizes) > 1
 
 
 def test_a_client_that_leaves_stops_its_row_and_a_batch_nobody_awaits_stops(trained_model_dir):
@@ -570,4 +613,4 @@ def test_a_client_that_leaves_stops_its_row_and_a_batch_nobody_awaits_stops(trai
         batcher.close()  # returns once the batch is over
     finally:
         counting.remove()
-    assert batcher.batch_sizes == [2] and 1 < len(steps) < 20
+    assert batcher.join_sizes == [2] and len(steps) < 20

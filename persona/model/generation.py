@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteriaList
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from persona.configs import CHAT_TEMPLATE_LAYOUT
 from persona.data.chat_layout import generation_prompt
@@ -156,12 +156,11 @@ class Reply:
 
 @torch.no_grad()
 def generate_batch(
-    loaded: LoadedModel, prompts: list[dict], decoding: DecodingArguments, *, streamer=None, stopping_criteria=None
+    loaded: LoadedModel, prompts: list[dict], decoding: DecodingArguments
 ) -> list[tuple[list[int], bool]]:
     """The reply token ids (up to its end token, excluded) of each prompt of :func:`prompt_inputs` and whether that
     end token came, generated in one left-padded batch (with token types if the model takes them) as ``decoding``
-    says; ``streamer`` (a transformers streamer) receives the new tokens as they come, and ``stopping_criteria``
-    (a transformers ``StoppingCriteria``) may end rows early."""
+    says."""
     ids, model = loaded.ids, loaded.model
     device = next(model.parameters()).device
     input_ids, mask = left_padded([p["input_ids"] for p in prompts], ids.pad)
@@ -173,8 +172,6 @@ def generate_batch(
         attention_mask=mask.to(device),
         generation_config=decoding.generation_config(loaded),
         logits_processor=decoding.logits_processors(input_ids.shape[1]),
-        stopping_criteria=StoppingCriteriaList([stopping_criteria] if stopping_criteria else []),
-        streamer=streamer,
         **types,
     )
     rows = output[:, input_ids.shape[1] :].tolist()

@@ -1,15 +1,16 @@
-"""Replies for many clients at once: requests that arrive together are generated together, in one batch.
+"""Replies for many clients at once, decoded as one running batch that requests join and leave between steps.
 
 A :class:`ReplyBatcher` owns the model on one worker thread. :meth:`ReplyBatcher.submit` queues a
-:class:`ReplyRequest` (a bounded queue: :class:`QueueFull` beyond it); the worker takes what has arrived
-within ``batch_wait_ms`` of the first request (at most ``max_batch_size``), groups requests that decode alike
-(same settings, stop strings and seed), and runs each group as one left-padded batch through
-:func:`persona.model.generation.generate_batch`, the path of persona-chat and persona-eval. Each request receives
-its reply's text deltas and then its end (:class:`ReplyEvent`) through the callback it brought, so a
-streamed reply streams while the batch generates and ends when its own row ends, not when the batch does;
-:func:`reply_events` turns that into an async iterator for the API and the page. A row stops when its reply has
-ended (``<eos>`` or a stop string) or its client has gone (a dropped stream), and the batch stops when no row needs
-another token. Each prompt is built on its own: a request whose text cannot be encoded fails alone.
+:class:`ReplyRequest` (a bounded queue: :class:`QueueFull` beyond it). While rows are decoding, the requests that
+have arrived join the running batch before the next step, up to ``max_batch_size`` rows
+(:class:`~persona.serving.running_batch.RunningBatch`); an idle batcher waits ``batch_wait_ms`` after a first
+request for others to start with it. Each row decodes with its own settings, seed and stop strings
+(:class:`~persona.serving.row_decoding.RowDecoder`), from the prompt persona-chat builds
+(:func:`~persona.model.generation.prompt_inputs`). Each request receives its reply's text deltas and then its end
+(:class:`ReplyEvent`) through the callback it brought, the moment its row ends (``<eos>``, a stop string, its
+token budget); a row whose client has gone (a dropped stream) leaves the batch at the next step;
+:func:`reply_events` turns the callbacks into an async iterator for the API and the page. Each prompt is built on
+its own: a request whose text cannot be encoded fails alone.
 """
 
 from __future__ import annotations
@@ -20,14 +21,16 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import astuple, dataclass, field
+from dataclasses import dataclass, field
 
-import torch
+import numpy as np
 
 from persona.data.layout import history_window
-from persona.model.generation import DecodingArguments, generate_batch, prompt_inputs
+from persona.model.generation import DecodingArguments, prompt_inputs
 from persona.model.loading import LoadedModel
-from persona.serving.streaming import BatchStreamer, ReplyStream, RowsDone
+from persona.serving.row_decoding import RowDecoder, TokenLogprob, choose_tokens
+from persona.serving.running_batch import RunningBatch
+from persona.serving.streaming import ReplyStream
 
 logger = logging.getLogger(__name__)
 REPLY_TIMEOUT_S = 300  # a request that waited this long for its reply ends with an error
@@ -39,19 +42,22 @@ class QueueFull(Exception):
 
 @dataclass
 class ReplyEvent:
-    """What a request receives: a ``delta`` of text, or its end (``finish_reason``: stop, length or error)."""
+    """What a request receives: a ``delta`` of text (with the log-probabilities of the tokens it completes, when
+    asked for), or its end (``finish_reason``: stop, length or error)."""
 
     delta: str = ""
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 @dataclass
 class ReplyRequest:
     """One reply to generate: the persona, the conversation so far (oldest first, the partner last), how to
-    decode it, and ``deliver``, called (from the worker thread) with each :class:`ReplyEvent`."""
+    decode it, and ``deliver``, called (from the worker thread) with each :class:`ReplyEvent`; ``top_logprobs``
+    (0 or more) asks for each token's log-probability and that many alternatives."""
 
     persona: list[str]
     history: list[str]
@@ -59,24 +65,81 @@ class ReplyRequest:
     deliver: Callable[[ReplyEvent], None]
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    top_logprobs: int | None = None
     gone: threading.Event = field(default_factory=threading.Event)  # set when the client stops listening
 
-    def batch_key(self) -> tuple:
-        """Requests with the same key can share a batch: the same decoding, stop strings and seed."""
-        return (astuple(self.decoding), tuple(self.stop), self.seed)
+
+def choice_seed(seed: int | None, index: int) -> int | None:
+    """The seed of choice ``index`` of a request seeded with ``seed``: the seed itself for the first, one derived
+    from both for the others (so that ``n`` choices are ``n`` draws, the same ones for the same seed)."""
+    if seed is None or index == 0:
+        return seed
+    return int(np.random.SeedSequence([seed % 2**64, index]).generate_state(1, np.uint64)[0])
+
+
+class _Row:
+    """A request being decoded: its stream (whose deltas and end go to the request with the log-probabilities
+    gathered since the last event), its token choice, and the token it feeds next."""
+
+    def __init__(self, request: ReplyRequest, decoder: RowDecoder, prompt_tokens: int, decode: Callable):
+        self.request, self.decoder, self.prompt_tokens = request, decoder, prompt_tokens
+        self.stream = ReplyStream(decode, request.stop, self._send, self._ended)
+        self.next_token = -1
+        self.logprobs: list[TokenLogprob] = []
+
+    def take(self, token: int, logprob: TokenLogprob | None, eos: int) -> None:
+        """Hand the row's next token to its stream (which may end the row)."""
+        self.next_token = token
+        if logprob is not None and token != eos:
+            self.logprobs.append(logprob)
+        self.stream.add(token, eos)
+        if self.stream.finish_reason is None and len(self.stream.tokens) >= self.request.decoding.max_length:
+            self.stream.close("length")
+
+    def fail(self, error: Exception) -> None:
+        """End the row with ``error`` (unless it has ended)."""
+        if self.stream.finish_reason is None:
+            self.stream.abandon()
+            self.request.deliver(ReplyEvent(finish_reason="error", error=f"{type(error).__name__}: {error}"))
+
+    def _taken_logprobs(self) -> list[TokenLogprob]:
+        taken, self.logprobs = self.logprobs, []
+        return taken
+
+    def _send(self, delta: str) -> None:
+        self.request.deliver(ReplyEvent(delta=delta, logprobs=self._taken_logprobs()))
+
+    def _ended(self, stream: ReplyStream) -> None:
+        self.request.deliver(
+            ReplyEvent(
+                finish_reason=stream.finish_reason,
+                prompt_tokens=self.prompt_tokens,
+                completion_tokens=len(stream.tokens),
+                logprobs=self._taken_logprobs(),
+            )
+        )
 
 
 class ReplyBatcher:
     """The model and its worker thread; ``max_batch_size`` 1 generates one request at a time (the settings are
-    persona-serve's, :class:`~persona.serving.server.ServeArguments`)."""
+    persona-serve's, :class:`~persona.serving.server.ServeArguments`). ``join_sizes`` holds how many requests
+    joined the running batch at each join (for tests and benchmarks); ``on_step`` is called with the batch's row
+    count at each decoding step."""
 
     def __init__(
-        self, loaded: LoadedModel, *, max_history: int, max_batch_size: int, max_queue: int, batch_wait_ms: float
+        self,
+        loaded: LoadedModel,
+        *,
+        max_history: int,
+        max_batch_size: int,
+        max_queue: int,
+        batch_wait_ms: float,
+        on_step: Callable[[int], None] = lambda rows: None,
     ):
-        self.loaded, self.max_history = loaded, max_history
+        self.loaded, self.max_history, self.on_step = loaded, max_history, on_step
         self.max_batch_size, self.batch_wait_s = max_batch_size, batch_wait_ms / 1000
         self.pending: queue.Queue[ReplyRequest | None] = queue.Queue(maxsize=max_queue)
-        self.batch_sizes: list[int] = []  # of every batch generated so far, for tests and benchmarks
+        self.join_sizes: list[int] = []
         self.worker = threading.Thread(target=self._work, name="persona-batcher", daemon=True)
         self.worker.start()
 
@@ -92,84 +155,97 @@ class ReplyBatcher:
         self.pending.put(None)
         self.worker.join(timeout=60)
 
-    def _collect(self, first: ReplyRequest) -> tuple[list[ReplyRequest], bool]:
-        """``first`` and what arrives within the wait (up to the batch size); whether the batcher was closed."""
-        batch, deadline = [first], time.monotonic() + self.batch_wait_s
-        while len(batch) < self.max_batch_size:
+    def _arrivals(self, running: int) -> tuple[list[ReplyRequest], bool]:
+        """The requests that join now (up to the free rows) and whether the batcher was closed: with rows running,
+        those already waiting; idle, the next request and those arriving within the wait."""
+        arrived: list[ReplyRequest] = []
+        deadline = None
+        while running + len(arrived) < self.max_batch_size:
             try:
-                request = self.pending.get(timeout=max(deadline - time.monotonic(), 0))
+                if running:
+                    request = self.pending.get_nowait()
+                elif not arrived:
+                    request = self.pending.get()
+                    deadline = time.monotonic() + self.batch_wait_s
+                else:
+                    request = self.pending.get(timeout=max(deadline - time.monotonic(), 0))
             except queue.Empty:
                 break
             if request is None:
-                return batch, True
-            batch.append(request)
-        return batch, False
+                return arrived, True
+            arrived.append(request)
+        return arrived, False
 
     def _work(self) -> None:
-        closed = False
-        while not closed:
-            first = self.pending.get()
-            if first is None:
-                return
-            batch, closed = self._collect(first)
-            groups: dict[tuple, list[ReplyRequest]] = {}
-            for request in batch:
-                groups.setdefault(request.batch_key(), []).append(request)
-            for group in groups.values():
-                self._generate(group)
+        batch, rows, closed = RunningBatch(self.loaded), [], False
+        while rows or not closed:
+            if not closed:
+                arrived, closed = self._arrivals(len(rows))
+                rows += self._join(batch, arrived)
+            if rows:
+                rows = self._step(batch, rows)
 
-    def _prompts(self, group: list[ReplyRequest]) -> tuple[list[ReplyRequest], list[dict]]:
-        """The requests whose prompt could be built (as persona-chat builds it) and their prompts; each other request
-        is answered with its own error."""
-        kept, prompts = [], []
-        for request in group:
+    def _join(self, batch: RunningBatch, arrived: list[ReplyRequest]) -> list[_Row]:
+        """Start the rows of the requests that arrived (those whose prompt could be built) with their first token."""
+        joining, prompts = [], []
+        for request in arrived:
             if request.gone.is_set():  # its client left while it waited
                 continue
             try:
                 window = history_window(request.history, self.max_history)
-                prompts.append(prompt_inputs(request.persona, window, self.loaded, request.decoding.max_length))
-                kept.append(request)
-            except Exception as error:  # text the tokenizer cannot encode: this request fails, not its batch
-                logger.warning("A request's prompt could not be built: %s: %s", type(error).__name__, error)
-                request.deliver(ReplyEvent(finish_reason="error", error=f"{type(error).__name__}: {error}"))
-        return kept, prompts
-
-    def _generate(self, group: list[ReplyRequest]) -> None:
-        """One batch: prompts as persona-chat builds them, the replies streamed row by row, each answered at its own
-        end; rows whose client has gone stop taking part."""
-        self.batch_sizes.append(len(group))
-        group, prompts = self._prompts(group)
-        if not group:
-            return
-        rows = [self._row(request, len(prompt["input_ids"])) for request, prompt in zip(group, prompts)]
-        try:
-            if group[0].seed is not None:
-                torch.manual_seed(group[0].seed)
-            generate_batch(
-                self.loaded,
-                prompts,
-                group[0].decoding,
-                streamer=BatchStreamer(rows, self.loaded.ids.eos),
-                stopping_criteria=RowsDone(rows, [request.gone.is_set for request in group]),
-            )
-        except Exception as error:  # a failed batch answers its unanswered requests with the error; the server goes on
-            logger.exception("Generation failed for a batch of %d", len(group))
-            for request, row in zip(group, rows):
-                if row.finish_reason is None:
-                    request.deliver(ReplyEvent(finish_reason="error", error=f"{type(error).__name__}: {error}"))
-
-    def _row(self, request: ReplyRequest, prompt_tokens: int) -> ReplyStream:
-        """The stream of one request's reply: its deltas as they come, its end (with its token counts) when its row
-        ends."""
-
-        def ended(row: ReplyStream) -> None:
-            request.deliver(
-                ReplyEvent(
-                    finish_reason=row.finish_reason, prompt_tokens=prompt_tokens, completion_tokens=len(row.tokens)
+                prompt = prompt_inputs(request.persona, window, self.loaded, request.decoding.max_length)
+                decoder = RowDecoder(
+                    request.decoding,
+                    self.loaded,
+                    prompt["input_ids"],
+                    seed=request.seed,
+                    top_logprobs=request.top_logprobs,
                 )
-            )
+            except Exception as error:  # text the tokenizer cannot encode: this request fails, not the batch
+                logger.warning("A request could not start: %s: %s", type(error).__name__, error)
+                request.deliver(ReplyEvent(finish_reason="error", error=f"{type(error).__name__}: {error}"))
+                continue
+            prompts.append(prompt)
+            joining.append(_Row(request, decoder, len(prompt["input_ids"]), self._decode))
+        if not joining:
+            return []
+        self.join_sizes.append(len(joining))
+        try:
+            logits = batch.join(prompts)
+        except Exception as error:  # the joining rows fail; the running ones go on
+            logger.exception("The prompts of %d joining requests failed", len(joining))
+            for row in joining:
+                row.fail(error)
+            return []
+        self._take(joining, logits)
+        return joining
 
-        return ReplyStream(self._decode, request.stop, lambda delta: request.deliver(ReplyEvent(delta=delta)), ended)
+    def _step(self, batch: RunningBatch, rows: list[_Row]) -> list[_Row]:
+        """Drop the rows that ended or were abandoned, then one decoding step for the others; the rows still going."""
+        for row in rows:
+            if row.stream.finish_reason is None and row.request.gone.is_set():
+                row.stream.abandon()
+        going = [i for i, row in enumerate(rows) if row.stream.finish_reason is None]
+        batch.keep(going)
+        rows = [rows[i] for i in going]
+        if not rows:
+            return []
+        self.on_step(len(rows))
+        try:
+            logits = batch.step([row.next_token for row in rows])
+        except Exception as error:  # a failed step answers its rows with the error and empties the batch
+            logger.exception("Generation failed for a batch of %d", len(rows))
+            batch.keep([])
+            for row in rows:
+                row.fail(error)
+            return []
+        self._take(rows, logits)
+        return rows
+
+    def _take(self, rows: list[_Row], logits) -> None:
+        """Each row's next token from its logits, handed to its stream."""
+        for row, (token, logprob) in zip(rows, choose_tokens([row.decoder for row in rows], logits)):
+            row.take(token, logprob, self.loaded.ids.eos)
 
     def _decode(self, tokens: list[int]) -> str:
         return self.loaded.tokenizer.decode(tokens, skip_special_tokens=True)
@@ -183,13 +259,14 @@ async def reply_events(
     *,
     stop: list[str] = (),
     seed: int | None = None,
+    top_logprobs: int | None = None,
 ) -> AsyncIterator[ReplyEvent]:
     """Submit a request (:class:`QueueFull` at once when the queue is full) and yield its events as they come, its
     end last."""
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[ReplyEvent] = asyncio.Queue()
     deliver = lambda event: loop.call_soon_threadsafe(events.put_nowait, event)  # noqa: E731 (called from the worker)
-    request = ReplyRequest(persona, history, decoding, deliver, stop=list(stop), seed=seed)
+    request = ReplyRequest(persona, history, decoding, deliver, stop=list(stop), seed=seed, top_logprobs=top_logprobs)
     batcher.submit(request)
     deadline = loop.time() + REPLY_TIMEOUT_S
     try:

@@ -1,6 +1,6 @@
 """``GET /metrics`` in Prometheus' text format (prometheus-client): requests by route and status, their latency,
-tokens read and written, the queue's depth and the batch sizes; one registry per server, so that servers in one
-process (tests, benchmarks) keep their own counts."""
+tokens read and written, the queue's depth and the rows of the running batch at each decoding step; one registry
+per server, so that servers in one process (tests, benchmarks) keep their own counts."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ class ServerMetrics:
     """The server's counters; :meth:`observe` is an HTTP middleware, :meth:`exposition` the page Prometheus reads."""
 
     def __init__(self, batcher: ReplyBatcher):
-        self.batcher, self.batches_seen = batcher, 0
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "persona_requests",
@@ -33,12 +32,13 @@ class ServerMetrics:
         self.tokens = Counter(
             "persona_tokens", "Tokens read (prompt) and written (completion)", ["kind"], registry=self.registry
         )
-        self.batch_size = Histogram(
-            "persona_batch_size",
-            "Requests generated together",
+        batch_rows = Histogram(
+            "persona_batch_rows",
+            "Requests decoded together, at each decoding step",
             buckets=(1, 2, 4, 8, 16, 32, 64),
             registry=self.registry,
         )
+        batcher.on_step = batch_rows.observe
         queue = Gauge("persona_queue_depth", "Requests waiting for the model", registry=self.registry)
         queue.set_function(lambda: batcher.pending.qsize())
 
@@ -59,9 +59,5 @@ class ServerMetrics:
         self.tokens.labels("completion").inc(completion)
 
     def exposition(self) -> tuple[bytes, str]:
-        """The metrics in Prometheus' text format and its content type (batches since the last scrape counted)."""
-        sizes = self.batcher.batch_sizes
-        for size in sizes[self.batches_seen :]:
-            self.batch_size.observe(size)
-        self.batches_seen = len(sizes)
+        """The metrics in Prometheus' text format and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -3,7 +3,9 @@
 ``POST /v1/chat/completions`` takes ``messages`` (an optional first ``system`` or ``developer`` message is the persona
 text, then ``user`` and ``assistant`` messages alternating, ending with ``user``; a content is a string or a list of
 text parts), ``temperature`` (0: greedy), ``top_p``, ``max_tokens`` / ``max_completion_tokens``, ``seed``, ``stop``,
-``n`` (choices generated as rows of one batch) and ``stream`` (server-sent events of ``chat.completion.chunk``
+``n`` (choices generated as rows of one batch), ``logprobs`` / ``top_logprobs`` (each generated token's
+log-probability under the model, before temperature and the other processors, and its most likely alternatives)
+and ``stream`` (server-sent events of ``chat.completion.chunk``
 deltas, then ``data: [DONE]``), and answers with ``usage`` token counts; a conversation longer than the history
 window (the reference's ``max_history``) is read from its last utterances, and the header ``X-Persona-History-Cut``
 says how many were left out. ``GET /v1/models`` and ``GET /health`` too. The request is validated by its typed model
@@ -30,7 +32,8 @@ from starlette.requests import ClientDisconnect
 
 from persona.data.personas import split_sentences
 from persona.model.generation import DecodingArguments, context_needed
-from persona.serving.batching import QueueFull, ReplyBatcher, ReplyEvent, reply_events
+from persona.serving.batching import QueueFull, ReplyBatcher, ReplyEvent, choice_seed, reply_events
+from persona.serving.logprobs import TokenTexts
 from persona.serving.metrics import ServerMetrics
 from persona.serving.protocol import ChatCompletionRequest, Message, first_error
 
@@ -79,6 +82,7 @@ class ChatRequest:
     stream: bool
     include_usage: bool
     choices: int = 1
+    top_logprobs: int | None = None  # None: no log-probabilities; k: each token's and its k likeliest alternatives
 
 
 def parse_messages(messages: list[Message]) -> tuple[list[str], list[str]]:
@@ -129,7 +133,10 @@ def chat_request(body: ChatCompletionRequest, defaults: DecodingArguments, max_t
             top_p=defaults.top_p if body.top_p is None else body.top_p,
         )
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return ChatRequest(persona, history, decoding, body.stop, body.seed, body.stream, include_usage, body.n)
+    top_logprobs = (body.top_logprobs or 0) if body.logprobs else None
+    return ChatRequest(
+        persona, history, decoding, body.stop, body.seed, body.stream, include_usage, body.n, top_logprobs
+    )
 
 
 def _authorize(request: Request, api_key: str | None) -> None:
@@ -186,6 +193,7 @@ def create_app(
     app = FastAPI(title="persona", docs_url=None, redoc_url=None)
     model_card = {"id": model_id, "object": "model", "created": 0, "owned_by": "persona"}
     metrics = ServerMetrics(batcher)
+    token_texts = TokenTexts(batcher.loaded.tokenizer)
     app.middleware("http")(metrics.observe)
 
     @app.exception_handler(APIError)
@@ -229,8 +237,16 @@ def create_app(
             raise APIError(404, message, param="model", code="model_not_found")
         _check_context(batcher, chat, chat.persona or persona)
         replies = [
-            reply_events(batcher, chat.persona or persona, chat.history, chat.decoding, stop=chat.stop, seed=chat.seed)
-            for _ in range(chat.choices)
+            reply_events(
+                batcher,
+                chat.persona or persona,
+                chat.history,
+                chat.decoding,
+                stop=chat.stop,
+                seed=choice_seed(chat.seed, index),
+                top_logprobs=chat.top_logprobs,
+            )
+            for index in range(chat.choices)
         ]
         try:
             firsts = await asyncio.gather(*(anext(events) for events in replies))  # all submitted at once: one batch
@@ -242,10 +258,12 @@ def create_app(
         completion = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_id}
         events = _merged(list(zip(firsts, replies)))
         headers = _window_note(chat.history, batcher.max_history)
+        logprobs = token_texts.content if chat.top_logprobs is not None else None
         if chat.stream:
-            stream = _sse(completion, events, chat.choices, chat.include_usage, metrics.count_tokens)
+            stream = _sse(completion, events, chat.choices, chat.include_usage, metrics.count_tokens, logprobs)
             return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
-        return JSONResponse(await _completion(completion, events, chat.choices, metrics.count_tokens), headers=headers)
+        whole = await _completion(completion, events, chat.choices, metrics.count_tokens, logprobs)
+        return JSONResponse(whole, headers=headers)
 
     @app.api_route("/v1/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"])
     async def elsewhere(path: str, request: Request):
@@ -307,14 +325,17 @@ async def _merged(
 
 
 async def _completion(
-    completion: dict, events: AsyncIterator[tuple[int, ReplyEvent]], count: int, count_tokens
+    completion: dict, events: AsyncIterator[tuple[int, ReplyEvent]], count: int, count_tokens, logprobs
 ) -> dict:
-    """The whole answer of a request that is not streamed: ``count`` choices."""
+    """The whole answer of a request that is not streamed: ``count`` choices (with their tokens' log-probabilities
+    in OpenAI's shape when ``logprobs``, a :meth:`TokenTexts.content`, is given)."""
     content: list[list[str]] = [[] for _ in range(count)]
+    tokens: list[list] = [[] for _ in range(count)]
     ends: list[ReplyEvent] = [ReplyEvent()] * count
     async with aclosing(events):
         async for index, event in events:
             content[index].append(event.delta)
+            tokens[index] += event.logprobs
             if event.finish_reason == "error":
                 raise APIError(500, f"generation failed: {event.error}", type="server_error")
             if event.finish_reason:
@@ -328,6 +349,7 @@ async def _completion(
             {
                 "index": index,
                 "message": {"role": "assistant", "content": "".join(content[index])},
+                "logprobs": {"content": logprobs(tokens[index])} if logprobs else None,
                 "finish_reason": end.finish_reason,
             }
             for index, end in enumerate(ends)
@@ -343,13 +365,21 @@ def _usage(ends: list[ReplyEvent]) -> dict:
 
 
 async def _sse(
-    completion: dict, events: AsyncIterator[tuple[int, ReplyEvent]], count: int, include_usage: bool, count_tokens
+    completion: dict,
+    events: AsyncIterator[tuple[int, ReplyEvent]],
+    count: int,
+    include_usage: bool,
+    count_tokens,
+    logprobs,
 ) -> AsyncIterator[str]:
-    """The streamed answer: a role chunk per choice, content chunks as they come, each choice's finishing chunk at
-    its end (then the usage), then ``[DONE]``."""
+    """The streamed answer: a role chunk per choice, content chunks as they come (each with the log-probabilities
+    of the tokens it completes when ``logprobs`` is given), each choice's finishing chunk at its end (then the
+    usage), then ``[DONE]``."""
 
-    def chunk(index: int, delta: dict, finish_reason: str | None = None) -> str:
+    def chunk(index: int, delta: dict, finish_reason: str | None = None, tokens: list = ()) -> str:
         choice = {"index": index, "delta": delta, "finish_reason": finish_reason}
+        if logprobs and tokens:
+            choice["logprobs"] = {"content": logprobs(tokens)}
         return f"data: {json.dumps({**completion, 'object': 'chat.completion.chunk', 'choices': [choice]})}\n\n"
 
     for index in range(count):
@@ -358,7 +388,7 @@ async def _sse(
     async with aclosing(events):
         async for index, event in events:
             if event.delta:
-                yield chunk(index, {"content": event.delta})
+                yield chunk(index, {"content": event.delta}, tokens=event.logprobs)
             if event.finish_reason == "error":
                 error = {"message": f"generation failed: {event.error}", "type": "server_error"}
                 yield f"data: {json.dumps({'error': {**error, 'param': None, 'code': None}})}\n\n"
@@ -366,7 +396,7 @@ async def _sse(
                 return
             if event.finish_reason:
                 ends[index] = event
-                yield chunk(index, {}, event.finish_reason)
+                yield chunk(index, {}, event.finish_reason, tokens=event.logprobs)
     usage = _usage(ends)
     count_tokens(usage["prompt_tokens"], usage["completion_tokens"])
     if include_usage:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.manual_seed accepts
 MAX_CHOICES = 8  # ``n``: replies generated for one request (rows of one batch)
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit
 
 Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
@@ -62,6 +63,8 @@ class ChatCompletionRequest(BaseModel):
     presence_penalty: Annotated[Number | None, Field(ge=-2, le=2)] = None
     frequency_penalty: Annotated[Number | None, Field(ge=-2, le=2)] = None
     repetition_penalty: Annotated[Number | None, Field(gt=0, le=10)] = None  # not OpenAI's: vLLM's and HF's extra
+    logprobs: Annotated[bool, Field(strict=True)] = False
+    top_logprobs: Annotated[int | None, Field(strict=True, ge=0, le=MAX_TOP_LOGPROBS)] = None
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -73,6 +76,14 @@ class ChatCompletionRequest(BaseModel):
         if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) for s in stop):
             raise ValueError("must be a string or a list of at most 4 strings")
         return stop
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def top_logprobs_need_logprobs(cls, top_logprobs: int | None, info: ValidationInfo) -> int | None:
+        """``top_logprobs`` only with ``logprobs: true``, as OpenAI has it."""
+        if top_logprobs is not None and info.data.get("logprobs") is not True:
+            raise ValueError("needs logprobs: true")
+        return top_logprobs
 
     def ignored_fields(self) -> list[str]:
         """The request's fields that persona does not read."""

@@ -60,10 +60,16 @@ class ServeArguments:
     model_id: str | None = field(
         default=None, metadata={"help": "The model's name in the API (default: the folder's or Hub id's last part)."}
     )
-    max_batch_size: int = field(default=16, metadata={"help": "Most requests generated together (1: one at a time)."})
+    max_batch_size: int = field(
+        default=16,
+        metadata={"help": "Most requests decoded together, the rows of the running batch (1: one at a time)."},
+    )
     batch_wait_ms: float = field(
         default=10.0,
-        metadata={"help": "How long the first request of a batch waits for others to join, in milliseconds."},
+        metadata={
+            "help": "How long an idle server waits after a request for others to start with it, in milliseconds "
+            "(requests that come later join the running batch between decoding steps)."
+        },
     )
     max_queue: int = field(default=64, metadata={"help": "Most requests waiting; beyond, the API answers 429."})
     max_tokens_cap: int = field(default=256, metadata={"help": "The largest max_tokens a request may ask for."})

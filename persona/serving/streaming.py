@@ -1,19 +1,15 @@
-"""Replies of a batch as text deltas while they are generated: one :class:`ReplyStream` per row of the batch.
+"""A reply as text deltas while it is generated: one :class:`ReplyStream` per row of the running batch.
 
-``model.generate(streamer=BatchStreamer(...))`` hands over each step's new token of every row; each row's text
-is decoded from all its tokens so far (byte-level BPE joins bytes across tokens), cut at ``<eos>`` or at the
-first stop string, and only what can no longer change is sent: not a half-decoded character, not trailing
-white space, not the start of what may become a stop string. The deltas of a row add up to its final reply,
-which is what :func:`persona.model.generation.generate_replies` returns for the same tokens (stripped).
+The batcher hands each step's new token of a row to its stream; the row's text is decoded from all its tokens so
+far (byte-level BPE joins bytes across tokens), cut at ``<eos>`` or at the first stop string, and only what can no
+longer change is sent: not a half-decoded character, not trailing white space, not the start of what may become a
+stop string. The deltas of a row add up to its final reply, which is what
+:func:`persona.model.generation.generate_replies` returns for the same tokens (stripped).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-
-import torch
-from transformers import StoppingCriteria
-from transformers.generation.streamers import BaseStreamer
 
 Send = Callable[[str], None]
 
@@ -89,38 +85,3 @@ class ReplyStream:
     def abandon(self) -> None:
         """End the row without a word: nobody is listening any more."""
         self.finish_reason = self.finish_reason or "abandoned"
-
-
-class RowsDone(StoppingCriteria):
-    """Stopping criteria of a batch's rows: a row is done once its reply has ended (a stop string; ``generate``
-    stops at ``<eos>`` itself) or its client has gone (``gone[i]()``), so that ``generate`` stops as soon as no row
-    needs another token, and a dropped client costs the others nothing."""
-
-    def __init__(self, rows: list[ReplyStream], gone: list[Callable[[], bool]]):
-        self.rows, self.gone = rows, gone
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
-        for row, gone in zip(self.rows, self.gone):
-            if row.finish_reason is None and gone():
-                row.abandon()
-        return torch.tensor([row.finish_reason is not None for row in self.rows], device=input_ids.device)
-
-
-class BatchStreamer(BaseStreamer):
-    """A transformers streamer for a batch: each step's token of row ``i`` goes to ``rows[i]``."""
-
-    def __init__(self, rows: list[ReplyStream], eos: int):
-        self.rows, self.eos, self.prompt_seen = rows, eos, False
-
-    def put(self, value) -> None:
-        """Called by ``generate`` with the prompt first (skipped), then with each step's new tokens ([batch] ids)."""
-        if not self.prompt_seen:
-            self.prompt_seen = True
-            return
-        for row, token in zip(self.rows, value.reshape(len(self.rows), -1)[:, -1].tolist()):
-            row.add(token, self.eos)
-
-    def end(self) -> None:
-        """Called when generation stops: every reply still going ran out of tokens."""
-        for row in self.rows:
-            row.close("length")

@@ -1,0 +1,119 @@
+"""How the rows of a running batch pick their next tokens: the logits processors ``generate`` applies for each row's
+:class:`~persona.model.generation.DecodingArguments`, each row's own random generator, and the log-probabilities a
+client asked for.
+
+Rows of one batch decode with their own settings. The processors that read a row's ids (repetition and OpenAI's
+penalties, the fewest new tokens) run per row over its own ids (prompt and reply, no padding); those that read only
+the scores (suppressed tokens, temperature, top-k, top-p) run once for all the rows that share their settings, as
+``generate`` runs them over a batch. A seeded row draws from its own ``torch.Generator``, so a seeded reply does not
+depend on the rows beside it: it is what ``generate`` draws after ``torch.manual_seed(seed)`` for a batch of one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import (
+    LogitsProcessorList,
+    MinNewTokensLengthLogitsProcessor,
+    RepetitionPenaltyLogitsProcessor,
+    SuppressTokensLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from persona.model.generation import DecodingArguments
+from persona.model.loading import LoadedModel
+
+
+@dataclass
+class TokenLogprob:
+    """A generated token's log-probability under the model (before any processor), and the ``top`` most likely
+    tokens' ids and log-probabilities."""
+
+    token: int
+    logprob: float
+    top: list[tuple[int, float]]
+
+
+class RowDecoder:
+    """The token choice of one row (see :func:`choose_tokens`): its ids so far, the processors over them (in
+    ``generate``'s order, those that read the ids in ``own``, the others in ``shared``, which rows with the same
+    ``shared_key`` run together), its generator (``seed``; the global one without), and ``top_logprobs`` (None: no
+    log-probabilities; 0 or more: the chosen token's and that many alternatives)."""
+
+    def __init__(
+        self,
+        decoding: DecodingArguments,
+        loaded: LoadedModel,
+        prompt_ids: list[int],
+        *,
+        seed: int | None = None,
+        top_logprobs: int | None = None,
+    ):
+        config = decoding.generation_config(loaded)
+        self.ids = torch.tensor([prompt_ids], dtype=torch.long)
+        self.do_sample, self.top_logprobs = config.do_sample, top_logprobs
+        self.generator = None if seed is None else torch.Generator().manual_seed(seed)
+        self.own = LogitsProcessorList()
+        if config.repetition_penalty not in (None, 1.0):
+            self.own.append(RepetitionPenaltyLogitsProcessor(config.repetition_penalty))
+        if config.min_new_tokens:
+            self.own.append(
+                MinNewTokensLengthLogitsProcessor(len(prompt_ids), config.min_new_tokens, config.eos_token_id)
+            )
+        self.own.extend(decoding.logits_processors(len(prompt_ids)))
+        self.shared = LogitsProcessorList([SuppressTokensLogitsProcessor(config.suppress_tokens)])
+        self.shared_key: tuple = (False,)
+        if config.do_sample:
+            self.shared_key = (True, config.temperature, config.top_k, config.top_p)
+            if config.temperature != 1.0:
+                self.shared.append(TemperatureLogitsWarper(config.temperature))
+            if config.top_k:
+                self.shared.append(TopKLogitsWarper(config.top_k))
+            if config.top_p < 1.0:
+                self.shared.append(TopPLogitsWarper(config.top_p))
+
+
+def _logprob(token: int, logits: torch.Tensor, top: int) -> TokenLogprob:
+    logprobs = logits.log_softmax(-1)
+    best = logprobs.topk(top) if top else None
+    alternatives = list(zip(best.indices.tolist(), best.values.tolist())) if best is not None else []
+    return TokenLogprob(token, float(logprobs[token]), alternatives)
+
+
+def choose_tokens(decoders: list[RowDecoder], logits: torch.Tensor) -> list[tuple[int, TokenLogprob | None]]:
+    """The next token of each row from the rows' float32 ``logits`` [rows, vocabulary] (and its log-probability
+    where asked for); each row's ids grow by its token."""
+    logits = logits.cpu()
+    scores = logits.clone()
+    for row, decoder in enumerate(decoders):
+        if decoder.own:
+            scores[row : row + 1] = decoder.own(decoder.ids, scores[row : row + 1])
+    groups: dict[tuple, list[int]] = {}
+    for row, decoder in enumerate(decoders):
+        groups.setdefault(decoder.shared_key, []).append(row)
+    tokens = torch.zeros(len(decoders), dtype=torch.long)
+    for rows in groups.values():
+        index = torch.tensor(rows)
+        first = decoders[rows[0]]
+        group_scores = first.shared(torch.zeros(len(rows), 0, dtype=torch.long), scores[index])  # they read no ids
+        if not first.do_sample:
+            tokens[index] = group_scores.argmax(-1)
+            continue
+        probs = group_scores.softmax(-1)
+        unseeded = [i for i, row in enumerate(rows) if decoders[row].generator is None]
+        if unseeded:
+            tokens[index[unseeded]] = torch.multinomial(probs[unseeded], 1)[:, 0]
+        for i, row in enumerate(rows):
+            if decoders[row].generator is not None:
+                tokens[row] = torch.multinomial(probs[i : i + 1], 1, generator=decoders[row].generator)[0, 0]
+    chosen = []
+    for row, decoder in enumerate(decoders):
+        token = int(tokens[row])
+        decoder.ids = torch.cat([decoder.ids, tokens[row : row + 1, None]], dim=1)
+        top = decoder.top_logprobs
+        chosen.append((token, None if top is None else _logprob(token, logits[row], top)))
+    return chosen

@@ -1,0 +1,133 @@
+"""Continuous batching: requests join the running batch between decoding steps, each row is answered at its own end,
+and a row decodes as it would alone (greedy and seeded), in the reference layout and in a chat template."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from persona.model.generation import DecodingArguments, generate_batch, prompt_inputs
+from persona.serving.batching import ReplyBatcher, ReplyRequest
+from persona.serving.running_batch import RunningBatch
+from persona.serving.streaming import ReplyStream
+from tests.conftest import load_folder
+
+PERSONA = ["i like cats.", "i am a nurse."]
+HISTORIES = {
+    "long": ["hello, what do you do?"],
+    "short": ["do you have pets?"],
+    "longer prompt": ["where do you live? i live in a big city with many people and many cars"],
+}
+
+
+@pytest.fixture(params=["reference layout", "chat template"])
+def loaded(request, trained_model_dir, template_trained):
+    return load_folder(trained_model_dir if request.param == "reference layout" else template_trained)
+
+
+def alone(loaded, history: list[str], decoding: DecodingArguments) -> str:
+    """The text a stream sends for the reply ``generate`` gives to ``history`` alone (one row, no batch)."""
+    ((tokens, ended),) = generate_batch(
+        loaded, [prompt_inputs(PERSONA, history, loaded, decoding.max_length)], decoding
+    )
+    sent: list[str] = []
+    stream = ReplyStream(lambda ids: loaded.tokenizer.decode(ids, skip_special_tokens=True), [], sent.append)
+    for token in tokens:
+        stream.add(token, loaded.ids.eos)
+    if ended:
+        stream.add(loaded.ids.eos, loaded.ids.eos)
+    else:
+        stream.close("length")
+    return "".join(sent)
+
+
+def _run(batcher: ReplyBatcher, requests: dict[str, ReplyRequest]) -> None:
+    """Submit the ``long`` request; the others are submitted by its first event (from the worker, before its next
+    step), so that they join the running batch."""
+    done = {name: threading.Event() for name in requests}
+    for name, request in requests.items():
+        deliver = request.deliver
+
+        def watched(event, name=name, deliver=deliver):
+            deliver(event)
+            if name == "long" and not getattr(watched, "joined", False):
+                watched.joined = True
+                for other in requests:
+                    if other != "long":
+                        batcher.submit(requests[other])
+            if event.finish_reason:
+                done[name].set()
+
+        request.deliver = watched
+    batcher.submit(requests["long"])
+    try:
+        assert all(event.wait(60) for event in done.values())
+    finally:
+        batcher.close()
+
+
+def test_requests_join_a_running_batch_and_each_is_answered_alone_and_at_its_own_end(loaded):
+    """A 30-token reply is decoding when two short ones arrive: they join it at the next step (one join of two),
+    end before it and are answered then; every reply equals the one generate gives for its prompt alone."""
+    decodings = {
+        "long": DecodingArguments(do_sample=False, max_length=30, min_length=30),
+        "short": DecodingArguments(do_sample=False, max_length=5),
+        "longer prompt": DecodingArguments(do_sample=False, max_length=8, min_length=8),
+    }
+    log: list[tuple[str, object]] = []
+    requests = {
+        name: ReplyRequest(
+            PERSONA, HISTORIES[name], decodings[name], lambda event, name=name: log.append((name, event))
+        )
+        for name in HISTORIES
+    }
+    batcher = ReplyBatcher(loaded, max_history=2, max_batch_size=4, max_queue=8, batch_wait_ms=0)
+    _run(batcher, requests)
+    assert batcher.join_sizes == [1, 2]
+    ends = [name for name, event in log if event.finish_reason]
+    assert ends[-1] == "long" and sorted(ends[:2]) == ["longer prompt", "short"]
+    for name in HISTORIES:
+        text = "".join(event.delta for who, event in log if who == name)
+        assert text == alone(loaded, HISTORIES[name], decodings[name]), name
+        assert [e.finish_reason for who, e in log if who == name and e.finish_reason] == ["length"]
+
+
+def test_a_seeded_request_draws_as_generate_does_whoever_shares_its_batch(loaded):
+    """Sampling with a seed: the reply of a row that joined a running batch of other seeded rows equals
+    ``torch.manual_seed(seed)`` then generate for that prompt alone."""
+    sampling = DecodingArguments(do_sample=True, temperature=1.0, top_p=0.9, max_length=12)
+    texts = {name: [] for name in HISTORIES}
+    requests = {
+        name: ReplyRequest(
+            PERSONA,
+            HISTORIES[name],
+            sampling if name != "long" else DecodingArguments(do_sample=True, max_length=30, min_length=30),
+            lambda event, name=name: texts[name].append(event.delta),
+            seed=seed,
+        )
+        for seed, name in enumerate(HISTORIES, start=11)
+    }
+    _run(ReplyBatcher(loaded, max_history=2, max_batch_size=4, max_queue=8, batch_wait_ms=0), requests)
+    for seed, name in enumerate(HISTORIES, start=11):
+        if name == "long":
+            continue
+        torch.manual_seed(seed)
+        assert "".join(texts[name]) == alone(loaded, HISTORIES[name], sampling), name
+
+
+def test_rows_that_leave_take_their_cache_columns_with_them(trained_model_dir):
+    """Two rows of 10 and 17 prompt tokens, one step: keeping the short one leaves a cache 11 positions wide, whose
+    next logits equal those of the short row decoded alone."""
+    loaded = load_folder(trained_model_dir)
+    prompts = [prompt_inputs(PERSONA[:1], [text], loaded, 4) for text in ("hi!", "where do you live? i live in paris")]
+    assert [len(p["input_ids"]) for p in prompts] == [10, 17]
+    together, alone = RunningBatch(loaded), RunningBatch(loaded)
+    together.join(prompts)
+    alone.join(prompts[:1])
+    together.step([5, 5])
+    alone.step([5])
+    together.keep([0])
+    assert len(together) == 1 and together.mask.shape == (1, 11) and together.cache.get_seq_length() == 11
+    torch.testing.assert_close(together.step([7]), alone.step([7]), atol=1e-5, rtol=0)
