@@ -53,7 +53,8 @@ def history_window(history: Sequence, max_history: int) -> list:
 
 def history_speakers(num_history: int, ids: SpecialIds) -> list[int]:
     """The speaker token of each history utterance: the partner's right before the reply, alternating back."""
-    return [ids.partner if (num_history - 1 - j) % 2 == 0 else ids.bot for j in range(num_history)]
+    pair = (ids.bot, ids.partner) if num_history % 2 == 0 else (ids.partner, ids.bot)
+    return [pair[j % 2] for j in range(num_history)]
 
 
 def build_prefix(persona: Sequence[Sequence[int]], history: Sequence[Sequence[int]], ids: SpecialIds) -> list[int]:
