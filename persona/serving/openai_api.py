@@ -3,12 +3,12 @@
 ``POST /v1/chat/completions`` takes ``messages`` (an optional first ``system`` or ``developer`` message is the persona
 text, then ``user`` and ``assistant`` messages alternating, ending with ``user``; a content is a string or a list of
 text parts), ``temperature`` (0: greedy), ``top_p``, ``max_tokens`` / ``max_completion_tokens``, ``seed``, ``stop``,
-``n`` (choices generated as rows of one batch), ``logprobs`` / ``top_logprobs`` (each generated token's
+``n`` (each choice a row of the running batch), ``logprobs`` / ``top_logprobs`` (each generated token's
 log-probability under the model, before temperature and the other processors, and its most likely alternatives)
-and ``stream`` (server-sent events of ``chat.completion.chunk``
-deltas, then ``data: [DONE]``), and answers with ``usage`` token counts; a conversation longer than the history
-window (the reference's ``max_history``) is read from its last utterances, and the header ``X-Persona-History-Cut``
-says how many were left out. ``GET /v1/models`` and ``GET /health`` too. The request is validated by its typed model
+and ``stream`` (server-sent events of ``chat.completion.chunk`` deltas, then ``data: [DONE]``), and answers with
+``usage`` token counts; a conversation longer than the history window (the reference's ``max_history``) is read from
+its last utterances, and the header ``X-Persona-History-Cut`` says how many were left out. ``GET /v1/models`` and
+``GET /health`` too. The request is validated by its typed model
 (:mod:`persona.serving.protocol`); a bad request gets a 4xx and an OpenAI-style error
 ``{"error": {"message", "type", "param", "code"}}``, never a traceback; a full queue gets a 429.
 """
@@ -249,7 +249,9 @@ def create_app(
             for index in range(chat.choices)
         ]
         try:
-            firsts = await asyncio.gather(*(anext(events) for events in replies))  # all submitted at once: one batch
+            firsts = await asyncio.gather(
+                *(anext(events) for events in replies)
+            )  # all submitted at once: they join together
         except QueueFull as error:
             message = f"the server is busy ({error}); try again shortly"
             raise APIError(

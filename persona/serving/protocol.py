@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.manual_seed accepts
-MAX_CHOICES = 8  # ``n``: replies generated for one request (rows of one batch)
+MAX_CHOICES = 8  # ``n``: replies generated for one request (rows of the running batch)
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit
 
 Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
