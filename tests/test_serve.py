@@ -72,7 +72,7 @@ def test_the_openai_client_gets_a_reply_and_a_streamed_reply_as_persona_chat_mak
 
 
 def test_n_choices_come_from_one_batch_whole_and_streamed(served):
-    """``n: 3``: three choices generated as rows of one batch (seeded sampling: three draws), indexed 0 to 2, the
+    """``n: 3``: three choices joining the batch together (seeded sampling: three draws), indexed 0 to 2, the
     usage counting the prompt once and every choice's tokens; streamed, each choice's deltas add up to its text."""
     url, batcher, model_id = served
     client = _client(url)
@@ -80,6 +80,7 @@ def test_n_choices_come_from_one_batch_whole_and_streamed(served):
     before = len(batcher.join_sizes)
     reply = client.chat.completions.create(**asked)
     assert [c.index for c in reply.choices] == [0, 1, 2] and batcher.join_sizes[before:] == [3]
+    assert len({c.message.content for c in reply.choices}) == 3  # three draws: each choice has a seed of its own
     assert all(c.finish_reason in ("stop", "length") for c in reply.choices)
     single = client.chat.completions.create(**{**asked, "n": 1})
     assert reply.usage.prompt_tokens == single.usage.prompt_tokens
