@@ -131,3 +131,35 @@ def test_rows_that_leave_take_their_cache_columns_with_them(trained_model_dir):
     together.keep([0])
     assert len(together) == 1 and together.mask.shape == (1, 11) and together.cache.get_seq_length() == 11
     torch.testing.assert_close(together.step([7]), alone.step([7]), atol=1e-5, rtol=0)
+
+
+def test_a_sliding_window_model_decodes_in_the_running_batch_as_it_does_alone():
+    """A Mistral with a 4-token window (prompts of 11 and 6 tokens, joined one after the other, then two steps): the
+    running batch's full cache gives the logits of one forward pass over each row alone."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from persona.data.special_tokens import SpecialIds
+    from persona.model.loading import LoadedModel
+
+    torch.manual_seed(0)
+    config = MistralConfig(
+        vocab_size=100,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        sliding_window=4,
+        max_position_embeddings=64,
+    )
+    model = MistralForCausalLM(config).eval()
+    ids = SpecialIds(bos=-1, eos=99, pad=0, speaker1=-1, speaker2=-1)
+    batch = RunningBatch(LoadedModel(model, None, ids, 64, token_types=False))
+    prompts = [list(range(1, 12)), list(range(20, 26))]
+    first = [batch.join([{"input_ids": prompt}])[0] for prompt in prompts]
+    steps = [batch.step([30, 31]), batch.step([32, 33])]
+    for row, (prompt, fed) in enumerate(zip(prompts, ([30, 32], [31, 33]))):
+        with torch.no_grad():
+            alone = model(torch.tensor([prompt + fed])).logits[0, len(prompt) - 1 :]
+        got = torch.stack([first[row], steps[0][row], steps[1][row]])
+        torch.testing.assert_close(got, alone, atol=1e-5, rtol=0)
