@@ -29,7 +29,9 @@ SHARED_SMOLLM2 = REPO.parent / "shared" / "models" / "smollm2-135m-instruct"
 
 
 def candidate_log_likelihoods(model, prefix: list[int], blocks: list[list[int]], pad: int) -> torch.Tensor:
-    """The summed log-likelihood of each candidate block after ``prefix`` (the prefix run once, its cache shared)."""
+    """The summed log-likelihood of each candidate block after ``prefix`` (the prefix run once, its cache shared),
+    the block's first token left out as persona scores it: it is the generation prompt's last token, the same for
+    every candidate."""
     from transformers import DynamicCache
 
     prompt = model(input_ids=torch.tensor([prefix]), use_cache=True)
@@ -47,7 +49,9 @@ def candidate_log_likelihoods(model, prefix: list[int], blocks: list[list[int]],
     logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache).logits
     first = prompt.logits[0, -1][None, None].expand(count, 1, -1)
     log_probs = torch.cat([first, logits[:, :-1]], dim=1).float().log_softmax(-1)
-    return (log_probs.gather(2, ids[..., None])[..., 0] * valid).sum(1)
+    scored = valid.clone()
+    scored[:, 0] = 0
+    return (log_probs.gather(2, ids[..., None])[..., 0] * scored).sum(1)
 
 
 def gold_first(scores: torch.Tensor, gold: int) -> bool:
@@ -86,12 +90,12 @@ def main() -> None:
     )
     features = prepare_corpus(data, loaded.tokenizer, max_length=loaded.max_positions, roles=("eval",)).features
     turns = features["eval"].select(range(args.start_turn, min(args.start_turn + args.turns, len(features["eval"]))))
-    empty = generation_prompt(loaded.tokenizer, [], [])
+    empty = generation_prompt(loaded.tokenizer, [], [])[:-1]  # a block starts with the prompt's last token
     rows, start = [], time.perf_counter()
     with torch.no_grad():
         for turn in turns:
             blocks = turn["candidates"]
-            lengths = torch.tensor([len(block) for block in blocks], dtype=torch.float)
+            lengths = torch.tensor([len(block) - 1 for block in blocks], dtype=torch.float)
             after_context = candidate_log_likelihoods(loaded.model, turn["prefix_ids"], blocks, loaded.ids.pad)
             after_nothing = candidate_log_likelihoods(loaded.model, empty, blocks, loaded.ids.pad)
             rows.append((after_context, after_nothing, lengths))
