@@ -47,16 +47,17 @@ def _run(batcher: ReplyBatcher, requests: dict[str, ReplyRequest]) -> None:
     """Submit the ``long`` request; the others are submitted by its first event (from the worker, before its next
     step), so that they join the running batch."""
     done = {name: threading.Event() for name in requests}
+    joined = threading.Event()
     for name, request in requests.items():
         deliver = request.deliver
 
         def watched(event, name=name, deliver=deliver):
             deliver(event)
-            if name == "long" and not getattr(watched, "joined", False):
-                watched.joined = True
-                for other in requests:
+            if name == "long" and not joined.is_set():
+                joined.set()
+                for other, waiting in requests.items():
                     if other != "long":
-                        batcher.submit(requests[other])
+                        batcher.submit(waiting)
             if event.finish_reason:
                 done[name].set()
 

@@ -21,7 +21,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 
@@ -36,6 +36,7 @@ from persona.serving.batching import QueueFull, ReplyBatcher, ReplyEvent, choice
 from persona.serving.logprobs import TokenTexts
 from persona.serving.metrics import ServerMetrics
 from persona.serving.protocol import ChatCompletionRequest, Message, first_error
+from persona.serving.row_decoding import TokenLogprob
 
 logger = logging.getLogger(__name__)
 PERSONA_ROLES = ("system", "developer")
@@ -327,7 +328,11 @@ async def _merged(
 
 
 async def _completion(
-    completion: dict, events: AsyncIterator[tuple[int, ReplyEvent]], count: int, count_tokens, logprobs
+    completion: dict,
+    events: AsyncIterator[tuple[int, ReplyEvent]],
+    count: int,
+    count_tokens: Callable[[int, int], None],
+    logprobs: Callable[[list[TokenLogprob]], list[dict]] | None,
 ) -> dict:
     """The whole answer of a request that is not streamed: ``count`` choices (with their tokens' log-probabilities
     in OpenAI's shape when ``logprobs``, a :meth:`TokenTexts.content`, is given)."""
@@ -371,8 +376,8 @@ async def _sse(
     events: AsyncIterator[tuple[int, ReplyEvent]],
     count: int,
     include_usage: bool,
-    count_tokens,
-    logprobs,
+    count_tokens: Callable[[int, int], None],
+    logprobs: Callable[[list[TokenLogprob]], list[dict]] | None,
 ) -> AsyncIterator[str]:
     """The streamed answer: a role chunk per choice, content chunks as they come (each with the log-probabilities
     of the tokens it completes when ``logprobs`` is given), each choice's finishing chunk at its end (then the

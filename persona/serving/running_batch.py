@@ -49,23 +49,26 @@ class RunningBatch:
     def join(self, prompts: list[dict]) -> torch.Tensor:
         """Add rows for ``prompts`` (of :func:`~persona.model.generation.prompt_inputs`), after the running ones; the
         float32 logits [len(prompts), vocabulary] of the token after each prompt."""
-        ids, mask = left_padded([p["input_ids"] for p in prompts], self.loaded.ids.pad)
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
+        ids, prompt_mask = (
+            t.to(self.device) for t in left_padded([p["input_ids"] for p in prompts], self.loaded.ids.pad)
+        )
+        inputs = {
+            "input_ids": ids,
+            "attention_mask": prompt_mask,
+            "position_ids": (prompt_mask.cumsum(-1) - 1).clamp(min=0),
+        }
         if self.loaded.token_types:
-            inputs["token_type_ids"] = left_padded([p["token_type_ids"] for p in prompts], self.loaded.ids.pad)[0]
-            inputs["token_type_ids"] = inputs["token_type_ids"].to(self.device)
+            types = left_padded([p["token_type_ids"] for p in prompts], self.loaded.ids.pad)[0]
+            inputs["token_type_ids"] = types.to(self.device)
         output = self.loaded.model(**inputs, cache=DynamicCache(), use_cache=True)
-        joined = _layers(output.cache)
+        joined, mask = _layers(output.cache), prompt_mask
         if self.cache is not None:
-            width = max(self.mask.shape[1], mask.shape[1])
+            width = max(self.mask.shape[1], prompt_mask.shape[1])
             old, joined = _left_padded_cache(_layers(self.cache), width), _left_padded_cache(joined, width)
             joined = [tuple(torch.cat(pair) for pair in zip(o, n)) for o, n in zip(old, joined)]
-            mask = torch.cat(
-                [F.pad(self.mask, (width - self.mask.shape[1], 0)), F.pad(mask, (width - mask.shape[1], 0))]
-            )
+            mask = torch.cat([F.pad(m, (width - m.shape[1], 0)) for m in (self.mask, prompt_mask)])
         self.cache, self.mask = DynamicCache(ddp_cache_data=joined), mask
-        self.positions = torch.cat([self.positions, inputs["attention_mask"].sum(-1)])
+        self.positions = torch.cat([self.positions, prompt_mask.sum(-1)])
         reply_types = inputs["token_type_ids"][:, -1] if self.loaded.token_types else torch.zeros_like(ids[:, -1])
         self.types = torch.cat([self.types, reply_types])
         return output.logits[:, -1].float()
