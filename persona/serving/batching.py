@@ -123,20 +123,14 @@ class _Row:
 class ReplyBatcher:
     """The model and its worker thread; ``max_batch_size`` 1 generates one request at a time (the settings are
     persona-serve's, :class:`~persona.serving.server.ServeArguments`). ``join_sizes`` holds how many requests
-    joined the running batch at each join (for tests and benchmarks); ``on_step`` is called with the batch's row
-    count at each decoding step."""
+    joined the running batch at each join (for tests and benchmarks); ``on_step`` (the server's metrics set it) is
+    called with the batch's row count at each decoding step."""
 
     def __init__(
-        self,
-        loaded: LoadedModel,
-        *,
-        max_history: int,
-        max_batch_size: int,
-        max_queue: int,
-        batch_wait_ms: float,
-        on_step: Callable[[int], None] = lambda rows: None,
+        self, loaded: LoadedModel, *, max_history: int, max_batch_size: int, max_queue: int, batch_wait_ms: float
     ):
-        self.loaded, self.max_history, self.on_step = loaded, max_history, on_step
+        self.loaded, self.max_history = loaded, max_history
+        self.on_step: Callable[[int], None] = lambda rows: None
         self.max_batch_size, self.batch_wait_s = max_batch_size, batch_wait_ms / 1000
         self.pending: queue.Queue[ReplyRequest | None] = queue.Queue(maxsize=max_queue)
         self.join_sizes: list[int] = []
