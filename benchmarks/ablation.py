@@ -53,8 +53,9 @@ VARIANTS = {
     "chat template + prior, head lr 1e-2": [*PRIOR, "--head_learning_rate", "1e-2"],
     "chat template + prior, lr 2e-4": [*PRIOR, "--learning_rate", "2e-4"],
     "chat template + prior, LoRA (lr 5e-4)": [*PRIOR, "--use_peft", "true", "--learning_rate", "5e-4"],
+    "chat template + PMI prior, weight 0.75": [*PRIOR, "--prior_pmi_weight", "0.75"],
 }
-COLUMNS = ("hits@1", "lm_hits@1", "perplexity", "f1", "ended")
+COLUMNS = ("hits@1", "lm_hits@1", "pmi_hits@1", "perplexity", "f1", "ended")
 
 
 def measured(command: list[str]) -> tuple[float, float]:
@@ -135,10 +136,10 @@ def main() -> None:
     print(
         f"\n{args.max_steps} updates of 8 turns; {turns['hits']} held-out turns x 20 candidates (F1: {turns['f1']})\n"
     )
-    print("| variant | hits@1 | lm_hits@1 | perplexity | F1 | ended | training minutes | peak GB |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| variant | hits@1 | lm_hits@1 | pmi_hits@1 | perplexity | F1 | ended | training minutes | peak GB |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
-        cells = [f"{row[c]:.3f}" if c in row else "(no head)" for c in COLUMNS]
+        cells = [f"{row[c]:.3f}" if c in row else "(no head)" if c == "hits@1" else "" for c in COLUMNS]
         cost = f"{row.get('train_minutes', '')} | {row.get('train_peak_gb', '')}"
         print(f"| {row['variant']} | {' | '.join(cells)} | {cost} |")
 

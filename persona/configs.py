@@ -83,6 +83,16 @@ class ModelArguments:
             "language model does, and training starts from that ranking instead of chance."
         },
     )
+    prior_pmi_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "With likelihood_prior: above 0, the prior is each candidate's pointwise mutual information with "
+            "the conversation instead of its mean token log-likelihood: its summed log-likelihood after the "
+            "conversation minus this weight times its summed log-likelihood after an empty conversation (a reply "
+            "likely anywhere, 'i am good, how are you?', gains nothing), the latter computed without gradient. Costs "
+            "a forward pass of the candidates without their context per batch."
+        },
+    )
     revision: str = field(default="main", metadata={"help": "Branch, tag or commit of a Hub model."})
     trust_remote_code: bool = field(
         default=False,
@@ -99,6 +109,12 @@ class ModelArguments:
                     where="model_config",
                     fix='write it as {"model_type": "gpt2", ...}.',
                 ) from None
+        if self.prior_pmi_weight < 0 or (self.prior_pmi_weight and not self.likelihood_prior):
+            raise ConfigError(
+                f"{self.prior_pmi_weight} needs likelihood_prior: true and a weight of 0 or more",
+                where="prior_pmi_weight",
+                fix="set likelihood_prior: true and a weight such as 0.75, or drop prior_pmi_weight.",
+            )
         if self.model_config is not None and (
             not isinstance(self.model_config, dict) or "model_type" not in self.model_config
         ):
@@ -120,6 +136,7 @@ class ModelArguments:
             "lora_dropout",
             "lora_target_modules",
             "likelihood_prior",
+            "prior_pmi_weight",
         )
         return [name for name in names if getattr(self, name) != getattr(defaults, name)]
 

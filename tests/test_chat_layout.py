@@ -69,28 +69,75 @@ def tokenizer_eos(loaded) -> int:
     return loaded.ids.eos
 
 
-@pytest.mark.parametrize("prior", [False, True])
+PRIORS = {
+    "no prior": {},
+    "mean log-likelihood": {"likelihood_prior": True},
+    "PMI": {"likelihood_prior": True, "prior_pmi_weight": 0.75},
+}
+
+
+@pytest.mark.parametrize("prior", PRIORS)
 def test_packed_equals_classic_in_the_template_layout(plain_chat_model, tmp_path, prior):
-    loaded = _loaded(plain_chat_model, likelihood_prior=prior)
+    loaded = _loaded(plain_chat_model, **PRIORS[prior])
     examples = list(_corpus(tmp_path, loaded.tokenizer).features["eval"])[:4]
+    empty = loaded.empty_prefix() if prior == "PMI" else None
     results = {}
     for path in (DualPath.CLASSIC, DualPath.PACKED):
-        batch = collator_for(path, loaded.ids, token_types=False, wrap_candidates=False)(examples)
+        batch = collator_for(path, loaded.ids, token_types=False, wrap_candidates=False, empty_prefix=empty)(examples)
         output = loaded.model.eval()(**batch, dual_path=path)
         results[path] = (dual_loss(output, batch["mc_labels"], 1.0, 1.0)[0], output.mc_logits)
-    for got, want in zip(results[DualPath.PACKED], results[DualPath.CLASSIC]):
+        if empty is not None:
+            results[path] += (output.context_free_nll_sum,)
+    for got, want in zip(results[DualPath.PACKED], results[DualPath.CLASSIC], strict=True):
         assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
 
 
-def test_with_the_likelihood_prior_the_untrained_head_ranks_as_the_language_model(plain_chat_model, tmp_path):
-    loaded = _loaded(plain_chat_model, likelihood_prior=True)
+def _log_likelihood(model, context: list[int], block: list[int]) -> float:
+    """A candidate block's summed log-likelihood after ``context``, by one plain forward pass over both, the block's
+    first token (the prompt's last) not scored."""
+    log_probs = model.forward_full(input_ids=torch.tensor([[*context, *block]])).logits[0].float().log_softmax(-1)
+    return sum(log_probs[len(context) + i - 1, block[i]].item() for i in range(1, len(block)))
+
+
+@pytest.mark.parametrize("path", [DualPath.CLASSIC, DualPath.PACKED])
+def test_the_pmi_prior_is_the_likelihood_after_the_conversation_less_a_weight_times_after_an_empty_one(
+    plain_chat_model, tmp_path, path
+):
+    loaded = _loaded(plain_chat_model, likelihood_prior=True, prior_pmi_weight=0.75)
+    empty = loaded.empty_prefix()
+    no_messages = [{"role": "system", "content": ""}]
+    rendered = loaded.tokenizer.apply_chat_template(
+        no_messages, add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+    assert list(empty) == rendered[:-1]  # a candidate's block starts with the prompt's last token
+    examples = list(_corpus(tmp_path, loaded.tokenizer).features["eval"])[:3]
+    batch = collator_for(path, loaded.ids, token_types=False, wrap_candidates=False, empty_prefix=empty)(examples)
+    model = loaded.model.eval()
+    with torch.no_grad():
+        output = model(**batch, dual_path=path)
+        for row, example in enumerate(examples):
+            for c, block in enumerate(example["candidates"]):
+                after_context = _log_likelihood(model, example["prefix_ids"], block)
+                after_nothing = _log_likelihood(model, list(empty), block)
+                assert -output.candidate_nll_sum[row, c].item() == pytest.approx(after_context, abs=1e-4)
+                assert -output.context_free_nll_sum[row, c].item() == pytest.approx(after_nothing, abs=1e-4)
+                # the untrained head scores zero and the prior's scale is 1: the score is the PMI itself
+                assert output.mc_logits[row, c].item() == pytest.approx(after_context - 0.75 * after_nothing, abs=1e-4)
+
+
+@pytest.mark.parametrize(("prior", "ranking"), [("mean log-likelihood", "lm_hits@1"), ("PMI", "pmi_hits@1")])
+def test_with_the_likelihood_prior_the_untrained_head_ranks_as_the_language_model(
+    plain_chat_model, tmp_path, prior, ranking
+):
+    loaded = _loaded(plain_chat_model, **PRIORS[prior])
     assert loaded.model.persona_prior_scale.item() == 1.0
     corpus = _corpus(tmp_path, loaded.tokenizer, num_candidates=5)
     args = PersonaTrainingArguments(output_dir=str(tmp_path / "out"), report_to="none", per_device_eval_batch_size=3)
-    metrics = PersonaTrainer(loaded, args).evaluate(corpus.features["eval"])
-    assert metrics["eval_hits@1"] == metrics["eval_lm_hits@1"] and metrics["eval_num_turns"] == len(
+    metrics = PersonaTrainer(loaded, args, pmi_weight=0.75).evaluate(corpus.features["eval"])
+    assert metrics["eval_hits@1"] == metrics[f"eval_{ranking}"] and metrics["eval_num_turns"] == len(
         corpus.features["eval"]
     )
+    assert {"eval_lm_hits@1", "eval_pmi_hits@1"} <= set(metrics)
 
 
 def test_a_copy_of_the_gold_reply_among_the_distractors_is_a_tie_whatever_the_batch():
@@ -110,10 +157,13 @@ def test_a_copy_of_the_gold_reply_among_the_distractors_is_a_tie_whatever_the_ba
         candidate_nll_sum=-scores,
         candidate_tokens=torch.ones(1, 3),
     )
-    rank, lm_rank = turn_scores(output, batch["mc_labels"], batch["candidate_valid"], batch["gold_copies"])[
-        0, [0, 5]
-    ].tolist()
-    assert rank == lm_rank == 1  # a tie counts as ranked above the gold: a miss, as the reference counts it
+    output.context_free_nll_sum = torch.zeros(1, 3)
+    rank, lm_rank, pmi_rank = turn_scores(
+        output, batch["mc_labels"], batch["candidate_valid"], batch["gold_copies"], pmi_weight=0.75
+    )[0, [0, 5, 6]].tolist()
+    assert (
+        rank == lm_rank == pmi_rank == 1
+    )  # a tie counts as ranked above the gold: a miss, as the reference counts it
 
 
 def test_the_head_learning_rate_gets_a_group_of_its_own(plain_chat_model, tmp_path):

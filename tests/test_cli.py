@@ -56,6 +56,8 @@ def test_recipe_values_are_checked_against_their_field_types_and_choices(tmp_pat
         ("num_candidates: 2.5\n", "invalid int value: '2.5'"),
         ("forward_mode: sideways\n", "invalid choice: 'sideways'"),
         ("hits_k: [1, many]\n", "invalid int value: 'many'"),
+        ("prior_pmi_weight: 0.75\n", "prior_pmi_weight: 0.75 needs likelihood_prior: true"),
+        ("pmi_weight: -1\n", "pmi_weight: -1.0 is negative"),
     ]:
         recipe.write_text(text)
         with pytest.raises(ConfigError, match=message):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from persona.configs import FORWARD_MODES
-from persona.data.layout import build_prefix, token_types
+from persona.data.layout import build_candidate, build_prefix, token_types
 from persona.data.special_tokens import special_ids
 from persona.model.dual_heads import DualPath, choose_dual_path, collator_for
 from persona.training.trainer import dual_loss
@@ -154,3 +154,28 @@ def test_every_path_scores_each_candidate_as_its_own_full_sequence(model_name, r
                 )
                 assert output.candidate_tokens[b, c].item() == len(reply) + 1, (path, b, c)
                 assert output.candidate_nll_sum[b, c].item() == pytest.approx(nll, rel=1e-4, abs=1e-4), (path, b, c)
+
+
+def test_pmi_in_the_reference_layout_scores_each_candidate_after_bos_alone(tiny_model, tokenizer):
+    """The context-free batch of the reference layout: each candidate ``<speaker1> reply <eos>`` after ``<bos>``, with
+    its token types, scored as one plain forward pass over ``<bos>`` and the candidate scores it, on both paths."""
+    from persona.model.loading import LoadedModel
+
+    ids = special_ids(tokenizer)
+    empty = LoadedModel(tiny_model, tokenizer, ids, 128, token_types=True).empty_prefix()
+    assert empty == (ids.bos,)
+    examples = _examples(tokenizer)
+    for path in (CLASSIC, PACKED):
+        with torch.no_grad():
+            output = tiny_model(**collator_for(path, ids, empty_prefix=empty)(examples), dual_path=path)
+        for row, example in enumerate(examples):
+            for c, reply in enumerate(example["candidates"]):
+                sequence = [ids.bos, *build_candidate(reply, ids)]
+                logits = tiny_model.forward_full(
+                    input_ids=torch.tensor([sequence]),
+                    token_type_ids=torch.from_numpy(token_types(sequence, ids))[None],
+                ).logits[0]
+                log_probs = logits.float().log_softmax(-1)
+                # the speaker token is not scored; the reply and its <eos> are
+                want = sum(log_probs[i - 1, sequence[i]].item() for i in range(2, len(sequence)))
+                assert -output.context_free_nll_sum[row, c].item() == pytest.approx(want, abs=1e-4)

@@ -11,6 +11,8 @@ import torch
 from persona.data.layout import IGNORE_INDEX, build_candidate, gold_index, token_types
 from persona.data.special_tokens import SpecialIds
 
+CONTEXT_FREE = "context_free_"  # the prefix of the keys of the candidates' batch after an empty conversation
+
 
 def _pad(rows: list[list[int]], value: int) -> tuple[np.ndarray, np.ndarray]:
     width = max(map(len, rows))
@@ -141,18 +143,32 @@ class PersonaCollator:
     ``wrap_candidates=False`` takes each candidate as a whole block whose first token is not scored (the chat-template
     layout's: the prompt's last token, then the reply up to its end-of-turn token), not as a reply to wrap in
     ``<speaker1> ... <eos>``.
+    ``empty_prefix`` (the prefix of a conversation with no persona and no history, in the model's layout) adds the
+    same candidates after that prefix, as a second batch of the same layout whose keys start with
+    :data:`CONTEXT_FREE` (pointwise mutual information scores a candidate against its likelihood there).
     """
 
     ids: SpecialIds
     packed: bool = True
     token_types: bool = True
     wrap_candidates: bool = True
+    empty_prefix: tuple[int, ...] | None = None
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
-        build = packed_batch if self.packed else classic_batch
-        batch = build(examples, self.ids, self.wrap_candidates)
+        batch = self._build(examples)
+        if self.empty_prefix is not None:
+            unconditioned = [{"prefix_ids": self.empty_prefix, "candidates": e["candidates"]} for e in examples]
+            batch.update(
+                (CONTEXT_FREE + name, value)
+                for name, value in self._build(unconditioned).items()
+                if name != "gold_copies"
+            )
         return {
             name: torch.from_numpy(np.ascontiguousarray(value))
             for name, value in batch.items()
             if self.token_types or not name.endswith("type_ids")
         }
+
+    def _build(self, examples: list[dict]) -> dict[str, np.ndarray]:
+        build = packed_batch if self.packed else classic_batch
+        return build(examples, self.ids, self.wrap_candidates)

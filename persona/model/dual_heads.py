@@ -40,7 +40,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from transformers.utils import ModelOutput
 
 from persona import configs
-from persona.data.collator import PersonaCollator
+from persona.data.collator import CONTEXT_FREE, PersonaCollator
 from persona.data.layout import IGNORE_INDEX
 from persona.data.special_tokens import SpecialIds
 from persona.errors import ModelLoadError
@@ -60,13 +60,27 @@ class DualPath(str, enum.Enum):
 class DualOutput(ModelOutput):
     """What the dual forward returns, per example: the gold reply's summed token NLL and token count, and
     the multiple-choice logits (slots that pad a turn's candidates set to the dtype's minimum). Given
-    ``candidate_labels``, also every candidate's summed token NLL and token count, [B, C] (likelihood ranking)."""
+    ``candidate_labels``, also every candidate's summed token NLL and token count, [B, C] (likelihood ranking); given
+    the collator's context-free batch, every candidate's summed token NLL after an empty conversation, [B, C]."""
 
     nll_sum: torch.Tensor | None = None
     tokens: torch.Tensor | None = None
     mc_logits: torch.Tensor | None = None
     candidate_nll_sum: torch.Tensor | None = None
     candidate_tokens: torch.Tensor | None = None
+    context_free_nll_sum: torch.Tensor | None = None
+
+    def mean_log_likelihood(self) -> torch.Tensor:
+        """Each candidate's mean token log-likelihood after the conversation, [B, C]."""
+        return -self.candidate_nll_sum / self.candidate_tokens.clamp(min=1)
+
+    def pmi(self, weight: float) -> torch.Tensor:
+        """Each candidate's pointwise mutual information with the conversation, [B, C]: its summed log-likelihood after
+        the conversation minus ``weight`` times its summed log-likelihood after an empty one (a reply likely anywhere
+        gains nothing from the context)."""
+        if self.context_free_nll_sum is None:
+            raise ValueError("PMI scores every candidate after an empty conversation too: the collator's empty_prefix")
+        return -self.candidate_nll_sum + weight * self.context_free_nll_sum
 
 
 @dataclass
@@ -306,19 +320,33 @@ class PersonaDualHeads:
         if dual_path is None:
             return self.forward_full(*args, **kwargs)
         kwargs.pop("gold_copies", None)  # the collator's note for scoring (PersonaTrainer), not an input
+        context_free = {
+            name.removeprefix(CONTEXT_FREE): kwargs.pop(name) for name in list(kwargs) if name.startswith(CONTEXT_FREE)
+        }
         output = _PATHS[dual_path](self, **kwargs)
+        if context_free:  # a baseline, not trained: the gradient flows through the conversation's likelihood only
+            with torch.no_grad():
+                output.context_free_nll_sum = _PATHS[dual_path](self, **context_free).candidate_nll_sum
         if getattr(self.config, "persona_likelihood_prior", False):
-            output.mc_logits = _with_likelihood_prior(output, kwargs["candidate_valid"], self.persona_prior_scale)
+            output.mc_logits = _with_likelihood_prior(
+                output,
+                kwargs["candidate_valid"],
+                self.persona_prior_scale,
+                getattr(self.config, "persona_prior_pmi_weight", 0.0),
+            )
         return output
 
 
-def _with_likelihood_prior(output: DualOutput, valid: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def _with_likelihood_prior(
+    output: DualOutput, valid: torch.Tensor, scale: torch.Tensor, pmi_weight: float = 0.0
+) -> torch.Tensor:
     """The multiple-choice logits plus ``scale`` times each valid candidate's mean token log-likelihood (its reply and
-    its end token), so that the score starts from what the language model already knows."""
+    its end token), or with a ``pmi_weight`` its pointwise mutual information with the conversation
+    (:meth:`DualOutput.pmi`), so that the score starts from what the language model already knows."""
     if output.candidate_nll_sum is None:
         raise ValueError("the likelihood prior scores every candidate: the batch needs its candidate_labels")
-    mean_log_likelihood = -output.candidate_nll_sum / output.candidate_tokens.clamp(min=1)
-    return output.mc_logits + scale * mean_log_likelihood.masked_fill(~valid.bool(), 0.0)
+    prior = output.pmi(pmi_weight) if pmi_weight else output.mean_log_likelihood()
+    return output.mc_logits + scale * prior.masked_fill(~valid.bool(), 0.0)
 
 
 def init_likelihood_prior(model) -> None:
@@ -342,12 +370,22 @@ def choose_dual_path(model, forward_mode: str) -> DualPath:
 
 
 def collator_for(
-    path: DualPath, ids: SpecialIds, *, token_types: bool = True, wrap_candidates: bool = True
+    path: DualPath,
+    ids: SpecialIds,
+    *,
+    token_types: bool = True,
+    wrap_candidates: bool = True,
+    empty_prefix: tuple[int, ...] | None = None,
 ) -> PersonaCollator:
     """The collator that builds the batches of ``path`` (packed rows for the packed path, [batch, candidates, length]
-    for the others): the one place a path and its batch layout are paired."""
+    for the others): the one place a path and its batch layout are paired. ``empty_prefix``: see
+    :class:`~persona.data.collator.PersonaCollator`."""
     return PersonaCollator(
-        ids, packed=path is DualPath.PACKED, token_types=token_types, wrap_candidates=wrap_candidates
+        ids,
+        packed=path is DualPath.PACKED,
+        token_types=token_types,
+        wrap_candidates=wrap_candidates,
+        empty_prefix=empty_prefix,
     )
 
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from transformers import AutoConfig, AutoTokenizer, GgufConfig
 
 from persona.configs import CHAT_TEMPLATE_LAYOUT, REFERENCE_LAYOUT, ModelArguments
-from persona.data.chat_layout import template_ids
+from persona.data.chat_layout import generation_prompt, template_ids
+from persona.data.layout import build_prefix
 from persona.data.special_tokens import (
     SpecialIds,
     add_special_tokens,
@@ -49,6 +50,14 @@ class LoadedModel:
     layout: str = REFERENCE_LAYOUT
     prompted: bool = False
     name: str = ""
+
+    def empty_prefix(self) -> tuple[int, ...]:
+        """The prefix of a conversation with no persona and no history in the model's layout, after which pointwise
+        mutual information scores a candidate: ``<bos>`` in the reference layout; in the chat-template layout the
+        generation prompt of an empty system message, but its last token (a candidate's block starts with it)."""
+        if self.layout == REFERENCE_LAYOUT:
+            return tuple(build_prefix([], [], self.ids))
+        return tuple(generation_prompt(self.tokenizer, [], [])[:-1])
 
 
 def _offline_hint(name: str, error: Exception) -> ModelLoadError:
@@ -148,6 +157,7 @@ def load_for_training(
     ids = _layout_ids(tokenizer, layout, use_token_types)
     config = base_config(model_args)
     config.persona_likelihood_prior = model_args.likelihood_prior
+    config.persona_prior_pmi_weight = model_args.prior_pmi_weight
     if model_args.model_config is not None:
         config.vocab_size = len(tokenizer)
         model = model_class(config.model_type)(config)

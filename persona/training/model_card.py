@@ -18,7 +18,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from persona.hub_names import is_hub_id
 from persona.metrics import metric_definition
 
-PUBLISHED_METRICS = ("perplexity", "hits@1", "hits@5", "hits@10", "lm_hits@1", "f1", "ended")
+PUBLISHED_METRICS = ("perplexity", "hits@1", "hits@5", "hits@10", "lm_hits@1", "pmi_hits@1", "f1", "ended")
 TAGS = ["persona-chat", "conversational", "transfertransfo", "persona"]
 
 
@@ -33,7 +33,9 @@ def collect_metrics(model_dir: Path, eval_results: Path | None = None) -> dict:
     """
     training = _read(model_dir / "eval_results.json")
     metrics = {
-        name: training[f"eval_{name}"] for name in ("perplexity", "hits@1", "lm_hits@1") if f"eval_{name}" in training
+        name: training[f"eval_{name}"]
+        for name in ("perplexity", "hits@1", "lm_hits@1", "pmi_hits@1")
+        if f"eval_{name}" in training
     }
     found = {
         "metrics": metrics,

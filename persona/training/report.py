@@ -15,7 +15,7 @@ def metrics_table(results: dict) -> list[str]:
     rows.append(
         f"| perplexity | {results['perplexity']:.2f} | {turns['perplexity']} | {metric_definition('perplexity')} |"
     )
-    for key in [k for k in results if k.startswith(("hits@", "lm_hits@"))]:
+    for key in [k for k in results if k.startswith(("hits@", "lm_hits@", "pmi_hits@"))]:
         rows.append(
             f"| {key} | {results[key]:.3f} | {turns['hits']} | {metric_definition(key)} "
             f"({results['num_candidates']:g} candidates per turn) |"

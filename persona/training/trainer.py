@@ -5,7 +5,8 @@ loss = ``lm_coef`` × LM loss (mean NLL of the gold reply's tokens) + ``mc_coef`
 ``mc_loss``). Evaluation reports ``eval_loss``, ``eval_lm_loss``, ``eval_mc_loss``,
 ``eval_perplexity`` (exp of the gold tokens' mean NLL over the whole split, so the batch size does not
 change it), ``eval_hits@1`` (the multiple-choice head's ranking), ``eval_lm_hits@1`` (the candidates ranked by
-their mean token log-likelihood) and ``eval_num_candidates``. Everything else is the Trainer's own.
+their mean token log-likelihood), with a PMI weight ``eval_pmi_hits@1`` (ranked by their pointwise mutual information
+with the conversation) and ``eval_num_candidates``. Everything else is the Trainer's own.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from transformers import EvalPrediction, Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 
 from persona.configs import REFERENCE_LAYOUT
+from persona.data.collator import CONTEXT_FREE
 from persona.metrics import gold_ranks, hits_from_ranks
 from persona.model.dual_heads import DualOutput, choose_dual_path, collator_for
 from persona.model.loading import LoadedModel
@@ -43,32 +45,45 @@ def _tied_to_gold(scores: torch.Tensor, gold_copies: torch.Tensor, gold: torch.T
     return torch.where(gold_copies, scores.gather(1, gold[:, None]), scores)
 
 
+def _gold_rank(
+    scores: torch.Tensor, mc_labels: torch.Tensor, valid: torch.Tensor, gold_copies: torch.Tensor
+) -> torch.Tensor:
+    """The gold reply's rank by ``scores`` [B, C] among the valid candidates, its copies tied with it."""
+    return gold_ranks(_tied_to_gold(scores, gold_copies, mc_labels).masked_fill(~valid, -torch.inf), mc_labels)
+
+
 def turn_scores(
-    output: DualOutput, mc_labels: torch.Tensor, candidate_valid: torch.Tensor, gold_copies: torch.Tensor | None = None
+    output: DualOutput,
+    mc_labels: torch.Tensor,
+    candidate_valid: torch.Tensor,
+    gold_copies: torch.Tensor | None = None,
+    pmi_weight: float | None = None,
 ) -> torch.Tensor:
     """Per turn: the gold reply's rank among the candidates by the multiple-choice head (0 = first), its NLL sum and
-    token count, the MC loss, the number of candidates, and its rank by likelihood (the candidates' mean token
-    log-likelihood, their ``<eos>`` included), as a [B, 6] float64 tensor that the Trainer gathers. ``gold_copies``
-    (the collator's) marks the candidates identical to the gold reply, which are scored as it is (a tie)."""
+    token count, the MC loss, the number of candidates, its rank by likelihood (the candidates' mean token
+    log-likelihood, their ``<eos>`` included) and, with a ``pmi_weight``, its rank by pointwise mutual information
+    (:meth:`DualOutput.pmi`; NaN without), as a [B, 7] float64 tensor that the Trainer gathers. ``gold_copies`` (the
+    collator's) marks the candidates identical to the gold reply, which are scored as it is (a tie)."""
     valid = candidate_valid.bool()
     gold_copies = torch.zeros_like(valid) if gold_copies is None else gold_copies
-    rank = gold_ranks(
-        _tied_to_gold(output.mc_logits, gold_copies, mc_labels).masked_fill(~valid, -torch.inf), mc_labels
-    )
-    mean_log_likelihood = -output.candidate_nll_sum / output.candidate_tokens.clamp(min=1)
-    lm_rank = gold_ranks(
-        _tied_to_gold(mean_log_likelihood, gold_copies, mc_labels).masked_fill(~valid, -torch.inf), mc_labels
+    rank = _gold_rank(output.mc_logits, mc_labels, valid, gold_copies)
+    lm_rank = _gold_rank(output.mean_log_likelihood(), mc_labels, valid, gold_copies)
+    pmi_rank = (
+        torch.full_like(lm_rank, torch.nan, dtype=torch.double)
+        if pmi_weight is None
+        else _gold_rank(output.pmi(pmi_weight), mc_labels, valid, gold_copies)
     )
     mc_loss = F.cross_entropy(output.mc_logits, mc_labels, reduction="none")
-    columns = (rank, output.nll_sum, output.tokens, mc_loss, candidate_valid.sum(-1), lm_rank)
+    columns = (rank, output.nll_sum, output.tokens, mc_loss, candidate_valid.sum(-1), lm_rank, pmi_rank)
     return torch.stack([c.double() for c in columns], dim=-1)
 
 
 def metrics_from_scores(
     scores: np.ndarray, lm_coef: float, mc_coef: float, ks: tuple[int, ...] = (1,)
 ) -> dict[str, float]:
-    """Split-level metrics from the rows of :func:`turn_scores`."""
-    rank, nll, tokens, mc_loss, counts, lm_rank = scores.T
+    """Split-level metrics from the rows of :func:`turn_scores` (``pmi_hits@k`` where the turns were ranked by
+    PMI)."""
+    rank, nll, tokens, mc_loss, counts, lm_rank, pmi_rank = scores.T
     lm_loss = float(nll.sum() / max(tokens.sum(), 1))
     metrics = {
         "loss": lm_coef * lm_loss + mc_coef * float(mc_loss.mean()),
@@ -79,10 +94,12 @@ def metrics_from_scores(
         "num_turns": int(len(rank)),
         "num_reply_tokens": int(tokens.sum()),
     }
+    ranked_by_pmi = len(pmi_rank) > 0 and not np.isnan(pmi_rank).any()
     return {
         **metrics,
         **hits_from_ranks(rank, ks),
         **{f"lm_{name}": value for name, value in hits_from_ranks(lm_rank, ks).items()},
+        **({f"pmi_{name}": value for name, value in hits_from_ranks(pmi_rank, ks).items()} if ranked_by_pmi else {}),
     }
 
 
@@ -95,11 +112,22 @@ class PersonaTrainer(Trainer):
     layout the candidates come as whole blocks, see :mod:`persona.data.chat_layout`).
     """
 
-    def __init__(self, loaded: LoadedModel, args, *, compute_metrics=None, **kwargs):
+    def __init__(self, loaded: LoadedModel, args, *, pmi_weight: float | None = None, compute_metrics=None, **kwargs):
         self.dual_path = choose_dual_path(loaded.model, args.forward_mode)
-        self.scores_every_candidate = bool(getattr(loaded.model.config, "persona_likelihood_prior", False))
-        wrap = loaded.layout == REFERENCE_LAYOUT  # the chat template's candidates are stored as whole blocks
-        data_collator = collator_for(self.dual_path, loaded.ids, token_types=loaded.token_types, wrap_candidates=wrap)
+        config = loaded.model.config
+        self.scores_every_candidate = bool(getattr(config, "persona_likelihood_prior", False))
+        self.prior_needs_context_free = self.scores_every_candidate and bool(
+            getattr(config, "persona_prior_pmi_weight", 0.0)
+        )
+        default_weight = config.persona_prior_pmi_weight if self.prior_needs_context_free else None
+        self.pmi_weight = pmi_weight if pmi_weight is not None else default_weight
+        data_collator = collator_for(
+            self.dual_path,
+            loaded.ids,
+            token_types=loaded.token_types,
+            wrap_candidates=loaded.layout == REFERENCE_LAYOUT,  # the chat template's candidates are whole blocks
+            empty_prefix=loaded.empty_prefix() if self.pmi_weight is not None else None,
+        )
         super().__init__(
             model=loaded.model,
             args=args,
@@ -147,9 +175,11 @@ class PersonaTrainer(Trainer):
 
     def _forward(self, model, inputs, rank_candidates: bool = False) -> DualOutput:
         """The dual forward; ``rank_candidates`` (and, always, a model with the likelihood prior) also scores every
-        candidate's likelihood (LM logits over all of them)."""
+        candidate's likelihood (LM logits over all of them), and after an empty conversation too where PMI ranks."""
         if not (rank_candidates or self.scores_every_candidate):
             inputs = {name: value for name, value in inputs.items() if name != "candidate_labels"}
+        if not (rank_candidates or self.prior_needs_context_free):
+            inputs = {name: value for name, value in inputs.items() if not name.startswith(CONTEXT_FREE)}
         return model(**inputs, dual_path=self.dual_path)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -173,7 +203,9 @@ class PersonaTrainer(Trainer):
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad():
             output = self._forward(model, inputs, rank_candidates=True)
-        scores = turn_scores(output, inputs["mc_labels"], inputs["candidate_valid"], inputs["gold_copies"])
+        scores = turn_scores(
+            output, inputs["mc_labels"], inputs["candidate_valid"], inputs["gold_copies"], self.pmi_weight
+        )
         return None, scores, inputs["mc_labels"]
 
     def _compute_metrics(self, prediction: EvalPrediction) -> dict[str, float]:
