@@ -588,6 +588,36 @@ def test_one_request_that_cannot_be_encoded_fails_alone_in_its_batch(trained_mod
     assert [e.finish_reason in ("stop", "length") for e in endings] == [True] * 10 and max(batcher.join_sizes) > 1
 
 
+def test_a_client_whose_event_loop_closed_ends_its_row_not_the_batch(trained_model_dir):
+    """A client's event loop closes while its 200-token row decodes (its events can no longer be delivered): that
+    row ends, the worker lives on, and the next request gets its whole reply."""
+    import asyncio
+
+    from persona.serving.batching import ReplyBatcher, reply_events
+    from tests.conftest import load_folder
+
+    batcher = ReplyBatcher(
+        load_folder(trained_model_dir), max_history=2, max_batch_size=4, max_queue=8, batch_wait_ms=0
+    )
+    closed = asyncio.new_event_loop()
+    abandoned = reply_events(
+        batcher, ["i like cats."], ["hi!"], DecodingArguments(do_sample=False, max_length=200, min_length=200)
+    )
+    closed.run_until_complete(abandoned.__anext__())  # its first delta, then its loop closes under it
+    closed.close()
+
+    async def whole_reply() -> list:
+        decoding = DecodingArguments(do_sample=False, max_length=10)
+        return [event async for event in reply_events(batcher, ["i like dogs."], ["hello!"], decoding)]
+
+    try:
+        events = asyncio.run(asyncio.wait_for(whole_reply(), timeout=30))
+    finally:
+        asyncio.run(abandoned.aclose())
+        batcher.close()
+    assert events[-1].finish_reason in ("stop", "length") and events[-1].error is None
+
+
 def test_a_client_that_leaves_stops_its_row_and_a_batch_nobody_awaits_stops(trained_model_dir):
     """Two requests of 200 tokens in one batch whose clients both leave after their first delta: the batch stops
     within a few steps instead of generating 200."""

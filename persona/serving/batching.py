@@ -259,7 +259,13 @@ async def reply_events(
     end last."""
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[ReplyEvent] = asyncio.Queue()
-    deliver = lambda event: loop.call_soon_threadsafe(events.put_nowait, event)  # noqa: E731 (called from the worker)
+
+    def deliver(event: ReplyEvent) -> None:  # called from the worker thread
+        try:
+            loop.call_soon_threadsafe(events.put_nowait, event)
+        except RuntimeError:  # the client's event loop is closed: nobody awaits the event, the batch goes on
+            request.gone.set()
+
     request = ReplyRequest(persona, history, decoding, deliver, stop=list(stop), seed=seed, top_logprobs=top_logprobs)
     batcher.submit(request)
     deadline = loop.time() + REPLY_TIMEOUT_S
