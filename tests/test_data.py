@@ -177,6 +177,42 @@ def test_cache_is_reused_and_rebuilt_when_an_option_changes(tmp_path, tokenizer,
         _features(tmp_path, tokenizer, path, max_history=0)
 
 
+def test_two_workers_write_the_cache_in_place_and_report_what_each_skipped(tmp_path, tokenizer, caplog):
+    """1,200 dialogs (enough for two map workers), an overlong gold reply in each worker's half: both are skipped,
+    named and counted, the features are those of one process, in order, and each worker's Arrow file is the cache."""
+    conversations = [
+        {
+            **CONVERSATIONS[i % len(CONVERSATIONS)],
+            "utterances": [f"hello number {i}.", *CONVERSATIONS[0]["utterances"]],
+        }
+        for i in range(1200)
+    ]
+    for index in (10, 1100):
+        conversations[index] = {**conversations[index], "utterances": ["hi", "word " * 300]}
+    path = write_conversations(tmp_path / "train.jsonl", conversations)
+    alone = _features(tmp_path / "one", tokenizer, path, bot_side="user2", preprocessing_num_workers=1)
+    with caplog.at_level("WARNING"):
+        corpus = prepare_corpus(
+            DataArguments(
+                dataset_path=str(path),
+                dataset_cache=str(tmp_path / "two" / "cache"),
+                num_candidates=2,
+                bot_side="user2",
+                preprocessing_num_workers=2,
+            ),
+            tokenizer,
+            max_length=128,
+            roles=("train",),
+        )
+    assert corpus.stats["skipped"] == {"gold reply too long": 2}
+    for line in (11, 1101):
+        assert f"{path}, line {line} (user 2 as the bot), turn 0: the gold reply (" in caplog.text
+    shards = sorted(p.name for p in (corpus.cache_path / "features" / "train").iterdir())
+    assert shards == ["data_00000_of_00002.arrow", "data_00001_of_00002.arrow"]
+    assert corpus.features["train"][:] == alone[:] and len(alone) == 2 * 1198
+    assert [f.name for f in (corpus.cache_path / "dialogs" / "train").iterdir()] == ["data.arrow"]
+
+
 def test_failed_build_leaves_no_cache(tmp_path, tokenizer):
     bad = tmp_path / "train.jsonl"
     bad.write_text(json.dumps(CONVERSATIONS[0]) + "\n" + '{"personas": [["a."], []], "utterances": ["x", "y"]}\n')

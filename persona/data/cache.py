@@ -12,7 +12,7 @@ from pathlib import Path
 from persona.data.tokenize import wants_leading_space
 from persona.interrupts import raise_if_interrupted
 
-FORMAT_VERSION = 2  # 2: the reference's speakers (the bot <speaker1>), __ SILENCE __ openings, skipped records
+FORMAT_VERSION = 3  # raised whenever the cache's layout or the meaning of its features changes
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -33,34 +36,54 @@ def reply_pool(dialogs: datasets.Dataset) -> pa.Array:
     return pool.take(pc.sort_indices(pool))
 
 
-def _candidate_counts(dialogs: datasets.Dataset) -> tuple[int, int]:
-    """The fewest and the most candidates of any turn of ``dialogs``."""
-    fewest, most = None, 0
-    for candidates in _candidate_lists(dialogs):
-        counts = pc.list_value_length(candidates)
-        if len(counts):
-            low, high = (value.as_py() for value in pc.min_max(counts).values())
-            fewest, most = low if fewest is None else min(fewest, low), max(most, high)
-    return fewest or 0, most
+COUNT_COLUMNS = ("fewest_candidates", "most_candidates")  # per dialog, written as it is read (see split_view)
+
+
+def candidate_counts(turns: list[dict]) -> dict[str, int]:
+    """The fewest and the most candidates of any of a dialog's ``turns``, as the :data:`COUNT_COLUMNS` of its row."""
+    counts = [len(turn["candidates"]) for turn in turns]
+    return dict(zip(COUNT_COLUMNS, (min(counts, default=0), max(counts, default=0))))
+
+
+def _fewest_and_most(dialogs: datasets.Dataset) -> tuple[int, int]:
+    """The fewest and the most candidates of any turn of ``dialogs``, from their :data:`COUNT_COLUMNS` (two integer
+    columns, not the candidates themselves)."""
+    table = dialogs.select_columns(list(COUNT_COLUMNS)).with_format("arrow")[:]
+    fewest, most = (pc.min_max(table.column(name)).as_py() for name in COUNT_COLUMNS)
+    return fewest["min"] or 0, most["max"] or 0
 
 
 def split_view(
-    dialogs: datasets.Dataset, *, wanted: int, seed: int, role: str, split: datasets.Dataset, cache_file: str
+    dialogs: datasets.Dataset,
+    *,
+    wanted: int,
+    seed: int,
+    role: str,
+    split: datasets.Dataset,
+    cache_file: str,
+    canonical_file: Path | None = None,
 ) -> tuple[datasets.Dataset, int]:
-    """The dialogs of a role as the model sees them: exactly ``wanted`` candidates per turn, and only the canonical
-    columns (their ``utterances`` and ``conversation`` dropped).
+    """The dialogs of a role as the model sees them, in the Arrow file ``cache_file``: exactly ``wanted`` candidates
+    per turn, and only the canonical columns (their ``utterances``, ``conversation`` and :data:`COUNT_COLUMNS`
+    dropped).
 
     Turns with more candidates keep the last ``wanted`` (the gold reply is last). Turns with fewer are topped up with
     distractors from the :func:`reply_pool` of the whole ``split`` that ``dialogs`` were taken from (built on first
     need) that occur nowhere in the dialog itself (its ``utterances``), never twice, sampled with ``seed`` and the
     ``role`` (``train``, ``eval``: the same on every run and process, whatever the split is called); a turn keeps
     fewer only when the split has too few distinct replies. ``wanted <= 0`` keeps every candidate. Where a turn
-    changes, ``datasets.map`` writes the view to ``cache_file``; where none does, the dialogs are returned as they
-    are. Returns the dialogs and how many distractors were sampled.
+    changes, ``datasets.map`` writes the view; where none does, the canonical columns are written as they are, or,
+    given the ``canonical_file`` that already holds exactly them, that file is linked (nothing is read or copied).
+    Returns the dialogs and how many distractors were sampled.
     """
-    extra_columns = ["utterances", "conversation"]
-    if wanted <= 0 or _candidate_counts(dialogs) == (wanted, wanted):
-        return dialogs.remove_columns(extra_columns), 0
+    extra_columns = ["utterances", "conversation", *COUNT_COLUMNS]
+    fingerprint = f"{dialogs._fingerprint}-view-{role}-{wanted}-{seed}"
+    if wanted <= 0 or _fewest_and_most(dialogs) == (wanted, wanted):
+        if canonical_file is not None:
+            _link_or_copy(canonical_file, Path(cache_file))
+            return datasets.Dataset.from_file(cache_file), 0
+        kept = dialogs.remove_columns(extra_columns)
+        return kept.flatten_indices(cache_file_name=cache_file, new_fingerprint=fingerprint), 0
     rng = np.random.default_rng([seed, zlib.crc32(role.encode())])
     sampled, pool = 0, None
 
@@ -89,10 +112,18 @@ def split_view(
         remove_columns=extra_columns,
         cache_file_name=cache_file,
         load_from_cache_file=False,
-        new_fingerprint=f"{dialogs._fingerprint}-view-{role}-{wanted}-{seed}",
+        new_fingerprint=fingerprint,
         desc=f"Candidates [{role}]",
     )
     return view_set, sampled
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """``target`` as a hard link to ``source`` (the same bytes, nothing read), or a copy where links are refused."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def _sample(pool: pa.Array, count: int, excluded: set[str], rng: np.random.Generator) -> list[str]:

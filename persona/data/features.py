@@ -10,6 +10,8 @@ gold reply cannot fit the model's positions even alone is skipped (its record na
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import datasets
 
@@ -31,7 +33,6 @@ FEATURES = datasets.Features(
         "truncated": datasets.Value("bool"),
     }
 )
-SKIPPED = "skipped_because"  # a column of map's output only: JSON [where, what] of a skipped turn, "" if kept
 
 
 def rotations(persona: list, count: int) -> list[list]:
@@ -128,64 +129,52 @@ def _too_long(tokens: int, max_length: int, where: str) -> RecordError:
 
 
 def tokenize_batch(
-    batch: dict, indices: list[int], *, layout: str, max_length: int, permutations: int, strict: bool, **builder
+    batch: dict,
+    indices: list[int],
+    *,
+    layout: str,
+    max_length: int,
+    permutations: int,
+    strict: bool,
+    skip_log: str,
+    **builder,
 ) -> dict:
     """The ``datasets.map`` function: a batch of dialogs in, their examples out, in the ``layout`` (``builder``: the
-    tokenizer and special ids its turn builder takes). A turn whose gold reply cannot fit gives one row whose
-    :data:`SKIPPED` column says why (strict: a :class:`RecordError`)."""
+    tokenizer and special ids its turn builder takes). A turn whose gold reply cannot fit gives no example; it is
+    appended, as JSON ``[dialog_id, turn_id, where, what]``, to this process's file ``skip_log-PID.jsonl`` (a map
+    worker has no other way to tell; strict: a :class:`RecordError`)."""
     build = TURN_BUILDERS[layout](batch, max_length=max_length, **builder)
     overhead = REPLY_OVERHEAD if layout == REFERENCE_LAYOUT else 0
-    out = {name: [] for name in (*FEATURES, SKIPPED)}
+    out = {name: [] for name in FEATURES}
+    skipped = []
     for dialog_id, persona, turns, record in zip(indices, batch["persona"], batch["turns"], batch["record"]):
         for ordering in rotations(persona, permutations):
             for turn_id, turn in enumerate(turns):
                 try:
                     prefix, candidates, truncated = build(ordering, turn)
-                    row = (prefix, candidates, len(prefix) + sum(len(c) + overhead for c in candidates), truncated, "")
                 except GoldTooLong as too_long:
                     error = _too_long(too_long.tokens, max_length, f"{record}, turn {turn_id}")
                     if strict:
                         raise error from None
-                    row = ([], [], 0, False, json.dumps([error.where, error.what]))
-                for name, value in zip(
-                    ("dialog_id", "turn_id", "prefix_ids", "candidates", "length", "truncated", SKIPPED),
-                    (dialog_id, turn_id, *row),
-                ):
+                    skipped.append([dialog_id, turn_id, error.where, error.what])
+                    continue
+                length = len(prefix) + sum(len(c) + overhead for c in candidates)
+                for name, value in zip(FEATURES, (dialog_id, turn_id, prefix, candidates, length, truncated)):
                     out[name].append(value)
+    if skipped:
+        with open(f"{skip_log}-{os.getpid()}.jsonl", "a") as handle:
+            handle.writelines(json.dumps(row) + "\n" for row in skipped)
     return out
 
 
-def _mapped(
-    dialogs: datasets.Dataset,
-    tokenizer,
-    *,
-    layout: str,
-    max_length: int,
-    permutations: int,
-    num_proc: int,
-    strict: bool,
-    desc: str,
-) -> datasets.Dataset:
-    """The examples of ``dialogs``, with the :data:`SKIPPED` column (``datasets.map`` of :func:`tokenize_batch`)."""
-    return dialogs.map(
-        tokenize_batch,
-        with_indices=True,
-        batched=True,
-        batch_size=500,
-        remove_columns=dialogs.column_names,
-        features=datasets.Features({**FEATURES, SKIPPED: datasets.Value("string")}),
-        num_proc=num_proc if num_proc > 1 and len(dialogs) >= 1000 else None,
-        fn_kwargs={
-            "layout": layout,
-            "tokenizer": tokenizer,
-            "ids": special_ids(tokenizer) if layout == REFERENCE_LAYOUT else None,
-            "max_length": max_length,
-            "permutations": permutations,
-            "strict": strict,
-        },
-        desc=f"Tokenizing {desc}",
-        load_from_cache_file=False,
-    )
+def _skipped_turns(skip_log: Path) -> list[list]:
+    """The turns the map's processes skipped (:func:`tokenize_batch`), in corpus order."""
+    rows = [
+        json.loads(line)
+        for path in skip_log.parent.glob(f"{skip_log.name}-*.jsonl")
+        for line in path.read_text().splitlines()
+    ]
+    return sorted(rows, key=lambda row: row[:2])
 
 
 def build_features(
@@ -199,28 +188,38 @@ def build_features(
     skips: SkipLog,
     split: str,
     desc: str,
+    folder: Path,
+    scratch: Path,
 ) -> datasets.Dataset:
     """Tokenized features of one split's dialogs in the input ``layout`` (batched ``datasets.map``, ``num_proc``
-    workers).
+    workers), written as Arrow files into ``folder`` (one per worker), where they stay.
 
-    Turns whose gold reply cannot fit are skipped into ``skips`` (as ``split``); ``desc`` names the progress bar.
+    Turns whose gold reply cannot fit are skipped into ``skips`` (as ``split``), told by the workers through files in
+    ``scratch``; ``desc`` names the progress bar.
     """
+    skip_log = scratch / f"skipped-{folder.name}"
     with deferred_interrupts():
-        features = _mapped(
-            dialogs,
-            tokenizer,
-            layout=layout,
-            max_length=max_length,
-            permutations=permutations,
-            num_proc=num_proc,
-            strict=skips.strict,
-            desc=desc,
+        features = dialogs.map(
+            tokenize_batch,
+            with_indices=True,
+            batched=True,
+            batch_size=500,
+            remove_columns=dialogs.column_names,
+            features=FEATURES,
+            num_proc=num_proc if num_proc > 1 and len(dialogs) >= 1000 else None,
+            fn_kwargs={
+                "layout": layout,
+                "tokenizer": tokenizer,
+                "ids": special_ids(tokenizer) if layout == REFERENCE_LAYOUT else None,
+                "max_length": max_length,
+                "permutations": permutations,
+                "strict": skips.strict,
+                "skip_log": str(skip_log),
+            },
+            cache_file_name=str(folder / "data.arrow"),
+            load_from_cache_file=False,
+            desc=f"Tokenizing {desc}",
         )
-    skipped = features.data.column(SKIPPED).to_pylist()
-    kept = [index for index, why in enumerate(skipped) if not why]
-    for why in filter(None, skipped):
-        where, what = json.loads(why)
+    for _, _, where, what in _skipped_turns(skip_log):
         skips.skip(RecordError(what, where=where, reason="gold reply too long"), split)
-    if len(kept) < len(features):
-        features = features.select(kept)
-    return features.remove_columns(SKIPPED)
+    return features

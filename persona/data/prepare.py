@@ -1,10 +1,11 @@
 """Prepare a corpus once: stream it into Arrow, sample distractors, tokenize with ``datasets.map``, cache as Arrow.
 
 Memory stays bounded whatever the corpus size: the readers yield one dialog at a time, which is written to an
-Arrow file as it comes, and every later step reads those files memory-mapped, batch by batch. The cache folder
-holds, per split, the canonical dialogs (as the model sees them: history cut to the last ``2*max_history+1``
-utterances, candidates to the count in use) and their features, plus ``stats.json``. A second run with the same
-corpus, tokenizer and options loads it memory-mapped.
+Arrow file as it comes, and every later step reads those files memory-mapped, batch by batch, and writes its
+output where the cache keeps it (no copy). The cache folder holds, per role, the canonical dialogs (as the model
+sees them: history cut to the last ``2*max_history+1`` utterances, candidates to the count in use) in
+``dialogs/ROLE/`` and their features in ``features/ROLE/`` (Arrow files, one per ``datasets.map`` worker), plus
+``stats.json``. A second run with the same corpus, tokenizer and options loads it memory-mapped.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from datasets.arrow_writer import ArrowWriter
 
 from persona.configs import REFERENCE_LAYOUT, DataArguments
 from persona.data.cache import cache_key, tokenizer_fingerprint, write_atomically
-from persona.data.candidates import split_view
+from persona.data.candidates import COUNT_COLUMNS, candidate_counts, split_view
 from persona.data.features import build_features
 from persona.data.layout import REPLY_OVERHEAD, gold_reply, history_window, kept_candidates
 from persona.data.readers import SILENCE, WHOLE_FILE, Stream
@@ -56,13 +57,14 @@ DIALOG_FEATURES = datasets.Features(
         "record": datasets.Value("string"),
     }
 )
-READ_FEATURES = datasets.Features(  # as streamed: with what holding out and drawing distractors need of the whole
+EXTRA_FEATURES = datasets.Features(  # what holding out and drawing distractors need of the whole dialog
     {
-        **DIALOG_FEATURES,
         "utterances": datasets.List(datasets.Value("string")),  # every utterance of the dialog, history windows aside
         "conversation": datasets.List(datasets.Value("string")),  # its conversation_key
+        **{name: datasets.Value("int32") for name in COUNT_COLUMNS},  # its turns' fewest and most candidates
     }
 )
+READ_FEATURES = datasets.Features({**DIALOG_FEATURES, **EXTRA_FEATURES})  # a split as streamed
 HELDOUT = "heldout"  # the part of the training split that validation_split_size holds out
 EVAL_FILE = "eval_dataset_path"  # the evaluated split of a separate eval_dataset_path
 
@@ -75,25 +77,40 @@ def conversation_key(dialog: dict) -> tuple[str, ...]:
     return tuple([u for u in (*last["history"], gold_reply(last["candidates"])) if u != SILENCE][:3])
 
 
-def write_splits(stream: Stream, folder: Path) -> dict[str, datasets.Dataset]:
-    """The dialogs of ``stream`` written as they come to one Arrow file per split in ``folder`` (``datasets``' own
-    writer, in batches), then read back memory-mapped: memory stays flat whatever the corpus size."""
+def write_splits(stream: Stream, folder: Path) -> tuple[dict[str, datasets.Dataset], dict[str, Path]]:
+    """The dialogs of ``stream`` written as they come to Arrow files in ``folder`` (``datasets``' own writer, in
+    batches), then read back memory-mapped: memory stays flat whatever the corpus size. Each split is two files
+    written side by side, read as one dataset of :data:`READ_FEATURES`: its canonical columns (``N.arrow``, which
+    become the cache's dialogs as they are when no turn changes) and the :data:`EXTRA_FEATURES` (``N-extra.arrow``).
+    Returns the datasets and the canonical file of each split."""
     folder.mkdir(parents=True, exist_ok=True)
-    writers: dict[str, ArrowWriter] = {}
-    paths: dict[str, str] = {}
+    parts = (DIALOG_FEATURES, EXTRA_FEATURES)
+    writers: dict[str, list[ArrowWriter]] = {}
+    paths: dict[str, list[Path]] = {}
     try:
         for split, dialog in stream:
             raise_if_interrupted()  # the stop deferred by prepare_corpus, taken between two dialogs
             if split not in writers:
-                paths[split] = str(folder / f"{len(writers)}.arrow")
-                writers[split] = ArrowWriter(features=READ_FEATURES, path=paths[split], writer_batch_size=WRITE_BATCH)
-            writers[split].write(dialog)
-        for writer in writers.values():
-            writer.finalize()
+                number = len(writers)
+                paths[split] = [folder / f"{number}.arrow", folder / f"{number}-extra.arrow"]
+                writers[split] = [
+                    ArrowWriter(features=features, path=str(path), writer_batch_size=WRITE_BATCH)
+                    for features, path in zip(parts, paths[split])
+                ]
+            for writer, features in zip(writers[split], parts):
+                writer.write({name: dialog[name] for name in features})
+        for pair in writers.values():
+            for writer in pair:
+                writer.finalize()
     finally:
-        for writer in writers.values():
-            writer.close()
-    return {split: datasets.Dataset.from_file(path) for split, path in paths.items()}
+        for pair in writers.values():
+            for writer in pair:
+                writer.close()
+    corpus = {
+        split: datasets.concatenate_datasets([datasets.Dataset.from_file(str(path)) for path in pair], axis=1)
+        for split, pair in paths.items()
+    }
+    return corpus, {split: pair[0] for split, pair in paths.items()}
 
 
 def _holdout(corpus: dict[str, datasets.Dataset], args: DataArguments, split: str) -> None:
@@ -145,8 +162,8 @@ def resolved_sources(args: DataArguments, roles: tuple[str, ...]) -> tuple[str, 
 def _streamed_view(stream: Stream, keep: int, max_history: int) -> Stream:
     """The dialogs of ``stream`` as they will be stored: each turn's history cut to its window and its last ``keep``
     candidates only (all for ``keep <= 0``; no role reads more, and a file's 20 candidates per turn are most of its
-    bytes), with what later steps need of the whole dialog: its ``utterances`` (which distractors must avoid) and
-    its ``conversation`` key (by which it is held out)."""
+    bytes), with what later steps need of the whole dialog: its ``utterances`` (which distractors must avoid), its
+    ``conversation`` key (by which it is held out) and its candidate counts (whether distractors are needed)."""
     for split, dialog in stream:
         utterances = {u for turn in dialog["turns"] for u in (*turn["history"], gold_reply(turn["candidates"]))}
         turns = [
@@ -163,20 +180,23 @@ def _streamed_view(stream: Stream, keep: int, max_history: int) -> Stream:
                 "turns": turns,
                 "utterances": sorted(utterances),
                 "conversation": list(conversation_key(dialog)),
+                **candidate_counts(turns),
             },
         )
 
 
 def _read(
     source: str, args: DataArguments, skips: SkipLog, folder: Path, wanted: list[int]
-) -> dict[str, datasets.Dataset]:
+) -> tuple[dict[str, datasets.Dataset], dict[str, Path]]:
     """Every split of ``source`` written to Arrow in ``folder``, with as many candidates per turn as the roles that
-    read it want at most (``wanted``); a split whose every record was skipped is present, empty."""
+    read it want at most (``wanted``); a split whose every record was skipped is present, empty. Also the canonical
+    file of each split (see :func:`write_splits`)."""
     keep = 0 if min(wanted) <= 0 else max(wanted)
     dialogs = corpus_stream(source, args.dataset_format, args.bot_side, skips)
-    corpus = write_splits(_streamed_view(dialogs, keep, args.max_history), folder)
+    corpus, files = write_splits(_streamed_view(dialogs, keep, args.max_history), folder)
     empty = datasets.Dataset.from_dict({name: [] for name in READ_FEATURES}, features=READ_FEATURES)
-    return {**{split: empty for split, reasons in skips.counts.items() if reasons and split not in corpus}, **corpus}
+    empties = {split: empty for split, reasons in skips.counts.items() if reasons and split not in corpus}
+    return {**empties, **corpus}, files
 
 
 def read_splits(
@@ -186,18 +206,21 @@ def read_splits(
     skips: SkipLog,
     folder: Path,
 ) -> tuple[dict[str, datasets.Dataset], dict[str, str]]:
-    """The canonical dialogs of each role (``train``, ``eval``), trimmed and topped up, and the split each reads.
+    """The canonical dialogs of each role (``train``, ``eval``), trimmed and topped up, written to ``folder``'s
+    ``dialogs/ROLE/``, and the split each reads.
 
     ``sources`` are the resolved ``dataset_path`` and ``eval_dataset_path``; the corpus is streamed into Arrow files
-    in ``folder`` and every later step reads them memory-mapped. A single file with no splits inside is the training
-    split when training, the evaluated split otherwise; training on such a file evaluates only on
-    ``eval_dataset_path`` or a ``validation_split_size`` part, else on nothing (the ``eval`` role is then left out).
+    in ``folder``'s scratch space (:data:`READ`) and every later step reads them memory-mapped. A single file with no
+    splits inside is the training split when training, the evaluated split otherwise; training on such a file
+    evaluates only on ``eval_dataset_path`` or a ``validation_split_size`` part, else on nothing (the ``eval`` role
+    is then left out).
     """
     source, eval_source = sources
     where = args.dataset_path or "PersonaChat"
     wanted = [args.num_candidates] if "train" in roles else []
     wanted += [args.eval_num_candidates] if "eval" in roles and not eval_source else []
-    corpus = _read(source, args, skips, folder / "source", wanted or [args.eval_num_candidates])
+    corpus, files = _read(source, args, skips, folder / READ / "source", wanted or [args.eval_num_candidates])
+    whole_splits = dict(corpus)  # each split as read, before any part is held out or left out
     whole_file = WHOLE_FILE in corpus
     train_split = WHOLE_FILE if whole_file else args.train_split
     splits = {"train": train_split} if "train" in roles else {}
@@ -206,12 +229,15 @@ def read_splits(
             eval_skips = SkipLog(
                 strict=skips.strict
             )  # counted apart: its splits may be named like the training file's
-            eval_corpus = _read(eval_source, args, eval_skips, folder / "eval_source", [args.eval_num_candidates])
+            eval_corpus, eval_files = _read(
+                eval_source, args, eval_skips, folder / READ / "eval_source", [args.eval_num_candidates]
+            )
             skips.counts[EVAL_FILE].update(eval_skips.reasons())
             name = next((s for s in (WHOLE_FILE, args.eval_split) if s in eval_corpus), None)
             if name is None:
                 raise _missing_split(args.eval_split, eval_corpus, args.eval_dataset_path, "eval")
-            corpus[EVAL_FILE] = eval_corpus[name]
+            corpus[EVAL_FILE] = whole_splits[EVAL_FILE] = eval_corpus[name]
+            files[EVAL_FILE] = eval_files.get(name)
             splits["eval"] = EVAL_FILE
         elif args.validation_split_size > 0:
             if train_split not in corpus:
@@ -244,7 +270,8 @@ def read_splits(
             seed=args.sampling_seed,
             role=role,
             split=corpus[split],
-            cache_file=str(folder / f"view-{role}.arrow"),
+            cache_file=str(_role_folder(folder, "dialogs", role) / "data.arrow"),
+            canonical_file=files.get(split) if dialogs is whole_splits.get(split) else None,
         )
         if sampled:
             logger.info("Sampled %d distractors for the %s split (%d candidates per turn)", sampled, split, wanted)
@@ -292,14 +319,26 @@ def _cache_path(args: DataArguments, tokenizer, roles: tuple[str, ...], max_leng
     return Path(args.dataset_cache) / f"{name}-{key[:16]}"
 
 
+def _role_folder(folder: Path, kind: str, role: str) -> Path:
+    """Where the cache in ``folder`` keeps the ``kind`` (``dialogs``, ``features``) of ``role``: a folder of Arrow
+    files, made if absent."""
+    path = folder / kind / role
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _from_files(path: Path) -> datasets.Dataset:
+    """The dataset of a folder of Arrow files (one per ``datasets.map`` worker, in their order), memory-mapped."""
+    parts = [datasets.Dataset.from_file(str(file)) for file in sorted(path.glob("*.arrow"))]
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
 def _prepare_role(
     folder: Path, role: str, dialogs: datasets.Dataset, split: str, tokenizer, args, skips: SkipLog, **options
 ) -> dict:
-    """Write one role's dialogs and features into ``folder``; return its statistics."""
-    dialogs.save_to_disk(str(folder / "dialogs" / role))
-    dialog_set = datasets.load_from_disk(str(folder / "dialogs" / role))
+    """Write the features of one role's dialogs (already in ``folder``) into ``folder``; return its statistics."""
     features = build_features(
-        dialog_set,
+        dialogs,
         tokenizer,
         layout=args.input_layout,
         max_length=options["max_length"],
@@ -308,6 +347,8 @@ def _prepare_role(
         skips=skips,
         split=f"{role} turns",
         desc=f"{args.dataset_path or 'PersonaChat'} [{split}]",
+        folder=_role_folder(folder, "features", role),
+        scratch=folder / READ,
     )
     if not len(features):
         raise DataError(
@@ -315,14 +356,12 @@ def _prepare_role(
             where=args.dataset_path or "PersonaChat",
             fix="check max_input_length and the corpus: every turn was skipped.",
         )
-    features.save_to_disk(str(folder / "features" / role))
-    dialog_set.cleanup_cache_files()  # map's own output, now copied into features/
     read_skips = skips.of(split) if split != HELDOUT else {}
     return {
         "split": split,
         **split_stats(
             features,
-            dialog_set,
+            dialogs,
             options["stats_batch_size"],
             REPLY_OVERHEAD if args.input_layout == REFERENCE_LAYOUT else 0,
         ),
@@ -356,8 +395,7 @@ def _loaded(cache_path: Path, roles: tuple[str, ...], args: DataArguments) -> Pr
             args.dataset_path,
         )
     read = {
-        kind: {role: datasets.load_from_disk(str(cache_path / kind / role)) for role in present}
-        for kind in ("features", "dialogs")
+        kind: {role: _from_files(cache_path / kind / role) for role in present} for kind in ("features", "dialogs")
     }
     return PreparedCorpus(
         datasets.DatasetDict(read["features"]), datasets.DatasetDict(read["dialogs"]), stats, cache_path
@@ -394,7 +432,7 @@ def prepare_corpus(
         # clean-up, where Python would print it and carry on.
         with deferred_interrupts():
             skips = SkipLog(strict=args.strict)
-            corpus, splits = read_splits(args, roles, sources, skips, folder / READ)
+            corpus, splits = read_splits(args, roles, sources, skips, folder)
             stats = {"cache_path": str(cache_path), "max_length": max_length, "splits": {}}
             for role in list(corpus):
                 raise_if_interrupted()
@@ -410,7 +448,7 @@ def prepare_corpus(
                     stats_batch_size=stats_batch_size,
                 )
             (folder / "stats.json").write_text(json.dumps({**stats, **_totals(stats["splits"])}, indent=2))
-            shutil.rmtree(folder / READ)  # the corpus as read, before the views: now copied into dialogs/
+            shutil.rmtree(folder / READ)  # the corpus as read, before the views (now in dialogs/), and scratch files
 
     write_atomically(cache_path, build)
     return _loaded(cache_path, roles, args)

@@ -171,6 +171,20 @@ def _no_turns(where: str) -> RecordError:
     )
 
 
+def _reference_turn(turn: Any, where: str, index: int) -> dict:
+    """One turn (``history`` + ``candidates``) of a reference dialog, validated; ``where`` names its dialog."""
+    turn_where = f"{where}, utterance {index}"
+    try:
+        history, candidates = turn["history"], turn["candidates"]
+    except (KeyError, TypeError):
+        _require(turn, ("history", "candidates"), turn_where)
+        raise
+    return {
+        "history": _string_list(history, turn_where, "history", allow_empty=True),
+        "candidates": _string_list(candidates, turn_where, "candidates", reason="turn without candidates"),
+    }
+
+
 def reference_dialog(record: Any, where: str, skips: SkipLog, split: str) -> Dialog:
     """One dialog of the transfer-learning-conv-ai JSON (``personality`` + ``utterances``), validated.
 
@@ -183,16 +197,10 @@ def reference_dialog(record: Any, where: str, skips: SkipLog, split: str) -> Dia
         raise RecordError("'utterances' must be a list of turns", where=where, fix="fix the record.")
     turns = []
     for index, turn in enumerate(record["utterances"]):
-        turn_where = f"{where}, utterance {index}"
-        with skips.guard(split):
-            _require(turn, ("history", "candidates"), turn_where)
-            candidates = _string_list(turn["candidates"], turn_where, "candidates", reason="turn without candidates")
-            turns.append(
-                {
-                    "history": _string_list(turn["history"], turn_where, "history", allow_empty=True),
-                    "candidates": candidates,
-                }
-            )
+        try:
+            turns.append(_reference_turn(turn, where, index))
+        except RecordError as error:
+            skips.skip(error, split)
     if not turns:
         raise _no_turns(where)
     return {"persona": persona, "turns": turns, "record": where}
