@@ -588,6 +588,29 @@ def test_one_request_that_cannot_be_encoded_fails_alone_in_its_batch(trained_mod
     assert [e.finish_reason in ("stop", "length") for e in endings] == [True] * 10 and max(batcher.join_sizes) > 1
 
 
+def test_the_batcher_keeps_the_sizes_of_its_last_joins_only(trained_model_dir, monkeypatch):
+    import asyncio
+
+    from persona.serving import batching
+    from tests.conftest import load_folder
+
+    monkeypatch.setattr(batching, "JOINS_KEPT", 2)
+    batcher = batching.ReplyBatcher(
+        load_folder(trained_model_dir), max_history=2, max_batch_size=4, max_queue=8, batch_wait_ms=0
+    )
+
+    async def reply(text: str) -> None:
+        async for _ in batching.reply_events(batcher, ["i like cats."], [text], DecodingArguments(max_length=3)):
+            pass
+
+    try:
+        for text in ("hi!", "hello!", "hey!"):
+            asyncio.run(reply(text))
+    finally:
+        batcher.close()
+    assert batcher.join_sizes == [1, 1]  # three joins, the last two kept
+
+
 def test_a_client_whose_event_loop_closed_ends_its_row_not_the_batch(trained_model_dir):
     """A client's event loop closes while its 200-token row decodes (its events can no longer be delivered): that
     row ends, the worker lives on, and the next request gets its whole reply."""

@@ -34,6 +34,7 @@ from persona.serving.streaming import ReplyStream
 
 logger = logging.getLogger(__name__)
 REPLY_TIMEOUT_S = 300  # a request that waited this long for its reply ends with an error
+JOINS_KEPT = 10_000  # the joins whose sizes ReplyBatcher.join_sizes keeps
 
 
 class QueueFull(Exception):
@@ -123,8 +124,8 @@ class _Row:
 class ReplyBatcher:
     """The model and its worker thread; ``max_batch_size`` 1 generates one request at a time (the settings are
     persona-serve's, :class:`~persona.serving.server.ServeArguments`). ``join_sizes`` holds how many requests
-    joined the running batch at each join (for tests and benchmarks); ``on_step`` (the server's metrics set it) is
-    called with the batch's row count at each decoding step."""
+    joined the running batch at each of the last :data:`JOINS_KEPT` joins (for tests and benchmarks); ``on_step``
+    (the server's metrics set it) is called with the batch's row count at each decoding step."""
 
     def __init__(
         self, loaded: LoadedModel, *, max_history: int, max_batch_size: int, max_queue: int, batch_wait_ms: float
@@ -204,6 +205,7 @@ class ReplyBatcher:
         if not joining:
             return []
         self.join_sizes.append(len(joining))
+        del self.join_sizes[:-JOINS_KEPT]  # a server runs for weeks
         try:
             logits = batch.join(prompts)
         except Exception as error:  # the joining rows fail; the running ones go on
