@@ -213,6 +213,27 @@ def test_two_workers_write_the_cache_in_place_and_report_what_each_skipped(tmp_p
     assert [f.name for f in (corpus.cache_path / "dialogs" / "train").iterdir()] == ["data.arrow"]
 
 
+def test_only_the_splits_the_roles_read_are_read(tmp_path, tokenizer, caplog):
+    """A JSON whose 'valid' split holds a broken dialog: training alone never reads it (no warning names it);
+    evaluating on it reads it (the broken dialog skipped, named and counted)."""
+    path = _as_seed_json(tmp_path / "personachat.json")
+    content = json.loads(path.read_text())
+    content["valid"].append({"personality": ["a."], "utterances": []})
+    path.write_text(json.dumps(content))
+    args = DataArguments(
+        dataset_path=str(path), dataset_cache=str(tmp_path / "cache"), num_candidates=1, eval_num_candidates=1
+    )
+    with caplog.at_level("WARNING"):
+        training = prepare_corpus(args, tokenizer, max_length=128, roles=("train",))
+    assert training.stats["skipped"] == {} and list(training.stats["splits"]) == ["train"]
+    assert "valid[" not in caplog.text
+    with caplog.at_level("WARNING"):
+        both = prepare_corpus(args, tokenizer, max_length=128)
+    assert f"Skipped {path}, valid[{len(content['valid']) - 1}]: the dialog has no usable turns" in caplog.text
+    assert both.stats["skipped"] == {"dialog without turns": 1}
+    assert both.stats["splits"]["eval"]["dialogs"] == len(content["valid"]) - 1
+
+
 def test_failed_build_leaves_no_cache(tmp_path, tokenizer):
     bad = tmp_path / "train.jsonl"
     bad.write_text(json.dumps(CONVERSATIONS[0]) + "\n" + '{"personas": [["a."], []], "utterances": ["x", "y"]}\n')

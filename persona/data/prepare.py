@@ -82,14 +82,19 @@ def write_splits(stream: Stream, folder: Path) -> tuple[dict[str, datasets.Datas
     batches), then read back memory-mapped: memory stays flat whatever the corpus size. Each split is two files
     written side by side, read as one dataset of :data:`READ_FEATURES`: its canonical columns (``N.arrow``, which
     become the cache's dialogs as they are when no turn changes) and the :data:`EXTRA_FEATURES` (``N-extra.arrow``).
-    Returns the datasets and the canonical file of each split."""
+    A split the stream leaves unread (``(split, None)``) is present, empty. Returns the datasets and the canonical
+    file of each split read."""
     folder.mkdir(parents=True, exist_ok=True)
     parts = (DIALOG_FEATURES, EXTRA_FEATURES)
     writers: dict[str, list[ArrowWriter]] = {}
     paths: dict[str, list[Path]] = {}
+    unread: set[str] = set()
     try:
         for split, dialog in stream:
             raise_if_interrupted()  # the stop deferred by prepare_corpus, taken between two dialogs
+            if dialog is None:
+                unread.add(split)
+                continue
             if split not in writers:
                 number = len(writers)
                 paths[split] = [folder / f"{number}.arrow", folder / f"{number}-extra.arrow"]
@@ -106,11 +111,17 @@ def write_splits(stream: Stream, folder: Path) -> tuple[dict[str, datasets.Datas
         for pair in writers.values():
             for writer in pair:
                 writer.close()
-    corpus = {
-        split: datasets.concatenate_datasets([datasets.Dataset.from_file(str(path)) for path in pair], axis=1)
+    corpus = {split: _empty_split() for split in unread}
+    corpus.update(
+        (split, datasets.concatenate_datasets([datasets.Dataset.from_file(str(path)) for path in pair], axis=1))
         for split, pair in paths.items()
-    }
+    )
     return corpus, {split: pair[0] for split, pair in paths.items()}
+
+
+def _empty_split() -> datasets.Dataset:
+    """A split with no dialogs (every record skipped, or left unread)."""
+    return datasets.Dataset.from_dict({name: [] for name in READ_FEATURES}, features=READ_FEATURES)
 
 
 def _holdout(corpus: dict[str, datasets.Dataset], args: DataArguments, split: str) -> None:
@@ -165,6 +176,9 @@ def _streamed_view(stream: Stream, keep: int, max_history: int) -> Stream:
     bytes), with what later steps need of the whole dialog: its ``utterances`` (which distractors must avoid), its
     ``conversation`` key (by which it is held out) and its candidate counts (whether distractors are needed)."""
     for split, dialog in stream:
+        if dialog is None:  # a split left unread
+            yield split, None
+            continue
         utterances = {u for turn in dialog["turns"] for u in (*turn["history"], gold_reply(turn["candidates"]))}
         turns = [
             {
@@ -186,16 +200,16 @@ def _streamed_view(stream: Stream, keep: int, max_history: int) -> Stream:
 
 
 def _read(
-    source: str, args: DataArguments, skips: SkipLog, folder: Path, wanted: list[int]
+    source: str, args: DataArguments, skips: SkipLog, folder: Path, wanted: list[int], splits: set[str]
 ) -> tuple[dict[str, datasets.Dataset], dict[str, Path]]:
-    """Every split of ``source`` written to Arrow in ``folder``, with as many candidates per turn as the roles that
-    read it want at most (``wanted``); a split whose every record was skipped is present, empty. Also the canonical
-    file of each split (see :func:`write_splits`)."""
+    """The ``splits`` of ``source`` (a file without splits inside: the whole of it) written to Arrow in ``folder``,
+    with as many candidates per turn as the roles that read it want at most (``wanted``); any other split of the
+    source, and a split whose every record was skipped, is present, empty. Also the canonical file of each split
+    read (see :func:`write_splits`)."""
     keep = 0 if min(wanted) <= 0 else max(wanted)
-    dialogs = corpus_stream(source, args.dataset_format, args.bot_side, skips)
+    dialogs = corpus_stream(source, args.dataset_format, args.bot_side, skips, splits)
     corpus, files = write_splits(_streamed_view(dialogs, keep, args.max_history), folder)
-    empty = datasets.Dataset.from_dict({name: [] for name in READ_FEATURES}, features=READ_FEATURES)
-    empties = {split: empty for split, reasons in skips.counts.items() if reasons and split not in corpus}
+    empties = {split: _empty_split() for split, reasons in skips.counts.items() if reasons and split not in corpus}
     return {**empties, **corpus}, files
 
 
@@ -219,7 +233,13 @@ def read_splits(
     where = args.dataset_path or "PersonaChat"
     wanted = [args.num_candidates] if "train" in roles else []
     wanted += [args.eval_num_candidates] if "eval" in roles and not eval_source else []
-    corpus, files = _read(source, args, skips, folder / READ / "source", wanted or [args.eval_num_candidates])
+    holding_out = "eval" in roles and not eval_source and args.validation_split_size > 0
+    evaluated_here = "eval" in roles and not eval_source and not holding_out
+    splits_read = {args.train_split} if "train" in roles or holding_out else set()
+    splits_read |= {args.eval_split} if evaluated_here else set()
+    corpus, files = _read(
+        source, args, skips, folder / READ / "source", wanted or [args.eval_num_candidates], splits_read
+    )
     whole_splits = dict(corpus)  # each split as read, before any part is held out or left out
     whole_file = WHOLE_FILE in corpus
     train_split = WHOLE_FILE if whole_file else args.train_split
@@ -230,7 +250,12 @@ def read_splits(
                 strict=skips.strict
             )  # counted apart: its splits may be named like the training file's
             eval_corpus, eval_files = _read(
-                eval_source, args, eval_skips, folder / READ / "eval_source", [args.eval_num_candidates]
+                eval_source,
+                args,
+                eval_skips,
+                folder / READ / "eval_source",
+                [args.eval_num_candidates],
+                {args.eval_split},
             )
             skips.counts[EVAL_FILE].update(eval_skips.reasons())
             name = next((s for s in (WHOLE_FILE, args.eval_split) if s in eval_corpus), None)

@@ -42,7 +42,7 @@ import json
 import os
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -83,7 +83,8 @@ class Dialog(TypedDict):
 
 
 Corpus = dict[str, list[Dialog]]
-Stream = Iterator[tuple[str, Dialog]]  # (split, dialog) pairs in the order of the source
+Stream = Iterator[tuple[str, Dialog | None]]  # (split, dialog) pairs in the order of the source; see Splits
+Splits = Collection[str] | None  # the splits a stream reads (None: all); one it leaves unread is told as (split, None)
 
 
 def split_of_filename(path: str | os.PathLike) -> str:
@@ -220,23 +221,26 @@ def _reference_dialogs(record: Any, where: str, skips: SkipLog, split: str) -> l
     return [reference_dialog(record, where, skips, split)]
 
 
-def read_personachat_json(file: CorpusFile, skips: SkipLog) -> Stream:
+def read_personachat_json(file: CorpusFile, skips: SkipLog, splits: Splits = None) -> Stream:
     """The transfer-learning-conv-ai JSON, ``{"train": [dialog, ...], "valid": [...]}``, one dialog at a time: one
-    streaming pass finds the splits, then one per split builds its dialogs (``ijson``'s C builder)."""
-    splits: dict[str, str] = {}
+    streaming pass finds the splits, then one per split read builds its dialogs (``ijson``'s C builder)."""
+    keys: dict[str, str] = {}
     for key, event in file.top_level() or []:
         if key in SPLIT_ALIASES:
-            splits.setdefault(key, event)  # a key given twice is read once (ijson reads both of its lists)
-    if not splits:
+            keys.setdefault(key, event)  # a key given twice is read once (ijson reads both of its lists)
+    if not keys:
         raise DataError(
             "expected an object with 'train'/'valid' lists of dialogs (the transfer-learning-conv-ai JSON)",
             where=str(file.path),
             fix="set dataset_format: conversations for JSON conversations, or fix the file.",
         )
-    for key, event in splits.items():
+    for key, event in keys.items():
         if event != "start_array":
             raise DataError(f"split '{key}' must be a list of dialogs", where=str(file.path), fix="fix the file.")
         split = SPLIT_ALIASES[key]
+        if splits is not None and split not in splits:
+            yield split, None
+            continue
         for index, record in enumerate(file.json_values(f"{key}.item")):
             yield from _guarded(skips, split, _reference_dialogs, record, f"{file.path}, {key}[{index}]", skips, split)
 
@@ -436,15 +440,18 @@ def read_conversations(file: CorpusFile, bot_side: str, skips: SkipLog, split: s
         yield from _guarded(skips, split, record_dialogs, record, where, bot_side, skips, split)
 
 
-def read_file(path: Path, dataset_format: str, bot_side: str, skips: SkipLog, split: str | None = None) -> Stream:
+def read_file(
+    path: Path, dataset_format: str, bot_side: str, skips: SkipLog, split: str | None = None, splits: Splits = None
+) -> Stream:
     """One corpus file, in the given layout or the one its content shows, as ``(split, dialog)`` pairs.
 
-    A file with no splits inside is read as ``split`` (default :data:`WHOLE_FILE`).
+    A file with no splits inside is read as ``split`` (default :data:`WHOLE_FILE`); of a file with splits inside,
+    ``splits`` only.
     """
     file = CorpusFile(path)
     layout = detect_format(file) if dataset_format == "auto" else dataset_format
     if layout == "personachat_json":
-        return read_personachat_json(file, skips)
+        return read_personachat_json(file, skips, splits)
     split = split or WHOLE_FILE
     if layout == "parlai":
         return read_parlai(file, skips, split)
@@ -453,21 +460,29 @@ def read_file(path: Path, dataset_format: str, bot_side: str, skips: SkipLog, sp
     raise DataError(f"dataset_format '{layout}' does not apply to a file", where=str(path), fix="use auto for files.")
 
 
-def read_folder(path: Path, dataset_format: str, bot_side: str, skips: SkipLog) -> Stream:
-    """A folder of corpus files (ParlAI ``train_*.txt``/``valid_*.txt``, CSV, JSON), file after file."""
+def read_folder(path: Path, dataset_format: str, bot_side: str, skips: SkipLog, splits: Splits = None) -> Stream:
+    """A folder of corpus files (ParlAI ``train_*.txt``/``valid_*.txt``, CSV, JSON), file after file; the files of
+    ``splits`` only."""
     files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in CORPUS_SUFFIXES)
     if not files:
         raise DataError(
             "the folder holds no .txt, .json, .jsonl or .csv corpus file", where=str(path), fix="check dataset_path."
         )
     for file in files:
-        yield from read_file(file, dataset_format, bot_side, skips, split_of_filename(file))
+        split = split_of_filename(file)
+        if splits is not None and split not in splits:
+            yield split, None
+            continue
+        yield from read_file(file, dataset_format, bot_side, skips, split, splits)
 
 
-def hub_rows(dataset_dict, bot_side: str, name: str, skips: SkipLog) -> Stream:
-    """Rows of a ``datasets.DatasetDict`` (from the Hub or disk) in any accepted shape."""
+def hub_rows(dataset_dict, bot_side: str, name: str, skips: SkipLog, splits: Splits = None) -> Stream:
+    """Rows of a ``datasets.DatasetDict`` (from the Hub or disk) in any accepted shape; the rows of ``splits`` only."""
     for split_name, rows in dataset_dict.items():
         split = SPLIT_ALIASES.get(split_name, split_name)
+        if splits is not None and split not in splits:
+            yield split, None
+            continue
         if {"personality", "history", "candidates", "conv_id"} <= set(rows.column_names):
             for dialog in _group_turn_rows(rows, f"{name}[{split_name}]", skips, split):
                 yield split, dialog

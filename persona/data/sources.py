@@ -8,7 +8,16 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from persona.data.readers import CORPUS_SUFFIXES, Corpus, Stream, collect, hub_rows, read_file, read_folder
+from persona.data.readers import (
+    CORPUS_SUFFIXES,
+    Corpus,
+    Splits,
+    Stream,
+    collect,
+    hub_rows,
+    read_file,
+    read_folder,
+)
 from persona.data.skips import SkipLog
 from persona.errors import DataError, first_line
 from persona.hub_names import is_hub_id
@@ -109,16 +118,21 @@ def fingerprint(source: str) -> str:
 
 
 def corpus_stream(
-    source: str, dataset_format: str = "auto", bot_side: str = "both", skips: SkipLog | None = None
+    source: str,
+    dataset_format: str = "auto",
+    bot_side: str = "both",
+    skips: SkipLog | None = None,
+    splits: Splits = None,
 ) -> Stream:
     """The dialogs of a resolved corpus as ``(split, dialog)`` pairs, read in bounded memory; unusable records are
-    skipped into ``skips``. A single file with no splits inside gives the one split ``WHOLE_FILE``."""
+    skipped into ``skips``. A single file with no splits inside gives the one split ``WHOLE_FILE``; of a corpus with
+    splits, those of ``splits`` are read and each other one is told as ``(split, None)``."""
     path, skips = Path(source), skips or SkipLog()
     if dataset_format == "hub" or is_hub_dataset(source) or is_saved_dataset(path):
-        return hub_rows(_load_hub_dataset(source), bot_side, source, skips)
+        return hub_rows(_load_hub_dataset(source), bot_side, source, skips, splits)
     if path.is_dir():
-        return read_folder(path, dataset_format, bot_side, skips)
-    return read_file(path, dataset_format, bot_side, skips)
+        return read_folder(path, dataset_format, bot_side, skips, splits)
+    return read_file(path, dataset_format, bot_side, skips, splits=splits)
 
 
 def read_corpus(
