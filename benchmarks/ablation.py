@@ -32,12 +32,14 @@ SMOLLM2 = [
     "SmolLM2-135M-Instruct.Q4_1.gguf",
 ]
 CHAT = ["--input_layout", "chat_template"]
-PRIOR = [*CHAT, "--likelihood_prior", "true"]
-VARIANTS = {
+NO_PRIOR = ["--likelihood_prior", "false", "--prior_pmi_weight", "0"]
+MEAN_PRIOR = ["--likelihood_prior", "true", "--prior_pmi_weight", "0"]  # the prior of mean log-likelihoods
+PRIOR = [*CHAT, *MEAN_PRIOR]
+VARIANTS = {  # each a set of overrides of the recipe as written
     "the offline recipe as written": [],
-    "reference layout": ["--input_layout", "reference"],
-    "reference layout + likelihood prior": ["--input_layout", "reference", "--likelihood_prior", "true"],
-    "chat template": CHAT,
+    "reference layout": ["--input_layout", "reference", *NO_PRIOR],
+    "reference layout + likelihood prior": ["--input_layout", "reference", *MEAN_PRIOR],
+    "chat template": [*CHAT, *NO_PRIOR],
     "chat template + likelihood prior": PRIOR,
     "chat template + prior, 8 candidates": [*PRIOR, "--num_candidates", "8"],
     "chat template + prior, 16 candidates": [*PRIOR, "--num_candidates", "16"],
@@ -53,7 +55,7 @@ VARIANTS = {
     "chat template + prior, head lr 1e-2": [*PRIOR, "--head_learning_rate", "1e-2"],
     "chat template + prior, lr 2e-4": [*PRIOR, "--learning_rate", "2e-4"],
     "chat template + prior, LoRA (lr 5e-4)": [*PRIOR, "--use_peft", "true", "--learning_rate", "5e-4"],
-    "chat template + PMI prior, weight 0.75": [*PRIOR, "--prior_pmi_weight", "0.75"],
+    "chat template + PMI prior, weight 0.5": [*CHAT, "--likelihood_prior", "true", "--prior_pmi_weight", "0.5"],
 }
 COLUMNS = ("hits@1", "lm_hits@1", "pmi_hits@1", "perplexity", "f1", "ended")
 

@@ -86,11 +86,11 @@ class ModelArguments:
     prior_pmi_weight: float = field(
         default=0.0,
         metadata={
-            "help": "With likelihood_prior: above 0, the prior is each candidate's pointwise mutual information with "
-            "the conversation instead of its mean token log-likelihood: its summed log-likelihood after the "
-            "conversation minus this weight times its summed log-likelihood after an empty conversation (a reply "
-            "likely anywhere, 'i am good, how are you?', gains nothing), the latter computed without gradient. Costs "
-            "a forward pass of the candidates without their context per batch."
+            "help": "With likelihood_prior: the prior is each candidate's mean token log-likelihood after the "
+            "conversation minus this weight times its mean token log-likelihood after an empty conversation (its "
+            "pointwise mutual information with the conversation, per token: a reply likely anywhere, 'i am good, how "
+            "are you?', gains nothing), the latter computed without gradient; 0 leaves the mean log-likelihood. "
+            "Costs a forward pass of the candidates without their context per batch."
         },
     )
     revision: str = field(default="main", metadata={"help": "Branch, tag or commit of a Hub model."})
@@ -113,7 +113,7 @@ class ModelArguments:
             raise ConfigError(
                 f"{self.prior_pmi_weight} needs likelihood_prior: true and a weight of 0 or more",
                 where="prior_pmi_weight",
-                fix="set likelihood_prior: true and a weight such as 0.75, or drop prior_pmi_weight.",
+                fix="set likelihood_prior: true and a weight such as 0.5, or drop prior_pmi_weight.",
             )
         if self.model_config is not None and (
             not isinstance(self.model_config, dict) or "model_type" not in self.model_config

@@ -72,7 +72,7 @@ def tokenizer_eos(loaded) -> int:
 PRIORS = {
     "no prior": {},
     "mean log-likelihood": {"likelihood_prior": True},
-    "PMI": {"likelihood_prior": True, "prior_pmi_weight": 0.75},
+    "PMI": {"likelihood_prior": True, "prior_pmi_weight": 0.5},
 }
 
 
@@ -103,7 +103,7 @@ def _log_likelihood(model, context: list[int], block: list[int]) -> float:
 def test_the_pmi_prior_is_the_likelihood_after_the_conversation_less_a_weight_times_after_an_empty_one(
     plain_chat_model, tmp_path, path
 ):
-    loaded = _loaded(plain_chat_model, likelihood_prior=True, prior_pmi_weight=0.75)
+    loaded = _loaded(plain_chat_model, likelihood_prior=True, prior_pmi_weight=0.5)
     empty = loaded.empty_prefix()
     no_messages = [{"role": "system", "content": ""}]
     rendered = loaded.tokenizer.apply_chat_template(
@@ -121,8 +121,9 @@ def test_the_pmi_prior_is_the_likelihood_after_the_conversation_less_a_weight_ti
                 after_nothing = _log_likelihood(model, list(empty), block)
                 assert -output.candidate_nll_sum[row, c].item() == pytest.approx(after_context, abs=1e-4)
                 assert -output.context_free_nll_sum[row, c].item() == pytest.approx(after_nothing, abs=1e-4)
-                # the untrained head scores zero and the prior's scale is 1: the score is the PMI itself
-                assert output.mc_logits[row, c].item() == pytest.approx(after_context - 0.75 * after_nothing, abs=1e-4)
+                # the untrained head scores zero and the prior's scale is 1: the score is the PMI per scored token
+                pmi_per_token = (after_context - 0.5 * after_nothing) / (len(block) - 1)
+                assert output.mc_logits[row, c].item() == pytest.approx(pmi_per_token, abs=1e-5)
 
 
 @pytest.mark.parametrize(("prior", "ranking"), [("mean log-likelihood", "lm_hits@1"), ("PMI", "pmi_hits@1")])
@@ -133,7 +134,7 @@ def test_with_the_likelihood_prior_the_untrained_head_ranks_as_the_language_mode
     assert loaded.model.persona_prior_scale.item() == 1.0
     corpus = _corpus(tmp_path, loaded.tokenizer, num_candidates=5)
     args = PersonaTrainingArguments(output_dir=str(tmp_path / "out"), report_to="none", per_device_eval_batch_size=3)
-    metrics = PersonaTrainer(loaded, args, pmi_weight=0.75).evaluate(corpus.features["eval"])
+    metrics = PersonaTrainer(loaded, args, pmi_weight=0.5).evaluate(corpus.features["eval"])
     assert metrics["eval_hits@1"] == metrics[f"eval_{ranking}"] and metrics["eval_num_turns"] == len(
         corpus.features["eval"]
     )
@@ -159,7 +160,7 @@ def test_a_copy_of_the_gold_reply_among_the_distractors_is_a_tie_whatever_the_ba
     )
     output.context_free_nll_sum = torch.zeros(1, 3)
     rank, lm_rank, pmi_rank = turn_scores(
-        output, batch["mc_labels"], batch["candidate_valid"], batch["gold_copies"], pmi_weight=0.75
+        output, batch["mc_labels"], batch["candidate_valid"], batch["gold_copies"], pmi_weight=0.5
     )[0, [0, 5, 6]].tolist()
     assert (
         rank == lm_rank == pmi_rank == 1

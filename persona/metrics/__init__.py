@@ -19,8 +19,8 @@ _DEFINITIONS = {
     "(the reply and its end token, given the prompt): the language model's own ranking, without the multiple-choice "
     "head",
     "pmi_hits@k": "fraction of turns whose gold reply is among the k candidates with the highest pointwise mutual "
-    "information with the conversation (summed log-likelihood after the conversation minus a weight times after an "
-    "empty one): the language model's ranking of what fits this conversation rather than what is likely anywhere",
+    "information with the conversation (mean token log-likelihood after the conversation minus a weight times after "
+    "an empty one): the language model's ranking of what fits this conversation rather than what is likely anywhere",
     "ended": "fraction of generated replies that ended by themselves (their end token before the length limit)",
     "f1": "unigram F1 between the generated and the gold reply after ConvAI2's normalisation (mean over turns)",
 }

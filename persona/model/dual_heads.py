@@ -75,12 +75,12 @@ class DualOutput(ModelOutput):
         return -self.candidate_nll_sum / self.candidate_tokens.clamp(min=1)
 
     def pmi(self, weight: float) -> torch.Tensor:
-        """Each candidate's pointwise mutual information with the conversation, [B, C]: its summed log-likelihood after
-        the conversation minus ``weight`` times its summed log-likelihood after an empty one (a reply likely anywhere
-        gains nothing from the context)."""
+        """Each candidate's pointwise mutual information with the conversation per token, [B, C]: its mean token
+        log-likelihood after the conversation minus ``weight`` times its mean token log-likelihood after an empty one
+        (a reply likely anywhere gains nothing from the context); ``weight`` 0 gives :meth:`mean_log_likelihood`."""
         if self.context_free_nll_sum is None:
             raise ValueError("PMI scores every candidate after an empty conversation too: the collator's empty_prefix")
-        return -self.candidate_nll_sum + weight * self.context_free_nll_sum
+        return (-self.candidate_nll_sum + weight * self.context_free_nll_sum) / self.candidate_tokens.clamp(min=1)
 
 
 @dataclass
@@ -341,8 +341,9 @@ def _with_likelihood_prior(
     output: DualOutput, valid: torch.Tensor, scale: torch.Tensor, pmi_weight: float = 0.0
 ) -> torch.Tensor:
     """The multiple-choice logits plus ``scale`` times each valid candidate's mean token log-likelihood (its reply and
-    its end token), or with a ``pmi_weight`` its pointwise mutual information with the conversation
-    (:meth:`DualOutput.pmi`), so that the score starts from what the language model already knows."""
+    its end token) less ``pmi_weight`` times its mean token log-likelihood after an empty conversation (its pointwise
+    mutual information with the conversation per token, :meth:`DualOutput.pmi`), so that the score starts from what
+    the language model already knows."""
     if output.candidate_nll_sum is None:
         raise ValueError("the likelihood prior scores every candidate: the batch needs its candidate_labels")
     prior = output.pmi(pmi_weight) if pmi_weight else output.mean_log_likelihood()

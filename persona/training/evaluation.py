@@ -4,7 +4,8 @@ Writes to ``output_dir``:
 
 - ``eval_results.json``: ``perplexity`` of the gold replies' tokens, ``hits@k`` over every candidate of
   each turn (ranked by the multiple-choice head), ``lm_hits@k`` (the same candidates ranked by their mean
-  token log-likelihood), ``pmi_hits@k`` (ranked by their pointwise mutual information with the conversation),
+  token log-likelihood), ``pmi_hits@k`` (ranked by their pointwise mutual information with the conversation, per
+  token),
   ``f1`` of generated replies (ParlAI's ConvAI2 normalisation), each with the number of turns behind it, and the
   model, data and decoding settings. Fractions are in [0, 1].
 - ``generations.jsonl``: ``persona``, ``history``, ``prediction`` and ``gold`` of each generated turn.
@@ -55,11 +56,11 @@ class EvalArguments:
         default=None,
         metadata={
             "help": "Also rank the candidates by the language model's pointwise mutual information with the "
-            "conversation (pmi_hits@k): a candidate's summed log-likelihood after the conversation minus this weight "
-            "times its summed log-likelihood after an empty one, at the cost of a forward pass of the candidates "
-            "without their context. 0.75 ranked best for SmolLM2 in its chat template (README); a model of the "
-            "reference layout never sees an empty conversation in training, and the quickstart model ranks below "
-            "chance by it. Unset: no pmi_hits@k."
+            "conversation per token (pmi_hits@k): a candidate's mean token log-likelihood after the conversation "
+            "minus this weight times its mean token log-likelihood after an empty one, at the cost of a forward pass "
+            "of the candidates without their context. 0.5 ranked best for SmolLM2 in its chat template (README); a "
+            "model of the reference layout never sees an empty conversation in training, and the quickstart model "
+            "ranks worse by it than by likelihood. Unset: no pmi_hits@k."
         },
     )
     max_generation_turns: int | None = field(
@@ -72,7 +73,7 @@ class EvalArguments:
             raise ConfigError(
                 f"{self.pmi_weight} is negative",
                 where="pmi_weight",
-                fix="give a weight of 0 or more (0.75 for a chat model), or leave pmi_weight unset.",
+                fix="give a weight of 0 or more (0.5 for a chat model), or leave pmi_weight unset.",
             )
 
 
