@@ -162,9 +162,8 @@ def test_a_copy_of_the_gold_reply_among_the_distractors_is_a_tie_whatever_the_ba
     rank, lm_rank, pmi_rank = turn_scores(
         output, batch["mc_labels"], batch["candidate_valid"], batch["gold_copies"], pmi_weight=0.5
     )[0, [0, 5, 6]].tolist()
-    assert (
-        rank == lm_rank == pmi_rank == 1
-    )  # a tie counts as ranked above the gold: a miss, as the reference counts it
+    # a tie counts as ranked above the gold: a miss, as the reference counts it
+    assert rank == lm_rank == pmi_rank == 1
 
 
 def test_the_head_learning_rate_gets_a_group_of_its_own(plain_chat_model, tmp_path):

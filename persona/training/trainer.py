@@ -109,7 +109,9 @@ class PersonaTrainer(Trainer):
 
     The batch's path through the model (``dual_path``: packed, full sequences or classic) and its collator are
     decided here, once, from ``args.forward_mode``, the model and its facts (token types; in the chat-template
-    layout the candidates come as whole blocks, see :mod:`persona.data.chat_layout`).
+    layout the candidates come as whole blocks, see :mod:`persona.data.chat_layout`). ``pmi_weight`` also ranks the
+    evaluated turns by PMI (``pmi_hits@k``); by default, a model whose likelihood prior is PMI is ranked with its
+    prior's weight.
     """
 
     def __init__(self, loaded: LoadedModel, args, *, pmi_weight: float | None = None, compute_metrics=None, **kwargs):
