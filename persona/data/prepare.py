@@ -15,6 +15,7 @@ import logging
 import shutil
 from collections import Counter
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 import datasets
@@ -104,13 +105,11 @@ def write_splits(stream: Stream, folder: Path) -> tuple[dict[str, datasets.Datas
                 ]
             for writer, features in zip(writers[split], parts):
                 writer.write({name: dialog[name] for name in features})
-        for pair in writers.values():
-            for writer in pair:
-                writer.finalize()
+        for writer in chain.from_iterable(writers.values()):
+            writer.finalize()
     finally:
-        for pair in writers.values():
-            for writer in pair:
-                writer.close()
+        for writer in chain.from_iterable(writers.values()):
+            writer.close()
     corpus = {split: _empty_split() for split in unread}
     corpus.update(
         (split, datasets.concatenate_datasets([datasets.Dataset.from_file(str(path)) for path in pair], axis=1))
