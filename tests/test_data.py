@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import gc
 import json
 from pathlib import Path
 
@@ -211,6 +212,7 @@ def test_two_workers_write_the_cache_in_place_and_report_what_each_skipped(tmp_p
     assert shards == ["data_00000_of_00002.arrow", "data_00001_of_00002.arrow"]
     assert corpus.features["train"][:] == alone[:] and len(alone) == 2 * 1198
     assert [f.name for f in (corpus.cache_path / "dialogs" / "train").iterdir()] == ["data.arrow"]
+    assert gc.get_freeze_count() == 0  # the heap frozen while preparing is given back to the collector
 
 
 def test_only_the_splits_the_roles_read_are_read(tmp_path, tokenizer, caplog):
@@ -235,11 +237,13 @@ def test_only_the_splits_the_roles_read_are_read(tmp_path, tokenizer, caplog):
 
 
 def test_failed_build_leaves_no_cache(tmp_path, tokenizer):
+    """A build that fails leaves no cache folder, and the garbage collector as it found it (nothing left frozen)."""
     bad = tmp_path / "train.jsonl"
     bad.write_text(json.dumps(CONVERSATIONS[0]) + "\n" + '{"personas": [["a."], []], "utterances": ["x", "y"]}\n')
     with pytest.raises(DataError):
         _features(tmp_path, tokenizer, bad, strict=True)
     assert not any((tmp_path / "cache").iterdir())
+    assert gc.get_freeze_count() == 0
 
 
 @pytest.mark.parametrize(
