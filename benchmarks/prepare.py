@@ -2,6 +2,7 @@
 size, warm load time, side by side.
 
     python benchmarks/prepare.py [--scale 1 4] [--dialogs 17878] [--num_candidates 2] [--workers 2] [--corpus FILE]
+    python benchmarks/prepare.py --spc_dialogs 9000 36000
 
 Without ``--corpus`` it writes (once, into ``benchmarks/.corpus/``) a synthetic corpus in the JSON
 layout of transfer-learning-conv-ai with PersonaChat's shape: 17,878 training dialogs of 6 to 9 turns
@@ -15,11 +16,16 @@ the peak RSS is the largest of the process and its ``datasets.map`` workers, and
 (sampled 20 times a second): RSS also counts the pages of the Arrow files a process maps, which grow with the
 output and which the kernel drops under pressure; anonymous memory is what the preparation holds. The last lines
 give each scale's time and peaks against the first scale's: preparation in bounded memory keeps them flat.
+
+``--spc_dialogs N ...`` prepares instead conversation CSVs of real Synthetic-Persona-Chat text (the shared validation
+CSV's conversations, repeated to N dialogs, both sides of each serving as the bot): no candidates in the file, so the
+distractors are sampled.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import random
@@ -34,6 +40,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_GPT2_TOKENIZER = REPO.parent / "shared" / "tokenizers" / "gpt2"
+SHARED_SPC = REPO.parent / "shared" / "data" / "spc" / "Synthetic-Persona-Chat_valid.csv"
 CORPUS_DIR = Path(__file__).resolve().parent / ".corpus"
 
 
@@ -82,6 +89,21 @@ def write_corpus(path: Path, dialogs: int, tokenizer_path: Path, seed: int = 0) 
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
     partial.write_text(json.dumps(corpus))
+    partial.replace(path)
+
+
+def write_spc_corpus(path: Path, dialogs: int) -> None:
+    """A conversation CSV of ``dialogs`` dialogs (``dialogs // 2`` conversations, each read from both sides): the
+    shared Synthetic-Persona-Chat CSV's rows, repeated in order."""
+    with open(SHARED_SPC, newline="") as source:
+        reader = csv.reader(source)
+        header, rows = next(reader), list(reader)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    with open(partial, "w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(header)
+        writer.writerows(rows[i % len(rows)] for i in range(dialogs // 2))
     partial.replace(path)
 
 
@@ -186,6 +208,12 @@ def main() -> None:
     parser.add_argument("--num_candidates", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2, help="preprocessing_num_workers")
     parser.add_argument("--corpus", help="a corpus of your own instead of the synthetic one (any accepted layout)")
+    parser.add_argument(
+        "--spc_dialogs",
+        type=int,
+        nargs="+",
+        help="instead, conversation CSVs of this many dialogs of real Synthetic-Persona-Chat text (../shared)",
+    )
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -194,8 +222,14 @@ def main() -> None:
         return
     if not SHARED_GPT2_TOKENIZER.exists():
         sys.exit(f"GPT-2's tokenizer is absent: {SHARED_GPT2_TOKENIZER} (the shared folder beside the repository)")
-    corpora = {}
-    for scale in [1] if args.corpus else args.scale:
+    corpora = {}  # data size against the first corpus -> corpus file
+    if args.spc_dialogs:
+        for dialogs in args.spc_dialogs:
+            corpus = CORPUS_DIR / f"spc-{dialogs}.csv"
+            if not corpus.exists():
+                write_spc_corpus(corpus, dialogs)
+            corpora[dialogs / args.spc_dialogs[0]] = corpus
+    for scale in [] if args.spc_dialogs else [1] if args.corpus else args.scale:
         corpus = Path(args.corpus) if args.corpus else CORPUS_DIR / f"personachat-shaped-{args.dialogs * scale}.json"
         if not corpus.exists():
             print(f"Writing the synthetic corpus {corpus} ...", flush=True)
@@ -207,7 +241,7 @@ def main() -> None:
     print(f"training split, num_candidates {args.num_candidates}, max_history 2, {args.workers} workers")
     for scale, result in results.items():
         corpus, cold, warm, stats = corpora[scale], result["cold"], result["warm"], result["cold"]["stats"]
-        print(f"scale {scale}: {corpus.name}, {corpus.stat().st_size / 1e6:.0f} MB")
+        print(f"scale {scale:g}: {corpus.name}, {corpus.stat().st_size / 1e6:.0f} MB")
         print(
             f"  {stats['dialogs']:,} dialogs, {stats['examples']:,} examples, {stats['candidates']:,} candidates, "
             f"{stats['tokens']:,} tokens, truncated {stats['truncated']}"
@@ -224,7 +258,7 @@ def main() -> None:
     for scale in sorted(results)[1:]:
         base, cold = results[first]["cold"], results[scale]["cold"]
         print(
-            f"scale {scale} against scale {first}: time x{cold['seconds'] / base['seconds']:.2f}, "
+            f"scale {scale:g} against scale {first:g}: time x{cold['seconds'] / base['seconds']:.2f}, "
             f"peak RSS x{cold['peak_rss_gb'] / base['peak_rss_gb']:.2f}, "
             f"peak anonymous memory x{cold['peak_anonymous_gb'] / base['peak_anonymous_gb']:.2f} "
             f"(data x{scale / first:g})"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -12,6 +14,7 @@ import yaml
 
 from persona.commands.train import main as train_main
 from persona.serving.server import free_port
+from persona.training.allocator import hint_lean_allocator, preloaded_allocator
 from tests.conftest import REPO, TINY_OPENAI_GPT, as_loaded, tiny_train_args
 
 
@@ -42,9 +45,12 @@ def _args(output_dir, *extra):
     )
 
 
-def test_train_writes_every_output(tmp_path):
+def test_train_writes_every_output(tmp_path, caplog):
     out = tmp_path / "run"
-    assert train_main(_args(out, "--n_epochs", "1", "--lm_coef", "2.0")) == 0
+    with caplog.at_level("INFO", logger="persona"):
+        assert train_main(_args(out, "--n_epochs", "1", "--lm_coef", "2.0")) == 0
+    # A CPU run under glibc's allocator says once how to hold its memory down.
+    assert caplog.text.count("preload tcmalloc") == (preloaded_allocator() is None)
     for name in (
         "model.safetensors",
         "config.json",
@@ -207,3 +213,37 @@ def test_every_accelerate_config_parses():
         assert path.read_text().startswith("# "), f"{path.name} lacks its comment"
         config = load_config_from_file(str(path))
         assert config.num_processes >= 1, path.name
+
+
+GLIBC_MAPS = "7f3a2c000000-7f3a2c028000 r--p 00000000 fe:01 1234 /usr/lib/x86_64-linux-gnu/libc.so.6\n"
+TCMALLOC_MAPS = GLIBC_MAPS + "7f3a2d000000-7f3a2d010000 r-xp 00000000 fe:01 5678 /usr/lib/libtcmalloc_minimal.so.4\n"
+
+
+def test_a_cpu_run_on_glibc_malloc_says_how_to_preload_tcmalloc(tmp_path, caplog):
+    """The hint is given on the CPU under glibc's allocator, with the preload that fixes it; not on an accelerator,
+    not when tcmalloc (or jemalloc) is already mapped, not where the process's maps cannot be read."""
+    maps = tmp_path / "maps"
+    maps.write_text(GLIBC_MAPS)
+    with caplog.at_level("INFO", logger="persona"):
+        hint_lean_allocator(on_cpu=True, maps=maps)
+        assert "preload tcmalloc: LD_PRELOAD=libtcmalloc_minimal.so.4 (Debian and Ubuntu: apt-get" in caplog.text
+        caplog.clear()
+        hint_lean_allocator(on_cpu=False, maps=maps)
+        for lean in (TCMALLOC_MAPS, GLIBC_MAPS + "7f00-7f01 r-xp 0 0:0 0 /usr/lib/libjemalloc.so.2\n"):
+            maps.write_text(lean)
+            hint_lean_allocator(on_cpu=True, maps=maps)
+        hint_lean_allocator(on_cpu=True, maps=tmp_path / "absent")
+    assert caplog.text == ""
+    assert preloaded_allocator(maps) == "jemalloc" and preloaded_allocator(tmp_path / "absent") is None
+
+
+@pytest.mark.skipif(not ctypes.util.find_library("tcmalloc_minimal"), reason="apt-get install libtcmalloc-minimal4")
+def test_the_preload_the_hint_gives_is_the_one_a_process_then_runs_on():
+    probe = "from persona.training.allocator import preloaded_allocator; print(preloaded_allocator())"
+    seen = {}
+    for preload in ("", "libtcmalloc_minimal.so.4"):
+        env = {**os.environ, "LD_PRELOAD": preload}
+        seen[preload] = subprocess.run(
+            [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    assert seen == {"": "None", "libtcmalloc_minimal.so.4": "tcmalloc"}

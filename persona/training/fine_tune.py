@@ -23,6 +23,7 @@ from persona.data import prepare_corpus
 from persona.errors import ConfigError, Interrupted
 from persona.model.loading import load_for_training
 from persona.model.lora import merged, with_lora
+from persona.training.allocator import hint_lean_allocator
 from persona.training.checkpoints import resolve_checkpoint
 from persona.training.plots import plot_losses
 from persona.training.preemption import StopOnSignal
@@ -134,6 +135,7 @@ def fine_tune(
     trainer, stats = _trainer(model_args, data_args, training_args)
     output_dir = Path(training_args.output_dir)
     if trainer.is_world_process_zero():
+        hint_lean_allocator(on_cpu=training_args.device.type == "cpu")
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "persona_recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
     _train_and_save(trainer, checkpoint, stats)
