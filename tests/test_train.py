@@ -15,7 +15,7 @@ import yaml
 from persona.commands.train import main as train_main
 from persona.serving.server import free_port
 from persona.training.allocator import hint_lean_allocator, preloaded_allocator
-from tests.conftest import REPO, TINY_OPENAI_GPT, as_loaded, tiny_train_args
+from tests.conftest import QUICKSTART, REPO, TINY_GPT2, TINY_OPENAI_GPT, as_loaded, tiny_train_args
 
 
 def _args(output_dir, *extra):
@@ -247,3 +247,40 @@ def test_the_preload_the_hint_gives_is_the_one_a_process_then_runs_on():
             [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
         ).stdout.strip()
     assert seen == {"": "None", "libtcmalloc_minimal.so.4": "tcmalloc"}
+
+
+def test_persona_data_prepares_the_cache_persona_train_then_loads_in_either_layout(tmp_path, template_trained, caplog):
+    """persona-data with a run's model and data fields writes the very cache that persona-train reads: in the
+    reference layout (special tokens added) and in a chat template's (its tokenizer as it is)."""
+    from persona.commands.data import main as data_main
+
+    cache = tmp_path / "cache"
+    data_fields = ["--model_config", json.dumps(TINY_GPT2), "--tokenizer_name_or_path", str(QUICKSTART / "tokenizer")]
+    data_fields += ["--dataset_path", str(QUICKSTART), "--dataset_cache", str(cache), "--max_train_dialogs", "8"]
+    assert data_main([*data_fields, "--max_eval_dialogs", "2"]) == 0
+    prepared = list(cache.iterdir())
+    with caplog.at_level("INFO", logger="persona"):
+        assert (
+            train_main(
+                tiny_train_args(
+                    tmp_path / "run",
+                    "--max_train_dialogs",
+                    "8",
+                    "--max_eval_dialogs",
+                    "2",
+                    "--max_steps",
+                    "1",
+                    "--dataset_cache",
+                    str(cache),
+                )
+            )
+            == 0
+        )
+    assert list(cache.iterdir()) == prepared and "Loading prepared features from the cache" in caplog.text
+
+    template_cache = template_trained.parent / "cache"  # what persona-train prepared for the chat-template model
+    trained_with = list(template_cache.iterdir())
+    recipe = yaml.safe_load((template_trained / "persona_recipe.yaml").read_text())
+    fields = ("model_name_or_path", "dataset_path", "validation_split_size", "input_layout", "eval_num_candidates")
+    assert data_main([f"--{name}={recipe[name]}" for name in fields] + ["--dataset_cache", str(template_cache)]) == 0
+    assert list(template_cache.iterdir()) == trained_with

@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from persona.commands.cli import cli_entry, parse_recipe, setup_logging
 from persona.configs import RECIPE_CLASSES, DataArguments, ModelArguments
 from persona.data import prepare_corpus
-from persona.data.special_tokens import add_special_tokens
-from persona.model.loading import load_tokenizer, preparation_length
+from persona.model.loading import preparation_length, tokenizer_for_training
 
 
 @dataclass
@@ -36,8 +35,7 @@ def main(argv: list[str]) -> int:
         argv, classes, ignored=RECIPE_CLASSES, prog="persona-data", description=__doc__
     )
     setup_logging()
-    tokenizer = load_tokenizer(model_args)
-    add_special_tokens(tokenizer)
+    tokenizer, _ = tokenizer_for_training(model_args, data_args.input_layout)
     roles = tuple(role.strip() for role in prepare_args.splits.split(",") if role.strip())
     corpus = prepare_corpus(data_args, tokenizer, max_length=preparation_length(model_args, tokenizer), roles=roles)
     print(json.dumps(corpus.stats, indent=2))

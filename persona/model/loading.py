@@ -84,6 +84,14 @@ def load_tokenizer(model_args: ModelArguments):
         raise _offline_hint(name, error) from None
 
 
+def tokenizer_for_training(model_args: ModelArguments, layout: str = REFERENCE_LAYOUT) -> tuple[object, int]:
+    """The tokenizer a model is fine-tuned with in ``layout``, and how many special tokens were added to it: the
+    reference layout's five added; a chat template's tokenizer as it is. persona-data prepares with the same one, so
+    that persona-train finds its cache."""
+    tokenizer = load_tokenizer(model_args)
+    return tokenizer, add_special_tokens(tokenizer) if layout == REFERENCE_LAYOUT else 0
+
+
 def base_config(model_args: ModelArguments):
     """The config of the model (built from ``model_config``, or read from the checkpoint), no weights."""
     if model_args.model_config is not None:
@@ -152,8 +160,7 @@ def load_for_training(
     that config (no weights downloaded); with ``likelihood_prior`` the multiple-choice score starts as the
     likelihood ranking.
     """
-    tokenizer = load_tokenizer(model_args)
-    added = add_special_tokens(tokenizer) if layout == REFERENCE_LAYOUT else 0
+    tokenizer, added = tokenizer_for_training(model_args, layout)
     ids = _layout_ids(tokenizer, layout, use_token_types)
     config = base_config(model_args)
     config.persona_likelihood_prior = model_args.likelihood_prior
