@@ -200,7 +200,8 @@ def test_bad_recipe_exits_2_with_one_line(tmp_path, capsys):
 def test_unreachable_model_offline_is_a_clear_error(tmp_path, capsys):
     assert train_main(["--model_name_or_path", "no-such-user/no-such-model", "--output_dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "cannot load 'no-such-user/no-such-model'" in err and "--local-dir" in err
+    assert "cannot load 'no-such-user/no-such-model'" in err
+    assert "(hf download no-such-user/no-such-model --local-dir DIR)" in err and "HF_HUB_OFFLINE=1" in err
     assert not any(tmp_path.iterdir())
 
 

@@ -4,7 +4,7 @@ Publishes a model that is already trained: the weights (safetensors only), the t
 chat template, the generation config, the recipe, the training and evaluation results, the loss curves
 and a model card written from them (with ``--eval_results``, the metrics of ``persona-eval``). The
 files are gathered into a staging folder and uploaded in one commit with ``huggingface_hub``; the
-token comes from ``HF_TOKEN`` or ``huggingface-cli login``. ``--dry_run DIR`` writes exactly that
+token comes from ``HF_TOKEN`` or ``hf auth login``. ``--dry_run DIR`` writes exactly that
 folder to ``DIR`` and lists it, without the network.
 """
 

@@ -2,7 +2,7 @@
 
 Also runs under ``accelerate launch [--config_file accelerate_configs/X.yaml] -m persona.commands.train RECIPE.yaml``.
 The run itself is :func:`persona.training.fine_tune.fine_tune`; the token of ``push_to_hub`` comes from ``HF_TOKEN``
-or ``huggingface-cli login`` and is never written anywhere.
+or ``hf auth login`` and is never written anywhere.
 """
 
 from __future__ import annotations

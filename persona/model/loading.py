@@ -65,8 +65,9 @@ def _offline_hint(name: str, error: Exception) -> ModelLoadError:
         f"cannot load '{name}' ({first_line(error)})",
         where=name,
         fix="check the name; offline, download it on a machine with network access "
-        f"(huggingface-cli download {name} --local-dir DIR) and pass DIR, or build a model from a config "
-        "with model_config and tokenizer_name_or_path.",
+        f"(hf download {name} --local-dir DIR) and pass DIR, or build a model from a config with model_config and "
+        "tokenizer_name_or_path; set HF_HUB_OFFLINE=1 on a machine without network, so that a load fails at once "
+        "instead of retrying the Hub.",
     )
 
 

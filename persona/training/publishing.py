@@ -89,7 +89,7 @@ def upload(folder: Path, hub_model_id: str, private: bool, commit_message: str) 
         raise ModelLoadError(
             f"cannot upload to the Hub ({first_line(error)})",
             where=hub_model_id,
-            fix="check the network and the token (HF_TOKEN or huggingface-cli login, with write access), "
+            fix="check the network and the token (HF_TOKEN or hf auth login, with write access), "
             "or use --dry_run DIR to see what would be uploaded.",
         ) from None
     return commit.commit_url
