@@ -458,7 +458,12 @@ def test_no_cors_unless_asked(served, trained_model_dir):
     assert httpx.post(f"{url}/v1/chat/completions", json=chat, headers=own, timeout=60).status_code == 200
 
 
-def test_a_full_queue_answers_429_and_the_server_recovers(trained_model_dir, monkeypatch):
+def test_a_full_queue_answers_429_queues_the_n_choices_of_a_request_all_or_none_and_recovers(
+    trained_model_dir, monkeypatch
+):
+    """The worker holds the first request; the second waits in a queue of two places: a request of two choices is
+    refused whole (429, nothing of it queued), one of a single choice takes the last place, the next is refused; then
+    all that were taken are answered."""
     from persona.serving.batching import ReplyBatcher
 
     holding, release = threading.Event(), threading.Event()
@@ -470,23 +475,36 @@ def test_a_full_queue_answers_429_and_the_server_recovers(trained_model_dir, mon
         return join(self, batch, arrived)
 
     monkeypatch.setattr(ReplyBatcher, "_join", held)
-    with live_server(trained_model_dir, max_queue=1, max_batch_size=1) as (url, batcher):
-        with ThreadPoolExecutor(2) as pool:
-            first = pool.submit(
-                httpx.post, f"{url}/v1/chat/completions", json={"messages": ASK, "max_tokens": 4}, timeout=60
-            )
+    ask = {"messages": ASK, "max_tokens": 4}
+
+    def waiting(count: int) -> None:
+        deadline = time.time() + 30
+        while batcher.pending.qsize() < count and time.time() < deadline:
+            time.sleep(0.01)
+        assert batcher.pending.qsize() == count
+
+    with live_server(trained_model_dir, max_queue=2, max_batch_size=1) as (url, batcher):
+        with ThreadPoolExecutor(3) as pool:
+            first = pool.submit(httpx.post, f"{url}/v1/chat/completions", json=ask, timeout=60)
             assert holding.wait(timeout=30)  # the worker holds the first request
-            second = pool.submit(
-                httpx.post, f"{url}/v1/chat/completions", json={"messages": ASK, "max_tokens": 4}, timeout=60
-            )
-            deadline = time.time() + 30
-            while not batcher.pending.qsize() and time.time() < deadline:  # the second waits in the queue
-                time.sleep(0.01)
-            third = httpx.post(f"{url}/v1/chat/completions", json={"messages": ASK, "max_tokens": 4}, timeout=30)
-            assert third.status_code == 429 and third.json()["error"]["code"] == "queue_full"
-            assert third.headers["retry-after"] == "1"
+            second = pool.submit(httpx.post, f"{url}/v1/chat/completions", json=ask, timeout=60)
+            waiting(1)
+            both = httpx.post(f"{url}/v1/chat/completions", json={**ask, "n": 2}, timeout=30)
+            assert both.status_code == 429 and both.json()["error"]["code"] == "queue_full"
+            assert "1 of 2 places taken, 2 asked for" in both.json()["error"]["message"]
+            assert batcher.pending.qsize() == 1  # nothing of the refused request was queued
+            fourth = pool.submit(httpx.post, f"{url}/v1/chat/completions", json=ask, timeout=60)
+            waiting(2)
+            full = httpx.post(f"{url}/v1/chat/completions", json=ask, timeout=30)
+            assert full.status_code == 429 and full.json()["error"]["code"] == "queue_full"
+            assert full.headers["retry-after"] == "1"
             release.set()
-            assert first.result().status_code == second.result().status_code == 200
+            assert [r.result().status_code for r in (first, second, fourth)] == [200] * 3
+        again = httpx.post(f"{url}/v1/chat/completions", json={**ask, "n": 2}, timeout=60)
+        assert again.status_code == 200 and len(again.json()["choices"]) == 2
+        never = httpx.post(f"{url}/v1/chat/completions", json={**ask, "n": 3}, timeout=30)  # more than the queue holds
+        assert never.status_code == 400 and never.json()["error"]["param"] == "n"
+        assert "n is 3, but this server queues at most 2 replies at once" in never.json()["error"]["message"]
 
 
 def _chromium() -> tuple[str, str]:

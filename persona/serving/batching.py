@@ -9,7 +9,8 @@ request for others to start with it. Each row decodes with its own settings, see
 (:func:`~persona.model.generation.prompt_inputs`). Each request receives its reply's text deltas and then its end
 (:class:`ReplyEvent`) through the callback it brought, the moment its row ends (``<eos>``, a stop string, its
 token budget); a row whose client has gone (a dropped stream) leaves the batch at the next step;
-:func:`reply_events` turns the callbacks into an async iterator for the API and the page. Each prompt is built on
+:func:`reply_streams` turns the callbacks into async iterators for the API (the ``n`` choices of a request queued
+together, all or none), :func:`reply_events` into one for the page. Each prompt is built on
 its own: a request whose text cannot be encoded fails alone.
 """
 
@@ -21,6 +22,7 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -134,16 +136,21 @@ class ReplyBatcher:
         self.on_step: Callable[[int], None] = lambda rows: None
         self.max_batch_size, self.batch_wait_s = max_batch_size, batch_wait_ms / 1000
         self.pending: queue.Queue[ReplyRequest | None] = queue.Queue(maxsize=max_queue)
+        self._submitting = threading.Lock()
         self.join_sizes: list[int] = []
         self.worker = threading.Thread(target=self._work, name="persona-batcher", daemon=True)
         self.worker.start()
 
-    def submit(self, request: ReplyRequest) -> None:
-        """Queue ``request``; :class:`QueueFull` when the queue is full."""
-        try:
-            self.pending.put_nowait(request)
-        except queue.Full:
-            raise QueueFull(f"{self.pending.maxsize} requests are already waiting") from None
+    def submit(self, *requests: ReplyRequest) -> None:
+        """Queue ``requests`` together: all of them, or none and :class:`QueueFull` when the queue has not room for
+        all (the worker only ever makes room)."""
+        with self._submitting:
+            room = self.pending.maxsize - self.pending.qsize()
+            if self.pending.maxsize > 0 and len(requests) > room:  # a max_queue of 0 or less holds any number
+                waiting = self.pending.maxsize - room
+                raise QueueFull(f"{waiting} of {self.pending.maxsize} places taken, {len(requests)} asked for")
+            for request in requests:
+                self.pending.put_nowait(request)
 
     def close(self) -> None:
         """Stop the worker once the requests already queued are answered."""
@@ -247,29 +254,46 @@ class ReplyBatcher:
         return self.loaded.tokenizer.decode(tokens, skip_special_tokens=True)
 
 
-async def reply_events(
+def reply_streams(
     batcher: ReplyBatcher,
     persona: list[str],
     history: list[str],
     decoding: DecodingArguments,
     *,
+    seeds: list[int | None] = (None,),
     stop: list[str] = (),
-    seed: int | None = None,
     top_logprobs: int | None = None,
-) -> AsyncIterator[ReplyEvent]:
-    """Submit a request (:class:`QueueFull` at once when the queue is full) and yield its events as they come, its
-    end last."""
+) -> list[AsyncIterator[ReplyEvent]]:
+    """Queue one request per seed (the choices of one API request) together, all or none (:class:`QueueFull` at
+    once, nothing queued, when the queue has not room for all), and return the events of each as they come, its end
+    last. Call it inside the event loop that reads them."""
     loop = asyncio.get_running_loop()
-    events: asyncio.Queue[ReplyEvent] = asyncio.Queue()
+    queued = []
+    for seed in seeds:
+        events: asyncio.Queue[ReplyEvent] = asyncio.Queue()
+        gone = threading.Event()
+        deliver = _delivery(loop, events, gone)
+        options = {"stop": list(stop), "seed": seed, "top_logprobs": top_logprobs, "gone": gone}
+        queued.append((ReplyRequest(persona, history, decoding, deliver, **options), events))
+    batcher.submit(*(request for request, _ in queued))
+    return [_events(request, events) for request, events in queued]
 
-    def deliver(event: ReplyEvent) -> None:  # called from the worker thread
+
+def _delivery(loop: asyncio.AbstractEventLoop, events: asyncio.Queue, gone: threading.Event):
+    """The callback that hands a request's events, from the worker thread, to ``events`` in ``loop``; ``gone`` is set
+    when that loop has closed."""
+
+    def deliver(event: ReplyEvent) -> None:
         try:
             loop.call_soon_threadsafe(events.put_nowait, event)
         except RuntimeError:  # the client's event loop is closed: nobody awaits the event, the batch goes on
-            request.gone.set()
+            gone.set()
 
-    request = ReplyRequest(persona, history, decoding, deliver, stop=list(stop), seed=seed, top_logprobs=top_logprobs)
-    batcher.submit(request)
+    return deliver
+
+
+async def _events(request: ReplyRequest, events: asyncio.Queue) -> AsyncIterator[ReplyEvent]:
+    loop = asyncio.get_running_loop()
     deadline = loop.time() + REPLY_TIMEOUT_S
     try:
         while True:
@@ -279,3 +303,20 @@ async def reply_events(
                 return
     finally:
         request.gone.set()  # after the end a no-op; before it (a client that disconnected, a time-out) its row stops
+
+
+async def reply_events(
+    batcher: ReplyBatcher,
+    persona: list[str],
+    history: list[str],
+    decoding: DecodingArguments,
+    *,
+    stop: list[str] = (),
+    seed: int | None = None,
+) -> AsyncIterator[ReplyEvent]:
+    """Queue one request (:class:`QueueFull` at once when the queue is full) and yield its events as they come, its
+    end last."""
+    (events,) = reply_streams(batcher, persona, history, decoding, seeds=[seed], stop=stop)
+    async with aclosing(events):
+        async for event in events:
+            yield event

@@ -32,7 +32,7 @@ from starlette.requests import ClientDisconnect
 
 from persona.data.personas import split_sentences
 from persona.model.generation import DecodingArguments, context_needed
-from persona.serving.batching import QueueFull, ReplyBatcher, ReplyEvent, choice_seed, reply_events
+from persona.serving.batching import QueueFull, ReplyBatcher, ReplyEvent, choice_seed, reply_streams
 from persona.serving.logprobs import TokenTexts
 from persona.serving.metrics import ServerMetrics
 from persona.serving.protocol import ChatCompletionRequest, Message, first_error
@@ -237,27 +237,25 @@ def create_app(
             message = f"the model '{body.model}' is not served here; this server serves '{model_id}'"
             raise APIError(404, message, param="model", code="model_not_found")
         _check_context(batcher, chat, chat.persona or persona)
-        replies = [
-            reply_events(
+        if 0 < batcher.pending.maxsize < chat.choices:
+            message = f"n is {chat.choices}, but this server queues at most {batcher.pending.maxsize} replies at once"
+            raise APIError(400, message + " (persona-serve --max_queue)", param="n", code="too_many_choices")
+        try:  # the n choices are queued together, all or none
+            replies = reply_streams(
                 batcher,
                 chat.persona or persona,
                 chat.history,
                 chat.decoding,
+                seeds=[choice_seed(chat.seed, index) for index in range(chat.choices)],
                 stop=chat.stop,
-                seed=choice_seed(chat.seed, index),
                 top_logprobs=chat.top_logprobs,
             )
-            for index in range(chat.choices)
-        ]
-        try:
-            firsts = await asyncio.gather(
-                *(anext(events) for events in replies)
-            )  # all submitted at once: they join together
         except QueueFull as error:
             message = f"the server is busy ({error}); try again shortly"
             raise APIError(
                 429, message, type="rate_limit_error", code="queue_full", headers={"Retry-After": "1"}
             ) from None
+        firsts = await asyncio.gather(*(anext(events) for events in replies))  # queued at once: they join together
         completion = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_id}
         events = _merged(list(zip(firsts, replies)))
         headers = _window_note(chat.history, batcher.max_history)

@@ -71,7 +71,13 @@ class ServeArguments:
             "(requests that come later join the running batch between decoding steps)."
         },
     )
-    max_queue: int = field(default=64, metadata={"help": "Most requests waiting; beyond, the API answers 429."})
+    max_queue: int = field(
+        default=64,
+        metadata={
+            "help": "Most replies waiting to join the batch (a request of n choices takes n places); beyond, the API "
+            "answers 429."
+        },
+    )
     max_tokens_cap: int = field(default=256, metadata={"help": "The largest max_tokens a request may ask for."})
     max_body_bytes: int = field(default=256 * 1024, metadata={"help": "The largest request body (413 beyond)."})
     seed: int = field(default=0, metadata={"help": "Seed of the default persona's draw."})
