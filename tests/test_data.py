@@ -477,3 +477,19 @@ def test_files_read_in_small_chunks_give_the_same_dialogs_and_locate_bad_bytes(t
     line = raw[:offset].count(b"\n") + 1
     with pytest.raises(DataError, match=rf"not UTF-8 text \(byte {offset}, line {line}\)"):
         read_corpus(str(path))
+
+
+def test_persona_data_with_a_tokenizer_alone_takes_its_limit_without_looking_for_a_model(
+    tmp_path, monkeypatch, caplog
+):
+    from persona.commands.data import main as prepare_main
+    from persona.model import loading
+
+    monkeypatch.setattr(loading, "base_config", lambda model_args: pytest.fail("looked for a model"))
+    argv = ["--dataset_path", str(QUICKSTART), "--tokenizer_name_or_path", str(QUICKSTART / "tokenizer")]
+    argv += ["--dataset_cache", str(tmp_path / "cache"), "--stats_json", str(tmp_path / "stats.json")]
+    with caplog.at_level("INFO", logger="persona"):
+        assert prepare_main(argv) == 0
+    assert json.loads((tmp_path / "stats.json").read_text())["max_length"] == 512  # its model_max_length
+    assert "No model named: inputs cut to the tokenizer's 512 tokens." in caplog.text
+    assert "WARNING" not in caplog.text

@@ -31,13 +31,16 @@ class PrepareArguments:
 def main(argv: list[str]) -> int:
     """Prepare the recipe's corpus with its tokenizer and print the statistics."""
     classes = (ModelArguments, DataArguments, PrepareArguments)
-    (model_args, data_args, prepare_args), _ = parse_recipe(
+    (model_args, data_args, prepare_args), given = parse_recipe(
         argv, classes, ignored=RECIPE_CLASSES, prog="persona-data", description=__doc__
     )
     setup_logging()
     tokenizer, _ = tokenizer_for_training(model_args, data_args.input_layout)
     roles = tuple(role.strip() for role in prepare_args.splits.split(",") if role.strip())
-    corpus = prepare_corpus(data_args, tokenizer, max_length=preparation_length(model_args, tokenizer), roles=roles)
+    # A tokenizer alone names no model: its own limit, without looking for the default model on the Hub.
+    model_named = bool({"model_name_or_path", "model_config"} & given.keys()) or not model_args.tokenizer_name_or_path
+    max_length = preparation_length(model_args, tokenizer, model_named)
+    corpus = prepare_corpus(data_args, tokenizer, max_length=max_length, roles=roles)
     print(json.dumps(corpus.stats, indent=2))
     if prepare_args.stats_json:
         with open(prepare_args.stats_json, "w") as handle:

@@ -266,21 +266,28 @@ def load_for_evaluation(model_args: ModelArguments, use_token_types: bool | None
 TOKENIZER_LIMIT = 1024  # where the tokenizer states no limit of its own
 
 
-def preparation_length(model_args: ModelArguments, tokenizer) -> int:
+def preparation_length(model_args: ModelArguments, tokenizer, model_named: bool = True) -> int:
     """The longest input to prepare a corpus for without loading weights: the model's positions, as persona-train
     prepares it (so that both share the cache).
 
-    Where the model's config cannot be read (offline, no ``model_config``), the tokenizer's own limit, with a
-    warning that training will prepare again if the model's positions differ.
+    Without a model named (``model_named`` false: a tokenizer alone), the tokenizer's own limit, no model looked for;
+    where the model's config cannot be read (offline, no ``model_config``), that limit too, with a warning that
+    training will prepare again if the model's positions differ.
     """
+    limit = min(getattr(tokenizer, "model_max_length", None) or TOKENIZER_LIMIT, TOKENIZER_LIMIT)
+    if not model_named:
+        logger.info(
+            "No model named: inputs cut to the tokenizer's %d tokens. Pass the model (or model_config) persona-train "
+            "will train, so that it finds this cache.",
+            limit,
+        )
+        return limit
     try:
         return max_positions(base_config(model_args))
     except ModelLoadError as error:
-        limit = min(getattr(tokenizer, "model_max_length", None) or TOKENIZER_LIMIT, TOKENIZER_LIMIT)
         logger.warning(
             "Inputs cut to the tokenizer's %d tokens, not the model's positions (%s); persona-train prepares the "
-            "corpus "
-            "again if they differ. Pass the recipe's model or model_config to share the cache.",
+            "corpus again if they differ. Pass the recipe's model or model_config to share the cache.",
             limit,
             error.what,
         )
