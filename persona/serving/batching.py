@@ -43,6 +43,14 @@ class QueueFull(Exception):
     """More requests are waiting than the batcher's queue holds."""
 
 
+class QueueTooSmall(Exception):
+    """More requests at once than the batcher's queue could ever hold (its ``limit``): waiting does not help."""
+
+    def __init__(self, asked: int, limit: int):
+        super().__init__(f"{asked} replies asked for at once, but the queue holds at most {limit}")
+        self.asked, self.limit = asked, limit
+
+
 @dataclass
 class ReplyEvent:
     """What a request receives: a ``delta`` of text (with the log-probabilities of the tokens it completes, when
@@ -143,12 +151,14 @@ class ReplyBatcher:
 
     def submit(self, *requests: ReplyRequest) -> None:
         """Queue ``requests`` together: all of them, or none and :class:`QueueFull` when the queue has not room for
-        all (the worker only ever makes room)."""
+        all now (the worker only ever makes room), :class:`QueueTooSmall` when it never will."""
+        limit = self.pending.maxsize  # 0 or less: any number
+        if 0 < limit < len(requests):
+            raise QueueTooSmall(len(requests), limit)
         with self._submitting:
-            room = self.pending.maxsize - self.pending.qsize()
-            if self.pending.maxsize > 0 and len(requests) > room:  # a max_queue of 0 or less holds any number
-                waiting = self.pending.maxsize - room
-                raise QueueFull(f"{waiting} of {self.pending.maxsize} places taken, {len(requests)} asked for")
+            waiting = self.pending.qsize()
+            if 0 < limit < waiting + len(requests):
+                raise QueueFull(f"{waiting} of {limit} places taken, {len(requests)} asked for")
             for request in requests:
                 self.pending.put_nowait(request)
 
@@ -264,8 +274,8 @@ def reply_streams(
     stop: list[str] = (),
     top_logprobs: int | None = None,
 ) -> list[AsyncIterator[ReplyEvent]]:
-    """Queue one request per seed (the choices of one API request) together, all or none (:class:`QueueFull` at
-    once, nothing queued, when the queue has not room for all), and return the events of each as they come, its end
+    """Queue one request per seed (the choices of one API request) together, all or none (see
+    :meth:`ReplyBatcher.submit`: nothing is queued when it raises), and return the events of each as they come, its end
     last. Call it inside the event loop that reads them."""
     loop = asyncio.get_running_loop()
     queued = []

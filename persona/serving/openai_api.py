@@ -32,7 +32,14 @@ from starlette.requests import ClientDisconnect
 
 from persona.data.personas import split_sentences
 from persona.model.generation import DecodingArguments, context_needed
-from persona.serving.batching import QueueFull, ReplyBatcher, ReplyEvent, choice_seed, reply_streams
+from persona.serving.batching import (
+    QueueFull,
+    QueueTooSmall,
+    ReplyBatcher,
+    ReplyEvent,
+    choice_seed,
+    reply_streams,
+)
 from persona.serving.logprobs import TokenTexts
 from persona.serving.metrics import ServerMetrics
 from persona.serving.protocol import ChatCompletionRequest, Message, first_error
@@ -237,9 +244,6 @@ def create_app(
             message = f"the model '{body.model}' is not served here; this server serves '{model_id}'"
             raise APIError(404, message, param="model", code="model_not_found")
         _check_context(batcher, chat, chat.persona or persona)
-        if 0 < batcher.pending.maxsize < chat.choices:
-            message = f"n is {chat.choices}, but this server queues at most {batcher.pending.maxsize} replies at once"
-            raise APIError(400, message + " (persona-serve --max_queue)", param="n", code="too_many_choices")
         try:  # the n choices are queued together, all or none
             replies = reply_streams(
                 batcher,
@@ -250,6 +254,9 @@ def create_app(
                 stop=chat.stop,
                 top_logprobs=chat.top_logprobs,
             )
+        except QueueTooSmall as error:
+            message = f"n is {error.asked}, but this server queues at most {error.limit} replies at once"
+            raise APIError(400, message + " (persona-serve --max_queue)", param="n", code="too_many_choices") from None
         except QueueFull as error:
             message = f"the server is busy ({error}); try again shortly"
             raise APIError(
