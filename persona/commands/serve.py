@@ -15,14 +15,15 @@ from persona.commands.cli import cli_entry, parse_recipe, setup_logging
 from persona.configs import DataArguments, ModelArguments
 from persona.model.generation import DecodingArguments
 from persona.serving.server import ServeArguments, build_server
-from persona.serving.shutdown import Drain, DrainingServer
+from persona.serving.shutdown import CANCEL_AFTER_S, Drain, DrainingServer
 
 logger = logging.getLogger("persona")
 
 
 @cli_entry
 def main(argv: list[str]) -> int:
-    """Load the model, then serve the page and the API until interrupted."""
+    """Load the model, then serve the page and the API until interrupted (0) or until its decoding worker has
+    ended (1, for a supervisor to restart it)."""
     import uvicorn
 
     classes = (ModelArguments, DataArguments, ServeArguments, DecodingArguments)
@@ -38,12 +39,16 @@ def main(argv: list[str]) -> int:
     )
     app = Drain(app)
     config = uvicorn.Config(
-        app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=args.shutdown_grace_s
+        app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=CANCEL_AFTER_S
     )
+    server = DrainingServer(config, app, args.shutdown_grace_s, healthy=batcher.alive)
     try:
-        DrainingServer(config, app, args.shutdown_grace_s).run()
+        server.run()
     finally:
-        batcher.close()
+        batcher.close(timeout_s=CANCEL_AFTER_S)  # the requests have had their grace period
+    if server.failed:
+        logger.error("Stopped: the decoding worker had ended")
+        return 1
     logger.info("Stopped")
     return 0
 

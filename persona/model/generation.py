@@ -6,6 +6,7 @@ Evaluation, chat (:class:`Bot`) and serving all build prompts with :func:`prompt
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -16,14 +17,22 @@ from persona.configs import CHAT_TEMPLATE_LAYOUT
 from persona.data.chat_layout import generation_prompt
 from persona.data.layout import REPLY_OVERHEAD, build_inputs, fit_context, history_window
 from persona.data.tokenize import check_unicode, encode_texts
+from persona.errors import ConfigError
 from persona.model.loading import LoadedModel
 
 NEUTRAL_SAMPLING = {"temperature": 1.0, "top_p": 1.0, "top_k": 50}
+GREEDY_BELOW = 1e-5  # a sampling temperature below this decodes greedily, as vLLM does (dividing by it overflows)
+REPETITION_PENALTY_RANGE = (0.01, 10.0)  # the scores divided or multiplied by it stay finite
 
 
 @dataclass
 class DecodingArguments:
-    """How replies are decoded (defaults: the reference's interact.py)."""
+    """How replies are decoded (defaults: the reference's interact.py).
+
+    The degenerate values are decided here, for every command: a temperature below :data:`GREEDY_BELOW` (0
+    included) decodes greedily; a negative or non-finite temperature, a ``top_p`` outside [0, 1] and a
+    ``repetition_penalty`` outside :data:`REPETITION_PENALTY_RANGE` are a :class:`~persona.errors.ConfigError`.
+    """
 
     do_sample: bool = field(default=True, metadata={"help": "Sample (nucleus/top-k); false: greedy or beam search."})
     num_beams: int = field(default=1, metadata={"help": "Beam width when not sampling (1: greedy)."})
@@ -48,6 +57,19 @@ class DecodingArguments:
     frequency_penalty: float = field(
         default=0.0, metadata={"help": "OpenAI's: subtract this times its count in the reply from each token's score."}
     )
+
+    def __post_init__(self):
+        low, high = REPETITION_PENALTY_RANGE
+        checks = (
+            ("temperature", math.isfinite(self.temperature) and self.temperature >= 0, "a number >= 0"),
+            ("top_p", 0 <= self.top_p <= 1, "a number from 0 to 1"),
+            ("repetition_penalty", low <= self.repetition_penalty <= high, f"a number from {low} to {high}"),
+        )
+        for name, ok, expected in checks:
+            if not ok:
+                raise ConfigError(f"{name} is {getattr(self, name)}", fix=f"give {name} {expected}.")
+        if self.do_sample and self.temperature < GREEDY_BELOW:
+            self.do_sample = False
 
     def settings(self) -> dict:
         """These settings as ``GenerationConfig`` fields, whatever the tokenizer."""

@@ -12,25 +12,35 @@ token budget); a row whose client has gone (a dropped stream) leaves the batch a
 :func:`reply_streams` turns the callbacks into async iterators for the API (the ``n`` choices of a request queued
 together, all or none), :func:`reply_events` into one for the page. Each prompt is built on
 its own: a request whose text cannot be encoded fails alone.
+
+The worker's loop does not die of a request. An exception raised while a row is started or its token chosen fails
+that row alone (:class:`ReplyEvent` ``status`` 400 when the request's own text caused it, 500 otherwise, logged with
+the traceback under the request's id); one that cannot be pinned on a row (a failed decoding step) fails the rows of
+that step, and the loop goes on with an empty batch. Should the worker still end while the server runs,
+:meth:`ReplyBatcher.alive` says so (the server's ``/health`` answers 503 and persona-serve exits non-zero), and the
+requests it held are answered with an error.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import queue
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from persona.data.layout import history_window
+from persona.data.tokenize import InvalidText
 from persona.model.generation import DecodingArguments, prompt_inputs
 from persona.model.loading import LoadedModel
-from persona.serving.row_decoding import RowDecoder, TokenLogprob, choose_tokens
+from persona.serving.row_decoding import Choice, RowDecoder, TokenLogprob, choose_tokens
 from persona.serving.running_batch import RunningBatch
 from persona.serving.streaming import ReplyStream
 
@@ -41,6 +51,10 @@ JOINS_KEPT = 10_000  # the joins whose sizes ReplyBatcher.join_sizes keeps
 
 class QueueFull(Exception):
     """More requests are waiting than the batcher's queue holds."""
+
+
+class WorkerStopped(Exception):
+    """The decoding worker has ended: nothing queued now would be answered."""
 
 
 class QueueTooSmall(Exception):
@@ -54,14 +68,30 @@ class QueueTooSmall(Exception):
 @dataclass
 class ReplyEvent:
     """What a request receives: a ``delta`` of text (with the log-probabilities of the tokens it completes, when
-    asked for), or its end (``finish_reason``: stop, length or error)."""
+    asked for), or its end (``finish_reason``: stop, length or error). An error's ``status`` is 400 when the request
+    caused it (its ``error`` says how), 503 when the decoding worker stopped, 500 otherwise (its ``error`` names the
+    request id the log has)."""
 
     delta: str = ""
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
     error: str | None = None
+    status: int = 200
     logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+def error_event(error: BaseException, request_id: str, during: str) -> ReplyEvent:
+    """The end of a reply that ``error`` stopped ``during`` a stage of its decoding: a 400 that says what is wrong
+    with the request's text, or a 500 that names ``request_id``, logged with the traceback under that id."""
+    if isinstance(error, InvalidText):
+        logger.warning("Request %s could not start: %s", request_id, error)
+        return ReplyEvent(finish_reason="error", error=str(error), status=400)
+    if isinstance(error, WorkerStopped):
+        return ReplyEvent(finish_reason="error", error=str(error), status=503)
+    logger.error("Request %s failed %s", request_id, during, exc_info=error)
+    message = f"generation failed ({type(error).__name__}); the server's log has the details under {request_id}"
+    return ReplyEvent(finish_reason="error", error=message, status=500)
 
 
 @dataclass
@@ -78,6 +108,11 @@ class ReplyRequest:
     seed: int | None = None
     top_logprobs: int | None = None
     gone: threading.Event = field(default_factory=threading.Event)  # set when the client stops listening
+    request_id: str = field(default_factory=lambda: f"req-{uuid.uuid4().hex}")  # names it in the log and errors
+
+    def fail(self, error: BaseException, during: str) -> None:
+        """End the request with ``error`` (see :func:`error_event`)."""
+        self.deliver(error_event(error, self.request_id, during))
 
 
 def choice_seed(seed: int | None, index: int) -> int | None:
@@ -107,11 +142,11 @@ class _Row:
         if self.stream.finish_reason is None and len(self.stream.tokens) >= self.request.decoding.max_length:
             self.stream.close("length")
 
-    def fail(self, error: Exception) -> None:
+    def fail(self, error: BaseException, during: str) -> None:
         """End the row with ``error`` (unless it has ended)."""
         if self.stream.finish_reason is None:
             self.stream.abandon()
-            self.request.deliver(ReplyEvent(finish_reason="error", error=f"{type(error).__name__}: {error}"))
+            self.request.fail(error, during)
 
     def _taken_logprobs(self) -> list[TokenLogprob]:
         taken, self.logprobs = self.logprobs, []
@@ -133,25 +168,33 @@ class _Row:
 
 class ReplyBatcher:
     """The model and its worker thread; ``max_batch_size`` 1 generates one request at a time (the settings are
-    persona-serve's, :class:`~persona.serving.server.ServeArguments`). ``join_sizes`` holds how many requests
-    joined the running batch at each of the last :data:`JOINS_KEPT` joins (for tests and benchmarks); ``on_step``
-    (the server's metrics set it) is called with the batch's row count at each decoding step."""
+    persona-serve's, :class:`~persona.serving.server.ServeArguments`). The worker alone uses ``loaded``; the event
+    loop's checks use ``front``, the same model facts with a tokenizer of their own (a fast tokenizer is not safe to
+    use from two threads: each call may change its settings while the other encodes). ``join_sizes`` holds how
+    many requests joined the running batch at each of the last :data:`JOINS_KEPT` joins (for tests and
+    benchmarks); ``on_step`` (the server's metrics set it) is called with the batch's row count at each decoding
+    step."""
 
     def __init__(
         self, loaded: LoadedModel, *, max_history: int, max_batch_size: int, max_queue: int, batch_wait_ms: float
     ):
         self.loaded, self.max_history = loaded, max_history
+        self.front = replace(loaded, tokenizer=copy.deepcopy(loaded.tokenizer))
         self.on_step: Callable[[int], None] = lambda rows: None
         self.max_batch_size, self.batch_wait_s = max_batch_size, batch_wait_ms / 1000
         self.pending: queue.Queue[ReplyRequest | None] = queue.Queue(maxsize=max_queue)
         self._submitting = threading.Lock()
+        self._closing = threading.Event()
         self.join_sizes: list[int] = []
         self.worker = threading.Thread(target=self._work, name="persona-batcher", daemon=True)
         self.worker.start()
 
     def submit(self, *requests: ReplyRequest) -> None:
         """Queue ``requests`` together: all of them, or none and :class:`QueueFull` when the queue has not room for
-        all now (the worker only ever makes room), :class:`QueueTooSmall` when it never will."""
+        all now (the worker only ever makes room), :class:`QueueTooSmall` when it never will, :class:`WorkerStopped`
+        when the worker has ended."""
+        if not self.alive():
+            raise WorkerStopped("the decoding worker has stopped; the server is exiting")
         limit = self.pending.maxsize  # 0 or less: any number
         if 0 < limit < len(requests):
             raise QueueTooSmall(len(requests), limit)
@@ -162,10 +205,19 @@ class ReplyBatcher:
             for request in requests:
                 self.pending.put_nowait(request)
 
-    def close(self) -> None:
-        """Stop the worker once the requests already queued are answered."""
-        self.pending.put(None)
-        self.worker.join(timeout=60)
+    def alive(self) -> bool:
+        """Whether the worker is decoding or waiting for requests (False once it has ended, closed or not)."""
+        return self.worker.is_alive()
+
+    def close(self, timeout_s: float = 60.0) -> None:
+        """Stop the worker once it has answered the requests already queued, waiting at most ``timeout_s`` seconds
+        (a worker still busy then is a daemon thread: it does not keep the process alive)."""
+        try:
+            self.pending.put_nowait(None)
+        except queue.Full:  # the worker is not idle: it reads the requests, then the closing flag
+            pass
+        self._closing.set()
+        self.worker.join(timeout=timeout_s)
 
     def _arrivals(self, running: int) -> tuple[list[ReplyRequest], bool]:
         """The requests that join now (up to the free rows) and whether the batcher was closed: with rows running,
@@ -186,16 +238,48 @@ class ReplyBatcher:
             if request is None:
                 return arrived, True
             arrived.append(request)
-        return arrived, False
+        return arrived, self._closing.is_set() and self.pending.empty()
 
     def _work(self) -> None:
-        batch, rows, closed = RunningBatch(self.loaded), [], False
-        while rows or not closed:
-            if not closed:
-                arrived, closed = self._arrivals(len(rows))
-                rows += self._join(batch, arrived)
-            if rows:
-                rows = self._step(batch, rows)
+        batch, rows, arrived, closed = RunningBatch(self.loaded), [], [], False
+        try:
+            while rows or not closed:
+                try:
+                    if not closed:
+                        arrived, closed = self._arrivals(len(rows))
+                        rows += self._join(batch, arrived)
+                        arrived = []
+                    if rows:
+                        rows = self._step(batch, rows)
+                except Exception as error:  # not pinned on one row: the rows of this step fail, the loop goes on
+                    logger.exception(
+                        "The decoding loop failed with %d rows; it goes on empty", len(rows) + len(arrived)
+                    )
+                    self._fail_all(rows, arrived, error, "in the running batch")
+                    batch, rows, arrived = RunningBatch(self.loaded), [], []
+        except BaseException as error:
+            logger.critical("The decoding worker stopped: %s", error, exc_info=error)
+            stopped = WorkerStopped("the decoding worker has stopped; the server is exiting")
+            self._fail_all(rows, arrived, stopped, "when the decoding worker stopped")
+            self._answer_queued(stopped)
+
+    @staticmethod
+    def _fail_all(rows: list[_Row], arrived: list[ReplyRequest], error: BaseException, during: str) -> None:
+        """End the running ``rows`` and the requests that ``arrived`` without becoming rows with ``error``."""
+        for row in rows:
+            row.fail(error, during)
+        for request in arrived:
+            request.fail(error, during)
+
+    def _answer_queued(self, error: Exception) -> None:
+        """Answer the requests still queued with ``error`` (the worker is ending)."""
+        while True:
+            try:
+                request = self.pending.get_nowait()
+            except queue.Empty:
+                return
+            if request is not None:
+                request.fail(error, "when the decoding worker stopped")
 
     def _join(self, batch: RunningBatch, arrived: list[ReplyRequest]) -> list[_Row]:
         """Start the rows of the requests that arrived (those whose prompt could be built) with their first token."""
@@ -214,8 +298,7 @@ class ReplyBatcher:
                     top_logprobs=request.top_logprobs,
                 )
             except Exception as error:  # text the tokenizer cannot encode: this request fails, not the batch
-                logger.warning("A request could not start: %s: %s", type(error).__name__, error)
-                request.deliver(ReplyEvent(finish_reason="error", error=f"{type(error).__name__}: {error}"))
+                request.fail(error, "building its prompt")
                 continue
             prompts.append(prompt)
             joining.append(_Row(request, decoder, len(prompt["input_ids"]), self._decode))
@@ -226,12 +309,10 @@ class ReplyBatcher:
         try:
             logits = batch.join(prompts)
         except Exception as error:  # the joining rows fail; the running ones go on
-            logger.exception("The prompts of %d joining requests failed", len(joining))
             for row in joining:
-                row.fail(error)
+                row.fail(error, f"reading its prompt (with {len(joining) - 1} other joining)")
             return []
-        self._take(joining, logits)
-        return joining
+        return self._take(joining, logits)
 
     def _step(self, batch: RunningBatch, rows: list[_Row]) -> list[_Row]:
         """Drop the rows that ended or were abandoned, then one decoding step for the others; the rows still going."""
@@ -247,18 +328,27 @@ class ReplyBatcher:
         try:
             logits = batch.step([row.next_token for row in rows])
         except Exception as error:  # a failed step answers its rows with the error and empties the batch
-            logger.exception("Generation failed for a batch of %d", len(rows))
             batch.keep([])
             for row in rows:
-                row.fail(error)
+                row.fail(error, f"in a decoding step of {len(rows)} rows")
             return []
-        self._take(rows, logits)
+        return self._take(rows, logits)
+
+    def _take(self, rows: list[_Row], logits) -> list[_Row]:
+        """Each row's next token from its logits, handed to its stream; a row whose choice failed ends with its
+        error. The rows, all of them (those that ended leave at the next step)."""
+        choices = choose_tokens([row.decoder for row in rows], logits)
+        for row, choice in zip(rows, choices):
+            self._give(row, choice)
         return rows
 
-    def _take(self, rows: list[_Row], logits) -> None:
-        """Each row's next token from its logits, handed to its stream."""
-        for row, (token, logprob) in zip(rows, choose_tokens([row.decoder for row in rows], logits)):
-            row.take(token, logprob, self.loaded.ids.eos)
+    def _give(self, row: _Row, choice: Choice) -> None:
+        try:
+            if choice.error is not None:
+                raise choice.error
+            row.take(choice.token, choice.logprob, self.loaded.ids.eos)
+        except Exception as error:
+            row.fail(error, "choosing its next token")
 
     def _decode(self, tokens: list[int]) -> str:
         return self.loaded.tokenizer.decode(tokens, skip_special_tokens=True)
@@ -273,10 +363,11 @@ def reply_streams(
     seeds: list[int | None] = (None,),
     stop: list[str] = (),
     top_logprobs: int | None = None,
+    request_id: str | None = None,
 ) -> list[AsyncIterator[ReplyEvent]]:
-    """Queue one request per seed (the choices of one API request) together, all or none (see
-    :meth:`ReplyBatcher.submit`: nothing is queued when it raises), and return the events of each as they come, its end
-    last. Call it inside the event loop that reads them."""
+    """Queue one request per seed (the choices of one API request, which share ``request_id``) together, all or none
+    (see :meth:`ReplyBatcher.submit`: nothing is queued when it raises), and return the events of each as they come,
+    its end last. Call it inside the event loop that reads them."""
     loop = asyncio.get_running_loop()
     queued = []
     for seed in seeds:
@@ -284,6 +375,8 @@ def reply_streams(
         gone = threading.Event()
         deliver = _delivery(loop, events, gone)
         options = {"stop": list(stop), "seed": seed, "top_logprobs": top_logprobs, "gone": gone}
+        if request_id:
+            options["request_id"] = request_id
         queued.append((ReplyRequest(persona, history, decoding, deliver, **options), events))
     batcher.submit(*(request for request, _ in queued))
     return [_events(request, events) for request, events in queued]

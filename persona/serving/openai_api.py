@@ -31,15 +31,17 @@ from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 
 from persona.data.personas import split_sentences
-from persona.model.generation import DecodingArguments, context_needed
+from persona.model.generation import GREEDY_BELOW, DecodingArguments
 from persona.serving.batching import (
     QueueFull,
     QueueTooSmall,
     ReplyBatcher,
     ReplyEvent,
+    WorkerStopped,
     choice_seed,
     reply_streams,
 )
+from persona.serving.context import ContextTooLong, check_context
 from persona.serving.logprobs import TokenTexts
 from persona.serving.metrics import ServerMetrics
 from persona.serving.protocol import ChatCompletionRequest, Message, first_error
@@ -67,10 +69,23 @@ class APIError(Exception):
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
         self.headers = headers
 
+    def body(self) -> dict:
+        """The error's JSON body, as OpenAI sends it."""
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
     def response(self) -> JSONResponse:
         """The error as OpenAI sends it (with ``Retry-After`` or ``Allow`` where they apply)."""
-        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-        return JSONResponse(body, status_code=self.status, headers=self.headers)
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def generation_error(event: ReplyEvent) -> APIError:
+    """The error of a reply that ended with one: a 400 for what the request's own text caused, a 503 when the decoding
+    worker stopped, else a 500 whose message names the request id under which the server logged the traceback."""
+    if event.status == 400:
+        return APIError(400, event.error, param="messages", code="invalid_text")
+    if event.status == 503:
+        return APIError(503, event.error, type="server_error", code="worker_stopped")
+    return APIError(500, event.error, type="server_error", code="generation_failed")
 
 
 def body_too_large(limit: int) -> APIError:
@@ -130,7 +145,7 @@ def chat_request(body: ChatCompletionRequest, defaults: DecodingArguments, max_t
     max_tokens = body.max_completion_tokens or body.max_tokens
     penalties = {name: getattr(body, name) for name in PENALTIES if getattr(body, name) is not None}
     decoding = replace(defaults, max_length=max_tokens or defaults.max_length, **penalties)
-    if body.temperature == 0:
+    if body.temperature is not None and body.temperature < GREEDY_BELOW:
         decoding = replace(decoding, do_sample=False)
     elif body.temperature is not None or body.top_p is not None:
         temperature = defaults.temperature if body.temperature is None else body.temperature
@@ -181,16 +196,11 @@ async def _read_request(request: Request, body_limit: int) -> ChatCompletionRequ
 
 def _check_context(batcher: ReplyBatcher, chat: ChatRequest, persona: list[str]) -> None:
     """A 400 ``context_length_exceeded`` when the persona and the last message with ``max_tokens`` cannot fit."""
-    needed = context_needed(persona, chat.history[-1:], batcher.loaded, chat.decoding.max_length)
-    if needed > batcher.loaded.max_positions:
-        raise APIError(
-            400,
-            f"this conversation needs {needed - chat.decoding.max_length} prompt tokens (the persona and the last "
-            f"message) plus max_tokens {chat.decoding.max_length}, over the model's {batcher.loaded.max_positions} "
-            "positions: shorten them or lower max_tokens",
-            param="messages",
-            code="context_length_exceeded",
-        )
+    try:
+        check_context(batcher.front, persona, chat.history, chat.decoding.max_length)
+    except ContextTooLong as error:
+        message = f"{error}: shorten them or lower max_tokens"
+        raise APIError(400, message, param="messages", code="context_length_exceeded") from None
 
 
 def create_app(
@@ -201,7 +211,7 @@ def create_app(
     app = FastAPI(title="persona", docs_url=None, redoc_url=None)
     model_card = {"id": model_id, "object": "model", "created": 0, "owned_by": "persona"}
     metrics = ServerMetrics(batcher)
-    token_texts = TokenTexts(batcher.loaded.tokenizer)
+    token_texts = TokenTexts(batcher.front.tokenizer)
     app.middleware("http")(metrics.observe)
 
     @app.exception_handler(APIError)
@@ -210,6 +220,8 @@ def create_app(
 
     @app.get("/health")
     async def health() -> dict:
+        if not batcher.alive():
+            raise APIError(503, "the decoding worker has stopped", type="server_error", code="worker_stopped")
         return {"status": "ok", "model": model_id}
 
     @app.get("/metrics")
@@ -244,6 +256,7 @@ def create_app(
             message = f"the model '{body.model}' is not served here; this server serves '{model_id}'"
             raise APIError(404, message, param="model", code="model_not_found")
         _check_context(batcher, chat, chat.persona or persona)
+        completion = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_id}
         try:  # the n choices are queued together, all or none
             replies = reply_streams(
                 batcher,
@@ -253,17 +266,19 @@ def create_app(
                 seeds=[choice_seed(chat.seed, index) for index in range(chat.choices)],
                 stop=chat.stop,
                 top_logprobs=chat.top_logprobs,
+                request_id=completion["id"],
             )
         except QueueTooSmall as error:
             message = f"n is {error.asked}, but this server queues at most {error.limit} replies at once"
             raise APIError(400, message + " (persona-serve --max_queue)", param="n", code="too_many_choices") from None
+        except WorkerStopped as error:
+            raise APIError(503, str(error), type="server_error", code="worker_stopped") from None
         except QueueFull as error:
             message = f"the server is busy ({error}); try again shortly"
             raise APIError(
                 429, message, type="rate_limit_error", code="queue_full", headers={"Retry-After": "1"}
             ) from None
         firsts = await asyncio.gather(*(anext(events) for events in replies))  # queued at once: they join together
-        completion = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_id}
         events = _merged(list(zip(firsts, replies)))
         headers = _window_note(chat.history, batcher.max_history)
         logprobs = token_texts.content if chat.top_logprobs is not None else None
@@ -349,7 +364,7 @@ async def _completion(
             content[index].append(event.delta)
             tokens[index] += event.logprobs
             if event.finish_reason == "error":
-                raise APIError(500, f"generation failed: {event.error}", type="server_error")
+                raise generation_error(event)
             if event.finish_reason:
                 ends[index] = event
     usage = _usage(ends)
@@ -402,8 +417,7 @@ async def _sse(
             if event.delta:
                 yield chunk(index, {"content": event.delta}, tokens=event.logprobs)
             if event.finish_reason == "error":
-                error = {"message": f"generation failed: {event.error}", "type": "server_error"}
-                yield f"data: {json.dumps({'error': {**error, 'param': None, 'code': None}})}\n\n"
+                yield f"data: {json.dumps(generation_error(event).body())}\n\n"
                 yield "data: [DONE]\n\n"
                 return
             if event.finish_reason:

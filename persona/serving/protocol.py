@@ -2,6 +2,17 @@
 
 Types, ranges and finite numbers are checked here; what depends on the server (the ``max_tokens`` cap, the model
 served) and on the conversation's shape (roles alternating, the user's last) by :mod:`persona.serving.openai_api`.
+
+The numbers, field by field (each bound keeps every score finite, so no legal request can break the decoding):
+
+- ``temperature``: 0 to 2 (OpenAI's range); below 1e-5, 0 included, the reply is greedy (vLLM's rule: dividing the
+  scores by less overflows them).
+- ``top_p``: 0 to 1; 0 keeps the likeliest token only.
+- ``presence_penalty``, ``frequency_penalty``: -2 to 2 (OpenAI's), over the reply's own tokens.
+- ``repetition_penalty``: 0.01 to 10 (1: off; below 1 favours repeating), over the prompt's and the reply's tokens.
+- ``max_tokens`` / ``max_completion_tokens``: at least 1, at most the server's ``--max_tokens_cap``.
+- ``seed``: what ``torch.manual_seed`` takes, -2**63 to 2**64 - 1.
+- ``n``: 1 to 8; ``top_logprobs``: 0 to 20, with ``logprobs: true``.
 """
 
 from __future__ import annotations
@@ -62,7 +73,7 @@ class ChatCompletionRequest(BaseModel):
     n: Annotated[int, Field(strict=True, ge=1, le=MAX_CHOICES)] = 1
     presence_penalty: Annotated[Number | None, Field(ge=-2, le=2)] = None
     frequency_penalty: Annotated[Number | None, Field(ge=-2, le=2)] = None
-    repetition_penalty: Annotated[Number | None, Field(gt=0, le=10)] = None  # not OpenAI's: vLLM's and HF's extra
+    repetition_penalty: Annotated[Number | None, Field(ge=0.01, le=10)] = None  # not OpenAI's: vLLM's and HF's extra
     logprobs: Annotated[bool, Field(strict=True)] = False
     top_logprobs: Annotated[int | None, Field(strict=True, ge=0, le=MAX_TOP_LOGPROBS)] = None
 

@@ -77,6 +77,20 @@ class RowDecoder:
                 self.shared.append(TopPLogitsWarper(config.top_p))
 
 
+class NonFiniteScores(ArithmeticError):
+    """A row's next-token distribution is not a distribution (NaN or infinite scores, or no token left): the model's
+    logits, not the request's settings, which the request model bounds so that this cannot happen."""
+
+
+@dataclass
+class Choice:
+    """A row's next token and its log-probability (where asked for), or the ``error`` that ended the row."""
+
+    token: int = -1
+    logprob: TokenLogprob | None = None
+    error: Exception | None = None
+
+
 def _logprob(token: int, logits: torch.Tensor, top: int) -> TokenLogprob:
     logprobs = logits.log_softmax(-1)
     best = logprobs.topk(top) if top else None
@@ -84,36 +98,62 @@ def _logprob(token: int, logits: torch.Tensor, top: int) -> TokenLogprob:
     return TokenLogprob(token, float(logprobs[token]), alternatives)
 
 
-def choose_tokens(decoders: list[RowDecoder], logits: torch.Tensor) -> list[tuple[int, TokenLogprob | None]]:
+def _group_tokens(decoders: list[RowDecoder], scores: torch.Tensor) -> torch.Tensor:
+    """The next tokens of rows that share their score processors (``scores``: theirs after their own processors).
+    Every row's distribution is checked before any row draws, so that a failure draws nothing."""
+    first = decoders[0]
+    scores = first.shared(torch.zeros(len(decoders), 0, dtype=torch.long), scores)  # they read no ids
+    if not first.do_sample:
+        if torch.isnan(scores).any():
+            raise NonFiniteScores("the model's next-token scores are NaN")
+        return scores.argmax(-1)
+    probs = scores.softmax(-1)
+    if not (torch.isfinite(probs).all() and (probs.sum(-1) > 0).all()):
+        raise NonFiniteScores("the sampling distribution is not finite")
+    tokens = torch.zeros(len(decoders), dtype=torch.long)
+    unseeded = [i for i, decoder in enumerate(decoders) if decoder.generator is None]
+    if unseeded:
+        tokens[unseeded] = torch.multinomial(probs[unseeded], 1)[:, 0]
+    for i, decoder in enumerate(decoders):
+        if decoder.generator is not None:
+            tokens[i] = torch.multinomial(probs[i : i + 1], 1, generator=decoder.generator)[0, 0]
+    return tokens
+
+
+def choose_tokens(decoders: list[RowDecoder], logits: torch.Tensor) -> list[Choice]:
     """The next token of each row from the rows' float32 ``logits`` [rows, vocabulary] (and its log-probability
-    where asked for); each row's ids grow by its token."""
+    where asked for); each row's ids grow by its token. A row whose processors or draw fail gets its error instead,
+    and the other rows their tokens: rows that share processors are chosen together, and one by one when that
+    fails, so that the failure is pinned on its row."""
     logits = logits.cpu()
     scores = logits.clone()
+    choices = [Choice() for _ in decoders]
     for row, decoder in enumerate(decoders):
-        if decoder.own:
-            scores[row : row + 1] = decoder.own(decoder.ids, scores[row : row + 1])
+        try:
+            if decoder.own:
+                scores[row : row + 1] = decoder.own(decoder.ids, scores[row : row + 1])
+        except Exception as error:
+            choices[row].error = error
     groups: dict[tuple, list[int]] = {}
     for row, decoder in enumerate(decoders):
-        groups.setdefault(decoder.shared_key, []).append(row)
+        if choices[row].error is None:
+            groups.setdefault(decoder.shared_key, []).append(row)
     tokens = torch.zeros(len(decoders), dtype=torch.long)
     for rows in groups.values():
-        index = torch.tensor(rows)
-        first = decoders[rows[0]]
-        group_scores = first.shared(torch.zeros(len(rows), 0, dtype=torch.long), scores[index])  # they read no ids
-        if not first.do_sample:
-            tokens[index] = group_scores.argmax(-1)
-            continue
-        probs = group_scores.softmax(-1)
-        unseeded = [i for i, row in enumerate(rows) if decoders[row].generator is None]
-        if unseeded:
-            tokens[index[unseeded]] = torch.multinomial(probs[unseeded], 1)[:, 0]
-        for i, row in enumerate(rows):
-            if decoders[row].generator is not None:
-                tokens[row] = torch.multinomial(probs[i : i + 1], 1, generator=decoders[row].generator)[0, 0]
-    chosen = []
+        try:
+            tokens[rows] = _group_tokens([decoders[row] for row in rows], scores[rows])
+        except Exception:
+            for row in rows:
+                try:
+                    tokens[row] = _group_tokens([decoders[row]], scores[row : row + 1])[0]
+                except Exception as error:
+                    choices[row].error = error
     for row, decoder in enumerate(decoders):
+        if choices[row].error is not None:
+            continue
         token = int(tokens[row])
         decoder.ids = torch.cat([decoder.ids, tokens[row : row + 1, None]], dim=1)
         top = decoder.top_logprobs
-        chosen.append((token, None if top is None else _logprob(token, logits[row], top)))
-    return chosen
+        choices[row].token = token
+        choices[row].logprob = None if top is None else _logprob(token, logits[row], top)
+    return choices

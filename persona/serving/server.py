@@ -6,7 +6,8 @@ and its settings (:class:`ServeArguments`, declared once: the batcher and the AP
 - ``/v1/chat/completions``, ``/v1/models``: the API that chat clients speak; ``/health``.
 
 It binds 127.0.0.1 unless ``host`` says otherwise; with ``api_key`` every ``/v1`` route needs
-``Authorization: Bearer KEY`` and the page asks for it as its password; no CORS unless ``cors_origins``.
+``Authorization: Bearer KEY`` and the page asks for it as its password; no CORS unless ``cors_origins``; only the
+``Host`` names of :mod:`persona.serving.hosts` are answered.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from persona.model.generation import DecodingArguments
 from persona.model.loading import load_trained, refuse_training_fields
 from persona.serving.batching import ReplyBatcher
 from persona.serving.body_limit import BodyLimit
+from persona.serving.hosts import OnlyAllowedHosts
 from persona.serving.openai_api import HISTORY_CUT_HEADER, create_app
 from persona.serving.origins import OnlyAllowedOrigins
 
@@ -52,6 +54,13 @@ class ServeArguments:
     api_key_file: str | None = field(default=None, metadata={"help": "A file whose first line is the API key."})
     cors_origins: list[str] = field(
         default_factory=list, metadata={"help": "Origins allowed to call the API from a browser (default: none)."}
+    )
+    allowed_hosts: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Host names the server answers to besides the bound address, localhost and IP addresses (a DNS "
+            "name or a proxy's public name; '*': any). Other Host headers get a 400, against DNS rebinding."
+        },
     )
     persona: list[str] = field(
         default_factory=list,
@@ -157,7 +166,8 @@ def build_server(
     app = gr.mount_gradio_app(
         app, page, path="/", auth=auth, auth_message="The password is the server's API key.", footer_links=[]
     )
-    return OnlyAllowedOrigins(BodyLimit(app, args.max_body_bytes), args.cors_origins), batcher
+    guarded = OnlyAllowedOrigins(BodyLimit(app, args.max_body_bytes), args.cors_origins)
+    return OnlyAllowedHosts(guarded, args.host, args.allowed_hosts), batcher
 
 
 @contextmanager

@@ -1,5 +1,8 @@
 """A graceful stop for persona-serve: on SIGTERM (or Ctrl-C) the server stops taking requests, answering them 503
 with ``Retry-After``, finishes the ones it holds within a grace period, then exits 0; a second signal exits at once.
+A request still running after the grace period is cancelled within :data:`CANCEL_AFTER_S`, whatever the decoding
+worker is doing. When ``healthy`` turns false (the decoding worker has ended) the server stops by itself and
+:attr:`DrainingServer.failed` says so, for the command to exit non-zero.
 
 :class:`Drain` counts the requests in flight (a pure ASGI middleware, so that a streamed reply counts until its
 last chunk), and :class:`DrainingServer` is uvicorn's server whose first signal starts the drain instead of closing
@@ -17,6 +20,7 @@ import uvicorn
 
 logger = logging.getLogger("persona")
 RETRY_AFTER_S = 5
+CANCEL_AFTER_S = 2.0  # how long uvicorn waits, after the grace period, for the requests still running
 
 
 class Drain:
@@ -66,11 +70,20 @@ async def _unavailable(send) -> None:
 
 
 class DrainingServer(uvicorn.Server):
-    """uvicorn's server, draining ``drain`` for up to ``grace_s`` seconds on the first stop signal."""
+    """uvicorn's server, draining ``drain`` for up to ``grace_s`` seconds on the first stop signal, and stopping by
+    itself (``failed``) once ``healthy()`` is false. ``config`` should have ``timeout_graceful_shutdown`` set to
+    :data:`CANCEL_AFTER_S`: the requests have had their grace period by then."""
 
-    def __init__(self, config: uvicorn.Config, drain: Drain, grace_s: float):
+    def __init__(self, config: uvicorn.Config, drain: Drain, grace_s: float, healthy=lambda: True):
         super().__init__(config)
-        self.drain, self.grace_s = drain, grace_s
+        self.drain, self.grace_s, self.healthy = drain, grace_s, healthy
+        self.failed = False
+
+    async def on_tick(self, counter: int) -> bool:
+        if not self.failed and not self.healthy():
+            logger.critical("The decoding worker has stopped: the server stops (a supervisor may restart it)")
+            self.failed = True
+        return self.failed or await super().on_tick(counter)
 
     def handle_exit(self, sig, frame) -> None:
         if self.drain.draining:  # a second signal: stop now

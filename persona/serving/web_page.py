@@ -1,7 +1,9 @@
 """The web chat page of persona-serve (Gradio): a chat with streamed replies, the bot's persona beside it, a reset.
 
 Its replies come through the same :class:`~persona.serving.batching.ReplyBatcher` as the API's, so a page and many API
-clients are answered together.
+clients are answered together, and a message obeys the API's rules before it reaches the worker: the size limit,
+the context check (a persona and message too long for the model's positions is a message on the page) and the queue
+bound (Gradio's own queue holds at most as many events as the batcher's).
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ import gradio as gr
 
 from persona.data.personas import split_sentences
 from persona.model.generation import DecodingArguments
-from persona.serving.batching import QueueFull, ReplyBatcher, reply_events
+from persona.serving.batching import QueueFull, ReplyBatcher, WorkerStopped, reply_events
+from persona.serving.context import ContextTooLong, check_context
 
 INTRODUCTION = """# Chat with a persona bot
 Write to the bot below and press Enter. It answers as the person described on the right: change those sentences
@@ -28,11 +31,10 @@ def message_text(content) -> str:
     )
 
 
-def build_page(
-    batcher: ReplyBatcher, decoding: DecodingArguments, persona: list[str], model_id: str, max_message_chars: int
-) -> gr.Blocks:
-    """The Gradio app: ``persona`` fills the persona box, ``decoding`` decodes the replies; as many conversations are
-    answered at once as the batcher generates together, and a message obeys the API's size limit."""
+def responder(batcher: ReplyBatcher, decoding: DecodingArguments, max_message_chars: int):
+    """The page's answer to a message (an async generator of the message box's and the chat's new values): the
+    persona and the message together at most ``max_message_chars`` characters and within the model's positions, the
+    batcher's queue not full, else a :class:`gradio.Error` that says so on the page, before the worker sees it."""
 
     async def respond(message: str, chat: list[dict], persona_text: str):
         message = message.strip()
@@ -43,11 +45,19 @@ def build_page(
             raise gr.Error(
                 f"That message is too long: keep the persona and the message under {max_message_chars:,} characters."
             )
+        persona = split_sentences(persona_text)
+        history = [*(message_text(turn["content"]) for turn in chat), message]
+        try:
+            check_context(batcher.front, persona, history, decoding.max_length)
+        except ContextTooLong as error:
+            raise gr.Error(
+                f"The persona and your message are too long for this bot ({error.prompt_tokens} tokens, and it "
+                f"keeps {error.reply_budget} for its reply out of {error.positions}): shorten them."
+            ) from None
         chat = [*chat, {"role": "user", "content": message}, {"role": "assistant", "content": ""}]
         yield "", chat
-        history = [message_text(turn["content"]) for turn in chat[:-1]]
         try:
-            async for event in reply_events(batcher, split_sentences(persona_text), history, decoding):
+            async for event in reply_events(batcher, persona, history, decoding):
                 if event.error:
                     raise gr.Error(f"The bot could not answer: {event.error}")
                 chat[-1]["content"] += event.delta
@@ -56,6 +66,18 @@ def build_page(
             raise gr.Error(
                 "The bot is busy with many conversations right now: send your message again in a moment."
             ) from None
+        except WorkerStopped:
+            raise gr.Error("The bot has stopped; the server is restarting. Try again shortly.") from None
+
+    return respond
+
+
+def build_page(
+    batcher: ReplyBatcher, decoding: DecodingArguments, persona: list[str], model_id: str, max_message_chars: int
+) -> gr.Blocks:
+    """The Gradio app: ``persona`` fills the persona box, ``decoding`` decodes the replies; as many conversations are
+    answered at once as the batcher generates together, and a message obeys the API's rules (:func:`responder`)."""
+    respond = responder(batcher, decoding, max_message_chars)
 
     with gr.Blocks(title=f"persona: {model_id}") as page:
         gr.Markdown(INTRODUCTION)
@@ -80,4 +102,5 @@ def build_page(
             concurrency_limit=batcher.max_batch_size,
         )
         reset.click(lambda: ([], ""), None, [conversation, message])
+    page.queue(max_size=batcher.pending.maxsize if batcher.pending.maxsize > 0 else None)
     return page
