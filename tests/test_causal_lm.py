@@ -161,6 +161,18 @@ def test_persona_train_with_lora_saves_a_merged_plain_model(tmp_path):
     assert type(load_folder(out).model).__name__ == "LlamaForCausalLM"
 
 
+def test_lora_trains_the_likelihood_priors_scale(tmp_path):
+    """persona-train with LoRA and the likelihood prior: the prior's scale (a bare parameter, not a module PEFT can
+    save) trains like the head and is saved moved from its start of 1."""
+    out = tmp_path / "run"
+    args = ["--max_train_dialogs", "8", "--max_eval_dialogs", "2", "--max_steps", "3", "--learning_rate", "0.05"]
+    argv = [*tiny_train_args(out, *args), "--use_peft", "true", "--lora_r", "4", "--likelihood_prior", "true"]
+    assert train_main([*argv, "--model_config", json.dumps(TINY_LLAMA)]) == 0
+    with safe_open(out / "model.safetensors", "pt") as weights:
+        scale = float(weights.get_tensor("persona_prior_scale"))
+    assert abs(scale - 1.0) > 1e-3
+
+
 def test_the_shared_smollm2_gguf_loads_as_float_weights_that_continue_sensibly_and_save_for_plain_transformers(
     tmp_path,
 ):

@@ -350,6 +350,17 @@ def _with_likelihood_prior(
     return output.mc_logits + scale * prior.masked_fill(~valid.bool(), 0.0)
 
 
+HEAD_MODULE = "multiple_choice_head"
+PRIOR_SCALE = "persona_prior_scale"
+HEAD_PARAMETERS = (HEAD_MODULE, PRIOR_SCALE)  # persona's additions to a language model, by name
+
+
+def is_head_parameter(name: str) -> bool:
+    """Whether a parameter (by its name in a state dict or ``named_parameters``, wrapped or not) is one of persona's
+    additions, the multiple-choice head and the likelihood prior's scale, rather than the language model's."""
+    return any(part in name.split(".") for part in HEAD_PARAMETERS)
+
+
 def init_likelihood_prior(model) -> None:
     """Start the likelihood prior: scale 1 and a multiple-choice head of zeros, so that the model ranks candidates
     exactly as its language model does (the head then learns what the likelihood misses)."""

@@ -26,6 +26,7 @@ import torch
 from persona.configs import REFERENCE_LAYOUT
 from persona.data.special_tokens import PARTNER
 from persona.errors import ConfigError
+from persona.model.dual_heads import is_head_parameter
 from persona.model.loading import LoadedModel, fed_token_types
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,6 @@ _FILE_TYPES = {
     "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
 }
 _ARCHITECTURES = {"gpt2": gguf.MODEL_ARCH.GPT2, "llama": gguf.MODEL_ARCH.LLAMA}
-_HEADS = ("multiple_choice_head.", "persona_prior_scale")  # persona's additions, not the language model
 _GPT2_CONV1D = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
 
 
@@ -205,7 +205,7 @@ def _language_model(loaded: LoadedModel, model_type: str) -> list[tuple[str, np.
     tied = model_type == "llama" and getattr(config, "tie_word_embeddings", False)
     tensors = []
     for name, value in loaded.model.state_dict().items():
-        if name.startswith(_HEADS) or name.endswith((".attn.bias", ".attn.masked_bias")):
+        if is_head_parameter(name) or name.endswith((".attn.bias", ".attn.masked_bias")):
             continue
         if tied and name == "lm_head.weight":
             continue

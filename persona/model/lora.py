@@ -1,4 +1,5 @@
-"""LoRA through PEFT: adapters on the transformer body, the multiple-choice head and the special tokens trained fully.
+"""LoRA through PEFT: adapters on the transformer body; the multiple-choice head, the likelihood prior's scale and the
+special tokens trained fully.
 
 The persona special tokens are new rows of the embedding (tied to the LM head where the model ties
 them): PEFT's ``trainable_token_indices`` trains those rows only, the rest of the vocabulary stays
@@ -12,6 +13,7 @@ import logging
 
 from persona.configs import REFERENCE_LAYOUT, ModelArguments
 from persona.data.special_tokens import SpecialIds
+from persona.model.dual_heads import HEAD_MODULE, PRIOR_SCALE
 
 logger = logging.getLogger(__name__)
 
@@ -28,10 +30,13 @@ def with_lora(model, model_args: ModelArguments, ids: SpecialIds, layout: str = 
         target_modules=model_args.lora_target_modules[0]
         if model_args.lora_target_modules == ["all-linear"]
         else model_args.lora_target_modules,
-        modules_to_save=["multiple_choice_head"],
+        modules_to_save=[HEAD_MODULE],
         trainable_token_indices=sorted(set(dataclasses.astuple(ids))) if layout == REFERENCE_LAYOUT else None,
     )
     model = get_peft_model(model, config)
+    for name, parameter in model.named_parameters():  # a bare parameter, which modules_to_save cannot name
+        if name.endswith(PRIOR_SCALE):
+            parameter.requires_grad_(True)
     trainable, total = model.get_nb_trainable_parameters()
     logger.info(
         "LoRA: %s trainable parameters of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total

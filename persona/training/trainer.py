@@ -24,7 +24,7 @@ from transformers.trainer import TRAINING_ARGS_NAME
 from persona.configs import REFERENCE_LAYOUT
 from persona.data.collator import CONTEXT_FREE
 from persona.metrics import gold_ranks, hits_from_ranks
-from persona.model.dual_heads import DualOutput, choose_dual_path, collator_for
+from persona.model.dual_heads import DualOutput, choose_dual_path, collator_for, is_head_parameter
 from persona.model.loading import LoadedModel
 from persona.training.model_card import write_model_card
 
@@ -151,8 +151,7 @@ class PersonaTrainer(Trainer):
         optimizer = super().create_optimizer(model)
         if self.args.head_learning_rate is None:
             return optimizer
-        names = ("multiple_choice_head", "persona_prior_scale")
-        head = {id(p) for name, p in self.model.named_parameters() if any(part in name for part in names)}
+        head = {id(p) for name, p in self.model.named_parameters() if is_head_parameter(name)}
         groups = []
         for group in optimizer.param_groups:
             groups.append({**group, "params": [p for p in group["params"] if id(p) not in head]})
