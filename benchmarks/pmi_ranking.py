@@ -72,10 +72,10 @@ def main() -> None:
     from persona.configs import CHAT_TEMPLATE_LAYOUT, DataArguments, ModelArguments
     from persona.data.chat_layout import generation_prompt
     from persona.data.prepare import prepare_corpus
-    from persona.model.loading import load_for_evaluation
+    from persona.model.loading import load_for_inference
 
     gguf = args.gguf_file or ("SmolLM2-135M-Instruct.Q4_1.gguf" if args.model == str(SHARED_SMOLLM2) else None)
-    loaded = load_for_evaluation(ModelArguments(model_name_or_path=args.model, gguf_file=gguf))
+    loaded = load_for_inference(ModelArguments(model_name_or_path=args.model, gguf_file=gguf))
     if loaded.layout != CHAT_TEMPLATE_LAYOUT:
         sys.exit(f"{args.model} is not a chat-template model: this benchmark needs one")
     data = DataArguments(

@@ -207,6 +207,15 @@ class DataArguments:
             "choices": list(INPUT_LAYOUTS),
         },
     )
+    label_history: bool = field(
+        default=False,
+        metadata={
+            "help": "chat_template only: in training, also put LM labels on the bot's own earlier replies inside each "
+            "turn's history (the assistant messages, each up to its end-of-turn token), as SFT's assistant-only loss "
+            "does, so that one example supervises every bot reply it holds. The reference layout labels the gold "
+            "reply only, as the reference does. Evaluation always scores the gold reply alone."
+        },
+    )
     max_input_length: int | None = field(
         default=None,
         metadata={
@@ -231,6 +240,15 @@ class DataArguments:
             "reply longer than the model's positions...) instead of skipping it with a warning and counting it."
         },
     )
+
+    def __post_init__(self):
+        if self.label_history and self.input_layout != CHAT_TEMPLATE_LAYOUT:
+            raise ConfigError(
+                f"label_history needs input_layout: {CHAT_TEMPLATE_LAYOUT}",
+                where="label_history",
+                fix="the reference layout labels the gold reply only, as the reference does: drop label_history, or "
+                f"train a chat model with input_layout: {CHAT_TEMPLATE_LAYOUT}.",
+            )
 
 
 PACKED, CLASSIC = "packed", "classic"
@@ -271,6 +289,7 @@ class PersonaTrainingArguments(TrainingArguments, ForwardArguments):
     - ``lm_coef`` (default 1.0): weight of the language-modelling loss (the reference's ``lm_coef``).
     - ``mc_coef`` (default 1.0): weight of the multiple-choice loss (the reference's ``mc_coef``).
     - ``head_learning_rate`` (default: ``learning_rate``): the multiple-choice head's own peak learning rate.
+    - ``max_train_seconds`` (default: none): a training budget in seconds (:mod:`persona.training.time_budget`).
 
     NOTE: these defaults differ from ``TrainingArguments``' (the reference's values, and what the collator needs):
 
@@ -293,6 +312,14 @@ class PersonaTrainingArguments(TrainingArguments, ForwardArguments):
         metadata={
             "help": "Peak learning rate of the multiple-choice head (and of the likelihood prior's scale), which "
             "starts from nothing while the body is pretrained; default: learning_rate, as for every other weight."
+        },
+    )
+    max_train_seconds: float | None = field(
+        default=None,
+        metadata={
+            "help": "Stop training after the first update that ends past this many seconds of training (every rank "
+            "after the same one), then save and evaluate as at the end; the learning-rate schedule still spans "
+            "max_steps or the epochs. For a budget of minutes and for comparisons at equal minutes."
         },
     )
     learning_rate: float = field(

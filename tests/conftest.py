@@ -112,9 +112,9 @@ def as_loaded(model, tokenizer, token_types: bool = True):
 def load_folder(path):
     """The trained model in ``path``, loaded as persona-chat and persona-eval load it."""
     from persona.configs import ModelArguments
-    from persona.model.loading import load_trained
+    from persona.model.loading import load_for_inference
 
-    return load_trained(ModelArguments(model_name_or_path=str(path)))
+    return load_for_inference(ModelArguments(model_name_or_path=str(path)))
 
 
 @pytest.fixture

@@ -248,3 +248,112 @@ def test_serve_prompts_a_template_trained_model_through_its_template(template_tr
         answer = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
     assert answer.status_code == 200 and answer.json()["usage"]["prompt_tokens"] == len(prompt)
     assert 1 <= answer.json()["usage"]["completion_tokens"] <= 6
+
+
+def _labelled_corpus(tmp_path, tokenizer):
+    data = DataArguments(
+        dataset_path=str(write_conversations(tmp_path / "chats.jsonl", CONVERSATIONS)),
+        dataset_cache=str(tmp_path / "cache"),
+        input_layout=CHAT_TEMPLATE_LAYOUT,
+        num_candidates=3,
+        label_history=True,
+        validation_split_size=1,
+    )
+    return prepare_corpus(data, tokenizer, max_length=128, roles=("train", "eval"))
+
+
+def _runs(labels: list[int]) -> list[list[int]]:
+    """The labelled tokens of a row in runs of consecutive positions."""
+    runs, previous = [], IGNORE_INDEX
+    for token in labels:
+        if token != IGNORE_INDEX:
+            if previous == IGNORE_INDEX:
+                runs.append([])
+            runs[-1].append(token)
+        previous = token
+    return runs
+
+
+def test_label_history_labels_every_bot_reply_of_a_training_turn_as_sft_does(plain_chat_model, tmp_path):
+    """With label_history, a training turn's LM labels are each of the bot's earlier replies in its history and the
+    gold reply, each with its end-of-turn token (what SFT's assistant-only loss labels), on both paths; the held-out
+    turns keep the gold reply alone, so that perplexity means the same."""
+    loaded = _loaded(plain_chat_model)
+    tokenizer, end_of_turn = loaded.tokenizer, tokenizer_eos(loaded)
+    corpus = _labelled_corpus(tmp_path, tokenizer)
+    turns = [t for d in corpus.dialogs["train"] for t in d["turns"]]
+    examples = list(corpus.features["train"])
+    assert len(examples) == len(turns) and any(len(t["history"]) > 1 for t in turns)
+    for path in (DualPath.PACKED, DualPath.CLASSIC):
+        batch = collator_for(path, loaded.ids, token_types=False, wrap_candidates=False)(examples)
+        for row, (turn, example) in enumerate(zip(turns, examples)):
+            labels = batch["labels"][row]
+            labels = (labels[example_gold(example)] if path is DualPath.CLASSIC else labels).tolist()
+            bot_replies = turn["history"][-2::-2][::-1]  # every other utterance back from the partner's last
+            runs = _runs(labels)
+            assert len(runs) == len(bot_replies) + 1, (path, row)
+            for run, reply in zip(runs, [*bot_replies, turn["candidates"][-1]]):
+                assert run[-1] == end_of_turn and tokenizer.decode(run[:-1]).strip() == reply.strip()
+    held_out = collator_for(DualPath.PACKED, loaded.ids, token_types=False, wrap_candidates=False)(
+        list(corpus.features["eval"])
+    )
+    assert all(len(_runs(row.tolist())) == 1 for row in held_out["labels"])
+
+
+def example_gold(example: dict) -> int:
+    return len(example["candidates"]) - 1
+
+
+def test_with_label_history_the_lm_loss_is_every_bot_replys_mean_nll_on_both_paths(plain_chat_model, tmp_path):
+    """The LM loss of a labelled batch is the mean NLL of every labelled token (the earlier bot replies and the gold
+    one) as one plain forward pass over each turn's prefix and gold block computes it; packed equals classic."""
+    loaded = _loaded(plain_chat_model)
+    examples = [e for e in _labelled_corpus(tmp_path, loaded.tokenizer).features["train"] if e["label_spans"]][:4]
+    assert examples
+    model = loaded.model.eval()
+    total, count = 0.0, 0
+    for example in examples:
+        ids = [*example["prefix_ids"], *example["candidates"][-1]]
+        targets = set(range(len(example["prefix_ids"]) + 1, len(ids)))
+        targets |= {i for start, end in example["label_spans"] for i in range(start, end)}
+        log_probs = model.forward_full(input_ids=torch.tensor([ids])).logits[0].float().log_softmax(-1)
+        total -= sum(log_probs[i - 1, ids[i]].item() for i in targets)
+        count += len(targets)
+    for path in (DualPath.PACKED, DualPath.CLASSIC):
+        batch = collator_for(path, loaded.ids, token_types=False, wrap_candidates=False)(examples)
+        output = model(**batch, dual_path=path)
+        lm_loss = dual_loss(output, batch["mc_labels"], 1.0, 1.0)[1]
+        assert lm_loss.item() == pytest.approx(total / count, abs=1e-4), path
+
+
+def test_label_history_needs_the_chat_template_layout():
+    from persona.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="label_history needs input_layout: chat_template"):
+        DataArguments(label_history=True)
+
+
+def test_chat_and_serve_prompt_a_chat_model_persona_never_trained(plain_chat_model, monkeypatch, capsys):
+    """persona-chat and persona-serve take a plain chat model (no persona tokens, a chat template) as persona-eval
+    does, prompted through its template: a user talks to the model before training as after."""
+    import io
+
+    import httpx
+
+    from persona.commands.chat import main as chat_main
+    from persona.data.chat_layout import generation_prompt
+    from persona.model.generation import DecodingArguments
+    from persona.serving.server import ServeArguments, free_port, running_server
+
+    persona, history = ["i like cats."], ["hi! what do you do?"]
+    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps({"persona": persona, "history": history}) + "\n"))
+    argv = ["--model_name_or_path", str(plain_chat_model), "--json", "--do_sample", "false", "--max_length", "4"]
+    assert chat_main(argv) == 0
+    assert isinstance(json.loads(capsys.readouterr().out.splitlines()[-1])["reply"], str)
+    prompt = generation_prompt(load_folder(plain_chat_model).tokenizer, persona, history)
+    messages = [{"role": "system", "content": persona[0]}, {"role": "user", "content": history[0]}]
+    model_args, args = ModelArguments(model_name_or_path=str(plain_chat_model)), ServeArguments(port=free_port())
+    with running_server(model_args, DataArguments(), args, DecodingArguments()) as (url, _):
+        body = {"messages": messages, "temperature": 0, "max_tokens": 4}
+        answer = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
+    assert answer.status_code == 200 and answer.json()["usage"]["prompt_tokens"] == len(prompt)

@@ -96,7 +96,7 @@ def test_every_model_field_given_to_chat_and_serve_reaches_the_loader(command, m
         seen.append(model_args)
         raise ModelLoadError("stopped after loading", where="test")
 
-    monkeypatch.setattr(f"{module}.load_trained", recording)
+    monkeypatch.setattr(f"{module}.load_for_inference", recording)
     assert COMMANDS[f"persona-{command}"][0](MODEL_FIELDS) == 2
     (given,) = seen
     named = ("some/model", "some/tokenizer", "model.Q8_0.gguf", "v2")

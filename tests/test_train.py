@@ -285,3 +285,18 @@ def test_persona_data_prepares_the_cache_persona_train_then_loads_in_either_layo
     fields = ("model_name_or_path", "dataset_path", "validation_split_size", "input_layout", "eval_num_candidates")
     assert data_main([f"--{name}={recipe[name]}" for name in fields] + ["--dataset_cache", str(template_cache)]) == 0
     assert list(template_cache.iterdir()) == trained_with
+
+
+def test_a_time_budget_stops_training_after_the_update_that_spends_it_then_saves_and_evaluates(tmp_path, caplog):
+    out = tmp_path / "run"
+    with caplog.at_level("INFO", logger="persona"):
+        assert train_main(_args(out, "--max_steps", "50", "--max_train_seconds", "1e-9")) == 0
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 1 and state["max_steps"] == 50
+    assert (out / "model.safetensors").exists() and "eval_hits@1" in json.loads(
+        (out / "eval_results.json").read_text()
+    )
+    assert "Training stopped at step 1 of 50" in caplog.text
+    budget = tmp_path / "budget"
+    assert train_main(_args(budget, "--max_steps", "3", "--max_train_seconds", "3600")) == 0
+    assert json.loads((budget / "trainer_state.json").read_text())["global_step"] == 3

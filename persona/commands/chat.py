@@ -22,7 +22,7 @@ from persona.data.personas import draw_persona, split_sentences
 from persona.data.tokenize import InvalidText
 from persona.errors import Interrupted
 from persona.model.generation import Bot, DecodingArguments
-from persona.model.loading import load_trained, refuse_training_fields
+from persona.model.loading import load_for_inference, refuse_training_fields
 
 
 @dataclass
@@ -94,7 +94,7 @@ def main(argv: list[str]) -> int:
     (model_args, data_args, args, decoding), _ = parse_recipe(argv, classes, prog="persona-chat", description=__doc__)
     refuse_training_fields(model_args, "persona-chat")
     set_seed(args.seed)
-    bot = Bot(load_trained(model_args), decoding, data_args.max_history)
+    bot = Bot(load_for_inference(model_args), decoding, data_args.max_history)
     if args.json:
         serve_json(bot, sys.stdin, sys.stdout)
         return 0

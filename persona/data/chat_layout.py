@@ -6,6 +6,11 @@ is stored as persona's compact features are: the *prefix* is the generation prom
 candidate is a block of that last token then the reply's tokens, so the first reply token is scored from the very
 position the prompt ends at, and the multiple-choice head reads the block's last token (the end of turn). Training
 a chat model in this layout, evaluating a prompted baseline, and generating from either all go through here.
+
+With ``label_history`` a training turn also names the *label spans* of its prefix: the tokens of each earlier
+assistant message (the bot's own replies in the history), up to and including its end-of-turn token, found as a
+candidate block is (the template's render of the conversation up to that message, then with it) and kept only
+where the prefix holds exactly those tokens there.
 """
 
 from __future__ import annotations
@@ -71,10 +76,28 @@ def template_ids(tokenizer) -> SpecialIds:
     return SpecialIds(bos=-1, eos=eos, speaker1=-1, speaker2=-1, pad=pad)
 
 
-def template_turn(tokenizer, persona: list[str], history: list[str], candidates: list[str]) -> dict:
-    """``prefix_ids`` and ``candidates`` (whole blocks, see the module) of one turn, rendered by the chat template."""
+def template_turn(
+    tokenizer, persona: list[str], history: list[str], candidates: list[str], label_history: bool = False
+) -> dict:
+    """``prefix_ids`` and ``candidates`` (whole blocks, see the module) of one turn, rendered by the chat template;
+    with ``label_history``, ``label_spans`` too (``[start, end)`` ranges of the prefix, see the module)."""
     messages = chat_messages(persona, history)
     prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
     specials = set(tokenizer.all_special_ids)
     blocks = [_reply_block(tokenizer, messages, prompt, candidate, specials) for candidate in candidates]
-    return {"prefix_ids": prompt[:-1], "candidates": blocks}
+    spans = _assistant_spans(tokenizer, messages, prompt[:-1], specials) if label_history else []
+    return {"prefix_ids": prompt[:-1], "candidates": blocks, "label_spans": spans}
+
+
+def _assistant_spans(tokenizer, messages: list[dict], prefix: list[int], specials: set[int]) -> list[list[int]]:
+    spans = []
+    for index, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = messages[:index]
+        prompt = tokenizer.apply_chat_template(before, add_generation_prompt=True, tokenize=True, return_dict=False)
+        block = _reply_block(tokenizer, before, prompt, message["content"], specials)
+        start, end = len(prompt), len(prompt) - 1 + len(block)  # the block's first token is the prompt's last
+        if prefix[start - 1 : end] == block:
+            spans.append([start, end])
+    return spans

@@ -29,6 +29,16 @@ def _gold_labels(candidate: list[int]) -> list[int]:
     return [IGNORE_INDEX, *candidate[1:]]
 
 
+def _prefix_labels(example: dict) -> list[int]:
+    """LM labels of a turn's prefix: its tokens inside its ``label_spans`` (the bot's earlier replies, where the
+    features name them), ignored elsewhere."""
+    prefix = example["prefix_ids"]
+    labels = [IGNORE_INDEX] * len(prefix)
+    for start, end in example.get("label_spans") or ():
+        labels[start:end] = prefix[start:end]
+    return labels
+
+
 def _candidate_slots(examples: list[dict]) -> dict[str, np.ndarray]:
     """``candidate_valid`` [B, C] (False for slots padding a turn with fewer candidates), ``mc_labels`` [B] (the gold
     index) and ``gold_copies`` [B, C] (the candidates whose tokens are the gold reply's: scored as the gold, so that
@@ -55,8 +65,8 @@ def packed_batch(examples: list[dict], ids: SpecialIds, wrap: bool = True) -> di
     exactly what it sees in the classic layout, while the prefix runs once and no candidate is padded.
 
     Keys: ``input_ids``/``token_type_ids``/``attention_mask``/``position_ids``/``block_ids``/``labels``
-    [B, T] (labels on the gold reply only); ``candidate_labels`` [B, T] (labels on every candidate's reply,
-    for likelihood ranking); ``mc_token_ids`` [B, C] (the index in the row of each
+    [B, T] (labels on the gold reply, and on the prefix's label spans); ``candidate_labels`` [B, T] (labels on
+    every candidate's reply, for likelihood ranking); ``mc_token_ids`` [B, C] (the index in the row of each
     candidate's ``<eos>``); ``candidate_valid`` [B, C] (False for slots padding a turn with fewer
     candidates, which point at index 0); ``mc_labels`` [B] (the gold index: the last candidate).
     """
@@ -66,7 +76,7 @@ def packed_batch(examples: list[dict], ids: SpecialIds, wrap: bool = True) -> di
         prefix, gold = example["prefix_ids"], gold_index(example["candidates"])
         row, label, block, position, end = (
             list(prefix),
-            [IGNORE_INDEX] * len(prefix),
+            _prefix_labels(example),
             [0] * len(prefix),
             list(range(len(prefix))),
             [],
@@ -103,11 +113,13 @@ def packed_batch(examples: list[dict], ids: SpecialIds, wrap: bool = True) -> di
 def classic_batch(examples: list[dict], ids: SpecialIds, wrap: bool = True) -> dict[str, np.ndarray]:
     """The classic layout: every candidate as the full sequence prefix + reply, [B, C, L], right-padded
     (a turn with fewer candidates is padded with ``prefix <speaker1> <eos>`` slots, not valid); ``labels`` on the
-    gold reply, ``candidate_labels`` on every candidate's reply."""
+    gold reply (and the prefix's label spans, in the gold sequence only), ``candidate_labels`` on every candidate's
+    reply."""
     count = max(len(e["candidates"]) for e in examples)
     sequences, labels, every_label = [], [], []
     for example in examples:
         prefix, gold = example["prefix_ids"], gold_index(example["candidates"])
+        prefix_labels = _prefix_labels(example)
         for c in range(count):
             if c > gold:  # a slot padding a turn with fewer candidates
                 candidate = build_candidate([], ids) if wrap else list(example["candidates"][gold][:1])
@@ -115,8 +127,7 @@ def classic_batch(examples: list[dict], ids: SpecialIds, wrap: bool = True) -> d
                 candidate = build_candidate(example["candidates"][c], ids) if wrap else list(example["candidates"][c])
             sequences.append([*prefix, *candidate])
             labels.append(
-                [IGNORE_INDEX] * len(prefix)
-                + (_gold_labels(candidate) if c == gold else [IGNORE_INDEX] * len(candidate))
+                prefix_labels + _gold_labels(candidate) if c == gold else [IGNORE_INDEX] * len(sequences[-1])
             )
             every_label.append([IGNORE_INDEX] * len(prefix) + _gold_labels(candidate))
     input_ids, attention_mask = _pad(sequences, ids.pad)

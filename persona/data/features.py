@@ -2,7 +2,9 @@
 
 Each example stores its persona+history prefix once and its candidates beside it (gold last): in the reference
 layout the reply tokens, which the collator wraps in ``<speaker1> ... <eos>`` (:mod:`persona.data.layout`); in the
-chat-template layout whole blocks up to the end-of-turn token (:mod:`persona.data.chat_layout`). A turn whose
+chat-template layout whole blocks up to the end-of-turn token (:mod:`persona.data.chat_layout`), and with
+``label_history`` the ``label_spans`` of its prefix that carry LM labels too (the bot's earlier replies; empty
+otherwise). A turn whose
 gold reply cannot fit the model's positions even alone is skipped (its record named in the
 :class:`~persona.data.skips.SkipLog`), or is an error in strict mode.
 """
@@ -31,6 +33,7 @@ FEATURES = datasets.Features(
         "candidates": datasets.Sequence(datasets.Sequence(datasets.Value("int32"))),
         "length": datasets.Value("int32"),
         "truncated": datasets.Value("bool"),
+        "label_spans": datasets.Sequence(datasets.Sequence(datasets.Value("int32"))),
     }
 )
 
@@ -76,7 +79,7 @@ def reference_turns(batch: dict, *, tokenizer, ids: SpecialIds, max_length: int)
     )
     token_ids = dict(zip(strings, encode_texts(tokenizer, strings)))
 
-    def build(persona: list[str], turn: dict) -> tuple[list[int], list[list[int]], bool]:
+    def build(persona: list[str], turn: dict) -> tuple[list[int], list[list[int]], bool, list]:
         candidates, cut = fit_candidates([token_ids[c] for c in turn["candidates"]], max_length)
         if cut is None:
             raise GoldTooLong(len(candidates[gold_index(candidates)]))
@@ -85,22 +88,22 @@ def reference_turns(batch: dict, *, tokenizer, ids: SpecialIds, max_length: int)
         kept_persona, kept_history, truncated = fit_context(
             [token_ids[p] for p in persona], history, longest, max_length
         )
-        return build_prefix(kept_persona, kept_history, ids), candidates, truncated or cut
+        return build_prefix(kept_persona, kept_history, ids), candidates, truncated or cut, []
 
     return build
 
 
-def template_turns(batch: dict, *, tokenizer, ids: SpecialIds, max_length: int):
+def template_turns(batch: dict, *, tokenizer, ids: SpecialIds, max_length: int, label_history: bool = False):
     """The turn builder of the chat-template layout (:mod:`persona.data.chat_layout`): the prefix and the candidate
     blocks, the oldest history then persona sentences dropped until they fit, distractor blocks cut (their
-    end-of-turn token kept)."""
+    end-of-turn token kept), and with ``label_history`` the label spans of the prefix as it is kept."""
 
-    def build(persona: list[str], turn: dict) -> tuple[list[int], list[list[int]], bool]:
+    def build(persona: list[str], turn: dict) -> tuple[list[int], list[list[int]], bool, list]:
         persona, history, truncated = list(persona), list(turn["history"]), False
-        example = template_turn(tokenizer, persona, history, turn["candidates"])
+        example = template_turn(tokenizer, persona, history, turn["candidates"], label_history)
         while len(example["prefix_ids"]) + max(map(len, example["candidates"])) > max_length and (history or persona):
             (history if history else persona).pop(0)
-            example, truncated = template_turn(tokenizer, persona, history, turn["candidates"]), True
+            example, truncated = template_turn(tokenizer, persona, history, turn["candidates"], label_history), True
         prefix, blocks = example["prefix_ids"], example["candidates"]
         budget = max_length - len(prefix)
         if len(blocks[gold_index(blocks)]) > budget:
@@ -110,6 +113,7 @@ def template_turns(batch: dict, *, tokenizer, ids: SpecialIds, max_length: int):
             prefix,
             [block if len(block) <= budget else [*block[: budget - 1], block[-1]] for block in blocks],
             truncated or cut,
+            example["label_spans"],
         )
 
     return build
@@ -140,9 +144,10 @@ def tokenize_batch(
     **builder,
 ) -> dict:
     """The ``datasets.map`` function: a batch of dialogs in, their examples out, in the ``layout`` (``builder``: the
-    tokenizer and special ids its turn builder takes). A turn whose gold reply cannot fit gives no example; it is
-    appended, as JSON ``[dialog_id, turn_id, where, what]``, to this process's file ``skip_log-PID.jsonl`` (a map
-    worker has no other way to tell; strict: a :class:`RecordError`)."""
+    tokenizer, special ids and, in the chat-template layout, ``label_history`` that its turn builder takes). A turn
+    whose gold reply cannot fit gives no example; it is appended, as JSON ``[dialog_id, turn_id, where, what]``, to
+    this process's file ``skip_log-PID.jsonl`` (a map worker has no other way to tell; strict: a
+    :class:`RecordError`)."""
     build = TURN_BUILDERS[layout](batch, max_length=max_length, **builder)
     overhead = REPLY_OVERHEAD if layout == REFERENCE_LAYOUT else 0
     out = {name: [] for name in FEATURES}
@@ -151,7 +156,7 @@ def tokenize_batch(
         for ordering in rotations(persona, permutations):
             for turn_id, turn in enumerate(turns):
                 try:
-                    prefix, candidates, truncated = build(ordering, turn)
+                    prefix, candidates, truncated, spans = build(ordering, turn)
                 except GoldTooLong as too_long:
                     error = _too_long(too_long.tokens, max_length, f"{record}, turn {turn_id}")
                     if strict:
@@ -159,7 +164,8 @@ def tokenize_batch(
                     skipped.append([dialog_id, turn_id, error.where, error.what])
                     continue
                 length = len(prefix) + sum(len(c) + overhead for c in candidates)
-                for name, value in zip(FEATURES, (dialog_id, turn_id, prefix, candidates, length, truncated)):
+                values = (dialog_id, turn_id, prefix, candidates, length, truncated, spans)
+                for name, value in zip(FEATURES, values):
                     out[name].append(value)
     if skipped:
         with open(f"{skip_log}-{os.getpid()}.jsonl", "a") as handle:
@@ -190,12 +196,14 @@ def build_features(
     desc: str,
     folder: Path,
     scratch: Path,
+    label_history: bool = False,
 ) -> datasets.Dataset:
     """Tokenized features of one split's dialogs in the input ``layout`` (batched ``datasets.map``, ``num_proc``
     workers), written as Arrow files into ``folder`` (one per worker), where they stay.
 
     Turns whose gold reply cannot fit are skipped into ``skips`` (as ``split``), told by the workers through files in
-    ``scratch``; ``desc`` names the progress bar.
+    ``scratch``; ``desc`` names the progress bar; ``label_history`` (the chat-template layout) names the label spans
+    of each prefix.
     """
     skip_log = scratch / f"skipped-{folder.name}"
     with deferred_interrupts():
@@ -211,6 +219,7 @@ def build_features(
                 "layout": layout,
                 "tokenizer": tokenizer,
                 "ids": special_ids(tokenizer) if layout == REFERENCE_LAYOUT else None,
+                **({"label_history": label_history} if layout == CHAT_TEMPLATE_LAYOUT else {}),
                 "max_length": max_length,
                 "permutations": permutations,
                 "strict": skips.strict,

@@ -375,6 +375,7 @@ def _prepare_role(
         desc=f"{args.dataset_path or 'PersonaChat'} [{split}]",
         folder=_role_folder(folder, "features", role),
         scratch=folder / READ,
+        label_history=args.label_history and role == "train",  # evaluation scores the gold reply alone
     )
     if not len(features):
         raise DataError(

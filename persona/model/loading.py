@@ -242,17 +242,18 @@ def load_trained(model_args: ModelArguments, use_token_types: bool | None = None
     return _trained(model_args, load_tokenizer(model_args), base_config(model_args), use_token_types)
 
 
-def load_for_evaluation(model_args: ModelArguments, use_token_types: bool | None = None) -> LoadedModel:
-    """The model to evaluate: a persona model (or a reference checkpoint) as :func:`load_trained` loads it, else, for
-    a causal LM that persona never trained but that has a chat template (a Hub chat model, a local folder, a GGUF),
-    the model as it is, prompted through that template (no token types)."""
+def load_for_inference(model_args: ModelArguments, use_token_types: bool | None = None) -> LoadedModel:
+    """The model to evaluate, chat with or serve: a persona model (or a reference checkpoint) as :func:`load_trained`
+    loads it, else, for a causal LM that persona never trained but that has a chat template (a Hub chat model, a
+    local folder, a GGUF), the model as it is, prompted through that template (no token types): a user talks to the
+    model before training as after."""
     tokenizer, config = load_tokenizer(model_args), base_config(model_args)
     if hasattr(config, "persona_layout") or has_persona_tokens(tokenizer):
         return _trained(model_args, tokenizer, config, use_token_types)
     if not tokenizer.chat_template:
         special_ids(tokenizer)  # the error that says which tokens are missing and how to get a persona model
     logger.info(
-        "%s is not a persona model: evaluated as a prompted baseline through its chat template",
+        "%s is not a persona model: prompted through its chat template (the persona as the system message)",
         model_args.model_name_or_path,
     )
     ids = _layout_ids(tokenizer, CHAT_TEMPLATE_LAYOUT, use_token_types)

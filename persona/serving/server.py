@@ -25,7 +25,7 @@ from persona.configs import DataArguments, ModelArguments
 from persona.data.personas import draw_persona
 from persona.errors import ConfigError
 from persona.model.generation import DecodingArguments
-from persona.model.loading import load_trained, refuse_training_fields
+from persona.model.loading import load_for_inference, refuse_training_fields
 from persona.serving.batching import ReplyBatcher
 from persona.serving.body_limit import BodyLimit
 from persona.serving.hosts import OnlyAllowedHosts
@@ -133,7 +133,7 @@ def build_server(
     from persona.serving.web_page import build_page
 
     refuse_training_fields(model_args, "persona-serve")
-    loaded = load_trained(model_args)
+    loaded = load_for_inference(model_args)
     model_id = args.model_id or Path(model_args.model_name_or_path.rstrip("/")).name
     persona = default_persona(args, data_args)
     batcher = ReplyBatcher(

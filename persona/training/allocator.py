@@ -1,9 +1,9 @@
 """The memory allocator a CPU training run uses, and the hint to preload a leaner one.
 
 glibc's ``malloc`` keeps the memory of the large tensors a training step frees (in its heap, for the next
-allocations), so the resident memory of a CPU run climbs well above what the run holds:
-``recipes/smollm2-135m-offline`` peaks at 5.3 GB under it and at 3.8 GB under tcmalloc, whose updates are also 10%
-faster (``benchmarks/train_memory.py``). tcmalloc is preloaded with ``LD_PRELOAD``, as PyTorch's own CPU launcher
+allocations), so the resident memory of a CPU run climbs well above what the run holds; tcmalloc returns it,
+and is faster here too (``benchmarks/train_memory.py`` measures both; docs/ablation.md, "Training memory", has the
+figures). tcmalloc is preloaded with ``LD_PRELOAD``, as PyTorch's own CPU launcher
 (``torch.backends.xeon.run_cpu``) does.
 """
 
@@ -35,8 +35,8 @@ def hint_lean_allocator(on_cpu: bool, maps: Path = Path("/proc/self/maps")) -> N
     """Say, once per run, how to hold a CPU run's memory near what it uses, when it runs on glibc's allocator."""
     if on_cpu and maps.exists() and preloaded_allocator(maps) is None:
         logger.info(
-            "Training on the CPU with glibc's allocator, which keeps the memory that training steps free (the offline "
-            "SmolLM2 recipe peaks at 5.3 GB under it, 3.8 GB under tcmalloc). To keep it near what training holds, "
-            "preload tcmalloc: %s.",
+            "Training on the CPU with glibc's allocator, which keeps the memory that training steps free (about 1.4 "
+            "times what training holds, docs/ablation.md). To keep it near what training holds, preload tcmalloc: "
+            "%s.",
             PRELOAD_HINT,
         )

@@ -32,7 +32,7 @@ from persona.data.layout import gold_reply
 from persona.errors import ConfigError
 from persona.metrics import load_metric
 from persona.model.generation import DecodingArguments, generate_replies
-from persona.model.loading import LoadedModel, load_for_evaluation, refuse_training_fields
+from persona.model.loading import LoadedModel, load_for_inference, refuse_training_fields
 from persona.training.report import write_report
 from persona.training.trainer import PersonaTrainer, metrics_from_scores
 
@@ -58,9 +58,9 @@ class EvalArguments:
             "help": "Also rank the candidates by the language model's pointwise mutual information with the "
             "conversation per token (pmi_hits@k): a candidate's mean token log-likelihood after the conversation "
             "minus this weight times its mean token log-likelihood after an empty one, at the cost of a forward pass "
-            "of the candidates without their context. 0.5 ranked best for SmolLM2 in its chat template (README); a "
-            "model of the reference layout never sees an empty conversation in training, and the quickstart model "
-            "ranks worse by it than by likelihood. Unset: no pmi_hits@k."
+            "of the candidates without their context. 0.5 ranked best for SmolLM2 in its chat template "
+            "(docs/ablation.md); a model of the reference layout never sees an empty conversation in training, and "
+            "the quickstart model ranks worse by it than by likelihood. Unset: no pmi_hits@k."
         },
     )
     max_generation_turns: int | None = field(
@@ -192,7 +192,7 @@ def evaluate_model(
     report into ``run_args.output_dir``. Returns the results on the main process (None on the others)."""
     refuse_training_fields(model_args, "persona-eval")
     set_seed(run_args.seed)
-    loaded = load_for_evaluation(model_args, run_args.use_token_types)
+    loaded = load_for_inference(model_args, run_args.use_token_types)
     run_args.use_token_types = loaded.token_types
     features, dialogs, split = _evaluated_split(loaded, data_args)
     metrics = score_candidates(loaded, features, run_args, eval_args.hits_k, eval_args.pmi_weight)

@@ -28,6 +28,7 @@ from persona.training.checkpoints import resolve_checkpoint
 from persona.training.plots import plot_losses
 from persona.training.preemption import StopOnSignal
 from persona.training.publishing import ready_to_publish
+from persona.training.time_budget import StopAtTimeBudget
 from persona.training.trainer import PersonaTrainer
 
 logger = logging.getLogger("persona")
@@ -89,6 +90,8 @@ def _train(trainer: PersonaTrainer, checkpoint: str | None):
     how to resume)."""
     stop = StopOnSignal()
     trainer.add_callback(stop)
+    if trainer.args.max_train_seconds is not None:
+        trainer.add_callback(StopAtTimeBudget(trainer.args.max_train_seconds))
     with stop:
         result = trainer.train(resume_from_checkpoint=checkpoint)
     if stop.stopped_at is None:

@@ -22,6 +22,16 @@ from persona.interrupts import STOPPING
 logger = logging.getLogger("persona")
 
 
+def any_rank(flag: bool, device) -> bool:
+    """Whether ``flag`` is true on any rank (an all-reduce under ``accelerate launch``; the flag itself alone), so
+    that every rank takes the same decision after the same step."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        tensor = torch.tensor([int(flag)], device=device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return bool(tensor.item())
+    return flag
+
+
 class StopOnSignal(TrainerCallback):
     """A callback that turns SIGTERM and SIGINT into "save this step, then stop" (see the module)."""
 
@@ -47,17 +57,8 @@ class StopOnSignal(TrainerCallback):
             signal_name(signum),
         )
 
-    def _agreed(self, device) -> bool:
-        """Whether any rank received a signal: every rank stops after the same step."""
-        stop = self.received is not None
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            flag = torch.tensor([int(stop)], device=device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            stop = bool(flag.item())
-        return stop
-
     def on_step_end(self, args, state, control, **kwargs):
-        if self.stopped_at is None and self._agreed(args.device):
+        if self.stopped_at is None and any_rank(self.received is not None, args.device):
             self.stopped_at = state.global_step
             control.should_save, control.should_training_stop, control.should_evaluate = True, True, False
         return control
