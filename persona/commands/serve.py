@@ -38,9 +38,7 @@ def main(argv: list[str]) -> int:
         ", API key required" if args.api_key else "",
     )
     app = Drain(app)
-    config = uvicorn.Config(
-        app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=CANCEL_AFTER_S
-    )
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning")
     server = DrainingServer(config, app, args.shutdown_grace_s, healthy=batcher.alive)
     try:
         server.run()

@@ -76,21 +76,19 @@ def template_ids(tokenizer) -> SpecialIds:
     return SpecialIds(bos=-1, eos=eos, speaker1=-1, speaker2=-1, pad=pad)
 
 
-def template_turn(
-    tokenizer, persona: list[str], history: list[str], candidates: list[str], label_history: bool = False
-) -> dict:
-    """``prefix_ids`` and ``candidates`` (whole blocks, see the module) of one turn, rendered by the chat template;
-    with ``label_history``, ``label_spans`` too (``[start, end)`` ranges of the prefix, see the module)."""
+def template_turn(tokenizer, persona: list[str], history: list[str], candidates: list[str]) -> dict:
+    """``prefix_ids`` and ``candidates`` (whole blocks, see the module) of one turn, rendered by the chat template."""
     messages = chat_messages(persona, history)
     prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
     specials = set(tokenizer.all_special_ids)
     blocks = [_reply_block(tokenizer, messages, prompt, candidate, specials) for candidate in candidates]
-    spans = _assistant_spans(tokenizer, messages, prompt[:-1], specials) if label_history else []
-    return {"prefix_ids": prompt[:-1], "candidates": blocks, "label_spans": spans}
+    return {"prefix_ids": prompt[:-1], "candidates": blocks}
 
 
-def _assistant_spans(tokenizer, messages: list[dict], prefix: list[int], specials: set[int]) -> list[list[int]]:
-    spans = []
+def label_spans(tokenizer, persona: list[str], history: list[str], prefix: list[int]) -> list[list[int]]:
+    """The ``[start, end)`` ranges of ``prefix`` (the turn's of :func:`template_turn`) that hold an earlier assistant
+    message and its end-of-turn token (see the module)."""
+    messages, specials, spans = chat_messages(persona, history), set(tokenizer.all_special_ids), []
     for index, message in enumerate(messages):
         if message["role"] != "assistant":
             continue

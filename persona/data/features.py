@@ -18,7 +18,7 @@ from pathlib import Path
 import datasets
 
 from persona.configs import CHAT_TEMPLATE_LAYOUT, REFERENCE_LAYOUT
-from persona.data.chat_layout import template_turn
+from persona.data.chat_layout import label_spans, template_turn
 from persona.data.layout import REPLY_OVERHEAD, build_prefix, fit_context, gold_index
 from persona.data.skips import RecordError, SkipLog
 from persona.data.special_tokens import SpecialIds, special_ids
@@ -100,10 +100,10 @@ def template_turns(batch: dict, *, tokenizer, ids: SpecialIds, max_length: int, 
 
     def build(persona: list[str], turn: dict) -> tuple[list[int], list[list[int]], bool, list]:
         persona, history, truncated = list(persona), list(turn["history"]), False
-        example = template_turn(tokenizer, persona, history, turn["candidates"], label_history)
+        example = template_turn(tokenizer, persona, history, turn["candidates"])
         while len(example["prefix_ids"]) + max(map(len, example["candidates"])) > max_length and (history or persona):
             (history if history else persona).pop(0)
-            example, truncated = template_turn(tokenizer, persona, history, turn["candidates"], label_history), True
+            example, truncated = template_turn(tokenizer, persona, history, turn["candidates"]), True
         prefix, blocks = example["prefix_ids"], example["candidates"]
         budget = max_length - len(prefix)
         if len(blocks[gold_index(blocks)]) > budget:
@@ -113,7 +113,7 @@ def template_turns(batch: dict, *, tokenizer, ids: SpecialIds, max_length: int, 
             prefix,
             [block if len(block) <= budget else [*block[: budget - 1], block[-1]] for block in blocks],
             truncated or cut,
-            example["label_spans"],
+            label_spans(tokenizer, persona, history, prefix) if label_history else [],
         )
 
     return build

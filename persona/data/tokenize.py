@@ -64,7 +64,7 @@ def encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:
 
 def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None or backend.truncation or backend.padding:
+    if backend is None:  # a slow tokenizer
         return tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
     # The fast tokenizer's own engine, as transformers drives it for split_special_tokens, without the
     # per-text dictionaries of offsets and masks that nobody here reads: about 3x faster on PersonaChat.
@@ -78,9 +78,10 @@ _ENGINES_LOCK = threading.Lock()
 
 def _splitting_engine(tokenizer, backend) -> Tokenizer:
     """A copy of the fast tokenizer's engine that splits the special tokens typed in a text, made once per tokenizer
-    (again when tokens are added to it) and never changed after. Threads may encode with it at once, whatever else
-    uses the tokenizer: transformers sets the flags of the tokenizer's own engine at each call, and one thread
-    changing them while another encodes would encode a typed ``<speaker2>`` as the real token."""
+    (again when tokens are added to it), without the truncation or padding a tokenizer may be saved with (texts are
+    cut where persona decides), and never changed after. Threads may encode with it at once, whatever else uses the
+    tokenizer: transformers sets the flags of the tokenizer's own engine at each call, and one thread changing them
+    while another encodes would encode a typed ``<speaker2>`` as the real token."""
     size = backend.get_vocab_size(with_added_tokens=True)
     with _ENGINES_LOCK:
         cached = _SPLITTING_ENGINES.get(tokenizer)

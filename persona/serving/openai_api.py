@@ -31,7 +31,7 @@ from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 
 from persona.data.personas import split_sentences
-from persona.model.generation import GREEDY_BELOW, DecodingArguments
+from persona.model.generation import DecodingArguments
 from persona.serving.batching import (
     QueueFull,
     QueueTooSmall,
@@ -145,9 +145,7 @@ def chat_request(body: ChatCompletionRequest, defaults: DecodingArguments, max_t
     max_tokens = body.max_completion_tokens or body.max_tokens
     penalties = {name: getattr(body, name) for name in PENALTIES if getattr(body, name) is not None}
     decoding = replace(defaults, max_length=max_tokens or defaults.max_length, **penalties)
-    if body.temperature is not None and body.temperature < GREEDY_BELOW:
-        decoding = replace(decoding, do_sample=False)
-    elif body.temperature is not None or body.top_p is not None:
+    if body.temperature is not None or body.top_p is not None:  # a temperature below GREEDY_BELOW decodes greedily
         temperature = defaults.temperature if body.temperature is None else body.temperature
         decoding = replace(
             decoding,

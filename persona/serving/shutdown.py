@@ -71,10 +71,11 @@ async def _unavailable(send) -> None:
 
 class DrainingServer(uvicorn.Server):
     """uvicorn's server, draining ``drain`` for up to ``grace_s`` seconds on the first stop signal, and stopping by
-    itself (``failed``) once ``healthy()`` is false. ``config`` should have ``timeout_graceful_shutdown`` set to
-    :data:`CANCEL_AFTER_S`: the requests have had their grace period by then."""
+    itself (``failed``) once ``healthy()`` is false. After the drain, uvicorn waits :data:`CANCEL_AFTER_S` for the
+    requests still running (``config.timeout_graceful_shutdown``): they have had their grace period."""
 
     def __init__(self, config: uvicorn.Config, drain: Drain, grace_s: float, healthy=lambda: True):
+        config.timeout_graceful_shutdown = CANCEL_AFTER_S
         super().__init__(config)
         self.drain, self.grace_s, self.healthy = drain, grace_s, healthy
         self.failed = False

@@ -20,15 +20,13 @@ class StopAtTimeBudget(TrainerCallback):
     def __init__(self, seconds: float):
         self.seconds = seconds
         self.started: float | None = None
-        self.stopped_at: int | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.started = time.monotonic()
 
     def on_step_end(self, args, state, control, **kwargs):
         spent = time.monotonic() - self.started
-        if self.stopped_at is None and any_rank(spent >= self.seconds, args.device):
-            self.stopped_at = state.global_step
+        if any_rank(spent >= self.seconds, args.device):
             control.should_training_stop = True
             logger.info(
                 "Training stopped at step %d of %d: %.0f s of max_train_seconds %g spent",
