@@ -35,8 +35,7 @@ def hint_lean_allocator(on_cpu: bool, maps: Path = Path("/proc/self/maps")) -> N
     """Say, once per run, how to hold a CPU run's memory near what it uses, when it runs on glibc's allocator."""
     if on_cpu and maps.exists() and preloaded_allocator(maps) is None:
         logger.info(
-            "Training on the CPU with glibc's allocator, which keeps the memory that training steps free (about 1.4 "
-            "times what training holds, docs/ablation.md). To keep it near what training holds, preload tcmalloc: "
-            "%s.",
+            "Training on the CPU with glibc's allocator, which keeps the memory that training steps free, well above "
+            'what training holds (docs/ablation.md, "Training memory"). To keep it near that, preload tcmalloc: %s.',
             PRELOAD_HINT,
         )
