@@ -47,13 +47,12 @@ def main() -> None:
     from transformers import set_seed
 
     from persona.configs import ModelArguments
-    from persona.data.tokenize import encode_texts
     from persona.model.generation import Bot, DecodingArguments
     from persona.model.loading import load_trained
 
     started = time.perf_counter()
     loaded = load_trained(ModelArguments(model_name_or_path=args.model_name_or_path))
-    model, tokenizer = loaded.model, loaded.tokenizer
+    model = loaded.model
     load_seconds = time.perf_counter() - started
     requests = requests_from(VALID_CONVERSATIONS, args.requests + 1, args.max_history)
     parameters = sum(p.numel() for p in model.parameters())
@@ -71,7 +70,7 @@ def main() -> None:
             start = time.perf_counter()
             reply = bot.reply(persona, history)
             latencies.append(time.perf_counter() - start)
-            tokens.append(len(encode_texts(tokenizer, [reply])[0]) + 1)  # and its <eos>
+            tokens.append(len(loaded.layout.encode([reply])[0]) + 1)  # and its <eos>
         latencies, tokens = latencies[1:], tokens[1:]
         p90 = statistics.quantiles(latencies, n=10)[-1]
         print(

@@ -60,13 +60,14 @@ def differences(family: str, attention: str, device: str, dtype: torch.dtype, ba
     loaded = load_for_training(
         ModelArguments(model_config=SIZES[family], tokenizer_name_or_path=str(QUICKSTART / "tokenizer"))
     )
-    model, tokenizer = loaded.model, loaded.tokenizer
+    model = loaded.model
     model.set_attn_implementation(attention)
     model.to(device).eval()
     data = DataArguments(
         dataset_path=str(QUICKSTART), dataset_cache=str(REPO / "dataset_cache"), num_candidates=4, max_train_dialogs=8
     )
-    features = prepare_corpus(data, tokenizer, max_length=loaded.max_positions, roles=("train",)).features["train"]
+    features = prepare_corpus(data, loaded.layout, max_positions=loaded.max_positions, roles=("train",))
+    features = features.features["train"]
     worst = {"loss": 0.0, "mc_logits": 0.0}
     for start in range(0, 4 * batches, 4):
         rows = [features[i] for i in range(start, start + 4)]

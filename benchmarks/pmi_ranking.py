@@ -70,13 +70,12 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
     from persona.configs import CHAT_TEMPLATE_LAYOUT, DataArguments, ModelArguments
-    from persona.data.chat_layout import generation_prompt
     from persona.data.prepare import prepare_corpus
     from persona.model.loading import load_for_inference
 
     gguf = args.gguf_file or ("SmolLM2-135M-Instruct.Q4_1.gguf" if args.model == str(SHARED_SMOLLM2) else None)
     loaded = load_for_inference(ModelArguments(model_name_or_path=args.model, gguf_file=gguf))
-    if loaded.layout != CHAT_TEMPLATE_LAYOUT:
+    if loaded.layout.name != CHAT_TEMPLATE_LAYOUT:
         sys.exit(f"{args.model} is not a chat-template model: this benchmark needs one")
     data = DataArguments(
         dataset_path=str(REPO.parent / "shared" / "data" / "spc" / "Synthetic-Persona-Chat_valid.csv"),
@@ -88,9 +87,9 @@ def main() -> None:
         input_layout=CHAT_TEMPLATE_LAYOUT,
         max_eval_dialogs=args.dialogs,
     )
-    features = prepare_corpus(data, loaded.tokenizer, max_length=loaded.max_positions, roles=("eval",)).features
+    features = prepare_corpus(data, loaded.layout, max_positions=loaded.max_positions, roles=("eval",)).features
     turns = features["eval"].select(range(args.start_turn, min(args.start_turn + args.turns, len(features["eval"]))))
-    empty = generation_prompt(loaded.tokenizer, [], [])[:-1]  # a block starts with the prompt's last token
+    empty = loaded.layout.empty_prefix()  # a block starts with the prompt's last token
     rows, start = [], time.perf_counter()
     with torch.no_grad():
         for turn in turns:

@@ -3,6 +3,7 @@ size, warm load time, side by side.
 
     python benchmarks/prepare.py [--scale 1 4] [--dialogs 17878] [--num_candidates 2] [--workers 2] [--corpus FILE]
     python benchmarks/prepare.py --spc_dialogs 9000 36000
+    python benchmarks/prepare.py --spc_dialogs 2000 --num_candidates 16 --layouts
 
 Without ``--corpus`` it writes (once, into ``benchmarks/.corpus/``) a synthetic corpus in the JSON
 layout of transfer-learning-conv-ai with PersonaChat's shape: 17,878 training dialogs of 6 to 9 turns
@@ -20,12 +21,19 @@ give each scale's time and peaks against the first scale's: preparation in bound
 ``--spc_dialogs N ...`` prepares instead conversation CSVs of real Synthetic-Persona-Chat text (the shared validation
 CSV's conversations, repeated to N dialogs, both sides of each serving as the bot): no candidates in the file, so the
 distractors are sampled.
+
+``--layouts`` prepares the first corpus instead in both input layouts side by side (the same dialogs and sampled
+candidates): the reference layout with GPT-2's tokenizer, the chat-template layout with SmolLM2's (each reply's own
+tokens between the template's wrapper), and the chat template rendering every candidate in the whole conversation;
+it prints each one's cold time against the reference layout's and a digest of the features (the two chat-template
+variants must agree).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import os
 import random
@@ -41,6 +49,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 SHARED_GPT2_TOKENIZER = REPO.parent / "shared" / "tokenizers" / "gpt2"
 SHARED_SPC = REPO.parent / "shared" / "data" / "spc" / "Synthetic-Persona-Chat_valid.csv"
+SHARED_SMOLLM2, SMOLLM2_GGUF = (
+    REPO.parent / "shared" / "models" / "smollm2-135m-instruct",
+    "SmolLM2-135M-Instruct.Q4_1.gguf",
+)
 CORPUS_DIR = Path(__file__).resolve().parent / ".corpus"
 
 
@@ -133,20 +145,36 @@ def _largest_anonymous(stop: threading.Event, peak: list[int]) -> None:
         peak[0] = max(peak[0], *(_anonymous_kb(pid) for pid in (me, *_children(me))))
 
 
-def prepare(corpus: str, cache: str, num_candidates: int, workers: int) -> dict:
-    """Prepare the training split in this process; its time, statistics and peak RSS (workers included)."""
+def _layout(variant: str):
+    """The layout of a ``variant``: the reference layout on GPT-2's tokenizer, or the chat-template layout on
+    SmolLM2's (``chat_template``; ``chat_template-whole`` renders every candidate in the whole conversation)."""
+    from transformers import AutoTokenizer
+
+    from persona.data import chat_layout
+    from persona.data.input_layouts import ChatTemplateLayout, ReferenceLayout
+    from persona.data.special_tokens import add_special_tokens
+
+    if variant == "reference":
+        tokenizer = AutoTokenizer.from_pretrained(str(SHARED_GPT2_TOKENIZER))
+        add_special_tokens(tokenizer)
+        return ReferenceLayout.for_tokenizer(tokenizer)
+    tokenizer = AutoTokenizer.from_pretrained(str(SHARED_SMOLLM2), gguf_file=SMOLLM2_GGUF)
+    if variant == "chat_template-whole":
+        chat_layout.reply_wrapper = lambda tokenizer: None
+    return ChatTemplateLayout.for_tokenizer(tokenizer)
+
+
+def prepare(corpus: str, cache: str, num_candidates: int, workers: int, variant: str = "reference") -> dict:
+    """Prepare the training split in this process in the layout of ``variant`` (see :func:`_layout`); its time
+    (after the imports and the tokenizer's load), statistics and peak RSS (workers included)."""
     stop, anonymous = threading.Event(), [0]
     threading.Thread(target=_largest_anonymous, args=(stop, anonymous), daemon=True).start()
     start = time.perf_counter()
-    from transformers import AutoTokenizer
-
     from persona.configs import DataArguments
     from persona.data import prepare_corpus
-    from persona.data.special_tokens import add_special_tokens
 
+    layout = _layout(variant)
     imported = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(str(SHARED_GPT2_TOKENIZER))
-    add_special_tokens(tokenizer)
     data = DataArguments(
         dataset_path=corpus,
         dataset_cache=cache,
@@ -154,8 +182,9 @@ def prepare(corpus: str, cache: str, num_candidates: int, workers: int) -> dict:
         max_history=2,
         preprocessing_num_workers=workers,
         validation_split_size=0,
+        input_layout=layout.name,
     )
-    prepared = prepare_corpus(data, tokenizer, max_length=1024, roles=("train",))
+    prepared = prepare_corpus(data, layout, max_positions=1024, roles=("train",))
     done = time.perf_counter()
     # This process's own high-water mark from /proc (getrusage's for itself would include the benchmark process it
     # was started from, Linux keeping it across exec), and the largest of its map workers.
@@ -165,6 +194,9 @@ def prepare(corpus: str, cache: str, num_candidates: int, workers: int) -> dict:
     return {
         "seconds": done - imported,
         "import_seconds": imported - start,
+        "digest": hashlib.sha256(
+            json.dumps([prepared.features["train"]["prefix_ids"], prepared.features["train"]["candidates"]]).encode()
+        ).hexdigest()[:16],
         "peak_rss_gb": peak / 1e9,
         "peak_anonymous_gb": anonymous[0] * 1024 / 1e9,
         "stats": prepared.stats["splits"]["train"],
@@ -188,15 +220,32 @@ def folder_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def measure(corpus: Path, num_candidates: int, workers: int) -> dict:
+def measure(corpus: Path, num_candidates: int, workers: int, variant: str = "reference") -> dict:
     """Cold and warm preparation of ``corpus`` into a fresh cache, each in a fresh process, and the cache's size."""
     cache = Path(tempfile.mkdtemp(prefix="persona-prepare-bench-"))
     try:
-        cold = run_child(str(corpus), str(cache), str(num_candidates), str(workers))
-        warm = run_child(str(corpus), str(cache), str(num_candidates), str(workers))
+        cold = run_child(str(corpus), str(cache), str(num_candidates), str(workers), variant)
+        warm = run_child(str(corpus), str(cache), str(num_candidates), str(workers), variant)
         return {"cold": cold, "warm": warm, "cache_bytes": folder_size(cache)}
     finally:
         shutil.rmtree(cache, ignore_errors=True)
+
+
+def compare_layouts(corpus: Path, num_candidates: int, workers: int) -> None:
+    """Cold preparation of ``corpus`` in each layout, one after the other, each in a fresh process; the time against
+    the reference layout's, and whether the two chat-template variants gave the same features."""
+    variants = ("reference", "chat_template", "chat_template-whole")
+    results = {variant: measure(corpus, num_candidates, workers, variant)["cold"] for variant in variants}
+    print(f"{corpus.name}: training split, num_candidates {num_candidates}, max_history 2, {workers} workers")
+    print(f"  {'layout':28}{'examples':>10}{'tokens':>12}{'seconds':>10}{'x reference':>13}  features")
+    for variant, cold in results.items():
+        stats = cold["stats"]
+        print(
+            f"  {variant:28}{stats['examples']:>10,}{stats['tokens']:>12,}{cold['seconds']:10.2f}"
+            f"{cold['seconds'] / results['reference']['seconds']:13.2f}  {cold['digest']}"
+        )
+    same = results["chat_template"]["digest"] == results["chat_template-whole"]["digest"]
+    print(f"  the chat template's features with and without whole renders are {'identical' if same else 'DIFFERENT'}")
 
 
 def main() -> None:
@@ -214,11 +263,17 @@ def main() -> None:
         nargs="+",
         help="instead, conversation CSVs of this many dialogs of real Synthetic-Persona-Chat text (../shared)",
     )
-    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--layouts",
+        action="store_true",
+        help="instead, prepare the first corpus in both input layouts side by side: the reference layout (GPT-2's "
+        "tokenizer), the chat template (SmolLM2's), and the chat template rendering every candidate whole",
+    )
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        corpus, cache, candidates, workers = args.child
-        print(json.dumps(prepare(corpus, cache, int(candidates), int(workers))))
+        corpus, cache, candidates, workers, variant = args.child
+        print(json.dumps(prepare(corpus, cache, int(candidates), int(workers), variant)))
         return
     if not SHARED_GPT2_TOKENIZER.exists():
         sys.exit(f"GPT-2's tokenizer is absent: {SHARED_GPT2_TOKENIZER} (the shared folder beside the repository)")
@@ -237,6 +292,9 @@ def main() -> None:
             write_corpus(corpus, args.dialogs * scale, SHARED_GPT2_TOKENIZER)
             print(f"  written in {time.perf_counter() - started:.1f} s, {corpus.stat().st_size / 1e6:.0f} MB")
         corpora[scale] = corpus
+    if args.layouts:
+        compare_layouts(corpora[min(corpora)], args.num_candidates, args.workers)
+        return
     results = {scale: measure(corpus, args.num_candidates, args.workers) for scale, corpus in corpora.items()}
     print(f"training split, num_candidates {args.num_candidates}, max_history 2, {args.workers} workers")
     for scale, result in results.items():

@@ -88,7 +88,7 @@ def measure(
 
     torch.manual_seed(0)
     loaded = load_for_training(ModelArguments(**model_fields))
-    model, tokenizer = loaded.model, loaded.tokenizer
+    model = loaded.model
     model.to(device)
     role = "train" if train else "eval"
     data = DataArguments(
@@ -98,7 +98,7 @@ def measure(
         eval_num_candidates=candidates,
         max_history=2,
     )
-    features = prepare_corpus(data, tokenizer, max_length=loaded.max_positions, roles=(role,)).features[role]
+    features = prepare_corpus(data, loaded.layout, max_positions=loaded.max_positions, roles=(role,)).features[role]
     path = choose_dual_path(model, mode)
     collator = collator_for(path, loaded.ids)
     warmup = accumulation if train else 2

@@ -40,10 +40,12 @@ def conversations(recipe: str, tokenizer) -> list[dict]:
     from persona.configs import DataArguments, ModelArguments, PersonaTrainingArguments
     from persona.data import prepare_corpus
     from persona.data.chat_layout import chat_messages
+    from persona.data.input_layouts import ChatTemplateLayout
 
     argv = [recipe, "--max_history", "1000000", "--num_candidates", "1", "--output_dir", "/tmp/unused"]
     (_, data_args, _), _ = parse_recipe(argv, (ModelArguments, DataArguments, PersonaTrainingArguments))
-    corpus = prepare_corpus(data_args, tokenizer, max_length=tokenizer.model_max_length)  # eval: the held-out split
+    layout = ChatTemplateLayout.for_tokenizer(tokenizer)
+    corpus = prepare_corpus(data_args, layout, max_positions=tokenizer.model_max_length)  # eval: the held-out split
     chats = []
     for dialog in corpus.dialogs["train"]:
         last = dialog["turns"][-1]

@@ -21,9 +21,11 @@ FORMATS = (
     "personachat_json",
     "parlai",
     "conversations",
+    "messages",
+    "sharegpt",
     "hub",
-)  # the corpus layouts persona.data.readers reads
-REFERENCE_LAYOUT, CHAT_TEMPLATE_LAYOUT = "reference", "chat_template"  # how a turn becomes the model's input
+)  # the corpus formats persona.data.readers reads
+REFERENCE_LAYOUT, CHAT_TEMPLATE_LAYOUT = "reference", "chat_template"  # the names of persona.data.input_layouts
 INPUT_LAYOUTS = (REFERENCE_LAYOUT, CHAT_TEMPLATE_LAYOUT)
 
 
@@ -155,8 +157,8 @@ class DataArguments:
     dataset_format: str = field(
         default="auto",
         metadata={
-            "help": "Layout of the corpus: auto (detected from the content), personachat_json, parlai, "
-            "conversations or hub.",
+            "help": "Format of the corpus: auto (detected from the content), personachat_json, parlai, "
+            "conversations, messages (OpenAI chat JSONL), sharegpt or hub.",
             "choices": list(FORMATS),
         },
     )
@@ -242,7 +244,9 @@ class DataArguments:
     )
 
     def __post_init__(self):
-        if self.label_history and self.input_layout != CHAT_TEMPLATE_LAYOUT:
+        from persona.data.input_layouts import layout_class  # persona.data reads these recipe fields
+
+        if self.label_history and not layout_class(self.input_layout).labels_history:
             raise ConfigError(
                 f"label_history needs input_layout: {CHAT_TEMPLATE_LAYOUT}",
                 where="label_history",
@@ -273,7 +277,7 @@ class ForwardArguments:
         default=None,
         metadata={
             "help": "Add the speaker embeddings (token types) to the inputs, as TransferTransfo does; false "
-            "feeds the model as its chat template does. Default: as the model was trained (persona_token_types "
+            "feeds the model as its chat template does. Default: as the model was trained (``persona.token_types`` "
             "in its config), and yes for a model that persona has not trained yet."
         },
     )

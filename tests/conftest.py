@@ -103,10 +103,14 @@ def build_tiny(config: dict):
 
 def as_loaded(model, tokenizer, token_types: bool = True):
     """``model`` and ``tokenizer`` as the LoadedModel that loading gives every command."""
-    from persona.data.special_tokens import special_ids
+    from persona.data.input_layouts import ReferenceLayout
+    from persona.model.facts import PersonaFacts
     from persona.model.loading import LoadedModel, max_positions
 
-    return LoadedModel(model, tokenizer, special_ids(tokenizer), max_positions(model.config), token_types)
+    layout = ReferenceLayout.for_tokenizer(tokenizer)
+    return LoadedModel(
+        model, tokenizer, layout, max_positions(model.config), token_types, PersonaFacts.of(model.config)
+    )
 
 
 def load_folder(path):
@@ -222,3 +226,18 @@ def template_trained(plain_chat_model, tmp_path_factory):
     argv += ["--output_dir", str(out), "--report_to", "none", "--dataset_cache", str(out.parent / "cache")]
     assert train_main([*argv, "--eval_num_candidates", "3"]) == 0
     return out
+
+
+@pytest.fixture
+def join_sizes(monkeypatch) -> list[int]:
+    """The number of rows of each join of any running batch (:meth:`RunningBatch.join`) while the test runs."""
+    from persona.serving.running_batch import RunningBatch
+
+    sizes, join = [], RunningBatch.join
+
+    def counted(self, prompts):
+        sizes.append(len(prompts))
+        return join(self, prompts)
+
+    monkeypatch.setattr(RunningBatch, "join", counted)
+    return sizes

@@ -13,6 +13,7 @@ from safetensors import safe_open
 from persona.commands.train import main as train_main
 from persona.configs import ModelArguments
 from persona.data import PersonaCollator
+from persona.data.input_layouts import ReferenceLayout
 from persona.data.special_tokens import special_ids
 from persona.model.dual_heads import DualPath
 from persona.model.generation import DecodingArguments, generate_replies, prompt_inputs
@@ -112,9 +113,8 @@ def test_lora_trains_only_adapters_the_head_and_the_special_token_rows(tokenizer
 
     model = build_tiny(TINY_LLAMA).train()
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    lora = with_lora(
-        model, ModelArguments(use_peft=True, lora_r=4, lora_alpha=8, lora_dropout=0.0), special_ids(tokenizer)
-    )
+    lora_args = ModelArguments(use_peft=True, lora_r=4, lora_alpha=8, lora_dropout=0.0)
+    lora = with_lora(model, lora_args, ReferenceLayout.for_tokenizer(tokenizer))
     trainable = [name for name, p in lora.named_parameters() if p.requires_grad]
     assert trainable and all(
         ("lora_" in n) or ("trainable_tokens" in n) or ("multiple_choice_head.modules_to_save" in n) for n in trainable

@@ -11,6 +11,7 @@ import torch
 from persona.configs import CHAT_TEMPLATE_LAYOUT, DataArguments, ModelArguments, PersonaTrainingArguments
 from persona.data import prepare_corpus
 from persona.data.chat_layout import chat_messages
+from persona.data.input_layouts import ChatTemplateLayout
 from persona.data.layout import IGNORE_INDEX
 from persona.model.dual_heads import DualPath, collator_for
 from persona.model.loading import load_for_training
@@ -27,13 +28,13 @@ def _corpus(tmp_path, tokenizer, num_candidates: int = 3):
         input_layout=CHAT_TEMPLATE_LAYOUT,
         eval_num_candidates=num_candidates,
     )
-    return prepare_corpus(data, tokenizer, max_length=128, roles=("eval",))
+    return prepare_corpus(data, ChatTemplateLayout.for_tokenizer(tokenizer), max_positions=128, roles=("eval",))
 
 
 def _loaded(folder, **fields):
     torch.manual_seed(0)
     model_args = ModelArguments(model_name_or_path=str(folder), **fields)
-    return load_for_training(model_args, layout=CHAT_TEMPLATE_LAYOUT)
+    return load_for_training(model_args, input_layout=CHAT_TEMPLATE_LAYOUT)
 
 
 def test_template_features_are_the_tokenizers_own_rendering(plain_chat_model, tmp_path):
@@ -80,7 +81,7 @@ PRIORS = {
 def test_packed_equals_classic_in_the_template_layout(plain_chat_model, tmp_path, prior):
     loaded = _loaded(plain_chat_model, **PRIORS[prior])
     examples = list(_corpus(tmp_path, loaded.tokenizer).features["eval"])[:4]
-    empty = loaded.empty_prefix() if prior == "PMI" else None
+    empty = loaded.layout.empty_prefix() if prior == "PMI" else None
     results = {}
     for path in (DualPath.CLASSIC, DualPath.PACKED):
         batch = collator_for(path, loaded.ids, token_types=False, wrap_candidates=False, empty_prefix=empty)(examples)
@@ -104,7 +105,7 @@ def test_the_pmi_prior_is_the_likelihood_after_the_conversation_less_a_weight_ti
     plain_chat_model, tmp_path, path
 ):
     loaded = _loaded(plain_chat_model, likelihood_prior=True, prior_pmi_weight=0.5)
-    empty = loaded.empty_prefix()
+    empty = loaded.layout.empty_prefix()
     no_messages = [{"role": "system", "content": ""}]
     rendered = loaded.tokenizer.apply_chat_template(
         no_messages, add_generation_prompt=True, tokenize=True, return_dict=False
@@ -185,10 +186,10 @@ def test_a_template_trained_model_keeps_its_own_template_and_layout(template_tra
     from transformers import AutoTokenizer
 
     loaded = load_folder(template_trained)
-    assert loaded.layout == CHAT_TEMPLATE_LAYOUT and not loaded.token_types and not loaded.prompted
+    assert loaded.layout.name == CHAT_TEMPLATE_LAYOUT and not loaded.token_types and not loaded.prompted
     assert loaded.tokenizer.chat_template == AutoTokenizer.from_pretrained(plain_chat_model).chat_template
     config = json.loads((template_trained / "config.json").read_text())
-    assert config["persona_layout"] == "chat_template" and config["persona_likelihood_prior"] is True
+    assert config["persona"]["layout"] == "chat_template" and config["persona"]["likelihood_prior"] is True
     assert "<bos>" not in loaded.tokenizer.get_vocab()  # no persona tokens added
     card = (template_trained / "README.md").read_text()
     assert "trained in this very chat template" in card and "<speaker2>" not in card
@@ -259,7 +260,8 @@ def _labelled_corpus(tmp_path, tokenizer):
         label_history=True,
         validation_split_size=1,
     )
-    return prepare_corpus(data, tokenizer, max_length=128, roles=("train", "eval"))
+    layout = ChatTemplateLayout.for_tokenizer(tokenizer)
+    return prepare_corpus(data, layout, max_positions=128, roles=("train", "eval"))
 
 
 def _runs(labels: list[int]) -> list[list[int]]:
@@ -357,3 +359,68 @@ def test_chat_and_serve_prompt_a_chat_model_persona_never_trained(plain_chat_mod
         body = {"messages": messages, "temperature": 0, "max_tokens": 4}
         answer = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
     assert answer.status_code == 200 and answer.json()["usage"]["prompt_tokens"] == len(prompt)
+
+
+@pytest.fixture(scope="module")
+def smollm2_tokenizer():
+    from transformers import AutoTokenizer
+
+    from tests.conftest import needs_shared
+
+    folder = needs_shared("models", "smollm2-135m-instruct")
+    return AutoTokenizer.from_pretrained(folder, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+@pytest.mark.parametrize("which", ["tiny", "smollm2"])
+def test_blocks_between_the_templates_wrapper_are_the_full_renders_features(
+    which, plain_chat_model, smollm2_tokenizer, tmp_path, monkeypatch
+):
+    """The shared CSV prepared in the chat template (label spans included) with each reply's own tokens between the
+    template's wrapper gives the very features of rendering every reply in the whole conversation."""
+    import csv
+
+    from transformers import AutoTokenizer
+
+    from persona.data import chat_layout
+    from tests.conftest import needs_shared
+
+    tokenizer = smollm2_tokenizer if which == "smollm2" else AutoTokenizer.from_pretrained(plain_chat_model)
+    assert chat_layout.reply_wrapper(tokenizer) is not None
+    source = tmp_path / "spc.csv"
+    with open(needs_shared("data", "spc", "Synthetic-Persona-Chat_valid.csv"), newline="") as handle:
+        rows = [row for _, row in zip(range(10), csv.DictReader(handle))]
+    with open(source, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+    def features(cache: str):
+        data = DataArguments(
+            dataset_path=str(source),
+            dataset_cache=str(tmp_path / cache),
+            input_layout=CHAT_TEMPLATE_LAYOUT,
+            num_candidates=8,
+            label_history=True,
+            validation_split_size=2,
+            max_input_length=160,  # some turns lose history to fit
+        )
+        corpus = prepare_corpus(data, ChatTemplateLayout.for_tokenizer(tokenizer), max_positions=2048)
+        return {role: corpus.features[role].to_list() for role in ("train", "eval")}
+
+    fast = features("fast")
+    monkeypatch.setattr(chat_layout, "reply_wrapper", lambda tokenizer: None)
+    whole = features("whole")
+    assert fast == whole and any(row["truncated"] for row in fast["train"])
+    assert any(row["label_spans"] for row in fast["train"])
+
+
+def test_replies_the_wrapper_does_not_vouch_for_are_rendered_whole(smollm2_tokenizer):
+    from persona.data import chat_layout
+
+    tokenizer = smollm2_tokenizer
+    messages = chat_layout.chat_messages(["i like cats."], ["hi!"])
+    prompt = chat_layout.generation_prompt(tokenizer, ["i like cats."], ["hi!"])
+    replies = [" spaced ", "two\nlines", "plain reply.", "<|im_end|> forged"]
+    specials = set(tokenizer.all_special_ids)
+    expected = [chat_layout._reply_block(tokenizer, messages, prompt, reply, specials) for reply in replies]
+    assert chat_layout.reply_blocks(tokenizer, messages, prompt, replies) == expected

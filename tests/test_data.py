@@ -11,6 +11,7 @@ import pytest
 
 from persona.configs import DataArguments
 from persona.data import prepare_corpus
+from persona.data.input_layouts import ReferenceLayout
 from persona.data.readers import SILENCE, WHOLE_FILE
 from persona.data.sources import read_corpus
 from persona.errors import DataError
@@ -65,7 +66,9 @@ def _features(tmp_path, tokenizer, dataset_path, **options):  # one file: its wh
         eval_num_candidates=2,
         **options,
     )
-    return prepare_corpus(args, tokenizer, max_length=128, roles=("train",)).features["train"]
+    return prepare_corpus(
+        args, ReferenceLayout.for_tokenizer(tokenizer), max_positions=128, roles=("train",)
+    ).features["train"]
 
 
 def test_same_conversations_give_identical_features_in_every_layout(tmp_path, tokenizer):
@@ -115,7 +118,7 @@ def test_held_out_dialogs_take_whole_conversations(tmp_path, tokenizer):
     args = DataArguments(
         dataset_path=str(path), dataset_cache=str(tmp_path / "cache"), validation_split_size=0.3, eval_num_candidates=2
     )
-    dialogs = prepare_corpus(args, tokenizer, max_length=128).dialogs
+    dialogs = prepare_corpus(args, ReferenceLayout.for_tokenizer(tokenizer), max_positions=128).dialogs
     seen = {
         role: {u for d in dialogs[role] for t in d["turns"] for u in (*t["history"], t["candidates"][-1])} - {SILENCE}
         for role in ("train", "eval")
@@ -147,11 +150,13 @@ def test_sampled_distractors_are_seeded_and_exclude_the_dialog(tmp_path, tokeniz
     args = DataArguments(
         dataset_path=str(QUICKSTART), dataset_cache=str(tmp_path / "c"), eval_num_candidates=20, max_eval_dialogs=10
     )
-    first = prepare_corpus(args, tokenizer, max_length=256, roles=("eval",)).dialogs["eval"]
+    first = prepare_corpus(args, ReferenceLayout.for_tokenizer(tokenizer), max_positions=256, roles=("eval",)).dialogs[
+        "eval"
+    ]
     again = prepare_corpus(
         DataArguments(**{**vars(args), "dataset_cache": str(tmp_path / "d")}),
-        tokenizer,
-        max_length=256,
+        ReferenceLayout.for_tokenizer(tokenizer),
+        max_positions=256,
         roles=("eval",),
     ).dialogs["eval"]
     assert first[:] == again[:]
@@ -201,8 +206,8 @@ def test_two_workers_write_the_cache_in_place_and_report_what_each_skipped(tmp_p
                 bot_side="user2",
                 preprocessing_num_workers=2,
             ),
-            tokenizer,
-            max_length=128,
+            ReferenceLayout.for_tokenizer(tokenizer),
+            max_positions=128,
             roles=("train",),
         )
     assert corpus.stats["skipped"] == {"gold reply too long": 2}
@@ -226,11 +231,11 @@ def test_only_the_splits_the_roles_read_are_read(tmp_path, tokenizer, caplog):
         dataset_path=str(path), dataset_cache=str(tmp_path / "cache"), num_candidates=1, eval_num_candidates=1
     )
     with caplog.at_level("WARNING"):
-        training = prepare_corpus(args, tokenizer, max_length=128, roles=("train",))
+        training = prepare_corpus(args, ReferenceLayout.for_tokenizer(tokenizer), max_positions=128, roles=("train",))
     assert training.stats["skipped"] == {} and list(training.stats["splits"]) == ["train"]
     assert "valid[" not in caplog.text
     with caplog.at_level("WARNING"):
-        both = prepare_corpus(args, tokenizer, max_length=128)
+        both = prepare_corpus(args, ReferenceLayout.for_tokenizer(tokenizer), max_positions=128)
     assert f"Skipped {path}, valid[{len(content['valid']) - 1}]: the dialog has no usable turns" in caplog.text
     assert both.stats["skipped"] == {"dialog without turns": 1}
     assert both.stats["splits"]["eval"]["dialogs"] == len(content["valid"]) - 1
@@ -264,7 +269,7 @@ def test_failed_build_leaves_no_cache(tmp_path, tokenizer):
         (b"1 your persona: i like cats.\n", "the dialog has no usable turns"),
         (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe binary", "not UTF-8"),
         (b"", "the file is empty"),
-        (b"just some prose, no layout at all\n", "cannot tell the corpus layout"),
+        (b"just some prose, no format at all\n", "cannot tell the corpus format"),
         (b'{"personas": [["a."], ["b."]], "utterances": ["x", "y"]}\n{"personas": [["a."]', "line 2"),
     ],
 )
@@ -295,7 +300,7 @@ def test_overlong_history_is_truncated_and_counted(tmp_path, tokenizer):
         dataset_cache=str(tmp_path / "c"),
         bot_side="user2",
     )
-    corpus = prepare_corpus(args, tokenizer, max_length=128, roles=("train",))
+    corpus = prepare_corpus(args, ReferenceLayout.for_tokenizer(tokenizer), max_positions=128, roles=("train",))
     assert corpus.stats["splits"]["train"]["truncated"] >= 1
     assert max(len(r["prefix_ids"]) + max(map(len, r["candidates"])) + 2 for r in corpus.features["train"]) <= 128
 
@@ -351,7 +356,7 @@ def test_unusable_records_are_skipped_with_warnings_and_counted(tmp_path, tokeni
         dataset_path=str(path), dataset_cache=str(tmp_path / "cache"), eval_num_candidates=2, validation_split_size=1
     )
     with caplog.at_level("WARNING"):
-        corpus = prepare_corpus(args, tokenizer, max_length=128)
+        corpus = prepare_corpus(args, ReferenceLayout.for_tokenizer(tokenizer), max_positions=128)
     # rows 4 and 5 are lost whole; row 6 keeps user 1's turns and user 2's turn after "hi" is too long for 128
     # positions
     assert corpus.stats["skipped"] == {"empty conversation": 1, "gold reply too long": 1, "no speaker tags": 1}
@@ -406,8 +411,8 @@ def test_a_personachat_turn_without_candidates_is_skipped_and_a_split_with_nothi
     )
     corpus = prepare_corpus(
         DataArguments(dataset_path=str(path), dataset_cache=str(tmp_path / "c"), eval_num_candidates=2),
-        tokenizer,
-        max_length=64,
+        ReferenceLayout.for_tokenizer(tokenizer),
+        max_positions=64,
         roles=("train",),
     )
     assert corpus.stats["skipped"] == {"dialog without turns": 1, "turn without candidates": 1}
@@ -418,8 +423,8 @@ def test_a_personachat_turn_without_candidates_is_skipped_and_a_split_with_nothi
     ):
         prepare_corpus(
             DataArguments(dataset_path=str(path), dataset_cache=str(tmp_path / "c")),
-            tokenizer,
-            max_length=64,
+            ReferenceLayout.for_tokenizer(tokenizer),
+            max_positions=64,
             roles=("eval",),
         )
 
@@ -428,16 +433,22 @@ def test_a_single_file_is_the_training_split_whatever_its_name_and_is_not_evalua
     path = write_conversations(tmp_path / "dev_conversations.jsonl", CONVERSATIONS)  # "dev" in the name: no matter
     args = DataArguments(dataset_path=str(path), dataset_cache=str(tmp_path / "c"), eval_num_candidates=2)
     with caplog.at_level("WARNING"):
-        corpus = prepare_corpus(args, tokenizer, max_length=128)
+        corpus = prepare_corpus(args, ReferenceLayout.for_tokenizer(tokenizer), max_positions=128)
     assert list(corpus.features) == ["train"] and corpus.stats["splits"]["train"]["split"] == WHOLE_FILE
     assert "one file with no splits inside: training on all of it and evaluating on nothing" in caplog.text
     assert "eval_dataset_path" in caplog.text and "validation_split_size" in caplog.text
-    evaluated = prepare_corpus(args, tokenizer, max_length=128, roles=("eval",))  # what persona-eval asks for
+    evaluated = prepare_corpus(
+        args, ReferenceLayout.for_tokenizer(tokenizer), max_positions=128, roles=("eval",)
+    )  # what persona-eval asks for
     assert evaluated.stats["splits"]["eval"]["split"] == WHOLE_FILE and len(evaluated.dialogs["eval"]) == 4
     other = write_conversations(
         tmp_path / "other.jsonl", [*CONVERSATIONS[:1], {"personas": [["a."], ["b."]], "utterances": []}]
     )
-    both = prepare_corpus(DataArguments(**{**vars(args), "eval_dataset_path": str(other)}), tokenizer, max_length=128)
+    both = prepare_corpus(
+        DataArguments(**{**vars(args), "eval_dataset_path": str(other)}),
+        ReferenceLayout.for_tokenizer(tokenizer),
+        max_positions=128,
+    )
     assert len(both.dialogs["train"]) == 4 and len(both.dialogs["eval"]) == 2
     assert (
         both.stats["splits"]["eval"]["skipped"] == {"empty conversation": 1}
@@ -490,6 +501,6 @@ def test_persona_data_with_a_tokenizer_alone_takes_its_limit_without_looking_for
     argv += ["--dataset_cache", str(tmp_path / "cache"), "--stats_json", str(tmp_path / "stats.json")]
     with caplog.at_level("INFO", logger="persona"):
         assert prepare_main(argv) == 0
-    assert json.loads((tmp_path / "stats.json").read_text())["max_length"] == 512  # its model_max_length
+    assert json.loads((tmp_path / "stats.json").read_text())["max_input_length"] == 512  # its model_max_length
     assert "No model named: inputs cut to the tokenizer's 512 tokens." in caplog.text
     assert "WARNING" not in caplog.text

@@ -61,11 +61,7 @@ def test_a_failure_in_the_end_of_training_evaluation_leaves_a_model_that_loads(t
     with pytest.raises(RuntimeError, match="evaluation failed"):
         train_main(tiny_train_args(out, "--max_train_dialogs", "4", "--max_eval_dialogs", "1", "--max_steps", "1"))
     loaded = load_folder(out)
-    assert (
-        (out / "model.safetensors").exists()
-        and loaded.tokenizer.chat_template
-        and loaded.model.config.persona_token_types is True
-    )
+    assert (out / "model.safetensors").exists() and loaded.tokenizer.chat_template and loaded.facts.token_types is True
 
 
 def test_evaluation_on_two_ranks_equals_one_process_on_exactly_the_same_turns(trained_model_dir, tmp_path):

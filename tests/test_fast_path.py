@@ -159,10 +159,10 @@ def test_every_path_scores_each_candidate_as_its_own_full_sequence(model_name, r
 def test_pmi_in_the_reference_layout_scores_each_candidate_after_bos_alone(tiny_model, tokenizer):
     """The context-free batch of the reference layout: each candidate ``<speaker1> reply <eos>`` after ``<bos>``, with
     its token types, scored as one plain forward pass over ``<bos>`` and the candidate scores it, on both paths."""
-    from persona.model.loading import LoadedModel
+    from persona.data.input_layouts import ReferenceLayout
 
-    ids = special_ids(tokenizer)
-    empty = LoadedModel(tiny_model, tokenizer, ids, 128, token_types=True).empty_prefix()
+    layout = ReferenceLayout.for_tokenizer(tokenizer)
+    ids, empty = layout.ids, layout.empty_prefix()
     assert empty == (ids.bos,)
     examples = _examples(tokenizer)
     for path in (CLASSIC, PACKED):

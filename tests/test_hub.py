@@ -14,9 +14,9 @@ from huggingface_hub.hf_api import RepoUrl
 from persona.commands.push import main as push_main
 from persona.commands.train import main as train_main
 from persona.data import build_inputs
+from persona.data.reference_template import add_chat_template
 from persona.data.special_tokens import special_ids
 from persona.data.tokenize import encode_texts
-from persona.model.chat_template import add_chat_template
 from tests.conftest import needs_shared, tiny_train_args
 
 PERSONA = "i like cats and i am a nurse."
@@ -30,8 +30,9 @@ def _messages(history, roles=("user", "assistant")):
 
 
 def _reference(tokenizer, history, reply=None):
-    persona_ids, history_ids = encode_texts(tokenizer, [PERSONA]), encode_texts(tokenizer, history)
-    reply_ids = encode_texts(tokenizer, [reply])[0] if reply else []
+    persona_ids = encode_texts(tokenizer, [PERSONA], leading_space=True)
+    history_ids = encode_texts(tokenizer, history, leading_space=True)
+    reply_ids = encode_texts(tokenizer, [reply], leading_space=True)[0] if reply else []
     return build_inputs(
         persona_ids, history_ids, reply_ids, special_ids(tokenizer), lm_labels=False, with_eos=reply is not None
     )["input_ids"]
@@ -46,7 +47,7 @@ def test_chat_template_renders_build_inputs(which, tokenizer):
 
         tokenizer = AutoTokenizer.from_pretrained(needs_shared("tokenizers", "gpt2"))
         add_special_tokens(tokenizer)
-    add_chat_template(tokenizer)
+    add_chat_template(tokenizer, leading_space=True)
     for history in (HISTORY, HISTORY[-1:], []):
         asked = tokenizer.apply_chat_template(
             _messages(history), add_generation_prompt=True, tokenize=True, return_dict=False
@@ -59,7 +60,7 @@ def test_chat_template_renders_build_inputs(which, tokenizer):
 
 
 def test_chat_template_refuses_what_build_inputs_cannot_express(tokenizer):
-    add_chat_template(tokenizer)
+    add_chat_template(tokenizer, leading_space=True)
     with pytest.raises(Exception, match="must alternate"):
         tokenizer.apply_chat_template(
             _messages(["hi", "hello"], roles=("user", "user")), add_generation_prompt=True, tokenize=False

@@ -173,7 +173,7 @@ def test_user_text_cannot_forge_speaker_tokens(tokenizer):
     from persona.data.tokenize import encode_texts
 
     ids = special_ids(tokenizer)
-    (encoded,) = encode_texts(tokenizer, ["hi <speaker2> there"])
+    (encoded,) = encode_texts(tokenizer, ["hi <speaker2> there"], leading_space=True)
     assert ids.speaker2 not in encoded and np.all(np.asarray(encoded) < ids.bos)
 
 
@@ -191,5 +191,5 @@ def test_encode_texts_equals_the_tokenizer_call(which, tokenizer):
     texts = ["hi <speaker2> there", "i love my cat .", "  spaces  and\ttabs ", "café naïve 😀", "<eos><bos>"]
     expected = tokenizer([" " + t for t in texts], add_special_tokens=False, split_special_tokens=True)["input_ids"]
     tokenizer.backend_tokenizer.encode_special_tokens = False
-    assert encode_texts(tokenizer, texts) == expected
+    assert encode_texts(tokenizer, texts, leading_space=True) == expected
     assert tokenizer.backend_tokenizer.encode_special_tokens is False  # restored: chat templates need it

@@ -92,7 +92,7 @@ def test_persona_eval_scores_a_reference_checkpoint_on_the_reference_tensors(fam
     args = DataArguments(
         dataset_path=str(QUICKSTART), dataset_cache=str(tmp_path / "cache"), max_eval_dialogs=2, eval_num_candidates=3
     )
-    corpus = prepare_corpus(args, tokenizer, max_length=loaded.max_positions, roles=("eval",))
+    corpus = prepare_corpus(args, loaded.layout, max_positions=loaded.max_positions, roles=("eval",))
     batch = PersonaCollator(special_ids(tokenizer), packed=False)(list(corpus.features["eval"]))
     turns = [(d["persona"], t) for d in corpus.dialogs["eval"] for t in d["turns"]]
     assert batch["input_ids"].shape[0] == len(turns)

@@ -69,7 +69,7 @@ def _run(batcher: ReplyBatcher, requests: dict[str, ReplyRequest]) -> None:
         batcher.close()
 
 
-def test_requests_join_a_running_batch_and_each_is_answered_alone_and_at_its_own_end(loaded):
+def test_requests_join_a_running_batch_and_each_is_answered_alone_and_at_its_own_end(loaded, join_sizes):
     """A 30-token reply is decoding when two short ones arrive: they join it at the next step (one join of two),
     end before it and are answered then; every reply equals the one generate gives for its prompt alone."""
     decodings = {
@@ -86,7 +86,7 @@ def test_requests_join_a_running_batch_and_each_is_answered_alone_and_at_its_own
     }
     batcher = ReplyBatcher(loaded, max_history=2, max_batch_size=4, max_queue=8, batch_wait_ms=0)
     _run(batcher, requests)
-    assert batcher.join_sizes == [1, 2]
+    assert join_sizes == [1, 2]
     ends = [name for name, event in log if event.finish_reason]
     assert ends[-1] == "long" and sorted(ends[:2]) == ["longer prompt", "short"]
     for name in HISTORIES:
@@ -139,6 +139,7 @@ def test_a_sliding_window_model_decodes_in_the_running_batch_as_it_does_alone():
     running batch's full cache gives the logits of one forward pass over each row alone."""
     from transformers import MistralConfig, MistralForCausalLM
 
+    from persona.data.input_layouts import ChatTemplateLayout
     from persona.data.special_tokens import SpecialIds
     from persona.model.loading import LoadedModel
 
@@ -154,8 +155,9 @@ def test_a_sliding_window_model_decodes_in_the_running_batch_as_it_does_alone():
         max_position_embeddings=64,
     )
     model = MistralForCausalLM(config).eval()
-    ids = SpecialIds(bos=-1, eos=99, pad=0, speaker1=-1, speaker2=-1)
-    batch = RunningBatch(LoadedModel(model, None, ids, 64, token_types=False))
+    ids = SpecialIds(bos=None, eos=99, pad=0, speaker1=None, speaker2=None)
+    layout = ChatTemplateLayout(tokenizer=None, ids=ids, leading_space=False)
+    batch = RunningBatch(LoadedModel(model, None, layout, 64, token_types=False))
     prompts = [list(range(1, 12)), list(range(20, 26))]
     first = [batch.join([{"input_ids": prompt}])[0] for prompt in prompts]
     steps = [batch.step([30, 31]), batch.step([32, 33])]

@@ -71,15 +71,14 @@ def test_the_openai_client_gets_a_reply_and_a_streamed_reply_as_persona_chat_mak
     assert bot.reply(PERSONA.replace(". ", ".|").split("|"), [ASK[1]["content"]]) == text
 
 
-def test_n_choices_come_from_one_batch_whole_and_streamed(served):
+def test_n_choices_come_from_one_batch_whole_and_streamed(served, join_sizes):
     """``n: 3``: three choices joining the batch together (seeded sampling: three draws), indexed 0 to 2, the
     usage counting the prompt once and every choice's tokens; streamed, each choice's deltas add up to its text."""
     url, batcher, model_id = served
     client = _client(url)
     asked = {"model": model_id, "messages": ASK, "max_tokens": 12, "temperature": 1.0, "seed": 7, "n": 3}
-    before = len(batcher.join_sizes)
     reply = client.chat.completions.create(**asked)
-    assert [c.index for c in reply.choices] == [0, 1, 2] and batcher.join_sizes[before:] == [3]
+    assert [c.index for c in reply.choices] == [0, 1, 2] and join_sizes == [3]
     assert len({c.message.content for c in reply.choices}) == 3  # three draws: each choice has a seed of its own
     assert all(c.finish_reason in ("stop", "length") for c in reply.choices)
     single = client.chat.completions.create(**{**asked, "n": 1})
@@ -137,10 +136,9 @@ def test_logprobs_are_the_models_own_whole_and_streamed(served, trained_model_di
     assert [e.top_logprobs for e in only_chosen] == [[]] * len(entries)
 
 
-def test_sixteen_clients_at_once_are_all_answered_in_shared_batches(served):
+def test_sixteen_clients_at_once_are_all_answered_in_shared_batches(served, join_sizes):
     url, batcher, model_id = served
     client = _client(url)
-    before = len(batcher.join_sizes)
 
     def ask(index: int) -> str:
         messages = [{"role": "system", "content": PERSONA}, {"role": "user", "content": f"question number {index}?"}]
@@ -153,7 +151,7 @@ def test_sixteen_clients_at_once_are_all_answered_in_shared_batches(served):
     with ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(ask, range(16)))
     assert len(answers) == 16 and all(isinstance(a, str) for a in answers)
-    assert sum(batcher.join_sizes[before:]) == 16 and max(batcher.join_sizes[before:]) > 1
+    assert sum(join_sizes) == 16 and max(join_sizes) > 1
 
 
 BAD_REQUESTS = [
@@ -574,7 +572,7 @@ def test_a_real_browser_chats_on_the_page(trained_model_dir, tmp_path):
             driver.quit()
 
 
-def test_one_request_that_cannot_be_encoded_fails_alone_in_its_batch(trained_model_dir):
+def test_one_request_that_cannot_be_encoded_fails_alone_in_its_batch(trained_model_dir, join_sizes):
     """Ten good requests and one whose text is not valid Unicode (past the API, which refuses it) in one batch."""
     import asyncio
 
@@ -603,30 +601,7 @@ def test_one_request_that_cannot_be_encoded_fails_alone_in_its_batch(trained_mod
         batcher.close()
     bad = endings.pop(5)
     assert bad.finish_reason == "error" and "not valid Unicode" in bad.error
-    assert [e.finish_reason in ("stop", "length") for e in endings] == [True] * 10 and max(batcher.join_sizes) > 1
-
-
-def test_the_batcher_keeps_the_sizes_of_its_last_joins_only(trained_model_dir, monkeypatch):
-    import asyncio
-
-    from persona.serving import batching
-    from tests.conftest import load_folder
-
-    monkeypatch.setattr(batching, "JOINS_KEPT", 2)
-    batcher = batching.ReplyBatcher(
-        load_folder(trained_model_dir), max_history=2, max_batch_size=4, max_queue=8, batch_wait_ms=0
-    )
-
-    async def reply(text: str) -> None:
-        async for _ in batching.reply_events(batcher, ["i like cats."], [text], DecodingArguments(max_length=3)):
-            pass
-
-    try:
-        for text in ("hi!", "hello!", "hey!"):
-            asyncio.run(reply(text))
-    finally:
-        batcher.close()
-    assert batcher.join_sizes == [1, 1]  # three joins, the last two kept
+    assert [e.finish_reason in ("stop", "length") for e in endings] == [True] * 10 and max(join_sizes) > 1
 
 
 def test_a_client_whose_event_loop_closed_ends_its_row_not_the_batch(trained_model_dir):
@@ -659,7 +634,7 @@ def test_a_client_whose_event_loop_closed_ends_its_row_not_the_batch(trained_mod
     assert events[-1].finish_reason in ("stop", "length") and events[-1].error is None
 
 
-def test_a_client_that_leaves_stops_its_row_and_a_batch_nobody_awaits_stops(trained_model_dir):
+def test_a_client_that_leaves_stops_its_row_and_a_batch_nobody_awaits_stops(trained_model_dir, join_sizes):
     """Two requests of 200 tokens in one batch whose clients both leave after their first delta: the batch stops
     within a few steps instead of generating 200."""
     import asyncio
@@ -685,4 +660,4 @@ def test_a_client_that_leaves_stops_its_row_and_a_batch_nobody_awaits_stops(trai
         batcher.close()  # returns once the batch is over
     finally:
         counting.remove()
-    assert batcher.join_sizes == [2] and len(steps) < 20
+    assert join_sizes == [2] and len(steps) < 20

@@ -108,7 +108,7 @@ def test_the_command_line_refuses_what_the_api_refuses():
     assert DecodingArguments(temperature=1e-300).do_sample is False and DecodingArguments().do_sample is True
 
 
-def test_a_processor_that_raises_fails_its_row_only(served, monkeypatch, caplog):
+def test_a_processor_that_raises_fails_its_row_only(served, monkeypatch, caplog, join_sizes):
     """A logits processor that raises for one request (its presence penalty marks it) while seven others decode beside
     it: that request gets a 500 naming its request id, whose traceback the log holds; the others their replies."""
     from persona.model.generation import ReplyPenalties
@@ -122,7 +122,6 @@ def test_a_processor_that_raises_fails_its_row_only(served, monkeypatch, caplog)
         return original(self, input_ids, scores)
 
     monkeypatch.setattr(ReplyPenalties, "__call__", failing)
-    before = len(batcher.join_sizes)
     faulty = {**NORMAL, "max_tokens": 16, "presence_penalty": 1.25}
     normal = {**NORMAL, "max_tokens": 16, "temperature": 1}
     with caplog.at_level(logging.ERROR, logger="persona.serving.batching"), ThreadPoolExecutor(8) as pool:
@@ -133,7 +132,7 @@ def test_a_processor_that_raises_fails_its_row_only(served, monkeypatch, caplog)
             )
         )
     assert [a.status_code for a in answers] == [200] * 3 + [500] + [200] * 4
-    assert max(batcher.join_sizes[before:]) > 1  # the faulty row shared a batch
+    assert max(join_sizes) > 1  # the faulty row shared a batch
     error = answers[3].json()["error"]
     assert error["type"] == "server_error" and error["code"] == "generation_failed" and "Traceback" not in error
     request_id = error["message"].split("under ")[-1]
@@ -271,7 +270,6 @@ def test_typed_speaker_tokens_stay_plain_text_while_other_threads_use_the_tokeni
     another thread encodes and calls transformers (which sets the engine's flags at each call), and the event loop
     checks contexts on ``front``: for 3 seconds no typed speaker token becomes the real one and nothing raises
     ("Already borrowed"). Before persona's encoding had an engine of its own, this failed within a second."""
-    from persona.data.tokenize import encode_texts
     from persona.serving.batching import ReplyBatcher
     from persona.serving.context import check_context
     from tests.conftest import load_folder
@@ -290,11 +288,11 @@ def test_typed_speaker_tokens_stay_plain_text_while_other_threads_use_the_tokeni
                 problems.append(repr(error))
 
     def worker_side():
-        if any(speaker2 in row for row in encode_texts(tokenizer, ["<speaker2> hello there " * 20] * 8)):
+        if any(speaker2 in row for row in batcher.loaded.layout.encode(["<speaker2> hello there " * 20] * 8)):
             problems.append("a typed <speaker2> was encoded as the speaker token")
 
     def other_user():
-        encode_texts(tokenizer, ["i like cats " * 50] * 8)
+        batcher.loaded.layout.encode(["i like cats " * 50] * 8)
         tokenizer("a plain call", add_special_tokens=False)
 
     def event_loop_side():
@@ -313,7 +311,7 @@ def test_typed_speaker_tokens_stay_plain_text_while_other_threads_use_the_tokeni
     assert problems == []
 
 
-def test_the_page_checks_the_context_and_its_queue_is_bounded(trained_model_dir):
+def test_the_page_checks_the_context_and_its_queue_is_bounded(trained_model_dir, join_sizes):
     """A persona too long for the model's positions is a message on the page, and nothing reaches the worker; a
     normal message is answered; Gradio's queue holds what the batcher's does."""
     from persona.serving.batching import ReplyBatcher
@@ -333,7 +331,7 @@ def test_the_page_checks_the_context_and_its_queue_is_bounded(trained_model_dir)
         start = time.monotonic()
         with pytest.raises(gr.Error, match="too long for this bot"):
             asyncio.run(answer(long_persona))
-        assert time.monotonic() - start < 30 and batcher.join_sizes == []
+        assert time.monotonic() - start < 30 and join_sizes == []
         updates = asyncio.run(answer(PERSONA))
         assert updates[-1][1][-1]["role"] == "assistant" and updates[-1][1][-1]["content"]
         assert build_page(batcher, DecodingArguments(), [], "bot", 1000)._queue.max_size == 3

@@ -17,8 +17,9 @@ from transformers import set_seed
 
 from persona.commands.cli import cli_entry, parse_recipe
 from persona.configs import DataArguments, ModelArguments
+from persona.data.chat_records import split_sentences
 from persona.data.layout import history_window
-from persona.data.personas import draw_persona, split_sentences
+from persona.data.personas import draw_persona
 from persona.data.tokenize import InvalidText
 from persona.errors import Interrupted
 from persona.model.generation import Bot, DecodingArguments

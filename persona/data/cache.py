@@ -9,14 +9,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from persona.data.tokenize import wants_leading_space
 from persona.interrupts import raise_if_interrupted
 
 FORMAT_VERSION = 3  # raised whenever the cache's layout or the meaning of its features changes
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
-    """A digest of the tokenizer's vocabulary, merges, normalisation, special tokens and leading-space rule."""
+    """A digest of the tokenizer's vocabulary, merges, normalisation and special tokens."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         content = backend.to_str()
@@ -27,7 +26,6 @@ def tokenizer_fingerprint(tokenizer) -> str:
             type(tokenizer).__name__,
             tokenizer.all_special_tokens,
             getattr(tokenizer, "model_max_length", None),
-            wants_leading_space(tokenizer),
         ]
     )
     return hashlib.sha256(content.encode()).hexdigest()

@@ -11,9 +11,17 @@ With ``label_history`` a training turn also names the *label spans* of its prefi
 assistant message (the bot's own replies in the history), up to and including its end-of-turn token, found as a
 candidate block is (the template's render of the conversation up to that message, then with it) and kept only
 where the prefix holds exactly those tokens there.
+
+A candidate block is built without rendering the conversation again where the template allows it: the ids the
+template puts before and after a reply (:class:`ReplyWrapper`) are found once per tokenizer and checked against full
+renders, and each reply's own tokens, encoded in one batch, go between them; a template that changes a reply's tokens,
+and a reply with whitespace at its edges or a line break, are rendered whole. Both give the same ids.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
 
 from persona.data.special_tokens import SpecialIds
 from persona.errors import DataError, ModelLoadError
@@ -33,9 +41,24 @@ def chat_messages(persona: list[str], history: list[str]) -> list[dict]:
 
 def generation_prompt(tokenizer, persona: list[str], history: list[str]) -> list[int]:
     """The ids of the chat up to the assistant's turn (``add_generation_prompt``)."""
-    return tokenizer.apply_chat_template(
-        chat_messages(persona, history), add_generation_prompt=True, tokenize=True, return_dict=False
-    )
+    return _prompt(tokenizer, chat_messages(persona, history))
+
+
+def _prompt(tokenizer, messages: list[dict]) -> list[int]:
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+
+
+def fit_template(measure, persona: list[str], history: list[str], limit: int) -> tuple[list, list, bool, object]:
+    """The oldest history utterances, then persona sentences, dropped until ``measure(persona, history)`` (a length and
+    what was rendered) is at most ``limit`` or nothing is left; the kept persona and history, whether anything was
+    dropped, and the last render."""
+    persona, history, truncated = list(persona), list(history), False
+    length, rendered = measure(persona, history)
+    while length > limit and (history or persona):
+        (history if history else persona).pop(0)
+        length, rendered = measure(persona, history)
+        truncated = True
+    return persona, history, truncated, rendered
 
 
 def _reply_block(tokenizer, messages: list[dict], prompt: list[int], reply: str, specials: set[int]) -> list[int]:
@@ -54,6 +77,87 @@ def _reply_block(tokenizer, messages: list[dict], prompt: list[int], reply: str,
     return [prompt[-1], *tail[: end + 1]]
 
 
+@dataclass(frozen=True)
+class ReplyWrapper:
+    """How a chat template puts an assistant reply after its generation prompt: the ids ``before`` the reply's own
+    tokens and ``after`` them (up to and including the end-of-turn token), the reply's own tokens being those of its
+    text after ``space`` (the space some templates write before a message's content)."""
+
+    before: tuple[int, ...]
+    after: tuple[int, ...]
+    space: str = ""
+
+    def own_ids(self, tokenizer, texts: list[str]) -> list[list[int]]:
+        """The own tokens of each reply text, in one batch."""
+        return tokenizer([self.space + text for text in texts], add_special_tokens=False)["input_ids"]
+
+    def block(self, prompt: list[int], reply_ids: list[int]) -> list[int]:
+        """A candidate block (see the module) of a reply whose own tokens are ``reply_ids``."""
+        return [prompt[-1], *self.before, *reply_ids, *self.after]
+
+
+WRAPPER_PROBES = ("hello", "i like cats.", "ok, 2 dogs! and you?", "well... i am 32 years old", "Über-café 😀 ;)")
+
+
+def reply_wrapper(tokenizer) -> ReplyWrapper | None:
+    """The template's :class:`ReplyWrapper`, found from one render and checked against the full render of every
+    :data:`WRAPPER_PROBES` reply (once per tokenizer, template and vocabulary); None where the template does not put
+    a reply's own tokens, unchanged, between fixed ids (it changes, trims or joins them), so that each reply is
+    rendered whole."""
+    return _wrapper(tokenizer, tokenizer.chat_template, len(tokenizer))
+
+
+@lru_cache(maxsize=8)
+def _wrapper(tokenizer, template: str, vocabulary: int) -> ReplyWrapper | None:
+    messages = chat_messages(["i like cats."], ["hi!"])
+    prompt = _prompt(tokenizer, messages)
+    specials = set(tokenizer.all_special_ids)
+    rendered = [_reply_block(tokenizer, messages, prompt, text, specials) for text in WRAPPER_PROBES]
+    for space in ("", " "):
+        own = ReplyWrapper((), (), space).own_ids(tokenizer, list(WRAPPER_PROBES))
+        block, probe = rendered[0][1:], own[0]
+        start = next((i for i in range(len(block) - len(probe) + 1) if block[i : i + len(probe)] == probe), None)
+        if start is None:
+            continue
+        wrapper = ReplyWrapper(tuple(block[:start]), tuple(block[start + len(probe) :]), space)
+        if all(wrapper.block(prompt, ids) == full for ids, full in zip(own, rendered)):
+            return wrapper
+    return None
+
+
+def _wrappable(text: str) -> bool:
+    """Whether a reply's text is one that :data:`WRAPPER_PROBES` vouch for: no edge whitespace, no line break."""
+    return text == text.strip() and "\n" not in text and "\r" not in text
+
+
+def own_ids_of(tokenizer, texts) -> dict[str, list[int]]:
+    """The own tokens (:class:`ReplyWrapper`) of each of ``texts`` that :func:`reply_blocks` may put between the
+    template's wrapper, encoded in one batch: not those the wrapper does not vouch for (:func:`_wrappable`), nor a
+    text holding a special token (the template's render ends the block there)."""
+    wrapper = reply_wrapper(tokenizer)
+    wrappable = sorted({text for text in texts if _wrappable(text)}) if wrapper else []
+    if not wrappable:
+        return {}
+    specials = set(tokenizer.all_special_ids)
+    encoded = zip(wrappable, wrapper.own_ids(tokenizer, wrappable))
+    return {text: ids for text, ids in encoded if specials.isdisjoint(ids)}
+
+
+def reply_blocks(tokenizer, messages: list[dict], prompt: list[int], replies: list[str], own_ids=None) -> list[list]:
+    """The candidate blocks of ``replies`` after ``prompt`` (the generation prompt of ``messages``): each reply's own
+    tokens (``own_ids`` of :func:`own_ids_of` when the caller encoded them already) between the template's
+    :func:`reply_wrapper`, the template's full render for the others."""
+    wrapper = reply_wrapper(tokenizer)
+    own_ids = own_ids_of(tokenizer, replies) if own_ids is None else own_ids
+    specials = set(tokenizer.all_special_ids)
+    return [
+        wrapper.block(prompt, own_ids[reply])
+        if reply in own_ids
+        else _reply_block(tokenizer, messages, prompt, reply, specials)
+        for reply in replies
+    ]
+
+
 def end_of_turn_id(tokenizer) -> int:
     """The token that ends an assistant turn in the tokenizer's chat template (the first special token after a
     reply); a clear error for a tokenizer without a template."""
@@ -64,37 +168,36 @@ def end_of_turn_id(tokenizer) -> int:
             fix="use input_layout: reference for a model without one (GPT-2, openai-gpt), or a chat model.",
         )
     messages = chat_messages([], [PROBE])
-    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    prompt = _prompt(tokenizer, messages)
     return _reply_block(tokenizer, messages, prompt, PROBE, set(tokenizer.all_special_ids))[-1]
 
 
 def template_ids(tokenizer) -> SpecialIds:
     """The ids a chat-template model uses: its end-of-turn token as ``eos``, its pad token (else the end of turn);
-    the reference's other tokens match none."""
+    the template has no ``<bos>`` or speaker tokens of the reference's (None)."""
     eos = end_of_turn_id(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    return SpecialIds(bos=-1, eos=eos, speaker1=-1, speaker2=-1, pad=pad)
+    return SpecialIds(bos=None, eos=eos, speaker1=None, speaker2=None, pad=pad)
 
 
-def template_turn(tokenizer, persona: list[str], history: list[str], candidates: list[str]) -> dict:
-    """``prefix_ids`` and ``candidates`` (whole blocks, see the module) of one turn, rendered by the chat template."""
+def template_turn(tokenizer, persona: list[str], history: list[str], candidates: list[str], own_ids=None) -> dict:
+    """``prefix_ids`` and ``candidates`` (whole blocks, see the module and :func:`reply_blocks`) of one turn, rendered
+    by the chat template."""
     messages = chat_messages(persona, history)
-    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-    specials = set(tokenizer.all_special_ids)
-    blocks = [_reply_block(tokenizer, messages, prompt, candidate, specials) for candidate in candidates]
-    return {"prefix_ids": prompt[:-1], "candidates": blocks}
+    prompt = _prompt(tokenizer, messages)
+    return {"prefix_ids": prompt[:-1], "candidates": reply_blocks(tokenizer, messages, prompt, candidates, own_ids)}
 
 
 def label_spans(tokenizer, persona: list[str], history: list[str], prefix: list[int]) -> list[list[int]]:
     """The ``[start, end)`` ranges of ``prefix`` (the turn's of :func:`template_turn`) that hold an earlier assistant
     message and its end-of-turn token (see the module)."""
-    messages, specials, spans = chat_messages(persona, history), set(tokenizer.all_special_ids), []
+    messages, spans = chat_messages(persona, history), []
     for index, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
         before = messages[:index]
-        prompt = tokenizer.apply_chat_template(before, add_generation_prompt=True, tokenize=True, return_dict=False)
-        block = _reply_block(tokenizer, before, prompt, message["content"], specials)
+        prompt = _prompt(tokenizer, before)
+        (block,) = reply_blocks(tokenizer, before, prompt, [message["content"]])
         start, end = len(prompt), len(prompt) - 1 + len(block)  # the block's first token is the prompt's last
         if prefix[start - 1 : end] == block:
             spans.append([start, end])

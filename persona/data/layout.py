@@ -107,6 +107,11 @@ def build_inputs(persona, history, reply, ids: SpecialIds, *, lm_labels: bool, w
     return {"input_ids": input_ids, "token_type_ids": types, "labels": labels, "mc_token_ids": len(input_ids) - 1}
 
 
+def prefix_length(persona: Sequence[Sequence[int]], history: Sequence[Sequence[int]]) -> int:
+    """The tokens of :func:`build_prefix`: ``<bos>``, the persona, each utterance and its speaker token."""
+    return 1 + sum(map(len, persona)) + sum(len(u) + 1 for u in history)
+
+
 def fit_context(
     persona: list[list[int]], history: list[list[int]], reply_length: int, max_length: int
 ) -> tuple[list[list[int]], list[list[int]], bool]:
@@ -116,7 +121,7 @@ def fit_context(
     history and whether anything was dropped. The reply is never cut (the caller checks it fits alone).
     """
     persona, history = list(persona), list(history)
-    length = 1 + sum(map(len, persona)) + sum(len(u) + 1 for u in history) + reply_length
+    length = prefix_length(persona, history) + reply_length
     truncated = False
     while length > max_length and history:
         length -= len(history.pop(0)) + 1

@@ -1,17 +1,11 @@
-"""Persona sentences: split from a text, or drawn from a corpus as the reference's interact.py draws them."""
+"""Persona sentences drawn from a corpus as the reference's interact.py draws them."""
 
 from __future__ import annotations
 
 import random
-import re
 
 from persona.configs import DataArguments
 from persona.data.sources import corpus_stream, resolve
-
-
-def split_sentences(text: str) -> list[str]:
-    """``"i like cats. i am tall."`` -> ``["i like cats.", "i am tall."]``."""
-    return [s.strip() for s in re.findall(r"[^.!?]+[.!?]?", text) if s.strip()]
 
 
 def draw_persona(data_args: DataArguments, seed: int) -> list[str]:

@@ -25,11 +25,12 @@ import numpy as np
 import pyarrow.compute as pc
 from datasets.arrow_writer import ArrowWriter
 
-from persona.configs import REFERENCE_LAYOUT, DataArguments
+from persona.configs import DataArguments
 from persona.data.cache import cache_key, tokenizer_fingerprint, write_atomically
 from persona.data.candidates import COUNT_COLUMNS, candidate_counts, split_view
 from persona.data.features import build_features
-from persona.data.layout import REPLY_OVERHEAD, gold_reply, history_window, kept_candidates
+from persona.data.input_layouts import Layout
+from persona.data.layout import gold_reply, history_window, kept_candidates
 from persona.data.readers import SILENCE, WHOLE_FILE, Stream
 from persona.data.skips import SkipLog
 from persona.data.sources import corpus_stream, fingerprint, resolve
@@ -214,6 +215,55 @@ def _read(
     return {**empties, **corpus}, files
 
 
+def _read_eval_file(
+    eval_source: str, args: DataArguments, skips: SkipLog, folder: Path
+) -> tuple[datasets.Dataset, str | None]:
+    """The evaluated split of a separate ``eval_dataset_path`` (the whole file, or its ``eval_split``) and its
+    canonical file; its skipped records counted apart (its splits may be named like the training file's), under
+    :data:`EVAL_FILE`."""
+    eval_skips = SkipLog(strict=skips.strict)
+    eval_corpus, eval_files = _read(
+        eval_source, args, eval_skips, folder / READ / "eval_source", [args.eval_num_candidates], {args.eval_split}
+    )
+    skips.counts[EVAL_FILE].update(eval_skips.reasons())
+    name = next((s for s in (WHOLE_FILE, args.eval_split) if s in eval_corpus), None)
+    if name is None:
+        raise _missing_split(args.eval_split, eval_corpus, args.eval_dataset_path, "eval")
+    return eval_corpus[name], eval_files.get(name)
+
+
+def _role_views(args, corpus, splits, whole_splits, files, skips: SkipLog, folder: Path) -> dict:
+    """Each role's dialogs (``splits``: the split of ``corpus`` each reads), cut to ``max_*_dialogs`` and given the
+    role's candidates, written to ``folder``'s ``dialogs/ROLE/``."""
+    where = args.dataset_path or "PersonaChat"
+    out: dict[str, datasets.Dataset] = {}
+    for role, split in splits.items():
+        if split not in corpus:
+            raise _missing_split(split, corpus, where, role)
+        limit = args.max_train_dialogs if role == "train" else args.max_eval_dialogs
+        dialogs = corpus[split].select(range(min(limit, len(corpus[split])))) if limit else corpus[split]
+        if not len(dialogs):
+            raise DataError(
+                f"no usable dialogs in the '{split}' split (records skipped, by reason: "
+                f"{skips.of(split) or skips.reasons()})",
+                where=args.eval_dataset_path if split == EVAL_FILE else where,
+                fix="check the file: every record of the split was skipped (the warnings above name the first ones).",
+            )
+        wanted = args.num_candidates if role == "train" else args.eval_num_candidates
+        out[role], sampled = split_view(
+            dialogs,
+            wanted=wanted,
+            seed=args.sampling_seed,
+            role=role,
+            split=corpus[split],
+            cache_file=str(_role_folder(folder, "dialogs", role) / "data.arrow"),
+            canonical_file=files.get(split) if dialogs is whole_splits.get(split) else None,
+        )
+        if sampled:
+            logger.info("Sampled %d distractors for the %s split (%d candidates per turn)", sampled, split, wanted)
+    return out
+
+
 def read_splits(
     args: DataArguments,
     roles: tuple[str, ...],
@@ -247,23 +297,8 @@ def read_splits(
     splits = {"train": train_split} if "train" in roles else {}
     if "eval" in roles:
         if eval_source:
-            eval_skips = SkipLog(
-                strict=skips.strict
-            )  # counted apart: its splits may be named like the training file's
-            eval_corpus, eval_files = _read(
-                eval_source,
-                args,
-                eval_skips,
-                folder / READ / "eval_source",
-                [args.eval_num_candidates],
-                {args.eval_split},
-            )
-            skips.counts[EVAL_FILE].update(eval_skips.reasons())
-            name = next((s for s in (WHOLE_FILE, args.eval_split) if s in eval_corpus), None)
-            if name is None:
-                raise _missing_split(args.eval_split, eval_corpus, args.eval_dataset_path, "eval")
-            corpus[EVAL_FILE] = whole_splits[EVAL_FILE] = eval_corpus[name]
-            files[EVAL_FILE] = eval_files.get(name)
+            corpus[EVAL_FILE], files[EVAL_FILE] = _read_eval_file(eval_source, args, skips, folder)
+            whole_splits[EVAL_FILE] = corpus[EVAL_FILE]
             splits["eval"] = EVAL_FILE
         elif args.validation_split_size > 0:
             if train_split not in corpus:
@@ -276,32 +311,7 @@ def read_splits(
             splits["eval"] = HELDOUT
         elif not (whole_file and "train" in roles):
             splits["eval"] = WHOLE_FILE if whole_file else args.eval_split
-    out: dict[str, datasets.Dataset] = {}
-    for role, split in splits.items():
-        if split not in corpus:
-            raise _missing_split(split, corpus, where, role)
-        limit = args.max_train_dialogs if role == "train" else args.max_eval_dialogs
-        dialogs = corpus[split].select(range(min(limit, len(corpus[split])))) if limit else corpus[split]
-        if not len(dialogs):
-            raise DataError(
-                f"no usable dialogs in the '{split}' split (records skipped, by reason: "
-                f"{skips.of(split) or skips.reasons()})",
-                where=args.eval_dataset_path if split == EVAL_FILE else where,
-                fix="check the file: every record of the split was skipped (the warnings above name the first ones).",
-            )
-        wanted = args.num_candidates if role == "train" else args.eval_num_candidates
-        out[role], sampled = split_view(
-            dialogs,
-            wanted=wanted,
-            seed=args.sampling_seed,
-            role=role,
-            split=corpus[split],
-            cache_file=str(_role_folder(folder, "dialogs", role) / "data.arrow"),
-            canonical_file=files.get(split) if dialogs is whole_splits.get(split) else None,
-        )
-        if sampled:
-            logger.info("Sampled %d distractors for the %s split (%d candidates per turn)", sampled, split, wanted)
-    return out, splits
+    return _role_views(args, corpus, splits, whole_splits, files, skips, folder), splits
 
 
 def split_stats(features: datasets.Dataset, dialogs: datasets.Dataset, batch_size: int, overhead: int) -> dict:
@@ -329,17 +339,21 @@ def split_stats(features: datasets.Dataset, dialogs: datasets.Dataset, batch_siz
     }
 
 
-def _cache_path(args: DataArguments, tokenizer, roles: tuple[str, ...], max_length: int, sources: tuple) -> Path:
-    """The cache folder of these splits: named after the corpus, keyed by its content, the tokenizer and options."""
+def _cache_path(
+    args: DataArguments, layout: Layout, roles: tuple[str, ...], max_input_length: int, sources: tuple
+) -> Path:
+    """The cache folder of these splits: named after the corpus, keyed by its content, the layout (its tokenizer and
+    leading-space rule) and options."""
     source, eval_source = sources
-    ignored = ("dataset_path", "eval_dataset_path", "dataset_cache", "preprocessing_num_workers")
+    ignored = ("dataset_path", "eval_dataset_path", "dataset_cache", "preprocessing_num_workers", "input_layout")
     key = cache_key(
         corpus=fingerprint(source),
         eval_corpus=fingerprint(eval_source) if eval_source else None,
-        tokenizer=tokenizer_fingerprint(tokenizer),
+        tokenizer=tokenizer_fingerprint(layout.tokenizer),
+        layout=[layout.name, layout.leading_space],
         options={k: v for k, v in vars(args).items() if k not in ignored},
         roles=list(roles),
-        max_length=max_length,
+        max_length=max_input_length,
     )
     name = Path(source.rstrip("/")).name.replace(".", "_") or "corpus"
     return Path(args.dataset_cache) / f"{name}-{key[:16]}"
@@ -360,14 +374,13 @@ def _from_files(path: Path) -> datasets.Dataset:
 
 
 def _prepare_role(
-    folder: Path, role: str, dialogs: datasets.Dataset, split: str, tokenizer, args, skips: SkipLog, **options
+    folder: Path, role: str, dialogs: datasets.Dataset, split: str, layout: Layout, args, skips: SkipLog, **options
 ) -> dict:
     """Write the features of one role's dialogs (already in ``folder``) into ``folder``; return its statistics."""
     features = build_features(
         dialogs,
-        tokenizer,
-        layout=args.input_layout,
-        max_length=options["max_length"],
+        layout,
+        max_input_length=options["max_input_length"],
         permutations=args.personality_permutations if role == "train" else 1,
         num_proc=args.preprocessing_num_workers,
         skips=skips,
@@ -386,12 +399,7 @@ def _prepare_role(
     read_skips = skips.of(split) if split != HELDOUT else {}
     return {
         "split": split,
-        **split_stats(
-            features,
-            dialogs,
-            options["stats_batch_size"],
-            REPLY_OVERHEAD if args.input_layout == REFERENCE_LAYOUT else 0,
-        ),
+        **split_stats(features, dialogs, options["stats_batch_size"], layout.reply_overhead),
         "skipped": dict(Counter(read_skips) + Counter(skips.of(f"{role} turns"))),
     }
 
@@ -407,7 +415,7 @@ def _totals(splits: dict) -> dict:
     return {**totals, "skipped": dict(sorted(skipped.items()))}
 
 
-def _loaded(cache_path: Path, roles: tuple[str, ...], args: DataArguments) -> PreparedCorpus:
+def _from_cache(cache_path: Path, roles: tuple[str, ...], args: DataArguments) -> PreparedCorpus:
     """The prepared splits of ``roles`` read from the cache (memory-mapped), with warnings about what they lack."""
     stats = json.loads((cache_path / "stats.json").read_text())
     if stats["skipped"]:
@@ -433,9 +441,8 @@ def _loaded(cache_path: Path, roles: tuple[str, ...], args: DataArguments) -> Pr
 def _frozen_heap():
     """Within this block Python's cyclic garbage collector leaves alone the objects alive when it starts (the
     libraries, the tokenizer, a loaded model): reading a corpus makes millions of small lists, and each full
-    collection would otherwise walk that whole heap again (a PersonaChat-sized corpus prepares in 8.3 s cold, 10.8 s
-    without). The ``datasets.map`` workers forked inside inherit the frozen set, and so leave those pages of the
-    parent's unwritten too."""
+    collection would otherwise walk that whole heap again. The ``datasets.map`` workers forked inside inherit the
+    frozen set, and so leave those pages of the parent's unwritten too."""
     gc.collect()
     gc.freeze()
     try:
@@ -446,28 +453,28 @@ def _frozen_heap():
 
 def prepare_corpus(
     args: DataArguments,
-    tokenizer,
+    layout: Layout,
     *,
-    max_length: int,
+    max_positions: int,
     roles: tuple[str, ...] = ("train", "eval"),
     stats_batch_size: int = 4,
 ) -> PreparedCorpus:
-    """Load the prepared splits from the cache, or build and cache them (atomically).
+    """Load the prepared splits from the cache, or build and cache them (atomically), in the model's ``layout``.
 
-    ``roles`` picks the splits (``train``, ``eval``); ``max_length`` is the model's positions unless
-    ``args.max_input_length`` is smaller. Unusable records are skipped and counted (``skipped`` in the
+    ``roles`` picks the splits (``train``, ``eval``); inputs hold at most the model's ``max_positions`` tokens, or
+    ``args.max_input_length`` where that is smaller. Unusable records are skipped and counted (``skipped`` in the
     statistics, by reason), or stop the preparation when ``args.strict``. The ``eval`` role is absent from
     the result when training on a single file with nothing to evaluate on (a warning says what to pass).
     Under a multi-process launch, call it inside ``main_process_first()`` so that one process builds and
     the others load.
     """
-    max_length = min(max_length, args.max_input_length or max_length)
+    max_input_length = min(max_positions, args.max_input_length or max_positions)
     sources = resolved_sources(args, roles)
-    cache_path = _cache_path(args, tokenizer, roles, max_length, sources)
+    cache_path = _cache_path(args, layout, roles, max_input_length, sources)
     if cache_path.exists():
         logger.info("Loading prepared features from the cache %s (no tokenization)", cache_path)
-        return _loaded(cache_path, roles, args)
-    logger.info("Preparing %s (cache %s, inputs of at most %d tokens)", sources[0], cache_path, max_length)
+        return _from_cache(cache_path, roles, args)
+    logger.info("Preparing %s (cache %s, inputs of at most %d tokens)", sources[0], cache_path, max_input_length)
 
     def build(folder: Path) -> None:
         # A stop signal is taken at safe points (between dialogs, batches and splits), never inside a library's
@@ -475,7 +482,7 @@ def prepare_corpus(
         with deferred_interrupts(), _frozen_heap():
             skips = SkipLog(strict=args.strict)
             corpus, splits = read_splits(args, roles, sources, skips, folder)
-            stats = {"cache_path": str(cache_path), "max_length": max_length, "splits": {}}
+            stats = {"cache_path": str(cache_path), "max_input_length": max_input_length, "splits": {}}
             for role in list(corpus):
                 raise_if_interrupted()
                 stats["splits"][role] = _prepare_role(
@@ -483,14 +490,14 @@ def prepare_corpus(
                     role,
                     corpus.pop(role),
                     splits[role],
-                    tokenizer,
+                    layout,
                     args,
                     skips,
-                    max_length=max_length,
+                    max_input_length=max_input_length,
                     stats_batch_size=stats_batch_size,
                 )
             (folder / "stats.json").write_text(json.dumps({**stats, **_totals(stats["splits"])}, indent=2))
             shutil.rmtree(folder / READ)  # the corpus as read, before the views (now in dialogs/), and scratch files
 
     write_atomically(cache_path, build)
-    return _loaded(cache_path, roles, args)
+    return _from_cache(cache_path, roles, args)

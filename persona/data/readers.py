@@ -1,4 +1,4 @@
-"""Readers that turn PersonaChat in its common layouts into one canonical dialog schema.
+"""Readers that turn PersonaChat in its common formats into one canonical dialog schema.
 
 The canonical dialog (one per bot persona and conversation) is a :class:`Dialog`::
 
@@ -10,7 +10,7 @@ The canonical dialog (one per bot persona and conversation) is a :class:`Dialog`
 When the bot opens a conversation its first turn's history is the single utterance ``__ SILENCE __``, as
 PersonaChat has it, so every history holds an odd number of utterances (the partner spoke last).
 
-Accepted layouts (``dataset_format``, default ``auto``: detected from the content):
+Accepted formats (``dataset_format``, default ``auto``: detected from the content):
 
 - ``personachat_json``: the JSON of transfer-learning-conv-ai,
   ``{"train": [{"personality": [...], "utterances": [{"history": [...], "candidates": [...]}]}], "valid": [...]}``.
@@ -21,13 +21,16 @@ Accepted layouts (``dataset_format``, default ``auto``: detected from the conten
   ``user 1 personas``, ``user 2 personas``, ``Best Generated Conversation`` with ``User 1: ...`` lines)
   or as JSON / JSONL records ``{"personas": [[user 1 sentences], [user 2 sentences]], "utterances":
   [first utterance (user 1), second (user 2), ...]}``. Each side can serve as the bot (``bot_side``).
+- ``messages`` and ``sharegpt``: chat records, OpenAI's ``{"messages": [{"role", "content"}, ...]}`` and
+  ``{"conversations": [{"from", "value"}, ...]}``, as JSON lists or JSONL, the assistant as the bot and the system
+  message as its persona (:mod:`persona.data.chat_records` has the rules).
 - ``hub``: a Hugging Face Hub dataset id (or a folder saved by ``datasets``), read with
   ``datasets.load_dataset``; rows in any of the shapes above, or one row per turn with
   ``personality``, ``history``, ``candidates`` and ``conv_id`` (``bavard/personachat_truecased``).
 
 Splits come from the corpus (``train``, ``valid``, ``test``; ``validation`` and ``dev`` are read as
 ``valid``). A folder's files take the split their names mention, else ``train``. A single file with no
-splits inside (ParlAI text, conversations) is one split, :data:`WHOLE_FILE`, which serves as the training
+splits inside (ParlAI text, conversations, chat records) is one split, :data:`WHOLE_FILE`, which serves as the training
 split when training and as the evaluated split when evaluating, whatever the file's name.
 
 Problems of one record (an empty conversation, lines without speaker tags, a dialog without turns, a turn
@@ -44,10 +47,12 @@ import re
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
 from persona.configs import FORMATS
+from persona.data.chat_records import CHAT_FORMATS, chat_dialogs, chat_format_of
 from persona.data.corpus_file import CorpusFile
+from persona.data.dialog import SILENCE, Dialog, Turn
 from persona.data.skips import RecordError, SkipLog
 from persona.errors import DataError
 
@@ -63,23 +68,7 @@ SPLIT_ALIASES = {
 _SPC_COLUMNS = ("user 1 personas", "user 2 personas", "Best Generated Conversation")
 _SPEAKER_LINE = re.compile(r"^[\s*_]*(?:user|person|speaker)\s*([12])\s*[*_]*:[*_\s]*(.*?)[*_\s]*$", re.IGNORECASE)
 _PARLAI_LINE = re.compile(r"^(\d+) (.*)$")
-SILENCE = "__ SILENCE __"  # PersonaChat's partner utterance before a turn that the bot opens
 WHOLE_FILE = "all"  # the one split of a single file with no splits inside
-
-
-class Turn(TypedDict):
-    """One turn: the utterances before the reply (oldest first) and the candidate replies (gold last)."""
-
-    history: list[str]
-    candidates: list[str]
-
-
-class Dialog(TypedDict):
-    """The canonical dialog: the bot's persona sentences, its turns, and the record it was read from."""
-
-    persona: list[str]
-    turns: list[Turn]
-    record: str
 
 
 Corpus = dict[str, list[Dialog]]
@@ -96,34 +85,44 @@ def split_of_filename(path: str | os.PathLike) -> str:
 
 
 def detect_format(file: CorpusFile) -> str:
-    """The layout of one file, decided from its head (the name only breaks no ties)."""
+    """The format of one file, decided from its head (the name only breaks no ties)."""
     head = file.head()
     if head.startswith("{"):
         if re.match(r'\{\s*"(train|valid|validation|test|dev|val)"\s*:', head):
             return "personachat_json"
-        return "personachat_json" if _keys_name_a_split(file) else "conversations"
+        keys = _first_record_keys(file, "")
+        if any(key in SPLIT_ALIASES for key in keys):
+            return "personachat_json"
+        return chat_format_of(keys) or "conversations"
     if head.startswith("["):
-        return "conversations"
+        return chat_format_of(_first_record_keys(file, "item")) or "conversations"
     first_line = head.splitlines()[0] if head else ""
     if _PARLAI_LINE.match(first_line):
         return "parlai"
     if all(column in first_line for column in _SPC_COLUMNS):
         return "conversations"
     raise DataError(
-        "cannot tell the corpus layout from its content (not PersonaChat JSON, ParlAI text, a conversation "
+        "cannot tell the corpus format from its content (not PersonaChat JSON, ParlAI text, a conversation "
         "CSV with the Synthetic-Persona-Chat columns, nor JSON/JSONL conversations)",
         where=str(file.path),
         fix="check the file, or set dataset_format to one of " + ", ".join(FORMATS[1:]) + ".",
     )
 
 
-def _keys_name_a_split(file: CorpusFile) -> bool:
-    """Whether the file's top-level object (its first record, for JSONL) has a split as a key, read as a stream; no
-    when it cannot be parsed (the conversations reader then says which record is broken)."""
+def _first_record_keys(file: CorpusFile, prefix: str) -> list[str]:
+    """The keys of the file's first object at ``prefix`` (``""``: the top-level object, the first record of JSONL;
+    ``"item"``: the first element of a top-level list), read as a stream; none when it cannot be parsed (the reader
+    then says which record is broken)."""
+    keys: list[str] = []
     try:
-        return any(key in SPLIT_ALIASES for key, _ in file.top_level() or [])
+        for path, event, value in file.json_events(multiple_values=True):
+            if path == prefix and event == "map_key":
+                keys.append(value)
+            elif path == prefix and event == "end_map":
+                break
     except DataError:
-        return False
+        pass
+    return keys
 
 
 def _string_list(
@@ -159,7 +158,7 @@ def _require(record: Any, fields: Iterable[str], where: str) -> None:
         raise RecordError(
             f"missing field(s) {missing}",
             where=where,
-            fix="add them, or set dataset_format to the layout of the file.",
+            fix="add them, or set dataset_format to the format of the file.",
         )
 
 
@@ -376,8 +375,14 @@ def parse_conversation_text(text: str, where: str) -> tuple[list[str], int]:
     return utterances, int(speakers[0]) - 1 if speakers else 0
 
 
-def record_dialogs(record: Any, where: str, bot_side: str, skips: SkipLog, split: str) -> list[Dialog]:
-    """The dialogs of one record of a conversation CSV/JSON/JSONL or Hub row, whatever its shape."""
+def record_dialogs(
+    record: Any, where: str, bot_side: str, skips: SkipLog, split: str, chat_format: str | None = None
+) -> list[Dialog]:
+    """The dialogs of one record of a conversation CSV/JSON/JSONL or Hub row, whatever its shape (a chat record in
+    ``chat_format`` when given, see :mod:`persona.data.chat_records`)."""
+    chat_format = chat_format or (chat_format_of(record) if isinstance(record, dict) else None)
+    if chat_format:
+        return chat_dialogs(record, where, chat_format)
     if isinstance(record, dict) and "personality" in record and "utterances" in record:
         return [reference_dialog(record, where, skips, split)]
     if isinstance(record, dict) and all(column in record for column in _SPC_COLUMNS):
@@ -427,8 +432,11 @@ def _csv_records(file: CorpusFile) -> Iterator[tuple[Any, str]]:
         yield row, f"{file.path}, row {index + 2}"
 
 
-def read_conversations(file: CorpusFile, bot_side: str, skips: SkipLog, split: str) -> Stream:
-    """Conversation records from CSV (Synthetic-Persona-Chat columns), a JSON list, or JSONL, one at a time."""
+def read_conversations(
+    file: CorpusFile, bot_side: str, skips: SkipLog, split: str, chat_format: str | None = None
+) -> Stream:
+    """Conversation records from CSV (Synthetic-Persona-Chat columns), a JSON list, or JSONL, one at a time (chat
+    records of ``chat_format`` when given)."""
     head = file.head()
     if head.startswith("["):
         records = ((record, f"{file.path}, record {i}") for i, record in enumerate(file.json_values("item")))
@@ -437,27 +445,31 @@ def read_conversations(file: CorpusFile, bot_side: str, skips: SkipLog, split: s
     else:
         records = _csv_records(file)
     for record, where in records:
-        yield from _guarded(skips, split, record_dialogs, record, where, bot_side, skips, split)
+        yield from _guarded(skips, split, record_dialogs, record, where, bot_side, skips, split, chat_format)
 
 
 def read_file(
     path: Path, dataset_format: str, bot_side: str, skips: SkipLog, split: str | None = None, splits: Splits = None
 ) -> Stream:
-    """One corpus file, in the given layout or the one its content shows, as ``(split, dialog)`` pairs.
+    """One corpus file, in the given format or the one its content shows, as ``(split, dialog)`` pairs.
 
     A file with no splits inside is read as ``split`` (default :data:`WHOLE_FILE`); of a file with splits inside,
     ``splits`` only.
     """
     file = CorpusFile(path)
-    layout = detect_format(file) if dataset_format == "auto" else dataset_format
-    if layout == "personachat_json":
+    file_format = detect_format(file) if dataset_format == "auto" else dataset_format
+    if file_format == "personachat_json":
         return read_personachat_json(file, skips, splits)
     split = split or WHOLE_FILE
-    if layout == "parlai":
+    if file_format == "parlai":
         return read_parlai(file, skips, split)
-    if layout == "conversations":
+    if file_format == "conversations":
         return read_conversations(file, bot_side, skips, split)
-    raise DataError(f"dataset_format '{layout}' does not apply to a file", where=str(path), fix="use auto for files.")
+    if file_format in CHAT_FORMATS:
+        return read_conversations(file, bot_side, skips, split, file_format)
+    raise DataError(
+        f"dataset_format '{file_format}' does not apply to a file", where=str(path), fix="use auto for files."
+    )
 
 
 def read_folder(path: Path, dataset_format: str, bot_side: str, skips: SkipLog, splits: Splits = None) -> Stream:

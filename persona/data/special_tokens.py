@@ -21,12 +21,13 @@ SPECIAL_TOKENS = {
 
 @dataclass(frozen=True)
 class SpecialIds:
-    """The ids of the five special tokens in one tokenizer's vocabulary."""
+    """The ids of the five special tokens in one tokenizer's vocabulary (in the chat-template layout: its end of turn
+    as ``eos``, its pad token, and None for the three tokens the template does without)."""
 
-    bos: int
+    bos: int | None
     eos: int
-    speaker1: int
-    speaker2: int
+    speaker1: int | None
+    speaker2: int | None
     pad: int
 
     @property

@@ -9,21 +9,11 @@ from functools import lru_cache
 from tokenizers import Tokenizer
 
 
-def wants_leading_space(tokenizer) -> bool:
-    """Whether each text gets a leading space before tokenization.
-
-    As the model was trained: ``persona_leading_space`` on the tokenizer when :mod:`persona.model.loading` set it from
-    the model's config (False for a checkpoint of transfer-learning-conv-ai, which encoded each text as it is);
-    otherwise yes for byte-level BPE tokenizers (:func:`byte_level_wants_space`).
-    """
-    declared = getattr(tokenizer, "persona_leading_space", None)
-    return byte_level_wants_space(tokenizer) if declared is None else declared
-
-
 @lru_cache(maxsize=8)
 def byte_level_wants_space(tokenizer) -> bool:
-    """Whether the tokenizer reads ``" word"`` and ``"word"`` differently and decodes the spaced form back
-    (byte-level BPE)."""
+    """Whether each text should get a leading space before a model persona has not trained yet reads it: yes where
+    the tokenizer reads ``" word"`` and ``"word"`` differently and decodes the spaced form back (byte-level BPE). A
+    trained model keeps the rule it was trained with (its :class:`~persona.model.facts.PersonaFacts`)."""
     # Byte-level BPE (GPT-2, SmolLM2...) reads " word" and "word" as different tokens and was pretrained
     # on words preceded by a space; utterances are tokenized alone and concatenated, so give each one
     # its space. Tokenizers that strip or add spaces themselves (openai-gpt, SentencePiece) are left as is.
@@ -48,13 +38,14 @@ def check_unicode(texts: list[str]) -> None:
             ) from None
 
 
-def encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:
-    """Token ids of each text, in one batched call, special tokens in the text split into plain tokens.
+def encode_texts(tokenizer, texts: list[str], *, leading_space: bool) -> list[list[int]]:
+    """Token ids of each text (after a space, with ``leading_space``), in one batched call, special tokens in the
+    text split into plain tokens.
 
     Splitting means a user who types ``<speaker2>`` cannot forge a speaker token. A text that is not valid Unicode
     raises :class:`InvalidText`, which names it.
     """
-    texts = [" " + text for text in texts] if wants_leading_space(tokenizer) else list(texts)
+    texts = [" " + text for text in texts] if leading_space else list(texts)
     try:
         return _encode(tokenizer, texts)
     except TypeError:  # what the tokenizers library raises for a lone surrogate
@@ -67,7 +58,7 @@ def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
     if backend is None:  # a slow tokenizer
         return tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
     # The fast tokenizer's own engine, as transformers drives it for split_special_tokens, without the
-    # per-text dictionaries of offsets and masks that nobody here reads: about 3x faster on PersonaChat.
+    # per-text dictionaries of offsets and masks that nobody here reads.
     engine = _splitting_engine(tokenizer, backend)
     return [encoding.ids for encoding in engine.encode_batch_fast(texts, add_special_tokens=False)]
 

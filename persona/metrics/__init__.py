@@ -21,6 +21,13 @@ _DEFINITIONS = {
     "pmi_hits@k": "fraction of turns whose gold reply is among the k candidates with the highest pointwise mutual "
     "information with the conversation (mean token log-likelihood after the conversation minus a weight times after "
     "an empty one): the language model's ranking of what fits this conversation rather than what is likely anywhere",
+    "persona_hits@k": "fraction of turns whose gold reply is likeliest (mean token log-likelihood) after its own "
+    "persona among it and other personas of the split, the history the same (ties count as misses): whether the "
+    "persona matters to the model",
+    "persona_gain": "the gold reply's mean token log-likelihood after its own persona minus its mean after other "
+    "personas, in nats per token",
+    "persona_mc_hits@k": "persona_hits@1 by the multiple-choice head's score instead of the likelihood",
+    "persona_mc_gain": "persona_gain in the multiple-choice head's score (logits)",
     "ended": "fraction of generated replies that ended by themselves (their end token before the length limit)",
     "f1": "unigram F1 between the generated and the gold reply after ConvAI2's normalisation (mean over turns)",
 }

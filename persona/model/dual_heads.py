@@ -44,6 +44,7 @@ from persona.data.collator import CONTEXT_FREE, PersonaCollator
 from persona.data.layout import IGNORE_INDEX
 from persona.data.special_tokens import SpecialIds
 from persona.errors import ModelLoadError
+from persona.model.facts import PersonaFacts
 
 LOGIT_CHUNK = 1024  # positions whose vocabulary logits are made at once (see _chunked_nll)
 
@@ -294,7 +295,7 @@ class PersonaDualHeads:
 
     def __init__(self, config, *args, **kwargs):
         super().__init__(config, *args, **kwargs)
-        if getattr(config, "persona_likelihood_prior", False):
+        if PersonaFacts.of(config).likelihood_prior:
             self.persona_prior_scale = nn.Parameter(torch.ones(()))
 
     def packs(self) -> bool:
@@ -327,12 +328,10 @@ class PersonaDualHeads:
         if context_free:  # a baseline, not trained: the gradient flows through the conversation's likelihood only
             with torch.no_grad():
                 output.context_free_nll_sum = _PATHS[dual_path](self, **context_free).candidate_nll_sum
-        if getattr(self.config, "persona_likelihood_prior", False):
+        facts = PersonaFacts.of(self.config)
+        if facts.likelihood_prior:
             output.mc_logits = _with_likelihood_prior(
-                output,
-                kwargs["candidate_valid"],
-                self.persona_prior_scale,
-                getattr(self.config, "persona_prior_pmi_weight", 0.0),
+                output, kwargs["candidate_valid"], self.persona_prior_scale, facts.prior_pmi_weight
             )
         return output
 

@@ -13,12 +13,10 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from persona.configs import CHAT_TEMPLATE_LAYOUT
-from persona.data.chat_layout import generation_prompt
-from persona.data.layout import REPLY_OVERHEAD, build_inputs, fit_context, history_window
-from persona.data.tokenize import check_unicode, encode_texts
+from persona.data.layout import history_window
 from persona.errors import ConfigError
 from persona.model.loading import LoadedModel
+from persona.model.scoring import best_reply, check_rerankable
 
 NEUTRAL_SAMPLING = {"temperature": 1.0, "top_p": 1.0, "top_k": 50}
 GREEDY_BELOW = 1e-5  # a sampling temperature below this decodes greedily, as vLLM does (dividing by it overflows)
@@ -30,8 +28,9 @@ class DecodingArguments:
     """How replies are decoded (defaults: the reference's interact.py).
 
     The degenerate values are decided here, for every command: a temperature below :data:`GREEDY_BELOW` (0
-    included) decodes greedily; a negative or non-finite temperature, a ``top_p`` outside [0, 1] and a
-    ``repetition_penalty`` outside :data:`REPETITION_PENALTY_RANGE` are a :class:`~persona.errors.ConfigError`.
+    included) decodes greedily (one sample, whatever ``rerank_samples`` says); a negative or non-finite
+    temperature, a ``top_p`` outside [0, 1], a ``repetition_penalty`` outside :data:`REPETITION_PENALTY_RANGE` and
+    ``rerank_samples`` below 1 (or above 1 without sampling) are a :class:`~persona.errors.ConfigError`.
     """
 
     do_sample: bool = field(default=True, metadata={"help": "Sample (nucleus/top-k); false: greedy or beam search."})
@@ -57,6 +56,13 @@ class DecodingArguments:
     frequency_penalty: float = field(
         default=0.0, metadata={"help": "OpenAI's: subtract this times its count in the reply from each token's score."}
     )
+    rerank_samples: int = field(
+        default=1,
+        metadata={
+            "help": "Sample this many replies and answer with the one the trained multiple-choice head ranks first "
+            "(1: off; needs do_sample and a model trained by persona-train)."
+        },
+    )
 
     def __post_init__(self):
         low, high = REPETITION_PENALTY_RANGE
@@ -68,6 +74,12 @@ class DecodingArguments:
         for name, ok, expected in checks:
             if not ok:
                 raise ConfigError(f"{name} is {getattr(self, name)}", fix=f"give {name} {expected}.")
+        if self.rerank_samples < 1 or (self.rerank_samples > 1 and not self.do_sample):
+            raise ConfigError(
+                f"rerank_samples is {self.rerank_samples} with do_sample {self.do_sample}",
+                where="rerank_samples",
+                fix="give rerank_samples 1 (off) or more with do_sample true: greedy decoding has one reply to rank.",
+            )
         if self.do_sample and self.temperature < GREEDY_BELOW:
             self.do_sample = False
 
@@ -101,7 +113,7 @@ class DecodingArguments:
         template's end of turn) to stop, every other special token suppressed."""
         ids = loaded.ids
         suppressed = sorted(set(loaded.tokenizer.all_special_ids) - {ids.eos})
-        bos = {"bos_token_id": ids.bos} if ids.bos >= 0 else {}  # the chat-template layout adds no <bos> of its own
+        bos = {"bos_token_id": ids.bos} if ids.bos is not None else {}  # the chat template adds no <bos> of its own
         return GenerationConfig(
             **self.settings(), eos_token_id=ids.eos, pad_token_id=ids.pad, suppress_tokens=suppressed, **bos
         )
@@ -120,44 +132,12 @@ class ReplyPenalties(LogitsProcessor):
         return scores - self.presence * (counts > 0).to(scores.dtype) - self.frequency * counts
 
 
-def _fitted_template_prompt(
-    persona: list[str], history: list[str], loaded: LoadedModel, reply_budget: int
-) -> list[int]:
-    """The chat template's generation prompt, the oldest history then persona sentences dropped until a reply of
-    ``reply_budget`` tokens fits the positions."""
-    persona, history = list(persona), list(history)
-    try:
-        prompt = generation_prompt(loaded.tokenizer, persona, history)
-    except TypeError:  # what the tokenizers library raises for a lone surrogate
-        check_unicode([*persona, *history])
-        raise
-    while len(prompt) + reply_budget > loaded.max_positions and (history or persona):
-        (history if history else persona).pop(0)
-        prompt = generation_prompt(loaded.tokenizer, persona, history)
-    return prompt
-
-
-def context_needed(persona: list[str], history: list[str], loaded: LoadedModel, reply_budget: int) -> int:
-    """The positions a reply of ``reply_budget`` tokens needs after ``persona`` and ``history`` kept whole (no
-    utterance dropped to fit), in the model's layout."""
-    if loaded.layout == CHAT_TEMPLATE_LAYOUT:
-        return len(generation_prompt(loaded.tokenizer, persona, history)) + reply_budget
-    encoded = encode_texts(loaded.tokenizer, [*persona, *history]) if persona or history else []
-    return 1 + sum(map(len, encoded)) + len(history) + reply_budget + REPLY_OVERHEAD
-
-
 def prompt_inputs(persona: list[str], history: list[str], loaded: LoadedModel, reply_budget: int) -> dict:
-    """The model input before a reply, fitted to the positions: in the reference layout ``<bos> persona ...
+    """The model input before a reply of ``reply_budget`` tokens, fitted to the model's positions, in its layout
+    (:meth:`~persona.data.input_layouts.Layout.prompt_inputs`): in the reference layout ``<bos> persona ...
     <speaker2> last utterance <speaker1>`` with its token types, in the chat-template layout the template's
     generation prompt (no token types)."""
-    if loaded.layout == CHAT_TEMPLATE_LAYOUT:
-        return {"input_ids": _fitted_template_prompt(persona, history, loaded, reply_budget), "token_type_ids": None}
-    encoded = encode_texts(loaded.tokenizer, [*persona, *history]) if persona or history else []
-    persona_ids, history_ids = encoded[: len(persona)], encoded[len(persona) :]
-    persona_ids, history_ids, _ = fit_context(
-        persona_ids, history_ids, reply_budget + REPLY_OVERHEAD, loaded.max_positions
-    )
-    return build_inputs(persona_ids, history_ids, [], loaded.ids, lm_labels=False, with_eos=False)
+    return loaded.layout.prompt_inputs(persona, history, reply_budget, loaded.max_positions)
 
 
 def left_padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -208,14 +188,24 @@ def generate_replies(
     batch_size: int = 32,
     progress: bool = False,
 ) -> list[Reply]:
-    """One reply per ``(persona sentences, history utterances)``, generated in left-padded batches; ``progress``
-    shows a bar."""
+    """One reply per ``(persona sentences, history utterances)``, generated in left-padded batches (with
+    ``rerank_samples`` n, n sampled replies per prompt in the same batch, the one the multiple-choice head ranks first
+    kept); ``progress`` shows a bar."""
     replies: list[Reply] = []
+    samples = decoding.rerank_samples if decoding.do_sample else 1
+    if samples > 1:
+        check_rerankable(loaded)
     for start in tqdm(
         range(0, len(dialogs), batch_size), desc="Generating replies", unit="batch", disable=not progress
     ):
         prompts = [prompt_inputs(p, h, loaded, decoding.max_length) for p, h in dialogs[start : start + batch_size]]
-        generated = generate_batch(loaded, prompts, decoding)
+        generated = generate_batch(loaded, [prompt for prompt in prompts for _ in range(samples)], decoding)
+        if samples > 1:
+            groups = [generated[index : index + samples] for index in range(0, len(generated), samples)]
+            generated = [
+                group[best_reply(loaded, prompt["input_ids"], [tokens for tokens, _ in group])]
+                for prompt, group in zip(prompts, groups)
+            ]
         texts = loaded.tokenizer.batch_decode([tokens for tokens, _ in generated], skip_special_tokens=True)
         replies += [Reply(text.strip(), ended) for text, (_, ended) in zip(texts, generated)]
     return replies

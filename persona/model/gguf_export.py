@@ -23,11 +23,10 @@ import gguf
 import numpy as np
 import torch
 
-from persona.configs import REFERENCE_LAYOUT
-from persona.data.special_tokens import PARTNER
 from persona.errors import ConfigError
 from persona.model.dual_heads import is_head_parameter
-from persona.model.loading import LoadedModel, fed_token_types
+from persona.model.facts import PersonaFacts
+from persona.model.loading import LoadedModel
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +53,7 @@ class ExportSummary:
 def check_exportable(config, name: str) -> str:
     """The ``model_type`` of the trained model of ``config`` if llama.cpp can run it as persona feeds it (checked
     before any weight is loaded); a :class:`ConfigError` that says why not else."""
-    if fed_token_types(config):
+    if PersonaFacts.of(config).token_types:
         raise ConfigError(
             "this model was trained with token types (speaker embeddings added at every position), which a GGUF chat "
             "template cannot carry",
@@ -136,20 +135,15 @@ def _vocabulary(tokenizer, rows: int) -> tuple[list[str], list[int]]:
 
 
 def _special_vocab(loaded: LoadedModel, folder: Path, rows: int) -> gguf.SpecialVocab:
-    """Merges and chat template read from ``folder``; the special ids as persona generates with them: begin (the
-    reference's ``<bos>``), end (``<eos>``, or the template's end of turn), pad, and, in the reference layout, the
-    partner's ``<speaker2>`` as end of turn (a reply is over when the model starts the partner's turn). No token is
+    """Merges and chat template read from ``folder``; the special ids as persona generates with them (the layout's
+    :meth:`~persona.data.input_layouts.Layout.export_ids`: begin, end, pad and, in the reference layout, the partner's
+    ``<speaker2>`` as end of turn) and the unknown token. No token is
     added by the tokenizer: the template writes them."""
     special = gguf.SpecialVocab(folder, load_merges=True, n_vocab=rows)
-    tokenizer, ids = loaded.tokenizer, loaded.ids
-    special.special_token_ids = {"eos": ids.eos, "pad": ids.pad}
-    bos = ids.bos if loaded.layout == REFERENCE_LAYOUT else tokenizer.bos_token_id
-    if bos is not None and bos >= 0:
-        special.special_token_ids["bos"] = bos
+    tokenizer = loaded.tokenizer
+    special.special_token_ids = loaded.layout.export_ids()
     if tokenizer.unk_token_id is not None:
         special.special_token_ids["unk"] = tokenizer.unk_token_id
-    if loaded.layout == REFERENCE_LAYOUT:
-        special.special_token_ids["eot"] = tokenizer.convert_tokens_to_ids(PARTNER)
     special.add_special_token = {"bos": False, "eos": False}
     special.chat_template = tokenizer.chat_template
     return special

@@ -3,8 +3,9 @@
 
 Local folders, Hub ids (with ``revision``), GGUF checkpoints (de-quantized on load) and fresh models built
 from a ``model_config``; offline, a clear error that says what is missing and how to supply it. Every command
-loads through here and reads the model's facts (its special tokens, positions, token types, layout) from the
-:class:`LoadedModel`, never again from the model.
+loads through here and reads the model's facts (its layout and special tokens, positions, token types) from the
+:class:`LoadedModel`, never again from the model: the layout is decided here, once (:func:`layout_for_training`
+from the recipe, :func:`trained_layout` from a saved model's :class:`~persona.model.facts.PersonaFacts`).
 """
 
 from __future__ import annotations
@@ -14,19 +15,12 @@ from dataclasses import dataclass
 
 from transformers import AutoConfig, AutoTokenizer, GgufConfig
 
-from persona.configs import CHAT_TEMPLATE_LAYOUT, REFERENCE_LAYOUT, ModelArguments
-from persona.data.chat_layout import generation_prompt, template_ids
-from persona.data.layout import build_prefix
-from persona.data.special_tokens import (
-    SpecialIds,
-    add_special_tokens,
-    has_persona_tokens,
-    resize_embeddings,
-    special_ids,
-)
-from persona.data.tokenize import wants_leading_space
+from persona.configs import ModelArguments
+from persona.data.input_layouts import ChatTemplateLayout, Layout, ReferenceLayout, layout_class
+from persona.data.special_tokens import SpecialIds, has_persona_tokens, resize_embeddings, special_ids
 from persona.errors import ConfigError, ModelLoadError, first_line
 from persona.model.dual_heads import init_likelihood_prior, model_class
+from persona.model.facts import PersonaFacts
 
 logger = logging.getLogger(__name__)
 
@@ -35,29 +29,27 @@ logger = logging.getLogger(__name__)
 class LoadedModel:
     """A model with its tokenizer and the facts every command needs, decided once at load.
 
-    ``ids``: the special tokens' ids (in the chat-template layout: the end-of-turn token as ``eos`` and the pad
-    token); ``max_positions``: the longest input; ``token_types``: whether the inputs carry speaker embeddings;
-    ``layout``: how a turn is laid out (``reference`` or ``chat_template``, see ``DataArguments.input_layout``);
-    ``prompted``: a causal LM that persona never trained, prompted through its own chat template (its
-    multiple-choice head is untrained, so only its likelihood ranks); ``name``: what it was loaded from.
+    ``layout``: how a turn becomes the model's input (a :class:`~persona.data.input_layouts.Layout` on this
+    tokenizer, holding the special ids); ``max_positions``: the longest input; ``token_types``: whether the inputs
+    carry speaker embeddings (as trained, or as ``use_token_types`` asks); ``facts``: what training saved
+    (:class:`~persona.model.facts.PersonaFacts`); ``prompted``: a causal LM that persona never trained, prompted
+    through its own chat template (its multiple-choice head is untrained, so only its likelihood ranks); ``name``:
+    what it was loaded from.
     """
 
     model: object
     tokenizer: object
-    ids: SpecialIds
+    layout: Layout
     max_positions: int
     token_types: bool
-    layout: str = REFERENCE_LAYOUT
+    facts: PersonaFacts = PersonaFacts()
     prompted: bool = False
     name: str = ""
 
-    def empty_prefix(self) -> tuple[int, ...]:
-        """The prefix of a conversation with no persona and no history in the model's layout, after which pointwise
-        mutual information scores a candidate: ``<bos>`` in the reference layout; in the chat-template layout the
-        generation prompt of an empty system message, but its last token (a candidate's block starts with it)."""
-        if self.layout == REFERENCE_LAYOUT:
-            return tuple(build_prefix([], [], self.ids))
-        return tuple(generation_prompt(self.tokenizer, [], [])[:-1])
+    @property
+    def ids(self) -> SpecialIds:
+        """The special tokens' ids of the model's layout."""
+        return self.layout.ids
 
 
 def _offline_hint(name: str, error: Exception) -> ModelLoadError:
@@ -85,12 +77,13 @@ def load_tokenizer(model_args: ModelArguments):
         raise _offline_hint(name, error) from None
 
 
-def tokenizer_for_training(model_args: ModelArguments, layout: str = REFERENCE_LAYOUT) -> tuple[object, int]:
-    """The tokenizer a model is fine-tuned with in ``layout``, and how many special tokens were added to it: the
-    reference layout's five added; a chat template's tokenizer as it is. persona-data prepares with the same one, so
+def layout_for_training(model_args: ModelArguments, input_layout: str) -> tuple[Layout, int]:
+    """The layout (on its tokenizer) a model is fine-tuned in, and how many special tokens were added to the tokenizer:
+    the reference layout's five; a chat template's tokenizer as it is. persona-data prepares with the same one, so
     that persona-train finds its cache."""
-    tokenizer = load_tokenizer(model_args)
-    return tokenizer, add_special_tokens(tokenizer) if layout == REFERENCE_LAYOUT else 0
+    tokenizer, layout = load_tokenizer(model_args), layout_class(input_layout)
+    added = layout.prepare_tokenizer(tokenizer)
+    return layout.for_tokenizer(tokenizer), added
 
 
 def base_config(model_args: ModelArguments):
@@ -130,42 +123,30 @@ def max_positions(config) -> int:
     )
 
 
-def uses_token_types(config, requested: bool | None = None) -> bool:
-    """Whether to feed token types: as ``requested`` (``use_token_types``) if given, else as the model was trained
-    (``persona_token_types`` in its config), and yes for a model persona has not trained yet (as TransferTransfo)."""
-    return bool(getattr(config, "persona_token_types", True)) if requested is None else requested
-
-
-def _layout_ids(tokenizer, layout: str, use_token_types: bool | None) -> SpecialIds:
-    """The special ids of a model in ``layout``; a chat template carries no token types, so asking for them is an
-    error there."""
-    if layout == REFERENCE_LAYOUT:
-        return special_ids(tokenizer)
-    if use_token_types:
-        raise ConfigError(
-            "a chat template carries no token types",
-            where="use_token_types",
-            fix="drop use_token_types (or set it false).",
-        )
-    return template_ids(tokenizer)
-
-
 def load_for_training(
-    model_args: ModelArguments, use_token_types: bool | None = None, layout: str = REFERENCE_LAYOUT
+    model_args: ModelArguments, use_token_types: bool | None = None, input_layout: str = ReferenceLayout.name
 ) -> LoadedModel:
-    """The model to fine-tune in the input ``layout``, its facts saved in its config so that evaluation, chat and
-    serving feed it alike: the layout, whether it takes token types and the leading-space rule.
+    """The model to fine-tune in ``input_layout``, its facts saved in its config so that evaluation, chat and serving
+    feed it alike: the layout, whether it takes token types, the leading-space rule and the likelihood prior.
 
     In the reference layout the five special tokens are added and the embeddings resized (new rows = mean of the
     old); in the chat-template layout the tokenizer stays as it is. With ``model_config`` a fresh model is built from
     that config (no weights downloaded); with ``likelihood_prior`` the multiple-choice score starts as the
-    likelihood ranking.
+    likelihood ranking. A persona model given as the base keeps the token types it was trained with unless
+    ``use_token_types`` says otherwise.
     """
-    tokenizer, added = tokenizer_for_training(model_args, layout)
-    ids = _layout_ids(tokenizer, layout, use_token_types)
+    layout, added = layout_for_training(model_args, input_layout)
+    tokenizer, ids = layout.tokenizer, layout.ids
     config = base_config(model_args)
-    config.persona_likelihood_prior = model_args.likelihood_prior
-    config.persona_prior_pmi_weight = model_args.prior_pmi_weight
+    trained = PersonaFacts.read(config)
+    facts = PersonaFacts(
+        layout=layout.name,
+        token_types=layout.token_types(use_token_types, trained.token_types if trained else True),
+        leading_space=layout.leading_space,
+        likelihood_prior=model_args.likelihood_prior,
+        prior_pmi_weight=model_args.prior_pmi_weight,
+    )
+    facts.save(config)
     if model_args.model_config is not None:
         config.vocab_size = len(tokenizer)
         model = model_class(config.model_type)(config)
@@ -174,16 +155,18 @@ def load_for_training(
     resize_embeddings(model, tokenizer)
     if model_args.likelihood_prior:
         init_likelihood_prior(model)
-    model.config.persona_layout = layout
-    model.config.persona_leading_space = wants_leading_space(tokenizer)
-    model.config.persona_token_types = layout == REFERENCE_LAYOUT and uses_token_types(model.config, use_token_types)
     model.config.pad_token_id, model.config.eos_token_id = ids.pad, ids.eos
-    if layout == REFERENCE_LAYOUT:
+    if ids.bos is not None:
         model.config.bos_token_id = ids.bos
-    logger.info("Input layout %s; %d special tokens added; vocabulary %d", layout, added, len(tokenizer))
-    token_types = model.config.persona_token_types
+    logger.info("Input layout %s; %d special tokens added; vocabulary %d", layout.name, added, len(tokenizer))
     return LoadedModel(
-        model, tokenizer, ids, max_positions(model.config), token_types, layout, name=model_args.model_name_or_path
+        model,
+        tokenizer,
+        layout,
+        max_positions(model.config),
+        facts.token_types,
+        facts,
+        name=model_args.model_name_or_path,
     )
 
 
@@ -200,35 +183,26 @@ def refuse_training_fields(model_args: ModelArguments, command: str) -> None:
         )
 
 
-def fed_token_types(config, use_token_types: bool | None = None) -> bool:
-    """Whether a trained model of ``config`` is fed token types: never in the chat-template layout; in the reference
-    layout as ``use_token_types`` asks, else as it was trained."""
-    return getattr(config, "persona_layout", REFERENCE_LAYOUT) == REFERENCE_LAYOUT and uses_token_types(
-        config, use_token_types
-    )
+def trained_layout(tokenizer, facts: PersonaFacts) -> Layout:
+    """The layout a model with ``facts`` was trained in, on its ``tokenizer``, with a clear error if the tokenizer
+    lacks what that layout needs."""
+    return layout_class(facts.layout).for_tokenizer(tokenizer, facts.leading_space)
 
 
 def _trained(model_args: ModelArguments, tokenizer, config, use_token_types: bool | None) -> LoadedModel:
     """The persona model of ``model_args`` (its tokenizer and config already loaded), fed as it was trained."""
-    layout = getattr(config, "persona_layout", REFERENCE_LAYOUT)
-    ids = _layout_ids(tokenizer, layout, use_token_types)
-    model = _pretrained(model_args, config)
-    if hasattr(config, "persona_leading_space"):
-        tokenizer.persona_leading_space = config.persona_leading_space
-    elif not hasattr(config, "persona_token_types"):
+    facts = PersonaFacts.read(config)
+    if facts is None:
         logger.info(
-            "%s has no persona fields in its config: fed as transfer-learning-conv-ai feeds its checkpoints",
+            "%s has no persona facts in its config: fed as transfer-learning-conv-ai feeds its checkpoints",
             model_args.model_name_or_path,
         )
-        tokenizer.persona_leading_space = False
+        facts = PersonaFacts()
+    layout = trained_layout(tokenizer, facts)
+    token_types = layout.token_types(use_token_types, facts.token_types)
+    model = _pretrained(model_args, config)
     return LoadedModel(
-        model.eval(),
-        tokenizer,
-        ids,
-        max_positions(config),
-        fed_token_types(config, use_token_types),
-        layout,
-        name=model_args.model_name_or_path,
+        model.eval(), tokenizer, layout, max_positions(config), token_types, facts, name=model_args.model_name_or_path
     )
 
 
@@ -248,7 +222,7 @@ def load_for_inference(model_args: ModelArguments, use_token_types: bool | None 
     local folder, a GGUF), the model as it is, prompted through that template (no token types): a user talks to the
     model before training as after."""
     tokenizer, config = load_tokenizer(model_args), base_config(model_args)
-    if hasattr(config, "persona_layout") or has_persona_tokens(tokenizer):
+    if PersonaFacts.read(config) is not None or has_persona_tokens(tokenizer):
         return _trained(model_args, tokenizer, config, use_token_types)
     if not tokenizer.chat_template:
         special_ids(tokenizer)  # the error that says which tokens are missing and how to get a persona model
@@ -256,12 +230,11 @@ def load_for_inference(model_args: ModelArguments, use_token_types: bool | None 
         "%s is not a persona model: prompted through its chat template (the persona as the system message)",
         model_args.model_name_or_path,
     )
-    ids = _layout_ids(tokenizer, CHAT_TEMPLATE_LAYOUT, use_token_types)
+    layout = ChatTemplateLayout.for_tokenizer(tokenizer)
+    facts = PersonaFacts(layout=layout.name, token_types=layout.token_types(use_token_types), leading_space=False)
     model = _pretrained(model_args, config).eval()
     name = model_args.model_name_or_path
-    return LoadedModel(
-        model, tokenizer, ids, max_positions(config), False, CHAT_TEMPLATE_LAYOUT, prompted=True, name=name
-    )
+    return LoadedModel(model, tokenizer, layout, max_positions(config), False, facts, prompted=True, name=name)
 
 
 TOKENIZER_LIMIT = 1024  # where the tokenizer states no limit of its own

@@ -8,19 +8,18 @@ frozen. At the end of training the adapters are merged, so that the saved model 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
-from persona.configs import REFERENCE_LAYOUT, ModelArguments
-from persona.data.special_tokens import SpecialIds
+from persona.configs import ModelArguments
+from persona.data.input_layouts import Layout
 from persona.model.dual_heads import HEAD_MODULE, PRIOR_SCALE
 
 logger = logging.getLogger(__name__)
 
 
-def with_lora(model, model_args: ModelArguments, ids: SpecialIds, layout: str = REFERENCE_LAYOUT):
-    """``model`` wrapped by PEFT with the LoRA settings of ``model_args``; in the reference layout the rows of the
-    special tokens (``ids``), new to the model, train too (the chat-template layout adds none)."""
+def with_lora(model, model_args: ModelArguments, layout: Layout):
+    """``model`` wrapped by PEFT with the LoRA settings of ``model_args``; the embedding rows of the tokens the
+    ``layout`` added to the model (the reference layout's special tokens) train too."""
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
@@ -31,7 +30,7 @@ def with_lora(model, model_args: ModelArguments, ids: SpecialIds, layout: str = 
         if model_args.lora_target_modules == ["all-linear"]
         else model_args.lora_target_modules,
         modules_to_save=[HEAD_MODULE],
-        trainable_token_indices=sorted(set(dataclasses.astuple(ids))) if layout == REFERENCE_LAYOUT else None,
+        trainable_token_indices=layout.trainable_token_ids(),
     )
     model = get_peft_model(model, config)
     for name, parameter in model.named_parameters():  # a bare parameter, which modules_to_save cannot name

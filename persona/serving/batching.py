@@ -46,7 +46,6 @@ from persona.serving.streaming import ReplyStream
 
 logger = logging.getLogger(__name__)
 REPLY_TIMEOUT_S = 300  # a request that waited this long for its reply ends with an error
-JOINS_KEPT = 10_000  # the joins whose sizes ReplyBatcher.join_sizes keeps
 
 
 class QueueFull(Exception):
@@ -170,22 +169,20 @@ class ReplyBatcher:
     """The model and its worker thread; ``max_batch_size`` 1 generates one request at a time (the settings are
     persona-serve's, :class:`~persona.serving.server.ServeArguments`). The worker alone uses ``loaded``; the event
     loop's checks use ``front``, the same model facts with a tokenizer of their own (a fast tokenizer is not safe to
-    use from two threads: each call may change its settings while the other encodes). ``join_sizes`` holds how
-    many requests joined the running batch at each of the last :data:`JOINS_KEPT` joins (for tests and
-    benchmarks); ``on_step`` (the server's metrics set it) is called with the batch's row count at each decoding
-    step."""
+    use from two threads: each call may change its settings while the other encodes); ``on_step`` (the server's
+    metrics set it) is called with the batch's row count at each decoding step."""
 
     def __init__(
         self, loaded: LoadedModel, *, max_history: int, max_batch_size: int, max_queue: int, batch_wait_ms: float
     ):
         self.loaded, self.max_history = loaded, max_history
-        self.front = replace(loaded, tokenizer=copy.deepcopy(loaded.tokenizer))
+        tokenizer = copy.deepcopy(loaded.tokenizer)
+        self.front = replace(loaded, tokenizer=tokenizer, layout=loaded.layout.with_tokenizer(tokenizer))
         self.on_step: Callable[[int], None] = lambda rows: None
         self.max_batch_size, self.batch_wait_s = max_batch_size, batch_wait_ms / 1000
         self.pending: queue.Queue[ReplyRequest | None] = queue.Queue(maxsize=max_queue)
         self._submitting = threading.Lock()
         self._closing = threading.Event()
-        self.join_sizes: list[int] = []
         self.worker = threading.Thread(target=self._work, name="persona-batcher", daemon=True)
         self.worker.start()
 
@@ -304,8 +301,6 @@ class ReplyBatcher:
             joining.append(_Row(request, decoder, len(prompt["input_ids"]), self._decode))
         if not joining:
             return []
-        self.join_sizes.append(len(joining))
-        del self.join_sizes[:-JOINS_KEPT]  # a server runs for weeks
         try:
             logits = batch.join(prompts)
         except Exception as error:  # the joining rows fail; the running ones go on

@@ -4,7 +4,6 @@ reaches the decoding worker."""
 
 from __future__ import annotations
 
-from persona.model.generation import context_needed
 from persona.model.loading import LoadedModel
 
 
@@ -22,6 +21,6 @@ class ContextTooLong(Exception):
 def check_context(front: LoadedModel, persona: list[str], history: list[str], reply_budget: int) -> None:
     """A :class:`ContextTooLong` when ``persona`` and the last utterance of ``history`` with a reply of
     ``reply_budget`` tokens cannot fit (the older history is dropped to fit; these two never are)."""
-    needed = context_needed(persona, history[-1:], front, reply_budget)
+    needed = front.layout.context_needed(persona, history[-1:], reply_budget)
     if needed > front.max_positions:
         raise ContextTooLong(needed - reply_budget, reply_budget, front.max_positions)

@@ -25,12 +25,12 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, replace
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 
-from persona.data.personas import split_sentences
+from persona.data.chat_records import split_sentences
 from persona.model.generation import DecodingArguments
 from persona.serving.batching import (
     QueueFull,
@@ -160,13 +160,45 @@ def chat_request(body: ChatCompletionRequest, defaults: DecodingArguments, max_t
     )
 
 
-def _authorize(request: Request, api_key: str | None) -> None:
-    if api_key is None:
-        return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), api_key.encode()):
-        message = "a valid API key is required: 'Authorization: Bearer KEY'"
-        raise APIError(401, message, type="authentication_error", code="invalid_api_key")
+def _key_check(api_key: str | None) -> Callable:
+    """The dependency of every keyed route: a 401 unless the request carries ``Authorization: Bearer API_KEY``
+    (nothing to check without a key)."""
+
+    async def check(request: Request) -> None:
+        if api_key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), api_key.encode()):
+            message = "a valid API key is required: 'Authorization: Bearer KEY'"
+            raise APIError(401, message, type="authentication_error", code="invalid_api_key")
+
+    return check
+
+
+def _queued_replies(batcher: ReplyBatcher, chat: ChatRequest, persona: list[str], request_id: str) -> list:
+    """The reply streams of the chat's ``n`` choices, queued together (all or none); the batcher's refusals as the
+    API's errors (400 for more choices than the queue holds, 503 when the worker has stopped, 429 when busy)."""
+    try:
+        return reply_streams(
+            batcher,
+            persona,
+            chat.history,
+            chat.decoding,
+            seeds=[choice_seed(chat.seed, index) for index in range(chat.choices)],
+            stop=chat.stop,
+            top_logprobs=chat.top_logprobs,
+            request_id=request_id,
+        )
+    except QueueTooSmall as error:
+        message = f"n is {error.asked}, but this server queues at most {error.limit} replies at once"
+        raise APIError(400, message + " (persona-serve --max_queue)", param="n", code="too_many_choices") from None
+    except WorkerStopped as error:
+        raise APIError(503, str(error), type="server_error", code="worker_stopped") from None
+    except QueueFull as error:
+        message = f"the server is busy ({error}); try again shortly"
+        raise APIError(
+            429, message, type="rate_limit_error", code="queue_full", headers={"Retry-After": "1"}
+        ) from None
 
 
 async def _read_request(request: Request, body_limit: int) -> ChatCompletionRequest:
@@ -222,20 +254,19 @@ def create_app(
             raise APIError(503, "the decoding worker has stopped", type="server_error", code="worker_stopped")
         return {"status": "ok", "model": model_id}
 
-    @app.get("/metrics")
-    async def prometheus(request: Request) -> Response:
-        _authorize(request, settings.api_key)
+    keyed = APIRouter(dependencies=[Depends(_key_check(settings.api_key))])
+
+    @keyed.get("/metrics")
+    async def prometheus() -> Response:
         body, media_type = metrics.exposition()
         return Response(body, media_type=media_type)
 
-    @app.get("/v1/models")
-    async def models(request: Request) -> dict:
-        _authorize(request, settings.api_key)
+    @keyed.get("/v1/models")
+    async def models() -> dict:
         return {"object": "list", "data": [model_card]}
 
-    @app.get("/v1/models/{name:path}")
-    async def model(name: str, request: Request) -> dict:
-        _authorize(request, settings.api_key)
+    @keyed.get("/v1/models/{name:path}")
+    async def model(name: str) -> dict:
         if name != model_id:
             raise APIError(
                 404,
@@ -245,9 +276,8 @@ def create_app(
             )
         return model_card
 
-    @app.post("/v1/chat/completions")
+    @keyed.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        _authorize(request, settings.api_key)
         body = await _read_request(request, settings.max_body_bytes)
         chat = chat_request(body, defaults, settings.max_tokens_cap)
         if body.model not in (None, model_id):
@@ -255,27 +285,7 @@ def create_app(
             raise APIError(404, message, param="model", code="model_not_found")
         _check_context(batcher, chat, chat.persona or persona)
         completion = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_id}
-        try:  # the n choices are queued together, all or none
-            replies = reply_streams(
-                batcher,
-                chat.persona or persona,
-                chat.history,
-                chat.decoding,
-                seeds=[choice_seed(chat.seed, index) for index in range(chat.choices)],
-                stop=chat.stop,
-                top_logprobs=chat.top_logprobs,
-                request_id=completion["id"],
-            )
-        except QueueTooSmall as error:
-            message = f"n is {error.asked}, but this server queues at most {error.limit} replies at once"
-            raise APIError(400, message + " (persona-serve --max_queue)", param="n", code="too_many_choices") from None
-        except WorkerStopped as error:
-            raise APIError(503, str(error), type="server_error", code="worker_stopped") from None
-        except QueueFull as error:
-            message = f"the server is busy ({error}); try again shortly"
-            raise APIError(
-                429, message, type="rate_limit_error", code="queue_full", headers={"Retry-After": "1"}
-            ) from None
+        replies = _queued_replies(batcher, chat, chat.persona or persona, completion["id"])
         firsts = await asyncio.gather(*(anext(events) for events in replies))  # queued at once: they join together
         events = _merged(list(zip(firsts, replies)))
         headers = _window_note(chat.history, batcher.max_history)
@@ -285,6 +295,8 @@ def create_app(
             return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
         whole = await _completion(completion, events, chat.choices, metrics.count_tokens, logprobs)
         return JSONResponse(whole, headers=headers)
+
+    app.include_router(keyed)  # before the catch-all below, which answers whatever these routes do not
 
     @app.api_route("/v1/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"])
     async def elsewhere(path: str, request: Request):

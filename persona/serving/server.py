@@ -133,6 +133,12 @@ def build_server(
     from persona.serving.web_page import build_page
 
     refuse_training_fields(model_args, "persona-serve")
+    if decoding.rerank_samples > 1:
+        raise ConfigError(
+            "persona-serve does not rerank sampled replies",
+            where="rerank_samples",
+            fix="drop rerank_samples; persona-chat and persona-eval rerank (the API's n returns every sample).",
+        )
     loaded = load_for_inference(model_args)
     model_id = args.model_id or Path(model_args.model_name_or_path.rstrip("/")).name
     persona = default_persona(args, data_args)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from persona.data.personas import split_sentences
+from persona.data.chat_records import split_sentences
 from persona.model.generation import DecodingArguments
 from persona.serving.batching import QueueFull, ReplyBatcher, WorkerStopped, reply_events
 from persona.serving.context import ContextTooLong, check_context

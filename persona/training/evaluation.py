@@ -5,9 +5,9 @@ Writes to ``output_dir``:
 - ``eval_results.json``: ``perplexity`` of the gold replies' tokens, ``hits@k`` over every candidate of
   each turn (ranked by the multiple-choice head), ``lm_hits@k`` (the same candidates ranked by their mean
   token log-likelihood), ``pmi_hits@k`` (ranked by their pointwise mutual information with the conversation, per
-  token),
-  ``f1`` of generated replies (ParlAI's ConvAI2 normalisation), each with the number of turns behind it, and the
-  model, data and decoding settings. Fractions are in [0, 1].
+  token), with ``persona_swaps`` the persona-use metrics (:mod:`persona.training.persona_use`), ``f1`` of generated
+  replies (ParlAI's ConvAI2 normalisation), each with the number of turns behind it, and the model, data and
+  decoding settings. Fractions are in [0, 1].
 - ``generations.jsonl``: ``persona``, ``history``, ``prediction`` and ``gold`` of each generated turn.
 - ``report.md``: the metrics and a sample of dialogs with their generated replies.
 
@@ -33,6 +33,7 @@ from persona.errors import ConfigError
 from persona.metrics import load_metric
 from persona.model.generation import DecodingArguments, generate_replies
 from persona.model.loading import LoadedModel, load_for_inference, refuse_training_fields
+from persona.training.persona_use import persona_use
 from persona.training.report import write_report
 from persona.training.trainer import PersonaTrainer, metrics_from_scores
 
@@ -63,12 +64,24 @@ class EvalArguments:
             "the quickstart model ranks worse by it than by likelihood. Unset: no pmi_hits@k."
         },
     )
+    persona_swaps: int = field(
+        default=0,
+        metadata={
+            "help": "Persona use: also score each turn's gold reply after this many other personas of the split (9 is "
+            "usual; 0: off), for persona_hits@1 (the own persona makes the gold reply likeliest; chance 1/(swaps+1)) "
+            "and persona_gain (nats per token the own persona adds), by the head too where the model has one."
+        },
+    )
     max_generation_turns: int | None = field(
         default=None, metadata={"help": "Generate (for F1) on the first N turns only; default all."}
     )
     report_samples: int = field(default=5, metadata={"help": "Dialogs shown in report.md."})
 
     def __post_init__(self):
+        if self.persona_swaps < 0:
+            raise ConfigError(
+                f"{self.persona_swaps} is negative", where="persona_swaps", fix="give 0 (off) or more (9 is usual)."
+            )
         if self.pmi_weight is not None and self.pmi_weight < 0:
             raise ConfigError(
                 f"{self.pmi_weight} is negative",
@@ -141,9 +154,9 @@ def _evaluated_split(loaded: LoadedModel, data_args: DataArguments) -> tuple:
             loaded.name,
             PROMPTING,
         )
-    data_args = dataclasses.replace(data_args, input_layout=loaded.layout)
+    data_args = dataclasses.replace(data_args, input_layout=loaded.layout.name)
     with PartialState().main_process_first():
-        corpus = prepare_corpus(data_args, loaded.tokenizer, max_length=loaded.max_positions, roles=("eval",))
+        corpus = prepare_corpus(data_args, loaded.layout, max_positions=loaded.max_positions, roles=("eval",))
     return corpus.features["eval"], corpus.dialogs["eval"], corpus.stats["splits"]["eval"]
 
 
@@ -159,6 +172,7 @@ def _results(loaded, data_args, run_args, eval_args, decoding, metrics, f1, spli
         **({f"hits@{k}": metrics[f"hits@{k}"] for k in eval_args.hits_k} if head else {}),
         **{f"lm_hits@{k}": metrics[f"lm_hits@{k}"] for k in eval_args.hits_k},
         **{f"pmi_hits@{k}": metrics[f"pmi_hits@{k}"] for k in eval_args.hits_k if f"pmi_hits@{k}" in metrics},
+        **{name: value for name, value in metrics.items() if name.startswith("persona_")},
         **({} if eval_args.pmi_weight is None else {"pmi_weight": eval_args.pmi_weight}),
         "f1": f1,
         "ended": sum(r["ended"] for r in records) / max(len(records), 1),
@@ -166,7 +180,7 @@ def _results(loaded, data_args, run_args, eval_args, decoding, metrics, f1, spli
         "num_candidates": metrics["num_candidates"],
         "skipped": split["skipped"],
         "token_types": loaded.token_types,
-        "input_layout": loaded.layout,
+        "input_layout": loaded.layout.name,
         "num_reply_tokens": metrics["num_reply_tokens"],
         "lm_loss": metrics["lm_loss"],
         **({"mc_loss": metrics["mc_loss"]} if head else {}),
@@ -196,6 +210,10 @@ def evaluate_model(
     run_args.use_token_types = loaded.token_types
     features, dialogs, split = _evaluated_split(loaded, data_args)
     metrics = score_candidates(loaded, features, run_args, eval_args.hits_k, eval_args.pmi_weight)
+    if eval_args.persona_swaps:
+        longest = min(loaded.max_positions, data_args.max_input_length or loaded.max_positions)
+        batch_size = run_args.per_device_eval_batch_size
+        metrics |= persona_use(loaded, dialogs, eval_args.persona_swaps, data_args.sampling_seed, longest, batch_size)
     records = generate_turns(loaded, dialogs, eval_args, decoding)
     f1 = load_metric("convai2_f1").compute(
         predictions=[r["prediction"] for r in records], references=[r["gold"] for r in records]

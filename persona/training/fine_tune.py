@@ -62,12 +62,12 @@ def _trainer(
     training_args.use_token_types = loaded.token_types
     ready_to_publish(loaded)
     if model_args.use_peft:
-        loaded = replace(loaded, model=with_lora(loaded.model, model_args, loaded.ids, loaded.layout))
+        loaded = replace(loaded, model=with_lora(loaded.model, model_args, loaded.layout))
     with training_args.main_process_first(desc="dataset preparation"):
         corpus = prepare_corpus(
             data_args,
-            loaded.tokenizer,
-            max_length=loaded.max_positions,
+            loaded.layout,
+            max_positions=loaded.max_positions,
             stats_batch_size=training_args.per_device_train_batch_size,
         )
     for role, stats in corpus.stats["splits"].items():

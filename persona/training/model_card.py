@@ -15,10 +15,24 @@ from pathlib import Path
 import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from persona.data.input_layouts import layout_class
 from persona.hub_names import is_hub_id
 from persona.metrics import metric_definition
+from persona.model.facts import PersonaFacts
 
-PUBLISHED_METRICS = ("perplexity", "hits@1", "hits@5", "hits@10", "lm_hits@1", "pmi_hits@1", "f1", "ended")
+PUBLISHED_METRICS = (
+    "perplexity",
+    "hits@1",
+    "hits@5",
+    "hits@10",
+    "lm_hits@1",
+    "pmi_hits@1",
+    "persona_hits@1",
+    "persona_gain",
+    "persona_mc_hits@1",
+    "f1",
+    "ended",
+)
 TAGS = ["persona-chat", "conversational", "transfertransfo", "persona"]
 
 
@@ -123,27 +137,8 @@ def _metrics_table(found: dict) -> list[str]:
 
 def _template_note(config: dict) -> list[str]:
     """What the saved chat template renders, for the model's layout and token types."""
-    if config.get("persona_layout") == "chat_template":
-        return [
-            "The model was trained in this very chat template (the base model's own), without token types: plain",
-            "transformers prompts it exactly as training did.",
-        ]
-    note = [
-        "The template renders exactly the input layout of training",
-        "(`<bos> persona <speaker2> user <speaker1> bot ... <speaker1>`).",
-    ]
-    if not config.get("persona_token_types", True):
-        return [
-            *note,
-            "It cannot carry token types (speaker embeddings added at each position); this model was trained",
-            "without them (`use_token_types: false`), so plain transformers feeds it exactly as training did.",
-        ]
-    return [
-        *note,
-        "It cannot carry the token types (speaker embeddings added at each position) that training used, and",
-        "their absence degrades the replies; `persona-eval --use_token_types false` measures by how much. Prefer",
-        "persona-chat, or pass `token_type_ids` built by `persona.data.build_inputs`.",
-    ]
+    facts = PersonaFacts.of(config)
+    return layout_class(facts.layout).template_note(facts.token_types)
 
 
 def _chat_section(repo: str, config: dict) -> list[str]:

@@ -3,12 +3,14 @@ the folder staged for the Hub (safetensors, tokenizer, results, model card), and
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
-from persona.configs import REFERENCE_LAYOUT, ModelArguments
+from persona.configs import ModelArguments
+from persona.data.reference_template import add_chat_template
 from persona.errors import ConfigError, ModelLoadError, first_line
-from persona.model.chat_template import add_chat_template
+from persona.model.facts import PersonaFacts
 from persona.model.generation import DecodingArguments
 from persona.model.loading import LoadedModel, load_tokenizer
 from persona.training.model_card import model_card
@@ -31,8 +33,7 @@ def ready_to_publish(loaded: LoadedModel) -> None:
     """What a trained model carries for plain transformers and persona alike: a chat template that renders its layout
     (persona's for the reference layout; a chat-template model keeps its own), and the reference's decoding
     (sampling, temperature 0.7, top-p 0.9, the other special tokens suppressed) as its generation config."""
-    if loaded.layout == REFERENCE_LAYOUT:
-        add_chat_template(loaded.tokenizer)
+    loaded.layout.ready_to_publish()
     loaded.model.generation_config = DecodingArguments().generation_config(loaded)
 
 
@@ -67,8 +68,9 @@ def stage(model_dir: Path, folder: Path, hub_model_id: str, eval_results: str | 
         for path in model_dir.glob(pattern):
             shutil.copy2(path, folder / path.name)
     tokenizer = load_tokenizer(ModelArguments(model_name_or_path=str(model_dir)))
-    if not tokenizer.chat_template:
-        add_chat_template(tokenizer)  # a model saved without one (a reference checkpoint)
+    if not tokenizer.chat_template:  # a model saved without one (a reference checkpoint)
+        config = json.loads((model_dir / "config.json").read_text())
+        add_chat_template(tokenizer, PersonaFacts.of(config).leading_space)
     tokenizer.save_pretrained(folder)
     (folder / "README.md").write_text(str(model_card(model_dir, hub_model_id=hub_model_id, eval_results=eval_results)))
     return sorted(p for p in folder.rglob("*") if p.is_file())

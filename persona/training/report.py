@@ -20,6 +20,12 @@ def metrics_table(results: dict) -> list[str]:
             f"| {key} | {results[key]:.3f} | {turns['hits']} | {metric_definition(key)} "
             f"({results['num_candidates']:g} candidates per turn) |"
         )
+    for key in ("persona_hits@1", "persona_gain", "persona_mc_hits@1", "persona_mc_gain"):
+        if key in results:
+            rows.append(
+                f"| {key} | {results[key]:.3f} | {results['persona_num_turns']} | {metric_definition(key)} "
+                f"({results['persona_swaps']} other personas per turn) |"
+            )
     rows.append(f"| F1 | {results['f1']:.3f} | {turns['f1']} | {metric_definition('f1')} |")
     if "ended" in results:
         rows.append(f"| ended | {results['ended']:.3f} | {turns['f1']} | {metric_definition('ended')} |")

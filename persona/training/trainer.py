@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from transformers import EvalPrediction, Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 
-from persona.configs import REFERENCE_LAYOUT
 from persona.data.collator import CONTEXT_FREE
 from persona.metrics import gold_ranks, hits_from_ranks
 from persona.model.dual_heads import DualOutput, choose_dual_path, collator_for, is_head_parameter
@@ -116,19 +115,17 @@ class PersonaTrainer(Trainer):
 
     def __init__(self, loaded: LoadedModel, args, *, pmi_weight: float | None = None, compute_metrics=None, **kwargs):
         self.dual_path = choose_dual_path(loaded.model, args.forward_mode)
-        config = loaded.model.config
-        self.scores_every_candidate = bool(getattr(config, "persona_likelihood_prior", False))
-        self.prior_needs_context_free = self.scores_every_candidate and bool(
-            getattr(config, "persona_prior_pmi_weight", 0.0)
-        )
-        default_weight = config.persona_prior_pmi_weight if self.prior_needs_context_free else None
+        facts = loaded.facts
+        self.scores_every_candidate = facts.likelihood_prior
+        self.prior_needs_context_free = facts.prior_needs_context_free
+        default_weight = facts.prior_pmi_weight if self.prior_needs_context_free else None
         self.pmi_weight = pmi_weight if pmi_weight is not None else default_weight
         data_collator = collator_for(
             self.dual_path,
             loaded.ids,
             token_types=loaded.token_types,
-            wrap_candidates=loaded.layout == REFERENCE_LAYOUT,  # the chat template's candidates are whole blocks
-            empty_prefix=loaded.empty_prefix() if self.pmi_weight is not None else None,
+            wrap_candidates=loaded.layout.wraps_candidates,
+            empty_prefix=loaded.layout.empty_prefix() if self.pmi_weight is not None else None,
         )
         super().__init__(
             model=loaded.model,

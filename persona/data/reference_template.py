@@ -19,7 +19,6 @@ first; the model card reports it.
 from __future__ import annotations
 
 from persona.data.special_tokens import BOT, PARTNER
-from persona.data.tokenize import wants_leading_space
 
 _TEMPLATE = """\
 {%- set space = "SPACE" -%}
@@ -51,12 +50,12 @@ _TEMPLATE = """\
 """
 
 
-def persona_chat_template(tokenizer) -> str:
-    """The Jinja chat template for ``tokenizer`` (its leading-space rule built in)."""
-    space = " " if wants_leading_space(tokenizer) else ""
+def persona_chat_template(leading_space: bool) -> str:
+    """The Jinja chat template, each text after a space or not (``leading_space``, the model's rule)."""
+    space = " " if leading_space else ""
     return _TEMPLATE.replace("SPACE", space).replace("PARTNER_TOKEN", PARTNER).replace("BOT_TOKEN", BOT)
 
 
-def add_chat_template(tokenizer) -> None:
+def add_chat_template(tokenizer, leading_space: bool) -> None:
     """Give ``tokenizer`` the persona chat template (saved by ``save_pretrained`` with the tokenizer)."""
-    tokenizer.chat_template = persona_chat_template(tokenizer)
+    tokenizer.chat_template = persona_chat_template(leading_space)

@@ -1,0 +1,78 @@
+"""Persona use in persona-eval: each turn's gold reply after its own persona and after others."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from persona.commands.eval import main as eval_main
+from persona.configs import DataArguments
+from persona.data import prepare_corpus
+from persona.errors import ConfigError
+from persona.training.evaluation import EvalArguments
+from persona.training.persona_use import _examples, _hits_and_gain, swapped_turns
+from tests.conftest import CONVERSATIONS, load_folder, write_conversations
+
+
+def _dialogs(count: int = 4) -> list[dict]:
+    return [
+        {
+            "persona": [f"i am person {index}."],
+            "turns": [{"history": ["hi"], "candidates": [f"distractor {index}", f"gold {index}"]}],
+        }
+        for index in range(count)
+    ]
+
+
+def test_swaps_are_drawn_reproducibly_and_never_the_turns_own_persona():
+    dialogs = [*_dialogs(6), _dialogs(1)[0]]  # a persona twice: still never swapped in for itself
+    first, again = swapped_turns(dialogs, 3, seed=5), swapped_turns(dialogs, 3, seed=5)
+    assert first == again and swapped_turns(dialogs, 3, seed=6) != first
+    for dialog, turn in zip(dialogs, first):
+        assert turn["personas"][0] == dialog["persona"] and turn["gold"] == dialog["turns"][0]["candidates"][-1]
+        assert len(turn["personas"]) == 4 and dialog["persona"] not in turn["personas"][1:]
+        assert len({tuple(p) for p in turn["personas"]}) == 4
+    assert all(len(turn["personas"]) == 6 for turn in swapped_turns(dialogs, 50, seed=0))  # all 5 others
+
+
+def test_hits_count_ties_as_misses_and_the_gain_is_own_minus_the_others_mean():
+    rows = [[-1.0, -2.0, -3.0], [-2.0, -1.0, -3.0], [-1.0, -1.0, -4.0]]
+    hits, gain = _hits_and_gain(rows)
+    assert hits == pytest.approx(1 / 3)  # the first only: the third ties
+    assert gain == pytest.approx(((-1 + 2.5) + (-2 + 2) + (-1 + 2.5)) / 3)
+
+
+def test_the_own_persona_example_is_the_evaluated_turns_prefix_and_gold(trained_model_dir, tmp_path):
+    loaded = load_folder(trained_model_dir)
+    args = DataArguments(
+        dataset_path=str(write_conversations(tmp_path / "c.jsonl", CONVERSATIONS)),
+        dataset_cache=str(tmp_path / "cache"),
+        eval_num_candidates=1,
+    )
+    corpus = prepare_corpus(args, loaded.layout, max_positions=loaded.max_positions, roles=("eval",))
+    turns = swapped_turns(corpus.dialogs["eval"], 2, seed=0)
+    for feature, turn in zip(corpus.features["eval"], turns):
+        own, *others = _examples(loaded, turn, loaded.max_positions)
+        assert own == {"prefix_ids": feature["prefix_ids"], "candidates": feature["candidates"]}
+        assert [other["candidates"] for other in others] == [own["candidates"]] * 2
+        assert all(other["prefix_ids"] != own["prefix_ids"] for other in others)
+
+
+@pytest.mark.parametrize("which", ["trained", "prompted"])
+def test_persona_eval_reports_persona_use(which, trained_model_dir, plain_chat_model, tmp_path):
+    model = trained_model_dir if which == "trained" else plain_chat_model
+    argv = ["--model_name_or_path", str(model), "--dataset_path"]
+    argv += [str(write_conversations(tmp_path / "c.jsonl", CONVERSATIONS)), "--dataset_cache", str(tmp_path / "c")]
+    argv += ["--output_dir", str(tmp_path / "eval"), "--eval_num_candidates", "2", "--persona_swaps", "2"]
+    assert eval_main([*argv, "--do_sample", "false", "--max_length", "3"]) == 0
+    results = json.loads((tmp_path / "eval" / "eval_results.json").read_text())
+    assert 0 <= results["persona_hits@1"] <= 1 and results["persona_swaps"] == 2
+    assert results["persona_num_turns"] == results["num_turns"]["hits"] == 8
+    assert ("persona_mc_hits@1" in results) == (which == "trained")
+    assert "| persona_hits@1 |" in (tmp_path / "eval" / "report.md").read_text()
+
+
+def test_negative_swaps_are_refused():
+    with pytest.raises(ConfigError, match="persona_swaps"):
+        EvalArguments(persona_swaps=-1)
