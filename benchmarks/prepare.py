@@ -54,6 +54,7 @@ SHARED_SMOLLM2, SMOLLM2_GGUF = (
     "SmolLM2-135M-Instruct.Q4_1.gguf",
 )
 CORPUS_DIR = Path(__file__).resolve().parent / ".corpus"
+FEATURED = ("prefix_ids", "candidates", "truncated")  # the feature columns whose digest the layouts' runs compare
 
 
 def english_words(tokenizer_path: Path, count: int = 3000) -> list[str]:
@@ -195,7 +196,7 @@ def prepare(corpus: str, cache: str, num_candidates: int, workers: int, variant:
         "seconds": done - imported,
         "import_seconds": imported - start,
         "digest": hashlib.sha256(
-            json.dumps([prepared.features["train"]["prefix_ids"], prepared.features["train"]["candidates"]]).encode()
+            json.dumps([prepared.features["train"].data.column(name).to_pylist() for name in FEATURED]).encode()
         ).hexdigest()[:16],
         "peak_rss_gb": peak / 1e9,
         "peak_anonymous_gb": anonymous[0] * 1024 / 1e9,

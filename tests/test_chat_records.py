@@ -241,3 +241,28 @@ def test_the_example_corpus_of_the_docs_reads_as_five_dialogs(tmp_path):
     assert len(dialogs) == 5 and not skips.reasons()
     assert dialogs[3]["turns"][-1]["candidates"] == ["i hate games.", "chess, mostly."]
     assert dialogs[4]["turns"][-1]["history"] == ["hello how tall are you?"]
+
+
+def test_hub_datasets_and_folders_of_chat_records_keep_their_splits(tmp_path):
+    """A saved Hub dataset whose rows have ``messages`` (and one of ShareGPT ``conversations``) reads split by split;
+    a folder of ``train.jsonl`` and ``valid.jsonl`` messages files takes the splits of the names."""
+    import datasets
+
+    chat = [{"role": "system", "content": "i like cats."}, {"role": "user", "content": "hi"}]
+    rows = {
+        "train": [{"messages": [*chat, {"role": "assistant", "content": "hello!"}]}],
+        "validation": [{"messages": [*chat, {"role": "assistant", "content": "hey."}]}],
+    }
+    hub = tmp_path / "hub"
+    datasets.DatasetDict({split: datasets.Dataset.from_list(r) for split, r in rows.items()}).save_to_disk(str(hub))
+    corpus = read_corpus(str(hub))
+    assert sorted(corpus) == ["train", "valid"] and corpus["valid"][0]["turns"][0]["candidates"] == ["hey."]
+    sharegpt = tmp_path / "sharegpt"
+    turns = [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello!"}]
+    datasets.DatasetDict({"train": datasets.Dataset.from_list([{"conversations": turns}])}).save_to_disk(str(sharegpt))
+    assert read_corpus(str(sharegpt))["train"][0]["turns"] == [{"history": ["hi"], "candidates": ["hello!"]}]
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for split, split_rows in rows.items():
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in split_rows))
+    assert sorted(read_corpus(str(folder))) == ["train", "valid"]

@@ -41,6 +41,8 @@ def test_the_facts_are_saved_under_one_key_and_read_back_as_trained(tmp_path):
 def test_flat_fields_of_an_older_save_and_a_reference_checkpoint_read_as_their_facts():
     flat = {"persona_layout": "chat_template", "persona_token_types": False, "persona_leading_space": False}
     assert PersonaFacts.read(flat) == PersonaFacts(layout="chat_template", token_types=False, leading_space=False)
+    older = PersonaFacts.read({"persona_layout": "reference", "persona_token_types": True})
+    assert older.leading_space is None  # the tokenizer's own rule, as such models were fed
     assert PersonaFacts.read({"model_type": "gpt2"}) is None
     reference = PersonaFacts.of({"model_type": "gpt2"})  # a transfer-learning-conv-ai checkpoint
     assert reference.layout == "reference" and reference.token_types and not reference.leading_space

@@ -28,6 +28,14 @@ _DEFINITIONS = {
     "personas, in nats per token",
     "persona_mc_hits@k": "persona_hits@1 by the multiple-choice head's score instead of the likelihood",
     "persona_mc_gain": "persona_gain in the multiple-choice head's score (logits)",
+    "contradict@k": "on a contradiction set (every distractor contradicts the persona), the fraction of turns whose "
+    "top-ranked candidate (by the multiple-choice head) contradicts the persona: 1 - hits@1",
+    "lm_contradict@k": "contradict@1 by the candidates' mean token log-likelihood: 1 - lm_hits@1",
+    "pmi_contradict@k": "contradict@1 by pointwise mutual information: 1 - pmi_hits@1",
+    "consistency": "the C-score of generated replies: per reply, the sum over its persona's sentences of +1 (the "
+    "reply entails it), 0 (neutral) or -1 (contradicts it) by an NLI model, averaged over replies",
+    "contradiction_rate": "fraction of generated replies that contradict at least one sentence of their persona, by "
+    "an NLI model",
     "ended": "fraction of generated replies that ended by themselves (their end token before the length limit)",
     "f1": "unigram F1 between the generated and the gold reply after ConvAI2's normalisation (mean over turns)",
 }

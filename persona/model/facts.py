@@ -14,8 +14,9 @@ LEGACY_PREFIX = "persona_"  # flat fields (persona_layout, ...): where models sa
 @dataclass(frozen=True)
 class PersonaFacts:
     """A persona model's facts: its input ``layout``, whether it was trained with ``token_types``, whether each text is
-    encoded after a ``leading_space``, whether its multiple-choice score starts from a ``likelihood_prior`` and that
-    prior's PMI weight (``prior_pmi_weight``).
+    encoded after a ``leading_space`` (None: by the tokenizer's own rule, for models saved before persona recorded
+    it), whether its multiple-choice score starts from a ``likelihood_prior`` and that prior's PMI weight
+    (``prior_pmi_weight``).
 
     The defaults are a checkpoint of transfer-learning-conv-ai (no facts in its config): the reference layout, token
     types, texts encoded as they are.
@@ -23,7 +24,7 @@ class PersonaFacts:
 
     layout: str = ReferenceLayout.name
     token_types: bool = True
-    leading_space: bool = False
+    leading_space: bool | None = False
     likelihood_prior: bool = False
     prior_pmi_weight: float = 0.0
 
@@ -49,7 +50,7 @@ class PersonaFacts:
             for field in dataclasses.fields(cls)
             if LEGACY_PREFIX + field.name in values
         }
-        return cls(**legacy) if legacy else None
+        return cls(**{"leading_space": None, **legacy}) if legacy else None
 
     @classmethod
     def of(cls, config) -> PersonaFacts:

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from persona.serving.openai_api import body_too_large
+from persona.serving.protocol import body_too_large
 
 
 class BodyLimit:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 from urllib.parse import urlsplit
 
-from persona.serving.openai_api import APIError
+from persona.serving.protocol import APIError
 
 
 def host_name(header: str) -> str:

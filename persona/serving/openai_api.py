@@ -44,38 +44,27 @@ from persona.serving.batching import (
 from persona.serving.context import ContextTooLong, check_context
 from persona.serving.logprobs import TokenTexts
 from persona.serving.metrics import ServerMetrics
-from persona.serving.protocol import ChatCompletionRequest, Message, first_error
+from persona.serving.protocol import (
+    APIError,
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Choice,
+    ChunkChoice,
+    Delta,
+    Message,
+    ModelCard,
+    ModelList,
+    Usage,
+    body_too_large,
+    first_error,
+)
 from persona.serving.row_decoding import TokenLogprob
 
 logger = logging.getLogger(__name__)
 PERSONA_ROLES = ("system", "developer")
 PENALTIES = ("presence_penalty", "frequency_penalty", "repetition_penalty")
-
-
-class APIError(Exception):
-    """A request the API refuses: the HTTP status and the OpenAI error fields."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-        headers: dict[str, str] | None = None,
-    ):
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
-        self.headers = headers
-
-    def body(self) -> dict:
-        """The error's JSON body, as OpenAI sends it."""
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-
-    def response(self) -> JSONResponse:
-        """The error as OpenAI sends it (with ``Retry-After`` or ``Allow`` where they apply)."""
-        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
 def generation_error(event: ReplyEvent) -> APIError:
@@ -86,11 +75,6 @@ def generation_error(event: ReplyEvent) -> APIError:
     if event.status == 503:
         return APIError(503, event.error, type="server_error", code="worker_stopped")
     return APIError(500, event.error, type="server_error", code="generation_failed")
-
-
-def body_too_large(limit: int) -> APIError:
-    """The 413 of a request body over ``limit`` bytes."""
-    return APIError(413, f"the request body is over {limit} bytes", code="request_too_large")
 
 
 @dataclass
@@ -239,7 +223,7 @@ def create_app(
     """The FastAPI app of the API (the web page is mounted on it by :mod:`persona.serving.server`); ``settings``: the
     server's :class:`~persona.serving.server.ServeArguments` (``api_key``, ``max_tokens_cap``, ``max_body_bytes``)."""
     app = FastAPI(title="persona", docs_url=None, redoc_url=None)
-    model_card = {"id": model_id, "object": "model", "created": 0, "owned_by": "persona"}
+    model_card = ModelCard(id=model_id)
     metrics = ServerMetrics(batcher)
     token_texts = TokenTexts(batcher.front.tokenizer)
     app.middleware("http")(metrics.observe)
@@ -263,7 +247,7 @@ def create_app(
 
     @keyed.get("/v1/models")
     async def models() -> dict:
-        return {"object": "list", "data": [model_card]}
+        return ModelList(data=[model_card]).model_dump()
 
     @keyed.get("/v1/models/{name:path}")
     async def model(name: str) -> dict:
@@ -274,7 +258,7 @@ def create_app(
                 param="model",
                 code="model_not_found",
             )
-        return model_card
+        return model_card.model_dump()
 
     @keyed.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -378,27 +362,23 @@ async def _completion(
             if event.finish_reason:
                 ends[index] = event
     usage = _usage(ends)
-    count_tokens(usage["prompt_tokens"], usage["completion_tokens"])
-    return {
-        **completion,
-        "object": "chat.completion",
-        "choices": [
-            {
-                "index": index,
-                "message": {"role": "assistant", "content": "".join(content[index])},
-                "logprobs": {"content": logprobs(tokens[index])} if logprobs else None,
-                "finish_reason": end.finish_reason,
-            }
-            for index, end in enumerate(ends)
-        ],
-        "usage": usage,
-    }
+    count_tokens(usage.prompt_tokens, usage.completion_tokens)
+    choices = [
+        Choice(
+            index=index,
+            message=AssistantMessage(content="".join(content[index])),
+            logprobs={"content": logprobs(tokens[index])} if logprobs else None,
+            finish_reason=end.finish_reason,
+        )
+        for index, end in enumerate(ends)
+    ]
+    return ChatCompletion(**completion, choices=choices, usage=usage).model_dump()
 
 
-def _usage(ends: list[ReplyEvent]) -> dict:
+def _usage(ends: list[ReplyEvent]) -> Usage:
     """OpenAI's usage of a request: its prompt once, the tokens of all its choices."""
     prompt, completion = ends[0].prompt_tokens, sum(end.completion_tokens for end in ends)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 
 async def _sse(
@@ -413,29 +393,27 @@ async def _sse(
     of the tokens it completes when ``logprobs`` is given), each choice's finishing chunk at its end (then the
     usage), then ``[DONE]``."""
 
-    def chunk(index: int, delta: dict, finish_reason: str | None = None, tokens: list = ()) -> str:
-        choice = {"index": index, "delta": delta, "finish_reason": finish_reason}
-        if logprobs and tokens:
-            choice["logprobs"] = {"content": logprobs(tokens)}
-        return f"data: {json.dumps({**completion, 'object': 'chat.completion.chunk', 'choices': [choice]})}\n\n"
+    def chunk(index: int, delta: Delta, finish_reason: str | None = None, tokens: list = ()) -> str:
+        scored = {"content": logprobs(tokens)} if logprobs and tokens else None
+        choice = ChunkChoice(index=index, delta=delta, finish_reason=finish_reason, logprobs=scored)
+        return ChatCompletionChunk(**completion, choices=[choice]).event()
 
     for index in range(count):
-        yield chunk(index, {"role": "assistant", "content": ""})
+        yield chunk(index, Delta(role="assistant", content=""))
     ends: list[ReplyEvent] = [ReplyEvent()] * count
     async with aclosing(events):
         async for index, event in events:
             if event.delta:
-                yield chunk(index, {"content": event.delta}, tokens=event.logprobs)
+                yield chunk(index, Delta(content=event.delta), tokens=event.logprobs)
             if event.finish_reason == "error":
                 yield f"data: {json.dumps(generation_error(event).body())}\n\n"
                 yield "data: [DONE]\n\n"
                 return
             if event.finish_reason:
                 ends[index] = event
-                yield chunk(index, {}, event.finish_reason, tokens=event.logprobs)
+                yield chunk(index, Delta(), event.finish_reason, tokens=event.logprobs)
     usage = _usage(ends)
-    count_tokens(usage["prompt_tokens"], usage["completion_tokens"])
+    count_tokens(usage.prompt_tokens, usage.completion_tokens)
     if include_usage:
-        usage_chunk = {**completion, "object": "chat.completion.chunk", "choices": [], "usage": usage}
-        yield f"data: {json.dumps(usage_chunk)}\n\n"
+        yield ChatCompletionChunk(**completion, choices=[], usage=usage).event()
     yield "data: [DONE]\n\n"

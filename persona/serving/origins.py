@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from persona.serving.openai_api import APIError
+from persona.serving.protocol import APIError
 
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 

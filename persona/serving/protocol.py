@@ -1,4 +1,5 @@
-"""The typed request of ``POST /v1/chat/completions`` (pydantic, as FastAPI and vLLM declare theirs).
+"""The API's types (pydantic, as FastAPI and vLLM declare theirs): the request of ``POST /v1/chat/completions``, its
+answers (whole and streamed), the model list and the errors, in OpenAI's shapes.
 
 Types, ranges and finite numbers are checked here; what depends on the server (the ``max_tokens`` cap, the model
 served) and on the conversation's shape (roles alternating, the user's last) by :mod:`persona.serving.openai_api`.
@@ -17,8 +18,10 @@ The numbers, field by field (each bound keeps every score finite, so no legal re
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.manual_seed accepts
@@ -120,3 +123,145 @@ def first_error(error: ValidationError) -> tuple[str, str | None]:
     param = error_param(tuple(problem["loc"]))
     message = problem["msg"].removeprefix("Value error, ")
     return (f"{param}: {message}" if param else message), param
+
+
+class ErrorDetail(BaseModel):
+    """OpenAI's error fields."""
+
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """An error's JSON body."""
+
+    error: ErrorDetail
+
+
+class APIError(Exception):
+    """A request the API refuses: the HTTP status, OpenAI's error fields and the headers that go with it
+    (``Retry-After``, ``Allow``)."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.status, self.headers = status, headers
+        self.detail = ErrorDetail(message=message, type=type, param=param, code=code)
+
+    @property
+    def message(self) -> str:
+        """What the error says."""
+        return self.detail.message
+
+    def body(self) -> dict:
+        """The error's JSON body, as OpenAI sends it."""
+        return ErrorResponse(error=self.detail).model_dump()
+
+    def response(self) -> JSONResponse:
+        """The error as OpenAI sends it."""
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+def body_too_large(limit: int) -> APIError:
+    """The 413 of a request body over ``limit`` bytes."""
+    return APIError(413, f"the request body is over {limit} bytes", code="request_too_large")
+
+
+class ModelCard(BaseModel):
+    """``GET /v1/models/{id}``: the one model served."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "persona"
+
+
+class ModelList(BaseModel):
+    """``GET /v1/models``."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class Usage(BaseModel):
+    """The tokens of a request: its prompt once, all its choices' completions."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(BaseModel):
+    """A choice's reply."""
+
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    """One choice of a whole answer; ``logprobs`` holds OpenAI's ``{"content": [...]}`` when asked for."""
+
+    index: int
+    message: AssistantMessage
+    logprobs: dict | None = None
+    finish_reason: str | None
+
+
+class ChatCompletion(BaseModel):
+    """The whole answer of a request that is not streamed."""
+
+    id: str
+    created: int
+    model: str
+    object: Literal["chat.completion"] = "chat.completion"
+    choices: list[Choice]
+    usage: Usage
+
+
+class Delta(BaseModel):
+    """What a streamed chunk adds to a choice (the role first, then content)."""
+
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    """One choice's part of a streamed chunk."""
+
+    index: int
+    delta: Delta
+    finish_reason: str | None = None
+    logprobs: dict | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """A streamed chunk: a choice's delta, its end, or (with ``include_usage``) the usage with no choices."""
+
+    id: str
+    created: int
+    model: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+
+    def event(self) -> str:
+        """The chunk as a server-sent event, as OpenAI streams it: a delta without its absent role or content, a choice
+        without absent log-probabilities, no usage but in the usage chunk (a ``finish_reason`` of null is sent)."""
+        body = self.model_dump()
+        if body["usage"] is None:
+            del body["usage"]
+        for choice in body["choices"]:
+            choice["delta"] = {name: value for name, value in choice["delta"].items() if value is not None}
+            if choice["logprobs"] is None:
+                del choice["logprobs"]
+        return f"data: {json.dumps(body)}\n\n"

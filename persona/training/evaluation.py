@@ -5,7 +5,8 @@ Writes to ``output_dir``:
 - ``eval_results.json``: ``perplexity`` of the gold replies' tokens, ``hits@k`` over every candidate of
   each turn (ranked by the multiple-choice head), ``lm_hits@k`` (the same candidates ranked by their mean
   token log-likelihood), ``pmi_hits@k`` (ranked by their pointwise mutual information with the conversation, per
-  token), with ``persona_swaps`` the persona-use metrics (:mod:`persona.training.persona_use`), ``f1`` of generated
+  token), with ``persona_swaps`` the persona-use metrics (:mod:`persona.training.persona_use`), with a
+  ``consistency_model`` the NLI consistency of the replies (:mod:`persona.training.consistency`), ``f1`` of generated
   replies (ParlAI's ConvAI2 normalisation), each with the number of turns behind it, and the model, data and
   decoding settings. Fractions are in [0, 1].
 - ``generations.jsonl``: ``persona``, ``history``, ``prediction`` and ``gold`` of each generated turn.
@@ -33,6 +34,7 @@ from persona.errors import ConfigError
 from persona.metrics import load_metric
 from persona.model.generation import DecodingArguments, generate_replies
 from persona.model.loading import LoadedModel, load_for_inference, refuse_training_fields
+from persona.training.consistency import consistency, load_judge
 from persona.training.persona_use import persona_use
 from persona.training.report import write_report
 from persona.training.trainer import PersonaTrainer, metrics_from_scores
@@ -72,12 +74,31 @@ class EvalArguments:
             "and persona_gain (nats per token the own persona adds), by the head too where the model has one."
         },
     )
+    consistency_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "An NLI model (Hub id or folder; any AutoModelForSequenceClassification with entailment, neutral "
+            "and contradiction labels, e.g. an MNLI or Dialogue NLI model) that judges each generated reply against "
+            "each persona sentence: consistency (the C-score, mean over replies of +1 entailed / 0 / -1 contradicted "
+            "summed over the sentences) and contradiction_rate (replies contradicting a sentence). Unset: neither."
+        },
+    )
+    contradiction_set: bool = field(
+        default=False,
+        metadata={
+            "help": "The evaluated corpus is a contradiction set (every distractor contradicts the persona, as in "
+            "persona/resources/contradictions/quickstart_valid.json): also report contradict@1, the share of turns "
+            "whose top-ranked candidate contradicts the persona (1 - hits@1; lm_ and pmi_ alike)."
+        },
+    )
     max_generation_turns: int | None = field(
         default=None, metadata={"help": "Generate (for F1) on the first N turns only; default all."}
     )
     report_samples: int = field(default=5, metadata={"help": "Dialogs shown in report.md."})
 
     def __post_init__(self):
+        if self.contradiction_set and 1 not in self.hits_k:
+            self.hits_k = [1, *self.hits_k]
         if self.persona_swaps < 0:
             raise ConfigError(
                 f"{self.persona_swaps} is negative", where="persona_swaps", fix="give 0 (off) or more (9 is usual)."
@@ -125,22 +146,24 @@ def write_outputs(out: Path, results: dict, records: list[dict], samples: int) -
     (out / "eval_results.json").write_text(json.dumps(results, indent=2))
     with open(out / "generations.jsonl", "w") as handle:
         for record in records:
-            fields = ("persona", "history", "prediction", "gold", "f1", "ended")
-            handle.write(json.dumps({k: record[k] for k in fields}) + "\n")
+            fields = ("persona", "history", "prediction", "gold", "f1", "ended", "contradicts")
+            handle.write(json.dumps({k: record[k] for k in fields if k in record}) + "\n")
     write_report(results, records, out / "report.md", samples=samples)
     hits = f"{results['hits@1']:.3f}" if "hits@1" in results else "(no head)"
     pmi_hits = f", pmi_hits@1 {results['pmi_hits@1']:.3f}" if "pmi_hits@1" in results else ""
+    generated = (
+        f"f1 {results['f1']:.3f} and {results['ended']:.2f} of replies ended by themselves over {len(records)} turns"
+        if records
+        else "no replies generated"
+    )
     logger.info(
-        "perplexity %.2f, hits@1 %s, lm_hits@1 %.3f%s over %d turns, f1 %.3f and %.2f of replies ended by themselves "
-        "over %d turns; written to %s",
+        "perplexity %.2f, hits@1 %s, lm_hits@1 %.3f%s over %d turns, %s; written to %s",
         results["perplexity"],
         hits,
         results["lm_hits@1"],
         pmi_hits,
         results["num_turns"]["hits"],
-        results["f1"],
-        results["ended"],
-        len(records),
+        generated,
         out,
     )
 
@@ -160,6 +183,14 @@ def _evaluated_split(loaded: LoadedModel, data_args: DataArguments) -> tuple:
     return corpus.features["eval"], corpus.dialogs["eval"], corpus.stats["splits"]["eval"]
 
 
+def _contradictions(metrics: dict, head: bool) -> dict:
+    """On a contradiction set, each ranking's ``contradict@1`` (the head's where it was trained): the turns whose top
+    candidate is not the gold reply, every other candidate contradicting the persona (a tie with the gold reply
+    counts as a contradiction)."""
+    kinds = ("", "lm_", "pmi_") if head else ("lm_", "pmi_")
+    return {f"{kind}contradict@1": 1 - metrics[f"{kind}hits@1"] for kind in kinds if f"{kind}hits@1" in metrics}
+
+
 def _results(loaded, data_args, run_args, eval_args, decoding, metrics, f1, split, records, recipe) -> dict:
     """``eval_results.json``: the metrics (a prompted baseline has no ``hits@k`` nor ``mc_loss``) and the settings."""
     head = not loaded.prompted
@@ -173,9 +204,14 @@ def _results(loaded, data_args, run_args, eval_args, decoding, metrics, f1, spli
         **{f"lm_hits@{k}": metrics[f"lm_hits@{k}"] for k in eval_args.hits_k},
         **{f"pmi_hits@{k}": metrics[f"pmi_hits@{k}"] for k in eval_args.hits_k if f"pmi_hits@{k}" in metrics},
         **{name: value for name, value in metrics.items() if name.startswith("persona_")},
+        **{
+            name: metrics[name]
+            for name in ("consistency", "contradiction_rate", "consistency_model")
+            if name in metrics
+        },
+        **(_contradictions(metrics, head) if eval_args.contradiction_set else {}),
         **({} if eval_args.pmi_weight is None else {"pmi_weight": eval_args.pmi_weight}),
-        "f1": f1,
-        "ended": sum(r["ended"] for r in records) / max(len(records), 1),
+        **({"f1": f1, "ended": sum(r["ended"] for r in records) / len(records)} if records else {}),
         "num_turns": {"perplexity": metrics["num_turns"], "hits": metrics["num_turns"], "f1": len(records)},
         "num_candidates": metrics["num_candidates"],
         "skipped": split["skipped"],
@@ -205,6 +241,9 @@ def evaluate_model(
     """The whole run of ``persona-eval``: score the candidates, generate replies, write the results, generations and
     report into ``run_args.output_dir``. Returns the results on the main process (None on the others)."""
     refuse_training_fields(model_args, "persona-eval")
+    judge = (
+        load_judge(eval_args.consistency_model) if eval_args.consistency_model else None
+    )  # a missing one fails early
     set_seed(run_args.seed)
     loaded = load_for_inference(model_args, run_args.use_token_types)
     run_args.use_token_types = loaded.token_types
@@ -215,14 +254,18 @@ def evaluate_model(
         batch_size = run_args.per_device_eval_batch_size
         metrics |= persona_use(loaded, dialogs, eval_args.persona_swaps, data_args.sampling_seed, longest, batch_size)
     records = generate_turns(loaded, dialogs, eval_args, decoding)
-    f1 = load_metric("convai2_f1").compute(
-        predictions=[r["prediction"] for r in records], references=[r["gold"] for r in records]
-    )
+    f1 = {"f1": None, "f1_per_example": []}  # max_generation_turns 0: nothing generated, no F1
+    if records:
+        f1 = load_metric("convai2_f1").compute(
+            predictions=[r["prediction"] for r in records], references=[r["gold"] for r in records]
+        )
     for record, score in zip(records, f1["f1_per_example"]):
         record["f1"] = score
     state = PartialState()
     results = None
     if state.is_main_process:
+        if judge is not None and records:
+            metrics |= consistency(judge, records)
         results = _results(loaded, data_args, run_args, eval_args, decoding, metrics, f1["f1"], split, records, recipe)
         write_outputs(Path(run_args.output_dir), results, records, eval_args.report_samples)
     state.wait_for_everyone()

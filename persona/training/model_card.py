@@ -30,6 +30,9 @@ PUBLISHED_METRICS = (
     "persona_hits@1",
     "persona_gain",
     "persona_mc_hits@1",
+    "contradict@1",
+    "consistency",
+    "contradiction_rate",
     "f1",
     "ended",
 )

@@ -8,11 +8,10 @@ import shutil
 from pathlib import Path
 
 from persona.configs import ModelArguments
-from persona.data.reference_template import add_chat_template
 from persona.errors import ConfigError, ModelLoadError, first_line
 from persona.model.facts import PersonaFacts
 from persona.model.generation import DecodingArguments
-from persona.model.loading import LoadedModel, load_tokenizer
+from persona.model.loading import LoadedModel, load_tokenizer, trained_layout
 from persona.training.model_card import model_card
 
 PUBLISHED = (
@@ -69,8 +68,8 @@ def stage(model_dir: Path, folder: Path, hub_model_id: str, eval_results: str | 
             shutil.copy2(path, folder / path.name)
     tokenizer = load_tokenizer(ModelArguments(model_name_or_path=str(model_dir)))
     if not tokenizer.chat_template:  # a model saved without one (a reference checkpoint)
-        config = json.loads((model_dir / "config.json").read_text())
-        add_chat_template(tokenizer, PersonaFacts.of(config).leading_space)
+        facts = PersonaFacts.of(json.loads((model_dir / "config.json").read_text()))
+        trained_layout(tokenizer, facts).ready_to_publish()
     tokenizer.save_pretrained(folder)
     (folder / "README.md").write_text(str(model_card(model_dir, hub_model_id=hub_model_id, eval_results=eval_results)))
     return sorted(p for p in folder.rglob("*") if p.is_file())

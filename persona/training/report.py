@@ -15,7 +15,8 @@ def metrics_table(results: dict) -> list[str]:
     rows.append(
         f"| perplexity | {results['perplexity']:.2f} | {turns['perplexity']} | {metric_definition('perplexity')} |"
     )
-    for key in [k for k in results if k.startswith(("hits@", "lm_hits@", "pmi_hits@"))]:
+    ranked = ("hits@", "lm_hits@", "pmi_hits@", "contradict@", "lm_contradict@", "pmi_contradict@")
+    for key in [k for k in results if k.startswith(ranked)]:
         rows.append(
             f"| {key} | {results[key]:.3f} | {turns['hits']} | {metric_definition(key)} "
             f"({results['num_candidates']:g} candidates per turn) |"
@@ -26,7 +27,14 @@ def metrics_table(results: dict) -> list[str]:
                 f"| {key} | {results[key]:.3f} | {results['persona_num_turns']} | {metric_definition(key)} "
                 f"({results['persona_swaps']} other personas per turn) |"
             )
-    rows.append(f"| F1 | {results['f1']:.3f} | {turns['f1']} | {metric_definition('f1')} |")
+    for key in ("consistency", "contradiction_rate"):
+        if key in results:
+            rows.append(
+                f"| {key} | {results[key]:.3f} | {turns['f1']} | {metric_definition(key)} (judged by "
+                f"`{results['consistency_model']}`) |"
+            )
+    if "f1" in results:
+        rows.append(f"| F1 | {results['f1']:.3f} | {turns['f1']} | {metric_definition('f1')} |")
     if "ended" in results:
         rows.append(f"| ended | {results['ended']:.3f} | {turns['f1']} | {metric_definition('ended')} |")
     return rows
