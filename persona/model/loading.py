@@ -231,7 +231,7 @@ def load_for_inference(model_args: ModelArguments, use_token_types: bool | None 
         model_args.model_name_or_path,
     )
     layout = ChatTemplateLayout.for_tokenizer(tokenizer)
-    facts = PersonaFacts(layout=layout.name, token_types=layout.token_types(use_token_types), leading_space=False)
+    facts = PersonaFacts(layout.name, layout.token_types(use_token_types), layout.leading_space)
     model = _pretrained(model_args, config).eval()
     name = model_args.model_name_or_path
     return LoadedModel(model, tokenizer, layout, max_positions(config), False, facts, prompted=True, name=name)

@@ -18,6 +18,7 @@ import random
 
 from accelerate import PartialState
 from accelerate.utils import gather_object
+from tqdm.auto import tqdm
 
 from persona.data.input_layouts import GoldTooLong
 from persona.data.layout import gold_reply
@@ -73,7 +74,7 @@ def persona_use(
     loaded.model.to(state.device)
     with state.split_between_processes(turns) as shard:
         rows = []
-        for turn in shard:
+        for turn in tqdm(shard, desc="Persona swaps", unit="turn", disable=not state.is_main_process):
             examples = _examples(loaded, turn, max_input_length)
             if examples is not None:
                 scores = score_candidates(loaded, examples, batch_size)
