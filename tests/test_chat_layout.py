@@ -424,3 +424,21 @@ def test_replies_the_wrapper_does_not_vouch_for_are_rendered_whole(smollm2_token
     specials = set(tokenizer.all_special_ids)
     expected = [chat_layout._reply_block(tokenizer, messages, prompt, reply, specials) for reply in replies]
     assert chat_layout.reply_blocks(tokenizer, messages, prompt, replies) == expected
+
+
+def test_prompts_rendered_in_one_batch_are_each_ones_own_render(smollm2_tokenizer, plain_chat_model):
+    from transformers import AutoTokenizer
+
+    from persona.data import chat_layout
+    from persona.data.readers import WHOLE_FILE
+    from persona.data.sources import read_corpus
+    from tests.conftest import QUICKSTART
+
+    dialogs = read_corpus(str(QUICKSTART / "train_conversations.jsonl"))[WHOLE_FILE][:6]
+    chats = [(d["persona"], t["history"]) for d in dialogs for t in d["turns"]]
+    for tokenizer in (smollm2_tokenizer, AutoTokenizer.from_pretrained(plain_chat_model)):
+        batched = chat_layout.generation_prompts(tokenizer, chats)
+        assert len(batched) == len({str(chat) for chat in chats}) > 20
+        for persona, history in chats:
+            single = chat_layout.generation_prompt(tokenizer, persona, history)
+            assert batched[(tuple(persona), tuple(history))] == single

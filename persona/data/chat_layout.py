@@ -44,6 +44,19 @@ def generation_prompt(tokenizer, persona: list[str], history: list[str]) -> list
     return _prompt(tokenizer, chat_messages(persona, history))
 
 
+def generation_prompts(tokenizer, chats: list[tuple[list[str], list[str]]]) -> dict[tuple, list[int]]:
+    """The generation prompt of each ``(persona, history)``, rendered and tokenized in one batched call, keyed by
+    ``(tuple(persona), tuple(history))``."""
+    keys = list(dict.fromkeys((tuple(persona), tuple(history)) for persona, history in chats))
+    if not keys:
+        return {}
+    conversations = [chat_messages(list(persona), list(history)) for persona, history in keys]
+    rendered = tokenizer.apply_chat_template(
+        conversations, add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+    return dict(zip(keys, rendered))
+
+
 def _prompt(tokenizer, messages: list[dict]) -> list[int]:
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
 
@@ -180,11 +193,14 @@ def template_ids(tokenizer) -> SpecialIds:
     return SpecialIds(bos=None, eos=eos, speaker1=None, speaker2=None, pad=pad)
 
 
-def template_turn(tokenizer, persona: list[str], history: list[str], candidates: list[str], own_ids=None) -> dict:
+def template_turn(
+    tokenizer, persona: list[str], history: list[str], candidates: list[str], own_ids=None, prompts=None
+) -> dict:
     """``prefix_ids`` and ``candidates`` (whole blocks, see the module and :func:`reply_blocks`) of one turn, rendered
-    by the chat template."""
+    by the chat template (its generation prompt taken from ``prompts``, of :func:`generation_prompts`, where it is
+    there)."""
     messages = chat_messages(persona, history)
-    prompt = _prompt(tokenizer, messages)
+    prompt = (prompts or {}).get((tuple(persona), tuple(history))) or _prompt(tokenizer, messages)
     return {"prefix_ids": prompt[:-1], "candidates": reply_blocks(tokenizer, messages, prompt, candidates, own_ids)}
 
 

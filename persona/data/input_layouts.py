@@ -254,19 +254,24 @@ class ChatTemplateLayout(Layout):
         return False
 
     def turn_builder(self, batch: dict, *, max_input_length: int, label_history: bool = False):
-        """The prefix and candidate blocks rendered by the template (every distinct reply of the batch encoded once, in
-        one call), the oldest history then persona sentences dropped until they fit, distractor blocks cut (their
-        end-of-turn token kept); with ``label_history`` the label spans of the prefix as it is kept."""
+        """The prefix and candidate blocks rendered by the template (the batch's prompts rendered and every distinct
+        reply encoded in one call each), the oldest history then persona sentences dropped until they fit, distractor
+        blocks cut (their end-of-turn token kept); with ``label_history`` the label spans of the prefix as kept."""
         tokenizer = self.tokenizer
         own_ids = chat_layout.own_ids_of(
             tokenizer, {c for turns in batch["turns"] for t in turns for c in t["candidates"]}
+        )
+        prompts = chat_layout.generation_prompts(
+            tokenizer, [(p, t["history"]) for p, turns in zip(batch["persona"], batch["turns"]) for t in turns]
         )
 
         def build(persona: list[str], turn: dict) -> tuple[list[int], list[list[int]], bool, list]:
             candidates = turn["candidates"]
 
             def longest(kept_persona, kept_history):
-                example = chat_layout.template_turn(tokenizer, kept_persona, kept_history, candidates, own_ids)
+                example = chat_layout.template_turn(
+                    tokenizer, kept_persona, kept_history, candidates, own_ids, prompts
+                )
                 return len(example["prefix_ids"]) + max(map(len, example["candidates"])), example
 
             persona_kept, history, truncated, example = chat_layout.fit_template(
