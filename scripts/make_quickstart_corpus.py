@@ -1,8 +1,9 @@
 """Write the quickstart corpus and tokenizer shipped in persona/resources/quickstart/.
 
 The corpus is small, synthetic and persona-grounded: two speakers with four-fact personas ask each
-other about pets, jobs, hobbies, food, homes and music, and answer from their own persona, so a
-model can only pick the right reply among distractors by reading the persona. The tokenizer is a
+other about pets, jobs, hobbies, food, homes and music, and answer from their own persona. Distractors drawn
+from other dialogs can mostly be told from the gold reply by the question alone; the contradiction set
+(scripts/make_contradiction_set.py) is where only the persona tells the replies apart. The tokenizer is a
 byte-level BPE (GPT-2's algorithm) trained on that corpus: small enough for a CPU quickstart, and it
 needs no download. Run it again only to change the corpus: `python scripts/make_quickstart_corpus.py`.
 """
