@@ -243,6 +243,10 @@ class DataArguments:
         },
     )
 
+    def input_length(self, max_positions: int) -> int:
+        """The longest input to prepare for a model of ``max_positions``: those, or ``max_input_length`` if smaller."""
+        return min(max_positions, self.max_input_length or max_positions)
+
     def __post_init__(self):
         from persona.data.input_layouts import layout_class  # persona.data reads these recipe fields
 

@@ -160,9 +160,9 @@ def reply_blocks(tokenizer, messages: list[dict], prompt: list[int], replies: li
     """The candidate blocks of ``replies`` after ``prompt`` (the generation prompt of ``messages``): each reply's own
     tokens (``own_ids`` of :func:`own_ids_of` when the caller encoded them already) between the template's
     :func:`reply_wrapper`, the template's full render for the others."""
-    wrapper = reply_wrapper(tokenizer)
     own_ids = own_ids_of(tokenizer, replies) if own_ids is None else own_ids
-    specials = set(tokenizer.all_special_ids)
+    wrapper = reply_wrapper(tokenizer) if own_ids else None
+    specials = None if all(reply in own_ids for reply in replies) else set(tokenizer.all_special_ids)
     return [
         wrapper.block(prompt, own_ids[reply])
         if reply in own_ids

@@ -468,7 +468,7 @@ def prepare_corpus(
     Under a multi-process launch, call it inside ``main_process_first()`` so that one process builds and
     the others load.
     """
-    max_input_length = min(max_positions, args.max_input_length or max_positions)
+    max_input_length = args.input_length(max_positions)
     sources = resolved_sources(args, roles)
     cache_path = _cache_path(args, layout, roles, max_input_length, sources)
     if cache_path.exists():

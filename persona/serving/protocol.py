@@ -217,12 +217,17 @@ class Choice(BaseModel):
     finish_reason: str | None
 
 
-class ChatCompletion(BaseModel):
-    """The whole answer of a request that is not streamed."""
+class CompletionHead(BaseModel):
+    """What every answer to one request carries: its id (``chatcmpl-...``), when it was made, the model."""
 
     id: str
     created: int
     model: str
+
+
+class ChatCompletion(CompletionHead):
+    """The whole answer of a request that is not streamed."""
+
     object: Literal["chat.completion"] = "chat.completion"
     choices: list[Choice]
     usage: Usage
@@ -244,12 +249,9 @@ class ChunkChoice(BaseModel):
     logprobs: dict | None = None
 
 
-class ChatCompletionChunk(BaseModel):
+class ChatCompletionChunk(CompletionHead):
     """A streamed chunk: a choice's delta, its end, or (with ``include_usage``) the usage with no choices."""
 
-    id: str
-    created: int
-    model: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     choices: list[ChunkChoice]
     usage: Usage | None = None

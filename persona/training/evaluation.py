@@ -250,8 +250,7 @@ def evaluate_model(
     features, dialogs, split = _evaluated_split(loaded, data_args)
     metrics = score_candidates(loaded, features, run_args, eval_args.hits_k, eval_args.pmi_weight)
     if eval_args.persona_swaps:
-        longest = min(loaded.max_positions, data_args.max_input_length or loaded.max_positions)
-        batch_size = run_args.per_device_eval_batch_size
+        longest, batch_size = data_args.input_length(loaded.max_positions), run_args.per_device_eval_batch_size
         metrics |= persona_use(loaded, dialogs, eval_args.persona_swaps, data_args.sampling_seed, longest, batch_size)
     records = generate_turns(loaded, dialogs, eval_args, decoding)
     f1 = {"f1": None, "f1_per_example": []}  # max_generation_turns 0: nothing generated, no F1
