@@ -1,14 +1,25 @@
-"""persona-serve under load: requests/s and p50/p90 latency at 1, 4 and 16 concurrent clients, with batching and
-with one-at-a-time generation, in the same run.
+"""persona-serve under load, its own engine beside llama.cpp's server: requests/s, tokens/s and p50/p90 latency at
+1, 4 and 16 concurrent clients, every engine in the same run.
 
-    python benchmarks/serve_load.py [--models quickstart smollm2] [--requests_per_client 4] [--max_tokens 20]
+    python benchmarks/serve_load.py [--model smollm2] [--llama_server PATH] [--engines own single llama in_front]
+        [--requests_per_client 4] [--max_tokens 20] [--smollm2_steps 20] [--outtype f16]
 
-Each server runs in this process on a free 127.0.0.1 port (``max_batch_size`` 16, then 1); each client is a
-thread that sends its requests one after the other through the API (a persona and a conversation of the
-quickstart validation corpus, the reference's decoding: sampling, temperature 0.7, top-p 0.9, at most
-``--max_tokens`` tokens). Models: the quickstart model (``runs/quickstart``: train it first), and SmolLM2-135M
-from the shared GGUF, fine-tuned for ``--smollm2_steps`` updates by the offline recipe into
-``runs/smollm2-serve`` the first time (persona-serve serves a model persona trained).
+Engines (rows): ``own``, persona-serve decoding itself (``max_batch_size`` 16); ``single``, the same one request at a
+time (``max_batch_size`` 1); ``llama``, llama.cpp's ``llama-server`` on the model exported by ``persona-export``
+(``--outtype``), asked directly (``-t 2 -np 16 --jinja``: it renders persona's chat template from the file); and
+``in_front``, persona-serve with ``--engine_url`` in front of that llama-server (what a user serves the page and the
+persona layer with). Build llama-server from the llama.cpp sources inside the ``llama-cpp-python`` sdist:
+
+    pip download --no-deps --no-binary :all: llama-cpp-python && tar xzf llama_cpp_python-*.tar.gz
+    cmake -S llama_cpp_python-*/vendor/llama.cpp -B build -DLLAMA_CURL=OFF -DCMAKE_BUILD_TYPE=Release
+    cmake --build build --target llama-server -j
+
+Each client is a thread that sends its requests one after the other (a persona and a conversation of the quickstart
+validation corpus; the reference's decoding: sampling, temperature 0.7, top-p 0.9, no top-k, at most
+``--max_tokens`` tokens); persona's servers run in this process on free 127.0.0.1 ports, llama-server as a child
+process, one engine at a time. Models: SmolLM2-135M from the shared GGUF fine-tuned for ``--smollm2_steps`` updates
+by the offline recipe into ``runs/smollm2-serve`` the first time, or the quickstart model (``runs/quickstart``: train
+it first; it reads token types, so only persona's own engine serves it).
 """
 
 from __future__ import annotations
@@ -19,36 +30,34 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 VALID_CONVERSATIONS = REPO / "persona" / "resources" / "quickstart" / "valid_conversations.jsonl"
 CONCURRENCY = (1, 4, 16)
+SAMPLING = {"temperature": 0.7, "top_p": 0.9, "top_k": 0, "min_p": 0.0}  # the reference's, any engine's defaults off
+ENGINES = ("own", "single", "llama", "in_front")
 
 
 def smollm2_model(steps: int) -> Path:
     """A persona SmolLM2-135M: the offline recipe for ``steps`` updates (once; reused afterwards)."""
     folder = REPO / "runs" / "smollm2-serve"
     if not (folder / "model.safetensors").exists():
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "persona.commands.train",
-                str(REPO / "recipes" / "smollm2-135m-offline" / "train.yaml"),
-                "--max_steps",
-                str(steps),
-                "--max_eval_dialogs",
-                "2",
-                "--eval_num_candidates",
-                "2",
-                "--output_dir",
-                str(folder),
-            ],
-            cwd=REPO,
-            check=True,
-        )
+        recipe = REPO / "recipes" / "smollm2-135m-offline" / "train.yaml"
+        options = ["--max_steps", str(steps), "--max_eval_dialogs", "2", "--eval_num_candidates", "2"]
+        command = [sys.executable, "-m", "persona.commands.train", str(recipe), *options, "--output_dir", str(folder)]
+        subprocess.run(command, cwd=REPO, check=True)
     return folder
+
+
+def exported(folder: Path, outtype: str) -> Path:
+    """The model as a GGUF file by persona-export (once; reused afterwards)."""
+    path = folder / f"bot-{outtype}.gguf"
+    if not path.exists():
+        command = [sys.executable, "-m", "persona.commands.export", str(folder), "--gguf", str(path)]
+        subprocess.run([*command, "--outtype", outtype], cwd=REPO, check=True)
+    return path
 
 
 def requests(count: int) -> list[list[dict]]:
@@ -63,75 +72,124 @@ def requests(count: int) -> list[list[dict]]:
 
 
 def load(url: str, clients: int, per_client: int, max_tokens: int) -> dict:
-    """``clients`` threads sending ``per_client`` requests each: requests/s and latency percentiles (s)."""
+    """``clients`` threads sending ``per_client`` requests each: requests/s, generated tokens/s, latency percentiles
+    (s) and the mean reply length in tokens."""
     import httpx
 
     conversations = requests(clients * per_client)
 
-    def client(index: int) -> list[float]:
-        latencies = []
+    def client(index: int) -> list[tuple[float, int]]:
+        answered = []
         with httpx.Client(timeout=600) as http:
             for messages in conversations[index * per_client : (index + 1) * per_client]:
                 start = time.perf_counter()
-                response = http.post(
-                    f"{url}/v1/chat/completions", json={"messages": messages, "max_tokens": max_tokens}
-                )
+                body = {"model": "bot", "messages": messages, "max_tokens": max_tokens, **SAMPLING}
+                response = http.post(f"{url}/v1/chat/completions", json=body)
                 response.raise_for_status()
-                latencies.append(time.perf_counter() - start)
-        return latencies
+                answered.append((time.perf_counter() - start, response.json()["usage"]["completion_tokens"]))
+        return answered
 
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
-        latencies = [latency for done in pool.map(client, range(clients)) for latency in done]
+        answered = [reply for done in pool.map(client, range(clients)) for reply in done]
     elapsed = time.perf_counter() - start
+    latencies = [latency for latency, _ in answered]
     deciles = statistics.quantiles(latencies, n=10) if len(latencies) > 1 else latencies * 9
-    return {"requests_per_s": len(latencies) / elapsed, "p50": statistics.median(latencies), "p90": deciles[-1]}
+    tokens = sum(count for _, count in answered)
+    return {
+        "requests_per_s": len(answered) / elapsed,
+        "tokens_per_s": tokens / elapsed,
+        "p50": statistics.median(latencies),
+        "p90": deciles[-1],
+        "reply_tokens": tokens / len(answered),
+    }
+
+
+@contextmanager
+def llama_server(binary: str, gguf: Path):
+    """llama-server on ``gguf`` (2 threads, 16 slots of 1,024 positions, persona's template from the file): its URL."""
+    import httpx
+
+    from persona.serving.server import free_port
+
+    port = free_port()
+    command = [binary, "-m", str(gguf), "--jinja", "-t", "2", "-np", "16", "-c", str(16 * 1024)]
+    process = subprocess.Popen(
+        [*command, "--host", "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        else:
+            raise RuntimeError(f"llama-server did not start ({' '.join(command)})")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@contextmanager
+def serving(kind: str, folder: Path, args):
+    """The base URL of one engine of the table, running until the block ends."""
+    from persona.configs import DataArguments, ModelArguments
+    from persona.model.generation import DecodingArguments
+    from persona.serving.server import ServeArguments, free_port, running_server
+
+    model = ModelArguments(model_name_or_path=str(folder))
+    if kind in ("own", "single"):
+        serve = ServeArguments(port=free_port(), max_batch_size=16 if kind == "own" else 1, max_queue=256)
+        with running_server(model, DataArguments(), serve, DecodingArguments()) as (url, _):
+            yield url
+        return
+    with llama_server(args.llama_server, exported(folder, args.outtype)) as llama_url:
+        if kind == "llama":
+            yield llama_url
+            return
+        serve = ServeArguments(port=free_port(), engine_url=llama_url, max_queue=256, model_id="bot")
+        with running_server(model, DataArguments(), serve, DecodingArguments()) as (url, _):
+            yield url
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["quickstart", "smollm2"], choices=["quickstart", "smollm2"])
+    parser.add_argument("--model", default="smollm2", choices=["quickstart", "smollm2"])
+    parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
+    parser.add_argument("--llama_server", help="the llama-server binary (the llama and in_front rows need it)")
+    parser.add_argument("--outtype", default="f16", choices=["f32", "f16", "q8_0"])
     parser.add_argument("--requests_per_client", type=int, default=4)
     parser.add_argument("--max_tokens", type=int, default=20)
     parser.add_argument("--smollm2_steps", type=int, default=20)
     args = parser.parse_args()
 
-    from persona.configs import DataArguments, ModelArguments
-    from persona.model.generation import DecodingArguments
-    from persona.serving.server import ServeArguments, free_port, running_server
-
-    folders = {"quickstart": REPO / "runs" / "quickstart"}
-    if "smollm2" in args.models:
-        folders["smollm2"] = smollm2_model(args.smollm2_steps)
-    print(f"{'model':12} {'clients':>8} {'generation':>14} {'requests/s':>11} {'p50 s':>8} {'p90 s':>8}")
-    for name in args.models:
-        if not (folders[name] / "config.json").exists():
-            print(
-                f"{name:12} skipped: no model in {folders[name]} (persona-train recipes/quickstart/train.yaml first)"
-            )
+    folder = smollm2_model(args.smollm2_steps) if args.model == "smollm2" else REPO / "runs" / "quickstart"
+    if not (folder / "config.json").exists():
+        sys.exit(f"no model in {folder}: persona-train recipes/quickstart/train.yaml first")
+    print(f"{'engine':10} {'clients':>8} {'requests/s':>11} {'tokens/s':>9} {'p50 s':>7} {'p90 s':>7} {'tokens':>7}")
+    results = {}
+    for kind in args.engines:
+        if kind in ("llama", "in_front") and not args.llama_server:
+            print(f"{kind:10} skipped: give --llama_server PATH (see this script's help to build it)")
             continue
-        results = {}
-        for mode, batch in (("batched", 16), ("one at a time", 1)):
-            serve = ServeArguments(port=free_port(), max_batch_size=batch, max_queue=256)
-            with running_server(
-                ModelArguments(model_name_or_path=str(folders[name])), DataArguments(), serve, DecodingArguments()
-            ) as (url, _):
-                load(url, 1, 2, args.max_tokens)  # warm-up
-                for clients in CONCURRENCY:
-                    results[mode, clients] = load(url, clients, args.requests_per_client, args.max_tokens)
-                    r = results[mode, clients]
-                    print(
-                        f"{name:12} {clients:8} {mode:>14} {r['requests_per_s']:11.2f} {r['p50']:8.3f} "
-                        f"{r['p90']:8.3f}",
-                        flush=True,
-                    )
-        batched, single = results["batched", 16], results["one at a time", 16]
-        sequential_16 = 16 / results["one at a time", 1]["requests_per_s"]
-        print(
-            f"{name:12} at 16 clients: batching gives {batched['requests_per_s'] / single['requests_per_s']:.1f}x "
-            f"the one-at-a-time throughput; "
-            f"p90 {batched['p90']:.2f} s against {sequential_16:.2f} s for 16 sequential replies"
-        )
+        with serving(kind, folder, args) as url:
+            load(url, 1, 2, args.max_tokens)  # warm-up
+            for clients in CONCURRENCY:
+                r = results[kind, clients] = load(url, clients, args.requests_per_client, args.max_tokens)
+                print(
+                    f"{kind:10} {clients:8} {r['requests_per_s']:11.2f} {r['tokens_per_s']:9.1f} {r['p50']:7.2f} "
+                    f"{r['p90']:7.2f} {r['reply_tokens']:7.1f}",
+                    flush=True,
+                )
+    for kind, clients in results:
+        if kind != "own" and ("own", clients) in results:
+            ratio = results[kind, clients]["tokens_per_s"] / results["own", clients]["tokens_per_s"]
+            print(f"{kind} at {clients} clients: {ratio:.2f}x the tokens/s of persona's own engine")
 
 
 if __name__ == "__main__":

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from persona.model.scoring import reply_scores
 
 from persona.data.chat_layout import template_turn
 from persona.data.layout import build_inputs
 from persona.errors import ConfigError
 from persona.model.generation import DecodingArguments, generate_batch, generate_replies, prompt_inputs
+from persona.model.scoring import reply_scores
 from tests.conftest import load_folder
 
 PERSONA = ["i like cats.", "i am a nurse."]

@@ -576,7 +576,8 @@ def test_one_request_that_cannot_be_encoded_fails_alone_in_its_batch(trained_mod
     """Ten good requests and one whose text is not valid Unicode (past the API, which refuses it) in one batch."""
     import asyncio
 
-    from persona.serving.batching import ReplyBatcher, reply_events
+    from persona.serving.batching import ReplyBatcher
+    from persona.serving.engine import reply_events
     from tests.conftest import load_folder
 
     batcher = ReplyBatcher(
@@ -609,7 +610,8 @@ def test_a_client_whose_event_loop_closed_ends_its_row_not_the_batch(trained_mod
     row ends, the worker lives on, and the next request gets its whole reply."""
     import asyncio
 
-    from persona.serving.batching import ReplyBatcher, reply_events
+    from persona.serving.batching import ReplyBatcher
+    from persona.serving.engine import reply_events
     from tests.conftest import load_folder
 
     batcher = ReplyBatcher(
@@ -639,7 +641,8 @@ def test_a_client_that_leaves_stops_its_row_and_a_batch_nobody_awaits_stops(trai
     within a few steps instead of generating 200."""
     import asyncio
 
-    from persona.serving.batching import ReplyBatcher, reply_events
+    from persona.serving.batching import ReplyBatcher
+    from persona.serving.engine import reply_events
     from tests.conftest import load_folder
 
     loaded = load_folder(trained_model_dir)

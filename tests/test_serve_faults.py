@@ -110,14 +110,17 @@ def test_the_command_line_refuses_what_the_api_refuses():
 
 def test_a_processor_that_raises_fails_its_row_only(served, monkeypatch, caplog, join_sizes):
     """A logits processor that raises for one request (its presence penalty marks it) while seven others decode beside
-    it: that request gets a 500 naming its request id, whose traceback the log holds; the others their replies."""
+    it: that request gets a 500 naming its request id, whose traceback the log holds; the others their replies.
+    Streamed, a failure before the first chunk is the answer's own 500, one after it an error event ending the
+    stream."""
     from persona.model.generation import ReplyPenalties
 
     url, batcher = served
     original = ReplyPenalties.__call__
 
     def failing(self, input_ids, scores):
-        if self.presence == 1.25:
+        self.calls = getattr(self, "calls", 0) + 1
+        if self.presence == 1.25 or (self.presence == 1.5 and self.calls > 3):  # at once, or at the fourth token
             raise RuntimeError("injected fault")
         return original(self, input_ids, scores)
 
@@ -140,7 +143,12 @@ def test_a_processor_that_raises_fails_its_row_only(served, monkeypatch, caplog,
     logged = [r for r in caplog.records if request_id in r.getMessage()]
     assert logged and logged[0].exc_info and "injected fault" in str(logged[0].exc_info[1])
     streamed = httpx.post(f"{url}/v1/chat/completions", json={**faulty, "stream": True}, timeout=30)
-    assert '"code": "generation_failed"' in streamed.text and streamed.text.rstrip().endswith("[DONE]")
+    assert streamed.status_code == 500 and streamed.json()["error"]["code"] == "generation_failed"  # nothing sent yet
+    later = httpx.post(
+        f"{url}/v1/chat/completions", json={**faulty, "presence_penalty": 1.5, "stream": True}, timeout=30
+    )
+    assert later.status_code == 200 and '"role":"assistant"' in later.text.replace(" ", "")  # the stream had begun
+    assert '"code": "generation_failed"' in later.text and later.text.rstrip().endswith("[DONE]")
     assert httpx.post(f"{url}/v1/chat/completions", json=NORMAL, timeout=10).status_code == 200
 
 

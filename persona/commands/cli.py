@@ -31,7 +31,7 @@ from persona.interrupts import stopping_on_signals
 
 logger = logging.getLogger("persona")
 
-SECRET_FIELDS = {"hub_token", "api_key"}  # never in a saved recipe
+SECRET_FIELDS = {"hub_token", "api_key", "engine_api_key"}  # never in a saved recipe
 RECIPE_USAGE = "[RECIPE.yaml] [--field value ...]"
 EPILOG = (
     "A recipe (YAML, field: value) may come first: its values become the defaults above, and every --field on the "

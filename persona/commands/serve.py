@@ -1,5 +1,6 @@
 """``persona-serve --model_name_or_path DIR_OR_HUB_ID [--port 8000] [--api_key KEY]``: a web chat page and an
-OpenAI-compatible API for a persona bot, in one process (:mod:`persona.serving.server`).
+OpenAI-compatible API for a persona bot, in one process (:mod:`persona.serving.server`); with ``--engine_url URL``,
+the same in front of an OpenAI-compatible engine that decodes (llama-server on a file from persona-export, vLLM).
 
 Requests that arrive together are generated together. It binds 127.0.0.1 unless ``--host`` says otherwise; with
 ``--api_key`` (or ``PERSONA_API_KEY``) every ``/v1`` route needs ``Authorization: Bearer KEY`` and the page asks for
@@ -27,23 +28,26 @@ def main(argv: list[str]) -> int:
     import uvicorn
 
     classes = (ModelArguments, DataArguments, ServeArguments, DecodingArguments)
-    (model_args, data_args, args, decoding), _ = parse_recipe(argv, classes, prog="persona-serve", description=__doc__)
+    (model_args, data_args, args, decoding), as_run = parse_recipe(
+        argv, classes, prog="persona-serve", description=__doc__
+    )
     setup_logging()
-    app, batcher = build_server(model_args, data_args, args, decoding)
+    named = "model_name_or_path" in as_run or not args.engine_url  # in front of an engine, a model is optional
+    app, engine = build_server(model_args if named else None, data_args, args, decoding)
     logger.info(
         "Serving %s on http://%s:%d/ (the page) and /v1 (the API)%s",
-        model_args.model_name_or_path,
+        args.engine_url or model_args.model_name_or_path,
         args.host,
         args.port,
         ", API key required" if args.api_key else "",
     )
     app = Drain(app)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning")
-    server = DrainingServer(config, app, args.shutdown_grace_s, healthy=batcher.alive)
+    server = DrainingServer(config, app, args.shutdown_grace_s, healthy=engine.alive)
     try:
         server.run()
     finally:
-        batcher.close(timeout_s=CANCEL_AFTER_S)  # the requests have had their grace period
+        engine.close(timeout_s=CANCEL_AFTER_S)  # the requests have had their grace period
     if server.failed:
         logger.error("Stopped: the decoding worker had ended")
         return 1

@@ -189,8 +189,11 @@ def trained_layout(tokenizer, facts: PersonaFacts) -> Layout:
     return layout_class(facts.layout).for_tokenizer(tokenizer, facts.leading_space)
 
 
-def _trained(model_args: ModelArguments, tokenizer, config, use_token_types: bool | None) -> LoadedModel:
-    """The persona model of ``model_args`` (its tokenizer and config already loaded), fed as it was trained."""
+def _trained(
+    model_args: ModelArguments, tokenizer, config, use_token_types: bool | None, weights: bool = True
+) -> LoadedModel:
+    """The persona model of ``model_args`` (its tokenizer and config already loaded), fed as it was trained; without
+    ``weights``, its facts alone (``model`` None)."""
     facts = PersonaFacts.read(config)
     if facts is None:
         logger.info(
@@ -200,9 +203,9 @@ def _trained(model_args: ModelArguments, tokenizer, config, use_token_types: boo
         facts = PersonaFacts()
     layout = trained_layout(tokenizer, facts)
     token_types = layout.token_types(use_token_types, facts.token_types)
-    model = _pretrained(model_args, config)
+    model = _pretrained(model_args, config).eval() if weights else None
     return LoadedModel(
-        model.eval(), tokenizer, layout, max_positions(config), token_types, facts, name=model_args.model_name_or_path
+        model, tokenizer, layout, max_positions(config), token_types, facts, name=model_args.model_name_or_path
     )
 
 
@@ -216,14 +219,17 @@ def load_trained(model_args: ModelArguments, use_token_types: bool | None = None
     return _trained(model_args, load_tokenizer(model_args), base_config(model_args), use_token_types)
 
 
-def load_for_inference(model_args: ModelArguments, use_token_types: bool | None = None) -> LoadedModel:
+def load_for_inference(
+    model_args: ModelArguments, use_token_types: bool | None = None, weights: bool = True
+) -> LoadedModel:
     """The model to evaluate, chat with or serve: a persona model (or a reference checkpoint) as :func:`load_trained`
     loads it, else, for a causal LM that persona never trained but that has a chat template (a Hub chat model, a
     local folder, a GGUF), the model as it is, prompted through that template (no token types): a user talks to the
-    model before training as after."""
+    model before training as after. Without ``weights``, the tokenizer and the facts alone (``model`` None: what
+    persona-serve needs in front of an engine that holds the weights)."""
     tokenizer, config = load_tokenizer(model_args), base_config(model_args)
     if PersonaFacts.read(config) is not None or has_persona_tokens(tokenizer):
-        return _trained(model_args, tokenizer, config, use_token_types)
+        return _trained(model_args, tokenizer, config, use_token_types, weights)
     if not tokenizer.chat_template:
         special_ids(tokenizer)  # the error that says which tokens are missing and how to get a persona model
     logger.info(
@@ -232,7 +238,7 @@ def load_for_inference(model_args: ModelArguments, use_token_types: bool | None 
     )
     layout = ChatTemplateLayout.for_tokenizer(tokenizer)
     facts = PersonaFacts(layout.name, layout.token_types(use_token_types), layout.leading_space)
-    model = _pretrained(model_args, config).eval()
+    model = _pretrained(model_args, config).eval() if weights else None
     name = model_args.model_name_or_path
     return LoadedModel(model, tokenizer, layout, max_positions(config), False, facts, prompted=True, name=name)
 

@@ -9,9 +9,9 @@ request for others to start with it. Each row decodes with its own settings, see
 (:func:`~persona.model.generation.prompt_inputs`). Each request receives its reply's text deltas and then its end
 (:class:`ReplyEvent`) through the callback it brought, the moment its row ends (``<eos>``, a stop string, its
 token budget); a row whose client has gone (a dropped stream) leaves the batch at the next step;
-:func:`reply_streams` turns the callbacks into async iterators for the API (the ``n`` choices of a request queued
-together, all or none), :func:`reply_events` into one for the page. Each prompt is built on
-its own: a request whose text cannot be encoded fails alone.
+:func:`reply_streams` turns the callbacks into async iterators (the ``n`` choices of a request queued
+together, all or none): the batcher is persona-serve's own :class:`~persona.serving.engine.Engine`. Each prompt is
+built on its own: a request whose text cannot be encoded fails alone.
 
 The worker's loop does not die of a request. An exception raised while a row is started or its token chosen fails
 that row alone (:class:`ReplyEvent` ``status`` 400 when the request's own text caused it, 500 otherwise, logged with
@@ -31,7 +31,6 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -40,6 +39,8 @@ from persona.data.layout import history_window
 from persona.data.tokenize import InvalidText
 from persona.model.generation import DecodingArguments, prompt_inputs
 from persona.model.loading import LoadedModel
+from persona.serving.context import check_context
+from persona.serving.logprobs import TokenTexts
 from persona.serving.row_decoding import Choice, RowDecoder, TokenLogprob, choose_tokens
 from persona.serving.running_batch import RunningBatch
 from persona.serving.streaming import ReplyStream
@@ -69,7 +70,8 @@ class ReplyEvent:
     """What a request receives: a ``delta`` of text (with the log-probabilities of the tokens it completes, when
     asked for), or its end (``finish_reason``: stop, length or error). An error's ``status`` is 400 when the request
     caused it (its ``error`` says how), 503 when the decoding worker stopped, 500 otherwise (its ``error`` names the
-    request id the log has)."""
+    request id the log has); its ``code`` names the error in the API's answer. ``logprobs`` are the delta's tokens in
+    OpenAI's ``logprobs.content`` shape."""
 
     delta: str = ""
     finish_reason: str | None = None
@@ -77,7 +79,8 @@ class ReplyEvent:
     completion_tokens: int = 0
     error: str | None = None
     status: int = 200
-    logprobs: list[TokenLogprob] = field(default_factory=list)
+    code: str | None = None  # the error's code in the API's answer
+    logprobs: list[dict] = field(default_factory=list)  # OpenAI's logprobs.content entries of the delta's tokens
 
 
 def error_event(error: BaseException, request_id: str, during: str) -> ReplyEvent:
@@ -85,12 +88,12 @@ def error_event(error: BaseException, request_id: str, during: str) -> ReplyEven
     with the request's text, or a 500 that names ``request_id``, logged with the traceback under that id."""
     if isinstance(error, InvalidText):
         logger.warning("Request %s could not start: %s", request_id, error)
-        return ReplyEvent(finish_reason="error", error=str(error), status=400)
+        return ReplyEvent(finish_reason="error", error=str(error), status=400, code="invalid_text")
     if isinstance(error, WorkerStopped):
-        return ReplyEvent(finish_reason="error", error=str(error), status=503)
+        return ReplyEvent(finish_reason="error", error=str(error), status=503, code="worker_stopped")
     logger.error("Request %s failed %s", request_id, during, exc_info=error)
     message = f"generation failed ({type(error).__name__}); the server's log has the details under {request_id}"
-    return ReplyEvent(finish_reason="error", error=message, status=500)
+    return ReplyEvent(finish_reason="error", error=message, status=500, code="generation_failed")
 
 
 @dataclass
@@ -124,11 +127,11 @@ def choice_seed(seed: int | None, index: int) -> int | None:
 
 class _Row:
     """A request being decoded: its stream (whose deltas and end go to the request with the log-probabilities
-    gathered since the last event), its token choice, and the token it feeds next."""
+    gathered since the last event, in OpenAI's shape by ``texts``), its token choice, and the token it feeds next."""
 
-    def __init__(self, request: ReplyRequest, decoder: RowDecoder, prompt_tokens: int, decode: Callable):
-        self.request, self.decoder, self.prompt_tokens = request, decoder, prompt_tokens
-        self.stream = ReplyStream(decode, request.stop, self._send, self._ended)
+    def __init__(self, request: ReplyRequest, decoder: RowDecoder, prompt_tokens: int, texts: TokenTexts):
+        self.request, self.decoder, self.prompt_tokens, self.texts = request, decoder, prompt_tokens, texts
+        self.stream = ReplyStream(texts.decode, request.stop, self._send, self._ended)
         self.next_token = -1
         self.logprobs: list[TokenLogprob] = []
 
@@ -147,9 +150,9 @@ class _Row:
             self.stream.abandon()
             self.request.fail(error, during)
 
-    def _taken_logprobs(self) -> list[TokenLogprob]:
+    def _taken_logprobs(self) -> list[dict]:
         taken, self.logprobs = self.logprobs, []
-        return taken
+        return self.texts.content(taken) if taken else []
 
     def _send(self, delta: str) -> None:
         self.request.deliver(ReplyEvent(delta=delta, logprobs=self._taken_logprobs()))
@@ -178,6 +181,7 @@ class ReplyBatcher:
         self.loaded, self.max_history = loaded, max_history
         tokenizer = copy.deepcopy(loaded.tokenizer)
         self.front = replace(loaded, tokenizer=tokenizer, layout=loaded.layout.with_tokenizer(tokenizer))
+        self.texts = TokenTexts(loaded.tokenizer)  # the worker's: replies and their log-probabilities as text
         self.on_step: Callable[[int], None] = lambda rows: None
         self.max_batch_size, self.batch_wait_s = max_batch_size, batch_wait_ms / 1000
         self.pending: queue.Queue[ReplyRequest | None] = queue.Queue(maxsize=max_queue)
@@ -205,6 +209,29 @@ class ReplyBatcher:
     def alive(self) -> bool:
         """Whether the worker is decoding or waiting for requests (False once it has ended, closed or not)."""
         return self.worker.is_alive()
+
+    async def unready(self) -> str | None:
+        """Why no reply would come now (the worker has ended), or None."""
+        return None if self.alive() else "the decoding worker has stopped"
+
+    @property
+    def queue_limit(self) -> int:
+        """The most replies waiting to join the batch (0: any number)."""
+        return max(self.pending.maxsize, 0)
+
+    def queue_depth(self) -> int:
+        """How many replies wait to join the batch."""
+        return self.pending.qsize()
+
+    def check_context(self, persona: list[str], history: list[str], reply_budget: int) -> None:
+        """:func:`~persona.serving.context.check_context` on the event loop's tokenizer (:attr:`front`)."""
+        check_context(self.front, persona, history, reply_budget)
+
+    def replies(self, persona, history, decoding, *, seeds, stop, top_logprobs, request_id):
+        """:func:`reply_streams` of this batcher (the :class:`~persona.serving.engine.Engine` method)."""
+        return reply_streams(
+            self, persona, history, decoding, seeds=seeds, stop=stop, top_logprobs=top_logprobs, request_id=request_id
+        )
 
     def close(self, timeout_s: float = 60.0) -> None:
         """Stop the worker once it has answered the requests already queued, waiting at most ``timeout_s`` seconds
@@ -298,7 +325,7 @@ class ReplyBatcher:
                 request.fail(error, "building its prompt")
                 continue
             prompts.append(prompt)
-            joining.append(_Row(request, decoder, len(prompt["input_ids"]), self._decode))
+            joining.append(_Row(request, decoder, len(prompt["input_ids"]), self.texts))
         if not joining:
             return []
         try:
@@ -344,9 +371,6 @@ class ReplyBatcher:
             row.take(choice.token, choice.logprob, self.loaded.ids.eos)
         except Exception as error:
             row.fail(error, "choosing its next token")
-
-    def _decode(self, tokens: list[int]) -> str:
-        return self.loaded.tokenizer.decode(tokens, skip_special_tokens=True)
 
 
 def reply_streams(
@@ -401,20 +425,3 @@ async def _events(request: ReplyRequest, events: asyncio.Queue) -> AsyncIterator
                 return
     finally:
         request.gone.set()  # after the end a no-op; before it (a client that disconnected, a time-out) its row stops
-
-
-async def reply_events(
-    batcher: ReplyBatcher,
-    persona: list[str],
-    history: list[str],
-    decoding: DecodingArguments,
-    *,
-    stop: list[str] = (),
-    seed: int | None = None,
-) -> AsyncIterator[ReplyEvent]:
-    """Queue one request (:class:`QueueFull` at once when the queue is full) and yield its events as they come, its
-    end last."""
-    (events,) = reply_streams(batcher, persona, history, decoding, seeds=[seed], stop=stop)
-    async with aclosing(events):
-        async for event in events:
-            yield event

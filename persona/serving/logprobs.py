@@ -32,6 +32,10 @@ class TokenTexts:
             return text, [UNICODE_TO_BYTE[char] for char in piece]
         return text, list(text.encode("utf-8"))
 
+    def decode(self, tokens: list[int]) -> str:
+        """The text of generated ``tokens`` (special tokens left out)."""
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
     def content(self, logprobs: list[TokenLogprob]) -> list[dict]:
         """OpenAI's ``logprobs.content`` of generated tokens: each token, its log-probability, its bytes and the
         most likely alternatives."""

@@ -1,5 +1,6 @@
 """``GET /metrics`` in Prometheus' text format (prometheus-client): requests by route and status, their latency,
-tokens read and written, the queue's depth and the rows of the running batch at each decoding step; one registry
+tokens read and written, the queue's depth and the rows of the running batch at each decoding step (persona's own
+engine); one registry
 per server, so that servers in one process (tests, benchmarks) keep their own counts."""
 
 from __future__ import annotations
@@ -8,13 +9,13 @@ import time
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from persona.serving.batching import ReplyBatcher
+from persona.serving.engine import Engine
 
 
 class ServerMetrics:
     """The server's counters; :meth:`observe` is an HTTP middleware, :meth:`exposition` the page Prometheus reads."""
 
-    def __init__(self, batcher: ReplyBatcher):
+    def __init__(self, engine: Engine):
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "persona_requests",
@@ -38,9 +39,9 @@ class ServerMetrics:
             buckets=(1, 2, 4, 8, 16, 32, 64),
             registry=self.registry,
         )
-        batcher.on_step = batch_rows.observe
+        engine.on_step = batch_rows.observe
         queue = Gauge("persona_queue_depth", "Requests waiting for the model", registry=self.registry)
-        queue.set_function(lambda: batcher.pending.qsize())
+        queue.set_function(engine.queue_depth)
 
     async def observe(self, request, call_next):
         """Count and time every ``/v1`` request (an HTTP middleware)."""

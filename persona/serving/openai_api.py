@@ -32,17 +32,9 @@ from starlette.requests import ClientDisconnect
 
 from persona.data.chat_records import split_sentences
 from persona.model.generation import DecodingArguments
-from persona.serving.batching import (
-    QueueFull,
-    QueueTooSmall,
-    ReplyBatcher,
-    ReplyEvent,
-    WorkerStopped,
-    choice_seed,
-    reply_streams,
-)
-from persona.serving.context import ContextTooLong, check_context
-from persona.serving.logprobs import TokenTexts
+from persona.serving.batching import QueueFull, QueueTooSmall, ReplyEvent, WorkerStopped, choice_seed
+from persona.serving.context import ContextTooLong
+from persona.serving.engine import Engine
 from persona.serving.metrics import ServerMetrics
 from persona.serving.protocol import (
     APIError,
@@ -60,7 +52,6 @@ from persona.serving.protocol import (
     body_too_large,
     first_error,
 )
-from persona.serving.row_decoding import TokenLogprob
 
 logger = logging.getLogger(__name__)
 PERSONA_ROLES = ("system", "developer")
@@ -68,18 +59,21 @@ PENALTIES = ("presence_penalty", "frequency_penalty", "repetition_penalty")
 
 
 def generation_error(event: ReplyEvent) -> APIError:
-    """The error of a reply that ended with one: a 400 for what the request's own text caused, a 503 when the decoding
-    worker stopped, else a 500 whose message names the request id under which the server logged the traceback."""
-    if event.status == 400:
-        return APIError(400, event.error, param="messages", code="invalid_text")
-    if event.status == 503:
-        return APIError(503, event.error, type="server_error", code="worker_stopped")
-    return APIError(500, event.error, type="server_error", code="generation_failed")
+    """The error of a reply that ended with one, with the status and code its engine gave it: a 4xx for what the
+    request itself caused (its text, a context too long for the engine), a 503 when the decoding worker stopped, a
+    502 when the engine in front of which persona-serve runs failed, else a 500 whose message names the request id
+    under which the server logged the traceback."""
+    if event.status == 429:
+        return APIError(429, event.error, type="rate_limit_error", code=event.code, headers={"Retry-After": "1"})
+    if 400 <= event.status < 500:
+        return APIError(event.status, event.error, param="messages", code=event.code)
+    status = event.status if event.status >= 500 else 500
+    return APIError(status, event.error, type="server_error", code=event.code or "generation_failed")
 
 
 @dataclass
 class ChatRequest:
-    """A validated chat-completions request, as the batcher takes it."""
+    """A validated chat-completions request, as an engine takes it."""
 
     persona: list[str]
     history: list[str]
@@ -159,12 +153,11 @@ def _key_check(api_key: str | None) -> Callable:
     return check
 
 
-def _queued_replies(batcher: ReplyBatcher, chat: ChatRequest, persona: list[str], request_id: str) -> list:
-    """The reply streams of the chat's ``n`` choices, queued together (all or none); the batcher's refusals as the
+def _queued_replies(engine: Engine, chat: ChatRequest, persona: list[str], request_id: str) -> list:
+    """The reply streams of the chat's ``n`` choices, queued together (all or none); the engine's refusals as the
     API's errors (400 for more choices than the queue holds, 503 when the worker has stopped, 429 when busy)."""
     try:
-        return reply_streams(
-            batcher,
+        return engine.replies(
             persona,
             chat.history,
             chat.decoding,
@@ -208,24 +201,22 @@ async def _read_request(request: Request, body_limit: int) -> ChatCompletionRequ
     return body
 
 
-def _check_context(batcher: ReplyBatcher, chat: ChatRequest, persona: list[str]) -> None:
+def _check_context(engine: Engine, chat: ChatRequest, persona: list[str]) -> None:
     """A 400 ``context_length_exceeded`` when the persona and the last message with ``max_tokens`` cannot fit."""
     try:
-        check_context(batcher.front, persona, chat.history, chat.decoding.max_length)
+        engine.check_context(persona, chat.history, chat.decoding.max_length)
     except ContextTooLong as error:
         message = f"{error}: shorten them or lower max_tokens"
         raise APIError(400, message, param="messages", code="context_length_exceeded") from None
 
 
-def create_app(
-    batcher: ReplyBatcher, model_id: str, *, defaults: DecodingArguments, persona: list[str], settings
-) -> FastAPI:
-    """The FastAPI app of the API (the web page is mounted on it by :mod:`persona.serving.server`); ``settings``: the
-    server's :class:`~persona.serving.server.ServeArguments` (``api_key``, ``max_tokens_cap``, ``max_body_bytes``)."""
+def create_app(engine: Engine, model_id: str, *, defaults: DecodingArguments, persona: list[str], settings) -> FastAPI:
+    """The FastAPI app of the API over ``engine`` (the web page is mounted on it by :mod:`persona.serving.server`);
+    ``settings``: the server's :class:`~persona.serving.server.ServeArguments` (``api_key``, ``max_tokens_cap``,
+    ``max_body_bytes``)."""
     app = FastAPI(title="persona", docs_url=None, redoc_url=None)
     model_card = ModelCard(id=model_id)
-    metrics = ServerMetrics(batcher)
-    token_texts = TokenTexts(batcher.front.tokenizer)
+    metrics = ServerMetrics(engine)
     app.middleware("http")(metrics.observe)
 
     @app.exception_handler(APIError)
@@ -234,8 +225,10 @@ def create_app(
 
     @app.get("/health")
     async def health() -> dict:
-        if not batcher.alive():
-            raise APIError(503, "the decoding worker has stopped", type="server_error", code="worker_stopped")
+        reason = await engine.unready()
+        if reason:
+            code = "engine_unavailable" if engine.alive() else "worker_stopped"
+            raise APIError(503, reason, type="server_error", code=code)
         return {"status": "ok", "model": model_id}
 
     keyed = APIRouter(dependencies=[Depends(_key_check(settings.api_key))])
@@ -267,13 +260,14 @@ def create_app(
         if body.model not in (None, model_id):
             message = f"the model '{body.model}' is not served here; this server serves '{model_id}'"
             raise APIError(404, message, param="model", code="model_not_found")
-        _check_context(batcher, chat, chat.persona or persona)
+        _check_context(engine, chat, chat.persona or persona)
         completion = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_id}
-        replies = _queued_replies(batcher, chat, chat.persona or persona, completion["id"])
+        replies = _queued_replies(engine, chat, chat.persona or persona, completion["id"])
         firsts = await asyncio.gather(*(anext(events) for events in replies))  # queued at once: they join together
+        await _refuse_early_errors(firsts, replies)
         events = _merged(list(zip(firsts, replies)))
-        headers = _window_note(chat.history, batcher.max_history)
-        logprobs = token_texts.content if chat.top_logprobs is not None else None
+        headers = _window_note(chat.history, engine.max_history)
+        logprobs = chat.top_logprobs is not None
         if chat.stream:
             stream = _sse(completion, events, chat.choices, chat.include_usage, metrics.count_tokens, logprobs)
             return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
@@ -298,6 +292,17 @@ def create_app(
 
 
 HISTORY_CUT_HEADER = "X-Persona-History-Cut"
+
+
+async def _refuse_early_errors(firsts: list[ReplyEvent], replies: list[AsyncIterator[ReplyEvent]]) -> None:
+    """The error of a choice whose first event is one (before anything was sent: the answer's own status, streamed or
+    not), the other choices stopped."""
+    failed = next((event for event in firsts if event.finish_reason == "error"), None)
+    if failed is None:
+        return
+    for events in replies:
+        await events.aclose()
+    raise generation_error(failed)
 
 
 def _window_note(history: list[str], max_history: int) -> dict[str, str]:
@@ -346,10 +351,10 @@ async def _completion(
     events: AsyncIterator[tuple[int, ReplyEvent]],
     count: int,
     count_tokens: Callable[[int, int], None],
-    logprobs: Callable[[list[TokenLogprob]], list[dict]] | None,
+    logprobs: bool,
 ) -> dict:
     """The whole answer of a request that is not streamed: ``count`` choices (with their tokens' log-probabilities
-    in OpenAI's shape when ``logprobs``, a :meth:`TokenTexts.content`, is given)."""
+    when ``logprobs``)."""
     content: list[list[str]] = [[] for _ in range(count)]
     tokens: list[list] = [[] for _ in range(count)]
     ends: list[ReplyEvent] = [ReplyEvent()] * count
@@ -367,7 +372,7 @@ async def _completion(
         Choice(
             index=index,
             message=AssistantMessage(content="".join(content[index])),
-            logprobs={"content": logprobs(tokens[index])} if logprobs else None,
+            logprobs={"content": tokens[index]} if logprobs else None,
             finish_reason=end.finish_reason,
         )
         for index, end in enumerate(ends)
@@ -387,14 +392,14 @@ async def _sse(
     count: int,
     include_usage: bool,
     count_tokens: Callable[[int, int], None],
-    logprobs: Callable[[list[TokenLogprob]], list[dict]] | None,
+    logprobs: bool,
 ) -> AsyncIterator[str]:
     """The streamed answer: a role chunk per choice, content chunks as they come (each with the log-probabilities
     of the tokens it completes when ``logprobs`` is given), each choice's finishing chunk at its end (then the
     usage), then ``[DONE]``."""
 
     def chunk(index: int, delta: Delta, finish_reason: str | None = None, tokens: list = ()) -> str:
-        scored = {"content": logprobs(tokens)} if logprobs and tokens else None
+        scored = {"content": list(tokens)} if logprobs and tokens else None
         choice = ChunkChoice(index=index, delta=delta, finish_reason=finish_reason, logprobs=scored)
         return ChatCompletionChunk(**completion, choices=[choice]).event()
 

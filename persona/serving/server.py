@@ -1,6 +1,7 @@
-"""persona-serve's server: the API and the page in one FastAPI app over one
-:class:`~persona.serving.batching.ReplyBatcher`,
-and its settings (:class:`ServeArguments`, declared once: the batcher and the API read them from here).
+"""persona-serve's server: the API and the page in one FastAPI app over one :class:`~persona.serving.engine.Engine`
+(persona's own :class:`~persona.serving.batching.ReplyBatcher` on a model it loads, or a
+:class:`~persona.serving.remote_engine.RemoteEngine` in front of an OpenAI-compatible server with ``engine_url``),
+and its settings (:class:`ServeArguments`, declared once: the engines and the API read them from here).
 
 - ``/``: the chat page (Gradio): streamed replies, an editable persona, a reset.
 - ``/v1/chat/completions``, ``/v1/models``: the API that chat clients speak; ``/health``.
@@ -28,9 +29,11 @@ from persona.model.generation import DecodingArguments
 from persona.model.loading import load_for_inference, refuse_training_fields
 from persona.serving.batching import ReplyBatcher
 from persona.serving.body_limit import BodyLimit
+from persona.serving.engine import Engine
 from persona.serving.hosts import OnlyAllowedHosts
 from persona.serving.openai_api import HISTORY_CUT_HEADER, create_app
 from persona.serving.origins import OnlyAllowedOrigins
+from persona.serving.remote_engine import RemoteEngine
 
 
 @dataclass
@@ -90,6 +93,19 @@ class ServeArguments:
     max_tokens_cap: int = field(default=256, metadata={"help": "The largest max_tokens a request may ask for."})
     max_body_bytes: int = field(default=256 * 1024, metadata={"help": "The largest request body (413 beyond)."})
     seed: int = field(default=0, metadata={"help": "Seed of the default persona's draw."})
+    engine_url: str | None = field(
+        default=None,
+        metadata={
+            "help": "Decode with the OpenAI-compatible server at this address (llama-server on a file from "
+            "persona-export, vLLM, TGI, Ollama) instead of loading the model here; persona keeps the page, the "
+            "persona, the history window and the limits. A model_name_or_path given with it is read without its "
+            "weights, to check each conversation's length first (and refused if it reads token types)."
+        },
+    )
+    engine_api_key: str | None = field(
+        default=None,
+        metadata={"help": "The engine's own API key, if it asks for one. Default: PERSONA_ENGINE_API_KEY if set."},
+    )
 
     shutdown_grace_s: float = field(
         default=30.0,
@@ -112,6 +128,7 @@ class ServeArguments:
                     "the first line is empty", where=self.api_key_file, fix="write the key on its first line."
                 )
         self.api_key = self.api_key or os.environ.get("PERSONA_API_KEY") or None
+        self.engine_api_key = self.engine_api_key or os.environ.get("PERSONA_ENGINE_API_KEY") or None
 
 
 def default_persona(args: ServeArguments, data_args: DataArguments) -> list[str]:
@@ -121,35 +138,65 @@ def default_persona(args: ServeArguments, data_args: DataArguments) -> list[str]
     return draw_persona(data_args, args.seed)
 
 
-def build_server(
-    model_args: ModelArguments, data_args: DataArguments, args: ServeArguments, decoding: DecodingArguments
-):
-    """The ASGI app (FastAPI, the API and the page mounted at ``/``, CORS only for ``cors_origins``), and its batcher
-    (close it when done)."""
-    import gradio as gr
-    from fastapi.middleware.cors import CORSMiddleware
-    from fastapi.responses import JSONResponse
-
-    from persona.serving.web_page import build_page
-
-    refuse_training_fields(model_args, "persona-serve")
+def build_engine(
+    model_args: ModelArguments | None, data_args: DataArguments, args: ServeArguments, decoding: DecodingArguments
+) -> Engine:
+    """The engine that decodes: the engine at ``engine_url`` (``model_args``, if any, read without weights for the
+    length check), else persona's own on the model of ``model_args``."""
     if decoding.rerank_samples > 1:
         raise ConfigError(
             "persona-serve does not rerank sampled replies",
             where="rerank_samples",
             fix="drop rerank_samples; persona-chat and persona-eval rerank (the API's n returns every sample).",
         )
-    loaded = load_for_inference(model_args)
-    model_id = args.model_id or Path(model_args.model_name_or_path.rstrip("/")).name
-    persona = default_persona(args, data_args)
-    batcher = ReplyBatcher(
-        loaded,
-        max_history=data_args.max_history,
-        max_batch_size=args.max_batch_size,
-        max_queue=args.max_queue,
-        batch_wait_ms=args.batch_wait_ms,
+    options = {
+        "max_history": data_args.max_history,
+        "max_batch_size": args.max_batch_size,
+        "max_queue": args.max_queue,
+    }
+    if args.engine_url:
+        if decoding.num_beams > 1:
+            raise ConfigError(
+                "an OpenAI-compatible engine does not beam search",
+                where="num_beams",
+                fix="drop num_beams, or serve the model with persona's own engine (no --engine_url).",
+            )
+        front = None if model_args is None else load_for_inference(model_args, weights=False)
+        if front is not None and front.token_types:
+            raise ConfigError(
+                "this model reads token types, which only persona's own engine feeds",
+                where=model_args.model_name_or_path,
+                fix="serve it without --engine_url, or train with use_token_types false to serve it elsewhere.",
+            )
+        return RemoteEngine.connect(args.engine_url, api_key=args.engine_api_key, front=front, **options)
+    if model_args is None:
+        raise ConfigError(
+            "no model to serve",
+            where="command line",
+            fix="pass --model_name_or_path DIR_OR_HUB_ID, or --engine_url URL of an engine that serves one.",
+        )
+    return ReplyBatcher(load_for_inference(model_args), batch_wait_ms=args.batch_wait_ms, **options)
+
+
+def build_server(
+    model_args: ModelArguments | None, data_args: DataArguments, args: ServeArguments, decoding: DecodingArguments
+):
+    """The ASGI app (FastAPI, the API and the page mounted at ``/``, CORS only for ``cors_origins``), and its engine
+    (close it when done); ``model_args`` None: no model named (only with ``engine_url``)."""
+    import gradio as gr
+    from fastapi.middleware.cors import CORSMiddleware
+    from fastapi.responses import JSONResponse
+
+    from persona.serving.web_page import build_page
+
+    if model_args is not None:
+        refuse_training_fields(model_args, "persona-serve")
+    engine = build_engine(model_args, data_args, args, decoding)
+    model_id = args.model_id or (
+        Path(model_args.model_name_or_path.rstrip("/")).name if model_args is not None else engine.model
     )
-    app = create_app(batcher, model_id, defaults=decoding, persona=persona, settings=args)
+    persona = default_persona(args, data_args)
+    app = create_app(engine, model_id, defaults=decoding, persona=persona, settings=args)
     if args.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -158,7 +205,7 @@ def build_server(
             allow_headers=["Authorization", "Content-Type"],
             expose_headers=[HISTORY_CUT_HEADER],
         )
-    page = build_page(batcher, decoding, persona, model_id, max_message_chars=args.max_body_bytes)
+    page = build_page(engine, decoding, persona, model_id, max_message_chars=args.max_body_bytes)
     auth = (
         (lambda user, password: hmac.compare_digest(password.encode(), args.api_key.encode()))
         if args.api_key
@@ -173,32 +220,42 @@ def build_server(
         app, page, path="/", auth=auth, auth_message="The password is the server's API key.", footer_links=[]
     )
     guarded = OnlyAllowedOrigins(BodyLimit(app, args.max_body_bytes), args.cors_origins)
-    return OnlyAllowedHosts(guarded, args.host, args.allowed_hosts), batcher
+    return OnlyAllowedHosts(guarded, args.host, args.allowed_hosts), engine
 
 
 @contextmanager
-def running_server(
-    model_args: ModelArguments, data_args: DataArguments, args: ServeArguments, decoding: DecodingArguments
-):
-    """The server of :func:`build_server` running in a thread of this process (tests, benchmarks): yields its base URL
-    and its batcher; stops it and closes the batcher on exit."""
+def serving_in_thread(app, host: str, port: int):
+    """An ASGI ``app`` served by uvicorn on ``host:port`` in a thread of this process (tests, benchmarks): yields its
+    base URL once it listens; stops it on exit."""
     import uvicorn
 
-    app, batcher = build_server(model_args, data_args, args, decoding)
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="persona-serve", daemon=True)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
     while not server.started and thread.is_alive() and time.monotonic() < deadline:
         time.sleep(0.05)
     try:
         if not server.started:
-            raise RuntimeError(f"the server did not start on {args.host}:{args.port}")
-        yield f"http://{args.host}:{args.port}", batcher
+            raise RuntimeError(f"the server did not start on {host}:{port}")
+        yield f"http://{host}:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=30)
-        batcher.close()
+
+
+@contextmanager
+def running_server(
+    model_args: ModelArguments | None, data_args: DataArguments, args: ServeArguments, decoding: DecodingArguments
+):
+    """The server of :func:`build_server` running in a thread of this process (:func:`serving_in_thread`): yields its
+    base URL and its engine; stops it and closes the engine on exit."""
+    app, engine = build_server(model_args, data_args, args, decoding)
+    try:
+        with serving_in_thread(app, args.host, args.port) as url:
+            yield url, engine
+    finally:
+        engine.close()
 
 
 def free_port(host: str = "127.0.0.1") -> int:

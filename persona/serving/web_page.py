@@ -1,9 +1,9 @@
 """The web chat page of persona-serve (Gradio): a chat with streamed replies, the bot's persona beside it, a reset.
 
-Its replies come through the same :class:`~persona.serving.batching.ReplyBatcher` as the API's, so a page and many API
-clients are answered together, and a message obeys the API's rules before it reaches the worker: the size limit,
+Its replies come from the same :class:`~persona.serving.engine.Engine` as the API's, so a page and many API
+clients are answered together, and a message obeys the API's rules before it reaches the engine: the size limit,
 the context check (a persona and message too long for the model's positions is a message on the page) and the queue
-bound (Gradio's own queue holds at most as many events as the batcher's).
+bound (Gradio's own queue holds at most as many events as the engine's).
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import gradio as gr
 
 from persona.data.chat_records import split_sentences
 from persona.model.generation import DecodingArguments
-from persona.serving.batching import QueueFull, ReplyBatcher, WorkerStopped, reply_events
-from persona.serving.context import ContextTooLong, check_context
+from persona.serving.batching import QueueFull, WorkerStopped
+from persona.serving.context import ContextTooLong
+from persona.serving.engine import Engine, reply_events
 
 INTRODUCTION = """# Chat with a persona bot
 Write to the bot below and press Enter. It answers as the person described on the right: change those sentences
@@ -31,10 +32,10 @@ def message_text(content) -> str:
     )
 
 
-def responder(batcher: ReplyBatcher, decoding: DecodingArguments, max_message_chars: int):
+def responder(engine: Engine, decoding: DecodingArguments, max_message_chars: int):
     """The page's answer to a message (an async generator of the message box's and the chat's new values): the
     persona and the message together at most ``max_message_chars`` characters and within the model's positions, the
-    batcher's queue not full, else a :class:`gradio.Error` that says so on the page, before the worker sees it."""
+    engine's queue not full, else a :class:`gradio.Error` that says so on the page, before the engine sees it."""
 
     async def respond(message: str, chat: list[dict], persona_text: str):
         message = message.strip()
@@ -48,7 +49,7 @@ def responder(batcher: ReplyBatcher, decoding: DecodingArguments, max_message_ch
         persona = split_sentences(persona_text)
         history = [*(message_text(turn["content"]) for turn in chat), message]
         try:
-            check_context(batcher.front, persona, history, decoding.max_length)
+            engine.check_context(persona, history, decoding.max_length)
         except ContextTooLong as error:
             raise gr.Error(
                 f"The persona and your message are too long for this bot ({error.prompt_tokens} tokens, and it "
@@ -57,7 +58,7 @@ def responder(batcher: ReplyBatcher, decoding: DecodingArguments, max_message_ch
         chat = [*chat, {"role": "user", "content": message}, {"role": "assistant", "content": ""}]
         yield "", chat
         try:
-            async for event in reply_events(batcher, persona, history, decoding):
+            async for event in reply_events(engine, persona, history, decoding):
                 if event.error:
                     raise gr.Error(f"The bot could not answer: {event.error}")
                 chat[-1]["content"] += event.delta
@@ -73,11 +74,11 @@ def responder(batcher: ReplyBatcher, decoding: DecodingArguments, max_message_ch
 
 
 def build_page(
-    batcher: ReplyBatcher, decoding: DecodingArguments, persona: list[str], model_id: str, max_message_chars: int
+    engine: Engine, decoding: DecodingArguments, persona: list[str], model_id: str, max_message_chars: int
 ) -> gr.Blocks:
     """The Gradio app: ``persona`` fills the persona box, ``decoding`` decodes the replies; as many conversations are
-    answered at once as the batcher generates together, and a message obeys the API's rules (:func:`responder`)."""
-    respond = responder(batcher, decoding, max_message_chars)
+    answered at once as the engine decodes together, and a message obeys the API's rules (:func:`responder`)."""
+    respond = responder(engine, decoding, max_message_chars)
 
     with gr.Blocks(title=f"persona: {model_id}") as page:
         gr.Markdown(INTRODUCTION)
@@ -99,8 +100,8 @@ def build_page(
             respond,
             [message, conversation, persona_box],
             [message, conversation],
-            concurrency_limit=batcher.max_batch_size,
+            concurrency_limit=engine.max_batch_size,
         )
         reset.click(lambda: ([], ""), None, [conversation, message])
-    page.queue(max_size=batcher.pending.maxsize if batcher.pending.maxsize > 0 else None)
+    page.queue(max_size=engine.queue_limit or None)
     return page
