@@ -83,7 +83,7 @@ def load(url: str, clients: int, per_client: int, max_tokens: int) -> dict:
         with httpx.Client(timeout=600) as http:
             for messages in conversations[index * per_client : (index + 1) * per_client]:
                 start = time.perf_counter()
-                body = {"model": "bot", "messages": messages, "max_tokens": max_tokens, **SAMPLING}
+                body = {"messages": messages, "max_tokens": max_tokens, **SAMPLING}
                 response = http.post(f"{url}/v1/chat/completions", json=body)
                 response.raise_for_status()
                 answered.append((time.perf_counter() - start, response.json()["usage"]["completion_tokens"]))
@@ -152,7 +152,7 @@ def serving(kind: str, folder: Path, args):
         if kind == "llama":
             yield llama_url
             return
-        serve = ServeArguments(port=free_port(), engine_url=llama_url, max_queue=256, model_id="bot")
+        serve = ServeArguments(port=free_port(), engine_url=llama_url, max_queue=256)
         with running_server(model, DataArguments(), serve, DecodingArguments()) as (url, _):
             yield url
 

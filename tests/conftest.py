@@ -231,7 +231,7 @@ def template_trained(plain_chat_model, tmp_path_factory):
 @pytest.fixture
 def join_sizes(monkeypatch) -> list[int]:
     """The number of rows of each join of any running batch (:meth:`RunningBatch.join`) while the test runs."""
-    from persona.serving.running_batch import RunningBatch
+    from persona.model.running_batch import RunningBatch
 
     sizes, join = [], RunningBatch.join
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from persona.model.generation import DecodingArguments, generate_batch, prompt_inputs
+from persona.model.running_batch import RunningBatch
 from persona.serving.batching import ReplyBatcher, ReplyRequest
-from persona.serving.running_batch import RunningBatch
 from persona.serving.streaming import ReplyStream
 from tests.conftest import load_folder
 

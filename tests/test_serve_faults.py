@@ -155,8 +155,8 @@ def test_a_processor_that_raises_fails_its_row_only(served, monkeypatch, caplog,
 def test_a_failed_step_and_a_failed_loop_fail_their_rows_and_the_loop_goes_on(served, monkeypatch):
     """A decoding step that raises fails the rows of that step (500); so does an error outside any row's handling
     (the batcher's step itself raising); each time the next request is answered."""
+    from persona.model.running_batch import RunningBatch
     from persona.serving.batching import ReplyBatcher
-    from persona.serving.running_batch import RunningBatch
 
     url, _ = served
     step, batcher_step = RunningBatch.step, ReplyBatcher._step
@@ -208,7 +208,7 @@ def test_a_worker_that_ended_turns_health_to_503_and_answers_what_it_held(traine
 SERVE_WITH_FAULT = """
 import sys, time
 from persona.serving.batching import ReplyBatcher
-from persona.serving.running_batch import RunningBatch
+from persona.model.running_batch import RunningBatch
 join, step = ReplyBatcher._join, RunningBatch.step
 def join_or_end(self, batch, arrived):
     if any("end the worker" in request.history[-1] for request in arrived):

@@ -36,6 +36,11 @@ _DEFINITIONS = {
     "reply entails it), 0 (neutral) or -1 (contradicts it) by an NLI model, averaged over replies",
     "contradiction_rate": "fraction of generated replies that contradict at least one sentence of their persona, by "
     "an NLI model",
+    "generated_right": "on a contradiction set, the fraction of generated replies nearer (unigram F1) to the gold "
+    "reply than to every candidate that contradicts the persona: replies that state the persona's own value",
+    "generated_contradict": "on a contradiction set, the fraction of generated replies nearer (unigram F1) to a "
+    "candidate that contradicts the persona than to the gold reply: replies that state another value of the fact "
+    "asked about",
     "ended": "fraction of generated replies that ended by themselves (their end token before the length limit)",
     "f1": "unigram F1 between the generated and the gold reply after ConvAI2's normalisation (mean over turns)",
 }

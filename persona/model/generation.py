@@ -16,11 +16,14 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from persona.data.layout import history_window
 from persona.errors import ConfigError
 from persona.model.loading import LoadedModel
+from persona.model.persona_guidance import PersonaGuidance
+from persona.model.running_batch import left_padded
 from persona.model.scoring import best_reply, check_rerankable
 
 NEUTRAL_SAMPLING = {"temperature": 1.0, "top_p": 1.0, "top_k": 50}
 GREEDY_BELOW = 1e-5  # a sampling temperature below this decodes greedily, as vLLM does (dividing by it overflows)
 REPETITION_PENALTY_RANGE = (0.01, 10.0)  # the scores divided or multiplied by it stay finite
+PERSONA_WEIGHT_RANGE = (0.0, 10.0)  # guided scores stay finite; past a few, replies are the persona's words alone
 
 
 @dataclass
@@ -30,7 +33,8 @@ class DecodingArguments:
     The degenerate values are decided here, for every command: a temperature below :data:`GREEDY_BELOW` (0
     included) decodes greedily (one sample, whatever ``rerank_samples`` says); a negative or non-finite
     temperature, a ``top_p`` outside [0, 1], a ``repetition_penalty`` outside :data:`REPETITION_PENALTY_RANGE` and
-    ``rerank_samples`` below 1 (or above 1 without sampling) are a :class:`~persona.errors.ConfigError`.
+    ``rerank_samples`` below 1 (or above 1 without sampling) and a ``persona_weight`` outside
+    :data:`PERSONA_WEIGHT_RANGE` (or above 0 with beam search) are a :class:`~persona.errors.ConfigError`.
     """
 
     do_sample: bool = field(default=True, metadata={"help": "Sample (nucleus/top-k); false: greedy or beam search."})
@@ -63,6 +67,15 @@ class DecodingArguments:
             "(1: off; needs do_sample and a model trained by persona-train)."
         },
     )
+    persona_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weigh the persona while decoding (0: off; 0 to 10): each next token's log-probability after the "
+            "persona and the conversation plus this weight times its difference from the one after the conversation "
+            "alone, classifier-free guidance by the persona (transformers' guidance_scale 1 + weight). Costs a "
+            "second forward pass per token; not with beam search."
+        },
+    )
 
     def __post_init__(self):
         low, high = REPETITION_PENALTY_RANGE
@@ -70,6 +83,7 @@ class DecodingArguments:
             ("temperature", math.isfinite(self.temperature) and self.temperature >= 0, "a number >= 0"),
             ("top_p", 0 <= self.top_p <= 1, "a number from 0 to 1"),
             ("repetition_penalty", low <= self.repetition_penalty <= high, f"a number from {low} to {high}"),
+            ("persona_weight", PERSONA_WEIGHT_RANGE[0] <= self.persona_weight <= PERSONA_WEIGHT_RANGE[1], "0 to 10"),
         )
         for name, ok, expected in checks:
             if not ok:
@@ -79,6 +93,12 @@ class DecodingArguments:
                 f"rerank_samples is {self.rerank_samples} with do_sample {self.do_sample}",
                 where="rerank_samples",
                 fix="give rerank_samples 1 (off) or more with do_sample true: greedy decoding has one reply to rank.",
+            )
+        if self.persona_weight and self.num_beams > 1 and not self.do_sample:
+            raise ConfigError(
+                f"persona_weight {self.persona_weight} with num_beams {self.num_beams}",
+                where="persona_weight",
+                fix="weigh the persona with greedy decoding or sampling (num_beams 1), or drop persona_weight.",
             )
         if self.do_sample and self.temperature < GREEDY_BELOW:
             self.do_sample = False
@@ -140,14 +160,6 @@ def prompt_inputs(persona: list[str], history: list[str], loaded: LoadedModel, r
     return loaded.layout.prompt_inputs(persona, history, reply_budget, loaded.max_positions)
 
 
-def left_padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows of ids padded on the left into one [B, T] tensor, and its attention mask."""
-    width = max(map(len, rows))
-    ids = torch.tensor([[pad] * (width - len(row)) + list(row) for row in rows], dtype=torch.long)
-    mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows], dtype=torch.long)
-    return ids, mask
-
-
 @dataclass
 class Reply:
     """A generated reply: its text, and whether it ended by itself (its end token before the length limit)."""
@@ -158,22 +170,28 @@ class Reply:
 
 @torch.no_grad()
 def generate_batch(
-    loaded: LoadedModel, prompts: list[dict], decoding: DecodingArguments
+    loaded: LoadedModel, prompts: list[dict], decoding: DecodingArguments, unconditional: list[dict] | None = None
 ) -> list[tuple[list[int], bool]]:
     """The reply token ids (up to its end token, excluded) of each prompt of :func:`prompt_inputs` and whether that
     end token came, generated in one left-padded batch (with token types if the model takes them) as ``decoding``
-    says."""
+    says; with ``decoding.persona_weight``, guided by ``unconditional``, each prompt's without the persona
+    (:class:`~persona.model.persona_guidance.PersonaGuidance`)."""
     ids, model = loaded.ids, loaded.model
     device = next(model.parameters()).device
     input_ids, mask = left_padded([p["input_ids"] for p in prompts], ids.pad)
     types = {}
     if loaded.token_types:
         types["token_type_ids"] = left_padded([p["token_type_ids"] for p in prompts], ids.pad)[0].to(device)
+    processors = decoding.logits_processors(input_ids.shape[1])
+    if decoding.persona_weight:
+        if unconditional is None or len(unconditional) != len(prompts):
+            raise ValueError("persona_weight needs each prompt's unconditional prompt (without the persona)")
+        processors.append(PersonaGuidance(loaded, unconditional, decoding.persona_weight))
     output = model.generate(
         input_ids=input_ids.to(device),
         attention_mask=mask.to(device),
         generation_config=decoding.generation_config(loaded),
-        logits_processor=decoding.logits_processors(input_ids.shape[1]),
+        logits_processor=processors,
         **types,
     )
     rows = output[:, input_ids.shape[1] :].tolist()
@@ -190,7 +208,7 @@ def generate_replies(
 ) -> list[Reply]:
     """One reply per ``(persona sentences, history utterances)``, generated in left-padded batches (with
     ``rerank_samples`` n, n sampled replies per prompt in the same batch, the one the multiple-choice head ranks first
-    kept); ``progress`` shows a bar."""
+    kept; with ``persona_weight``, guided by the persona); ``progress`` shows a bar."""
     replies: list[Reply] = []
     samples = decoding.rerank_samples if decoding.do_sample else 1
     if samples > 1:
@@ -198,8 +216,15 @@ def generate_replies(
     for start in tqdm(
         range(0, len(dialogs), batch_size), desc="Generating replies", unit="batch", disable=not progress
     ):
-        prompts = [prompt_inputs(p, h, loaded, decoding.max_length) for p, h in dialogs[start : start + batch_size]]
-        generated = generate_batch(loaded, [prompt for prompt in prompts for _ in range(samples)], decoding)
+        batch = dialogs[start : start + batch_size]
+        prompts = [prompt_inputs(p, h, loaded, decoding.max_length) for p, h in batch]
+        unconditional = None
+        if decoding.persona_weight:
+            alone = [prompt_inputs([], h, loaded, decoding.max_length) for _, h in batch]
+            unconditional = [prompt for prompt in alone for _ in range(samples)]
+        generated = generate_batch(
+            loaded, [prompt for prompt in prompts for _ in range(samples)], decoding, unconditional
+        )
         if samples > 1:
             groups = [generated[index : index + samples] for index in range(0, len(generated), samples)]
             generated = [

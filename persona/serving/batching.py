@@ -3,7 +3,7 @@
 A :class:`ReplyBatcher` owns the model on one worker thread. :meth:`ReplyBatcher.submit` queues a
 :class:`ReplyRequest` (a bounded queue: :class:`QueueFull` beyond it). While rows are decoding, the requests that
 have arrived join the running batch before the next step, up to ``max_batch_size`` rows
-(:class:`~persona.serving.running_batch.RunningBatch`); an idle batcher waits ``batch_wait_ms`` after a first
+(:class:`~persona.model.running_batch.RunningBatch`); an idle batcher waits ``batch_wait_ms`` after a first
 request for others to start with it. Each row decodes with its own settings, seed and stop strings
 (:class:`~persona.serving.row_decoding.RowDecoder`), from the prompt persona-chat builds
 (:func:`~persona.model.generation.prompt_inputs`). Each request receives its reply's text deltas and then its end
@@ -39,10 +39,10 @@ from persona.data.layout import history_window
 from persona.data.tokenize import InvalidText
 from persona.model.generation import DecodingArguments, prompt_inputs
 from persona.model.loading import LoadedModel
+from persona.model.running_batch import RunningBatch
 from persona.serving.context import check_context
 from persona.serving.logprobs import TokenTexts
 from persona.serving.row_decoding import Choice, RowDecoder, TokenLogprob, choose_tokens
-from persona.serving.running_batch import RunningBatch
 from persona.serving.streaming import ReplyStream
 
 logger = logging.getLogger(__name__)

@@ -149,6 +149,12 @@ def build_engine(
             where="rerank_samples",
             fix="drop rerank_samples; persona-chat and persona-eval rerank (the API's n returns every sample).",
         )
+    if decoding.persona_weight:
+        raise ConfigError(
+            "persona-serve does not weigh the persona while decoding",
+            where="persona_weight",
+            fix="drop persona_weight; persona-chat and persona-eval take it.",
+        )
     options = {
         "max_history": data_args.max_history,
         "max_batch_size": args.max_batch_size,

@@ -88,7 +88,9 @@ class EvalArguments:
         metadata={
             "help": "The evaluated corpus is a contradiction set (every distractor contradicts the persona, as in "
             "persona/resources/contradictions/quickstart_valid.json): also report contradict@1, the share of turns "
-            "whose top-ranked candidate contradicts the persona (1 - hits@1; lm_ and pmi_ alike)."
+            "whose top-ranked candidate contradicts the persona (1 - hits@1; lm_ and pmi_ alike), and with generated "
+            "replies generated_right and generated_contradict, the shares nearer to the gold reply than to every "
+            "contradicting candidate and nearer to one of those than to the gold reply."
         },
     )
     max_generation_turns: int | None = field(
@@ -124,7 +126,12 @@ def generate_turns(loaded: LoadedModel, dialogs, args: EvalArguments, decoding: 
     """A generated reply for each turn (the first ``max_generation_turns``), sharded over processes, in the model's
     layout (a prompted baseline through its chat template); each record says whether the reply ended by itself."""
     turns = [
-        {"persona": d["persona"], "history": t["history"], "gold": gold_reply(t["candidates"])}
+        {
+            "persona": d["persona"],
+            "history": t["history"],
+            "gold": gold_reply(t["candidates"]),
+            "candidates": t["candidates"],
+        }
         for d in dialogs
         for t in d["turns"]
     ]
@@ -146,7 +153,16 @@ def write_outputs(out: Path, results: dict, records: list[dict], samples: int) -
     (out / "eval_results.json").write_text(json.dumps(results, indent=2))
     with open(out / "generations.jsonl", "w") as handle:
         for record in records:
-            fields = ("persona", "history", "prediction", "gold", "f1", "ended", "contradicts")
+            fields = (
+                "persona",
+                "history",
+                "prediction",
+                "gold",
+                "f1",
+                "ended",
+                "contradicts",
+                "nearest_contradiction",
+            )
             handle.write(json.dumps({k: record[k] for k in fields if k in record}) + "\n")
     write_report(results, records, out / "report.md", samples=samples)
     hits = f"{results['hits@1']:.3f}" if "hits@1" in results else "(no head)"
@@ -191,6 +207,26 @@ def _contradictions(metrics: dict, head: bool) -> dict:
     return {f"{kind}contradict@1": 1 - metrics[f"{kind}hits@1"] for kind in kinds if f"{kind}hits@1" in metrics}
 
 
+def generated_answers(records: list[dict], f1_metric) -> dict[str, float]:
+    """On a contradiction set (the gold reply last among each turn's candidates, every other one contradicting the
+    persona), by ``f1_metric`` (ConvAI2's unigram F1): ``generated_contradict``, the share of generated replies
+    strictly nearer to a contradicting candidate than to the gold reply (each such record gets that candidate as
+    ``nearest_contradiction``), and ``generated_right``, the share strictly nearer to the gold reply than to every
+    contradicting one. A reply that names no value of the fact is as near to all: neither."""
+    pairs = [(record["prediction"], candidate) for record in records for candidate in record["candidates"]]
+    scores = f1_metric.compute(predictions=[p for p, _ in pairs], references=[c for _, c in pairs])["f1_per_example"]
+    contradicting, right, start = 0, 0, 0
+    for record in records:
+        own = scores[start : start + len(record["candidates"])]
+        start += len(own)
+        nearest = max(range(len(own) - 1), key=own.__getitem__, default=None)
+        if nearest is not None and own[nearest] > own[-1]:
+            record["nearest_contradiction"] = record["candidates"][nearest]
+            contradicting += 1
+        right += nearest is None or own[-1] > own[nearest]
+    return {"generated_contradict": contradicting / len(records), "generated_right": right / len(records)}
+
+
 def _results(loaded, data_args, run_args, eval_args, decoding, metrics, f1, split, records, recipe) -> dict:
     """``eval_results.json``: the metrics (a prompted baseline has no ``hits@k`` nor ``mc_loss``) and the settings."""
     head = not loaded.prompted
@@ -210,6 +246,7 @@ def _results(loaded, data_args, run_args, eval_args, decoding, metrics, f1, spli
             if name in metrics
         },
         **(_contradictions(metrics, head) if eval_args.contradiction_set else {}),
+        **{name: metrics[name] for name in ("generated_right", "generated_contradict") if name in metrics},
         **({} if eval_args.pmi_weight is None else {"pmi_weight": eval_args.pmi_weight}),
         **({"f1": f1, "ended": sum(r["ended"] for r in records) / len(records)} if records else {}),
         "num_turns": {"perplexity": metrics["num_turns"], "hits": metrics["num_turns"], "f1": len(records)},
@@ -255,9 +292,10 @@ def evaluate_model(
     records = generate_turns(loaded, dialogs, eval_args, decoding)
     f1 = {"f1": None, "f1_per_example": []}  # max_generation_turns 0: nothing generated, no F1
     if records:
-        f1 = load_metric("convai2_f1").compute(
-            predictions=[r["prediction"] for r in records], references=[r["gold"] for r in records]
-        )
+        f1_metric = load_metric("convai2_f1")
+        f1 = f1_metric.compute(predictions=[r["prediction"] for r in records], references=[r["gold"] for r in records])
+        if eval_args.contradiction_set:
+            metrics |= generated_answers(records, f1_metric)
     for record, score in zip(records, f1["f1_per_example"]):
         record["f1"] = score
     state = PartialState()

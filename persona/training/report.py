@@ -33,6 +33,9 @@ def metrics_table(results: dict) -> list[str]:
                 f"| {key} | {results[key]:.3f} | {turns['f1']} | {metric_definition(key)} (judged by "
                 f"`{results['consistency_model']}`) |"
             )
+    for key in ("generated_right", "generated_contradict"):
+        if key in results:
+            rows.append(f"| {key} | {results[key]:.3f} | {turns['f1']} | {metric_definition(key)} |")
     if "f1" in results:
         rows.append(f"| F1 | {results['f1']:.3f} | {turns['f1']} | {metric_definition('f1')} |")
     if "ended" in results:

@@ -18,8 +18,15 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from persona.model.generation import left_padded
 from persona.model.loading import LoadedModel
+
+
+def left_padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of ids padded on the left into one [B, T] tensor, and its attention mask."""
+    width = max(map(len, rows))
+    ids = torch.tensor([[pad] * (width - len(row)) + list(row) for row in rows], dtype=torch.long)
+    mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in rows], dtype=torch.long)
+    return ids, mask
 
 
 def _left_padded_cache(layers: list[tuple[torch.Tensor, torch.Tensor]], width: int) -> list[tuple]:
