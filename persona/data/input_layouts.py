@@ -162,18 +162,22 @@ class ReferenceLayout(Layout):
 
         return build
 
+    def _encoded(self, persona: list[str], history: list[str]) -> tuple[list[list[int]], list[list[int]]]:
+        """The ids of the persona sentences and of the history utterances, encoded in one call."""
+        encoded = self.encode([*persona, *history]) if persona or history else []
+        return encoded[: len(persona)], encoded[len(persona) :]
+
     def prompt_inputs(self, persona: list[str], history: list[str], reply_budget: int, max_positions: int) -> dict:
         """``<bos> persona ... <speaker2> last utterance <speaker1>`` with its token types."""
-        encoded = self.encode([*persona, *history]) if persona or history else []
+        persona_ids, history_ids = self._encoded(persona, history)
         persona_ids, history_ids, _ = fit_context(
-            encoded[: len(persona)], encoded[len(persona) :], reply_budget + REPLY_OVERHEAD, max_positions
+            persona_ids, history_ids, reply_budget + REPLY_OVERHEAD, max_positions
         )
         return build_inputs(persona_ids, history_ids, [], self.ids, lm_labels=False, with_eos=False)
 
     def context_needed(self, persona: list[str], history: list[str], reply_budget: int) -> int:
         """The prefix, the reply's ``<speaker1>``, its tokens and ``<eos>``."""
-        encoded = self.encode([*persona, *history]) if persona or history else []
-        return prefix_length(encoded[: len(persona)], encoded[len(persona) :]) + reply_budget + REPLY_OVERHEAD
+        return prefix_length(*self._encoded(persona, history)) + reply_budget + REPLY_OVERHEAD
 
     def empty_prefix(self) -> tuple[int, ...]:
         """``<bos>``."""

@@ -138,10 +138,9 @@ def load_for_training(
     layout, added = layout_for_training(model_args, input_layout)
     tokenizer, ids = layout.tokenizer, layout.ids
     config = base_config(model_args)
-    trained = PersonaFacts.read(config)
     facts = PersonaFacts(
         layout=layout.name,
-        token_types=layout.token_types(use_token_types, trained.token_types if trained else True),
+        token_types=layout.token_types(use_token_types, PersonaFacts.of(config).token_types),
         leading_space=layout.leading_space,
         likelihood_prior=model_args.likelihood_prior,
         prior_pmi_weight=model_args.prior_pmi_weight,

@@ -227,7 +227,17 @@ class ReplyBatcher:
         """:func:`~persona.serving.context.check_context` on the event loop's tokenizer (:attr:`front`)."""
         check_context(self.front, persona, history, reply_budget)
 
-    def replies(self, persona, history, decoding, *, seeds, stop, top_logprobs, request_id):
+    def replies(
+        self,
+        persona: list[str],
+        history: list[str],
+        decoding: DecodingArguments,
+        *,
+        seeds: list[int | None],
+        stop: list[str],
+        top_logprobs: int | None,
+        request_id: str | None,
+    ) -> list[AsyncIterator[ReplyEvent]]:
         """:func:`reply_streams` of this batcher (the :class:`~persona.serving.engine.Engine` method)."""
         return reply_streams(
             self, persona, history, decoding, seeds=seeds, stop=stop, top_logprobs=top_logprobs, request_id=request_id

@@ -41,6 +41,11 @@ def engine_base(url: str) -> str:
     return base[: -len("/v1")] if base.endswith("/v1") else base
 
 
+def _bearer(api_key: str | None) -> dict[str, str]:
+    """The engine's authorization header (none without a key)."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
 def engine_request(
     persona: list[str],
     history: list[str],
@@ -171,7 +176,7 @@ class RemoteEngine:
     ):
         self.url, self.model, self.front = engine_base(url), model, front
         self.max_history, self.max_batch_size, self.queue_limit = max_history, max_batch_size, max(max_queue, 0)
-        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.headers = _bearer(api_key)
         self.on_step: Callable[[int], None] = lambda rows: None
         self.in_flight = 0
         self.client: httpx.AsyncClient | None = None
@@ -183,9 +188,8 @@ class RemoteEngine:
         """The engine at ``url``, its model read from its ``/v1/models`` (the first it lists); a
         :class:`~persona.errors.ConfigError` that says how to start one when nothing answers there."""
         base = engine_base(url)
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         try:
-            response = httpx.get(f"{base}/v1/models", headers=headers, timeout=CONNECT_TIMEOUT_S)
+            response = httpx.get(f"{base}/v1/models", headers=_bearer(api_key), timeout=CONNECT_TIMEOUT_S)
             response.raise_for_status()
             model = response.json()["data"][0]["id"]
         except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as error:
@@ -220,7 +224,17 @@ class RemoteEngine:
         if self.front is not None:
             check_context(self.front, persona, history, reply_budget)
 
-    def replies(self, persona, history, decoding, *, seeds, stop, top_logprobs, request_id):
+    def replies(
+        self,
+        persona: list[str],
+        history: list[str],
+        decoding: DecodingArguments,
+        *,
+        seeds: list[int | None],
+        stop: list[str],
+        top_logprobs: int | None,
+        request_id: str | None,
+    ) -> list[AsyncIterator[ReplyEvent]]:
         """One streamed engine request per seed (see :class:`~persona.serving.engine.Engine`)."""
         limit = self.max_batch_size + self.queue_limit if self.queue_limit else 0
         if limit and len(seeds) > limit:

@@ -113,7 +113,7 @@ class EvalArguments:
             )
 
 
-def score_candidates(
+def ranking_metrics(
     loaded: LoadedModel, features, args: PersonaTrainingArguments, hits_k: list[int], pmi_weight: float | None = None
 ) -> dict:
     """Perplexity and hits@k over the split's candidates (ranked by PMI too with a ``pmi_weight``), through the
@@ -227,6 +227,15 @@ def generated_answers(records: list[dict], f1_metric) -> dict[str, float]:
     return {"generated_contradict": contradicting / len(records), "generated_right": right / len(records)}
 
 
+OPTIONAL_METRICS = (  # in the results where their option computed them
+    "consistency",
+    "contradiction_rate",
+    "consistency_model",
+    "generated_right",
+    "generated_contradict",
+)
+
+
 def _results(loaded, data_args, run_args, eval_args, decoding, metrics, f1, split, records, recipe) -> dict:
     """``eval_results.json``: the metrics (a prompted baseline has no ``hits@k`` nor ``mc_loss``) and the settings."""
     head = not loaded.prompted
@@ -240,13 +249,8 @@ def _results(loaded, data_args, run_args, eval_args, decoding, metrics, f1, spli
         **{f"lm_hits@{k}": metrics[f"lm_hits@{k}"] for k in eval_args.hits_k},
         **{f"pmi_hits@{k}": metrics[f"pmi_hits@{k}"] for k in eval_args.hits_k if f"pmi_hits@{k}" in metrics},
         **{name: value for name, value in metrics.items() if name.startswith("persona_")},
-        **{
-            name: metrics[name]
-            for name in ("consistency", "contradiction_rate", "consistency_model")
-            if name in metrics
-        },
+        **{name: metrics[name] for name in OPTIONAL_METRICS if name in metrics},
         **(_contradictions(metrics, head) if eval_args.contradiction_set else {}),
-        **{name: metrics[name] for name in ("generated_right", "generated_contradict") if name in metrics},
         **({} if eval_args.pmi_weight is None else {"pmi_weight": eval_args.pmi_weight}),
         **({"f1": f1, "ended": sum(r["ended"] for r in records) / len(records)} if records else {}),
         "num_turns": {"perplexity": metrics["num_turns"], "hits": metrics["num_turns"], "f1": len(records)},
@@ -285,7 +289,7 @@ def evaluate_model(
     loaded = load_for_inference(model_args, run_args.use_token_types)
     run_args.use_token_types = loaded.token_types
     features, dialogs, split = _evaluated_split(loaded, data_args)
-    metrics = score_candidates(loaded, features, run_args, eval_args.hits_k, eval_args.pmi_weight)
+    metrics = ranking_metrics(loaded, features, run_args, eval_args.hits_k, eval_args.pmi_weight)
     if eval_args.persona_swaps:
         longest, batch_size = data_args.input_length(loaded.max_positions), run_args.per_device_eval_batch_size
         metrics |= persona_use(loaded, dialogs, eval_args.persona_swaps, data_args.sampling_seed, longest, batch_size)
