@@ -23,7 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+from persona.data.chat_render import render_ids
 from persona.data.special_tokens import SpecialIds
+from persona.data.tokenize import encode_texts
 from persona.errors import DataError, ModelLoadError
 
 PROBE = "hello"  # a reply rendered once to find the template's end-of-turn token
@@ -51,14 +53,12 @@ def generation_prompts(tokenizer, chats: list[tuple[list[str], list[str]]]) -> d
     if not keys:
         return {}
     conversations = [chat_messages(list(persona), list(history)) for persona, history in keys]
-    rendered = tokenizer.apply_chat_template(
-        conversations, add_generation_prompt=True, tokenize=True, return_dict=False
-    )
-    return dict(zip(keys, rendered))
+    return dict(zip(keys, render_ids(tokenizer, conversations, add_generation_prompt=True)))
 
 
 def _prompt(tokenizer, messages: list[dict]) -> list[int]:
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    (ids,) = render_ids(tokenizer, [messages], add_generation_prompt=True)
+    return ids
 
 
 def fit_template(measure, persona: list[str], history: list[str], limit: int) -> tuple[list, list, bool, object]:
@@ -75,9 +75,7 @@ def fit_template(measure, persona: list[str], history: list[str], limit: int) ->
 
 
 def _reply_block(tokenizer, messages: list[dict], prompt: list[int], reply: str, specials: set[int]) -> list[int]:
-    full = tokenizer.apply_chat_template(
-        [*messages, {"role": "assistant", "content": reply}], tokenize=True, return_dict=False
-    )
+    (full,) = render_ids(tokenizer, [[*messages, {"role": "assistant", "content": reply}]], add_generation_prompt=False)
     if full[: len(prompt)] != prompt:
         raise DataError(
             "the chat template renders an assistant reply that does not continue its own generation prompt",
@@ -101,8 +99,8 @@ class ReplyWrapper:
     space: str = ""
 
     def own_ids(self, tokenizer, texts: list[str]) -> list[list[int]]:
-        """The own tokens of each reply text, in one batch."""
-        return tokenizer([self.space + text for text in texts], add_special_tokens=False)["input_ids"]
+        """The own tokens of each reply text, in one batch, control tokens typed in it kept as text."""
+        return encode_texts(tokenizer, [self.space + text for text in texts], leading_space=False)
 
     def block(self, prompt: list[int], reply_ids: list[int]) -> list[int]:
         """A candidate block (see the module) of a reply whose own tokens are ``reply_ids``."""
@@ -145,15 +143,12 @@ def _wrappable(text: str) -> bool:
 
 def own_ids_of(tokenizer, texts) -> dict[str, list[int]]:
     """The own tokens (:class:`ReplyWrapper`) of each of ``texts`` that :func:`reply_blocks` may put between the
-    template's wrapper, encoded in one batch: not those the wrapper does not vouch for (:func:`_wrappable`), nor a
-    text holding a special token (the template's render ends the block there)."""
+    template's wrapper, encoded in one batch: not those the wrapper does not vouch for (:func:`_wrappable`)."""
     wrapper = reply_wrapper(tokenizer)
     wrappable = sorted({text for text in texts if _wrappable(text)}) if wrapper else []
     if not wrappable:
         return {}
-    specials = set(tokenizer.all_special_ids)
-    encoded = zip(wrappable, wrapper.own_ids(tokenizer, wrappable))
-    return {text: ids for text, ids in encoded if specials.isdisjoint(ids)}
+    return dict(zip(wrappable, wrapper.own_ids(tokenizer, wrappable)))
 
 
 def reply_blocks(tokenizer, messages: list[dict], prompt: list[int], replies: list[str], own_ids=None) -> list[list]:

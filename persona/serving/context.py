@@ -7,6 +7,18 @@ from __future__ import annotations
 from persona.model.loading import LoadedModel
 
 
+class ControlTextRefused(Exception):
+    """A message holding the text of one of the engine's control tokens, which an engine that renders the chat
+    itself (``--engine_url``) would read as that token."""
+
+    def __init__(self, role: str, control: str):
+        self.role, self.control = role, control
+        super().__init__(
+            f"a {role} message holds '{control}', the text of one of the model's control tokens, which the engine "
+            "would read as that token"
+        )
+
+
 class ContextTooLong(Exception):
     """The persona and the last message, with the reply's token budget, need more positions than the model has."""
 

@@ -41,7 +41,8 @@ class Engine(Protocol):
     def check_context(self, persona: list[str], history: list[str], reply_budget: int) -> None:
         """A :class:`~persona.serving.context.ContextTooLong` when the persona and the last utterance of ``history``
         with a reply of ``reply_budget`` tokens cannot fit (nothing where the engine has no tokenizer here: it then
-        answers an over-long request with its own 400)."""
+        answers an over-long request with its own 400); a :class:`~persona.serving.context.ControlTextRefused` for a
+        message whose text the engine would read as a control token (an engine that renders the chat itself)."""
 
     def replies(
         self,

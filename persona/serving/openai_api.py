@@ -33,7 +33,7 @@ from starlette.requests import ClientDisconnect
 from persona.data.chat_records import split_sentences
 from persona.model.generation import DecodingArguments
 from persona.serving.batching import QueueFull, QueueTooSmall, ReplyEvent, WorkerStopped, choice_seed
-from persona.serving.context import ContextTooLong
+from persona.serving.context import ContextTooLong, ControlTextRefused
 from persona.serving.engine import Engine
 from persona.serving.metrics import ServerMetrics
 from persona.serving.protocol import (
@@ -202,12 +202,15 @@ async def _read_request(request: Request, body_limit: int) -> ChatCompletionRequ
 
 
 def _check_context(engine: Engine, chat: ChatRequest, persona: list[str]) -> None:
-    """A 400 ``context_length_exceeded`` when the persona and the last message with ``max_tokens`` cannot fit."""
+    """A 400 ``context_length_exceeded`` when the persona and the last message with ``max_tokens`` cannot fit, a 400
+    ``control_text`` for a message the engine would read a control token in."""
     try:
         engine.check_context(persona, chat.history, chat.decoding.max_length)
     except ContextTooLong as error:
         message = f"{error}: shorten them or lower max_tokens"
         raise APIError(400, message, param="messages", code="context_length_exceeded") from None
+    except ControlTextRefused as error:
+        raise APIError(400, f"{error}: remove it", param="messages", code="control_text") from None
 
 
 def create_app(engine: Engine, model_id: str, *, defaults: DecodingArguments, persona: list[str], settings) -> FastAPI:

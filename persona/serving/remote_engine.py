@@ -22,16 +22,36 @@ from collections.abc import AsyncIterator, Callable
 import httpx
 
 from persona.data.chat_layout import chat_messages
+from persona.data.chat_render import control_texts
 from persona.data.layout import history_window
 from persona.errors import ConfigError
 from persona.model.generation import GREEDY_BELOW, DecodingArguments
 from persona.model.loading import LoadedModel
 from persona.serving.batching import REPLY_TIMEOUT_S, QueueFull, QueueTooSmall, ReplyEvent
-from persona.serving.context import check_context
+from persona.serving.context import ControlTextRefused, check_context
 from persona.serving.streaming import held_back
 
 logger = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 10.0
+KNOWN_CONTROL_TEXTS = (  # the control tokens of the chat templates engines serve most (ChatML, Llama 3, Gemma...)
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|endoftext|>",
+    "<|begin_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    "<|system|>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|end|>",
+    "<start_of_turn>",
+    "<end_of_turn>",
+    "[INST]",
+    "[/INST]",
+    "<s>",
+    "</s>",
+)
 
 
 def engine_base(url: str) -> str:
@@ -220,7 +240,14 @@ class RemoteEngine:
         return max(self.in_flight - self.max_batch_size, 0)
 
     def check_context(self, persona: list[str], history: list[str], reply_budget: int) -> None:
-        """The length check on ``front`` when there is one (see :class:`RemoteEngine`)."""
+        """A :class:`~persona.serving.context.ControlTextRefused` for a message holding a control token's text (the
+        engine renders the chat itself and would read it as the token: :data:`KNOWN_CONTROL_TEXTS` and ``front``'s
+        own), then the length check on ``front`` when there is one (see :class:`RemoteEngine`)."""
+        controls = KNOWN_CONTROL_TEXTS + (control_texts(self.front.tokenizer) if self.front is not None else ())
+        for message in chat_messages(persona, history):
+            control = next((c for c in controls if c in message["content"]), None)
+            if control is not None:
+                raise ControlTextRefused(message["role"], control)
         if self.front is not None:
             check_context(self.front, persona, history, reply_budget)
 

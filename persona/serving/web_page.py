@@ -13,7 +13,7 @@ import gradio as gr
 from persona.data.chat_records import split_sentences
 from persona.model.generation import DecodingArguments
 from persona.serving.batching import QueueFull, WorkerStopped
-from persona.serving.context import ContextTooLong
+from persona.serving.context import ContextTooLong, ControlTextRefused
 from persona.serving.engine import Engine, reply_events
 
 INTRODUCTION = """# Chat with a persona bot
@@ -55,6 +55,8 @@ def responder(engine: Engine, decoding: DecodingArguments, max_message_chars: in
                 f"The persona and your message are too long for this bot ({error.prompt_tokens} tokens, and it "
                 f"keeps {error.reply_budget} for its reply out of {error.positions}): shorten them."
             ) from None
+        except ControlTextRefused as error:
+            raise gr.Error(f"This bot cannot take that message: {error}. Remove it.") from None
         chat = [*chat, {"role": "user", "content": message}, {"role": "assistant", "content": ""}]
         yield "", chat
         try:
