@@ -2,17 +2,21 @@
 
     pip install -e ".[bench]"   # TRL, for this benchmark only
     python benchmarks/vs_sft.py --output_dir DIR [--recipe recipes/smollm2-135m-offline/train.yaml]
-        [--max_train_seconds 900] [--max_steps 33] [--lr_scheduler_type linear]
+        [--max_train_seconds 900] [--per_device_train_batch_size 2] [--learning_rate 1e-4] [--max_steps N]
 
 The training dialogs are the recipe's own (persona's reader and held-out split: the same conversations, the same
 skipped records, both bot sides), each turned into one conversation in the model's chat template: the persona as the
 system message, the partner as the user, ``__ SILENCE __`` as the user's first message when the bot opens, and every
 assistant reply labelled (SFT's assistant-only loss, ``assistant_only_loss``; SmolLM2's template is given
 ``{% generation %}`` markers for training and saved as it was). The model is the recipe's (its GGUF de-quantized by
-transformers), trained with the recipe's learning rate, warmup, batch size (conversations instead of turns), seed and
-gradient checkpointing, until ``--max_steps`` or ``--max_train_seconds`` of training (persona's own time budget
-callback). DIR then holds a plain model that ``persona-eval`` scores as a prompted model, and ``train_results.json``
-(``train_runtime``, updates, conversations seen). ``benchmarks/ablation.py --sft`` runs it as one of its rows.
+transformers), trained with the recipe's seed, gradient checkpointing and learning-rate schedule on persona's own time
+budget (:class:`~persona.training.time_budget.TimeBudget`: the schedule, its warmup a share of the budget, ends at
+zero when ``--max_train_seconds`` of training end, whatever an update costs), with a shape of its own: conversations
+per update (``--per_device_train_batch_size``; SFT's examples are whole conversations, not turns) and peak learning
+rate, so that it can be given its best at the budget. ``--max_train_seconds 0`` trains ``--max_steps`` updates on a
+schedule of updates instead. DIR then holds a plain model that ``persona-eval`` scores as a prompted model, and
+``train_results.json`` (``train_runtime``, updates, conversations seen, ``last_learning_rate``).
+``benchmarks/ablation.py --sft`` runs it as its SFT rows.
 """
 
 from __future__ import annotations
@@ -58,10 +62,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--recipe", default=str(REPO / "recipes" / "smollm2-135m-offline" / "train.yaml"))
-    parser.add_argument("--max_train_seconds", type=float, default=900.0)
-    parser.add_argument("--max_steps", type=int, default=33, help="The LR schedule's length (33: what fits 900 s).")
-    parser.add_argument("--lr_scheduler_type", default="linear")
+    parser.add_argument("--max_train_seconds", type=float, default=900.0, help="The budget (0: none).")
+    parser.add_argument("--max_steps", type=int, default=-1, help="A cap on updates (default: the recipe's epochs).")
+    parser.add_argument("--per_device_train_batch_size", type=int, default=2, help="Conversations per update.")
     parser.add_argument("--learning_rate", type=float, default=1e-4)
+    parser.add_argument("--warmup_steps", type=float, help="Default: the recipe's (0.1 of the budget).")
+    parser.add_argument("--lr_scheduler_type", default="linear")
     args = parser.parse_args()
     try:
         from trl import SFTConfig, SFTTrainer
@@ -71,7 +77,7 @@ def main() -> None:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from persona.training.time_budget import StopAtTimeBudget
+    from persona.training.time_budget import TimeBudget
 
     args.output_dir = str(Path(args.output_dir).resolve())
     os.chdir(REPO)  # a recipe's paths are relative to the repository
@@ -90,10 +96,11 @@ def main() -> None:
         assistant_only_loss=True,
         learning_rate=args.learning_rate,
         lr_scheduler_type=args.lr_scheduler_type,
-        warmup_steps=recipe.get("warmup_steps", 0),
+        warmup_steps=args.warmup_steps if args.warmup_steps is not None else recipe.get("warmup_steps", 0),
         max_steps=args.max_steps,
-        per_device_train_batch_size=recipe.get("per_device_train_batch_size", 8),
-        gradient_accumulation_steps=recipe.get("gradient_accumulation_steps", 1),
+        num_train_epochs=recipe.get("num_train_epochs", 3),
+        per_device_train_batch_size=args.per_device_train_batch_size,
+        gradient_accumulation_steps=1,
         gradient_checkpointing=recipe.get("gradient_checkpointing", False),
         seed=recipe.get("seed", 42),
         max_length=2048,
@@ -102,12 +109,13 @@ def main() -> None:
         report_to="none",
         use_cpu=True,
     )
+    budget = TimeBudget(args.max_train_seconds) if args.max_train_seconds else None
     trainer = SFTTrainer(
         model=model,
         args=config,
         train_dataset=Dataset.from_list(chats).shuffle(seed=config.seed),
         processing_class=tokenizer,
-        callbacks=[StopAtTimeBudget(args.max_train_seconds)],
+        callbacks=[budget] if budget else [],
     )
     result = trainer.train()
     tokenizer.chat_template = template  # the model's own template, as persona-eval prompts it
@@ -115,6 +123,8 @@ def main() -> None:
     tokenizer.save_pretrained(args.output_dir)
     seen = trainer.state.global_step * config.per_device_train_batch_size * config.gradient_accumulation_steps
     metrics = {**result.metrics, "updates": trainer.state.global_step, "conversations_seen": seen}
+    if budget is not None:
+        metrics["last_learning_rate"] = budget.last_learning_rate
     metrics["conversations"] = len(chats)
     (Path(args.output_dir) / "train_results.json").write_text(json.dumps(metrics, indent=2))
     print(json.dumps(metrics))

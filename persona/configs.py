@@ -297,7 +297,8 @@ class PersonaTrainingArguments(TrainingArguments, ForwardArguments):
     - ``lm_coef`` (default 1.0): weight of the language-modelling loss (the reference's ``lm_coef``).
     - ``mc_coef`` (default 1.0): weight of the multiple-choice loss (the reference's ``mc_coef``).
     - ``head_learning_rate`` (default: ``learning_rate``): the multiple-choice head's own peak learning rate.
-    - ``max_train_seconds`` (default: none): a training budget in seconds (:mod:`persona.training.time_budget`).
+    - ``max_train_seconds`` (default: none): a training budget in seconds that the learning-rate schedule follows
+      (:mod:`persona.training.time_budget`).
 
     NOTE: these defaults differ from ``TrainingArguments``' (the reference's values, and what the collator needs):
 
@@ -325,9 +326,11 @@ class PersonaTrainingArguments(TrainingArguments, ForwardArguments):
     max_train_seconds: float | None = field(
         default=None,
         metadata={
-            "help": "Stop training after the first update that ends past this many seconds of training (every rank "
-            "after the same one), then save and evaluate as at the end; the learning-rate schedule still spans "
-            "max_steps or the epochs. For a budget of minutes and for comparisons at equal minutes."
+            "help": "A training budget in seconds: the learning-rate schedule advances by the larger of the share of "
+            "its updates done and the share of this budget spent, so that it ends annealed when the budget ends on "
+            "any machine; training stops after the first update that ends past it (every rank after the same one), "
+            "then saves and evaluates as at the end. max_steps (or the epochs) is then a cap; give warmup_steps as a "
+            "share (0.1). For a budget of minutes and for comparisons at equal minutes."
         },
     )
     learning_rate: float = field(

@@ -24,11 +24,8 @@ def _tokenizers(which: str, plain_chat_model, request):
 
 def _controls(tokenizer) -> list[str]:
     """The template's own control tokens (those a render of a short chat holds)."""
-    (ids,) = render_ids(
-        tokenizer,
-        [[{"role": "system", "content": "a"}, {"role": "user", "content": "b"}, {"role": "assistant", "content": "c"}]],
-        add_generation_prompt=True,
-    )
+    chat = [{"role": role, "content": role[0]} for role in ("system", "user", "assistant")]
+    (ids,) = render_ids(tokenizer, [chat], add_generation_prompt=True)
     specials = set(tokenizer.all_special_ids)
     return sorted({tokenizer.convert_ids_to_tokens(i) for i in ids if i in specials})
 
@@ -50,7 +47,7 @@ def test_each_control_token_typed_in_each_role_is_its_plain_text(which, plain_ch
         for role in ("persona", "user", "assistant"):
             persona, history = ["i like cats."], ["hi there.", "hello!", "how are you?"]
 
-            def with_text(text, persona=persona, history=history):
+            def with_text(text, persona=persona, history=history, role=role):
                 if role == "persona":
                     return [text], history
                 history = list(history)
@@ -118,9 +115,8 @@ def test_persona_serve_counts_a_typed_control_token_as_its_text(plain_chat_model
 
         def prompt_tokens(text: str) -> int:
             messages = [{"role": "system", "content": "i like cats."}, {"role": "user", "content": text}]
-            answer = httpx.post(
-                f"{url}/v1/chat/completions", json={"messages": messages, "max_tokens": 2, "temperature": 0}, timeout=60
-            )
+            body = {"messages": messages, "max_tokens": 2, "temperature": 0}
+            answer = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
             assert answer.status_code == 200, answer.text
             return answer.json()["usage"]["prompt_tokens"]
 

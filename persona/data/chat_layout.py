@@ -75,7 +75,8 @@ def fit_template(measure, persona: list[str], history: list[str], limit: int) ->
 
 
 def _reply_block(tokenizer, messages: list[dict], prompt: list[int], reply: str, specials: set[int]) -> list[int]:
-    (full,) = render_ids(tokenizer, [[*messages, {"role": "assistant", "content": reply}]], add_generation_prompt=False)
+    answered = [*messages, {"role": "assistant", "content": reply}]
+    (full,) = render_ids(tokenizer, [answered], add_generation_prompt=False)
     if full[: len(prompt)] != prompt:
         raise DataError(
             "the chat template renders an assistant reply that does not continue its own generation prompt",

@@ -28,7 +28,7 @@ from persona.training.checkpoints import resolve_checkpoint
 from persona.training.plots import plot_losses
 from persona.training.preemption import StopOnSignal
 from persona.training.publishing import ready_to_publish
-from persona.training.time_budget import StopAtTimeBudget
+from persona.training.time_budget import TimeBudget
 from persona.training.trainer import PersonaTrainer
 
 logger = logging.getLogger("persona")
@@ -91,7 +91,7 @@ def _train(trainer: PersonaTrainer, checkpoint: str | None):
     stop = StopOnSignal()
     trainer.add_callback(stop)
     if trainer.args.max_train_seconds is not None:
-        trainer.add_callback(StopAtTimeBudget(trainer.args.max_train_seconds))
+        trainer.add_callback(TimeBudget(trainer.args.max_train_seconds))
     with stop:
         result = trainer.train(resume_from_checkpoint=checkpoint)
     if stop.stopped_at is None:
@@ -112,8 +112,10 @@ def _train_and_save(trainer: PersonaTrainer, checkpoint: str | None, stats: dict
     result = _train(trainer, checkpoint)
     trainer.model = merged(trainer.model)  # LoRA adapters merged: what is evaluated and saved is a plain model
     trainer.save_model()  # weights and tokenizer first: whatever fails after this, the trained model loads
+    budget = next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, TimeBudget)), None)
     train_metrics = {
         **result.metrics,
+        **({"last_learning_rate": budget.last_learning_rate} if budget is not None else {}),
         "world_size": args.world_size,
         "mixed_precision": trainer.accelerator.mixed_precision,
         "train_examples": len(trainer.train_dataset),
