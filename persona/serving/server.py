@@ -223,7 +223,13 @@ def build_server(
         return JSONResponse({"detail": "this page takes no files"}, status_code=404)
 
     app = gr.mount_gradio_app(
-        app, page, path="/", auth=auth, auth_message="The password is the server's API key.", footer_links=[]
+        app,
+        page,
+        path="/",
+        auth=auth,
+        auth_message="The password is the server's API key.",
+        footer_links=[],
+        run_history=False,  # Gradio's record of calls, its routes and its Hub bucket: not persona's to offer
     )
     guarded = OnlyAllowedOrigins(BodyLimit(app, args.max_body_bytes), args.cors_origins)
     return OnlyAllowedHosts(guarded, args.host, args.allowed_hosts), engine
