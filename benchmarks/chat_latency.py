@@ -1,8 +1,8 @@
 """Reply latency of a trained persona bot on this machine, as persona-chat produces replies.
 
-    python benchmarks/chat_latency.py [--model_name_or_path runs/quickstart] [--requests 40]
+    python benchmarks/chat_latency.py [--model_name_or_path runs/tiny-gpt2] [--requests 40]
 
-Train the quickstart model first (``persona-train recipes/quickstart/train.yaml``). The requests are
+Train the tiny GPT-2 first (``persona-train recipes/tiny-gpt2/train.yaml``). The requests are
 turns of the quickstart validation conversations (a persona and the last ``2*max_history+1``
 utterances). Each reply goes through ``persona.commands.chat.Bot.reply``, one at a time as in the prompt loop,
 with the reference's decoding (sampling: temperature 0.7, top-p 0.9, at most 20 tokens) and greedily. It
@@ -34,13 +34,13 @@ def requests_from(corpus: Path, count: int, max_history: int) -> list[tuple[list
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model_name_or_path", default=str(REPO / "runs" / "quickstart"))
+    parser.add_argument("--model_name_or_path", default=str(REPO / "runs" / "tiny-gpt2"))
     parser.add_argument("--requests", type=int, default=40)
     parser.add_argument("--max_history", type=int, default=2)
     args = parser.parse_args()
     if not (Path(args.model_name_or_path) / "config.json").exists():
         sys.exit(
-            f"No trained model in {args.model_name_or_path}: run `persona-train recipes/quickstart/train.yaml` first."
+            f"No trained model in {args.model_name_or_path}: run `persona-train recipes/tiny-gpt2/train.yaml` first."
         )
 
     import torch

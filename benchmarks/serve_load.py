@@ -18,7 +18,7 @@ Each client is a thread that sends its requests one after the other (a persona a
 validation corpus; the reference's decoding: sampling, temperature 0.7, top-p 0.9, no top-k, at most
 ``--max_tokens`` tokens); persona's servers run in this process on free 127.0.0.1 ports, llama-server as a child
 process, one engine at a time. Models: SmolLM2-135M from the shared GGUF fine-tuned for ``--smollm2_steps`` updates
-by the offline recipe into ``runs/smollm2-serve`` the first time, or the quickstart model (``runs/quickstart``: train
+by the offline recipe into ``runs/smollm2-serve`` the first time, or the tiny GPT-2 (``runs/tiny-gpt2``: train
 it first; it reads token types, so only persona's own engine serves it).
 """
 
@@ -159,7 +159,7 @@ def serving(kind: str, folder: Path, args):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2", choices=["quickstart", "smollm2"])
+    parser.add_argument("--model", default="smollm2", choices=["tiny-gpt2", "smollm2"])
     parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
     parser.add_argument("--llama_server", help="the llama-server binary (the llama and in_front rows need it)")
     parser.add_argument("--outtype", default="f16", choices=["f32", "f16", "q8_0"])
@@ -168,9 +168,9 @@ def main() -> None:
     parser.add_argument("--smollm2_steps", type=int, default=20)
     args = parser.parse_args()
 
-    folder = smollm2_model(args.smollm2_steps) if args.model == "smollm2" else REPO / "runs" / "quickstart"
+    folder = smollm2_model(args.smollm2_steps) if args.model == "smollm2" else REPO / "runs" / "tiny-gpt2"
     if not (folder / "config.json").exists():
-        sys.exit(f"no model in {folder}: persona-train recipes/quickstart/train.yaml first")
+        sys.exit(f"no model in {folder}: persona-train recipes/tiny-gpt2/train.yaml first")
     print(f"{'engine':10} {'clients':>8} {'requests/s':>11} {'tokens/s':>9} {'p50 s':>7} {'p90 s':>7} {'tokens':>7}")
     results = {}
     for kind in args.engines:

@@ -285,6 +285,8 @@ def test_bad_input_names_file_and_record(tmp_path, tokenizer, content, message):
 def test_missing_file_and_overlong_reply(tmp_path, tokenizer):
     with pytest.raises(DataError, match="file not found"):
         _features(tmp_path, tokenizer, tmp_path / "absent.json")
+    with pytest.raises(DataError, match="hf download google/Synthetic-Persona-Chat --repo-type dataset"):
+        _features(tmp_path, tokenizer, tmp_path / "Synthetic-Persona-Chat_valid.csv")  # a known corpus: where it is
     long = {"personas": [["a."], ["b."]], "utterances": ["hi", "word " * 10_000]}
     with pytest.raises(
         DataError,
@@ -348,6 +350,32 @@ def _csv_with_bad_rows(path: Path) -> Path:
         writer.writerow(["i like tea.", "i like coffee.", "hello there\nhi, how are you?\nfine thanks"])
         writer.writerow(["i like tea.", "i like coffee.", "User 1: hi\nUser 2: " + "word " * 300 + "\nUser 1: bye"])
     return path
+
+
+def test_records_no_reader_can_take_are_skipped_and_counted(tmp_path, tokenizer):
+    """A lone surrogate, a record nested 1,000 deep, a Synthetic-Persona-Chat conversation that is not text, a CSV
+    field over the CSV reader's 128 KiB: each record skipped with its reason, the rest prepared."""
+    good = [json.dumps(c) for c in CONVERSATIONS]
+    bad = [
+        '{"personas": [["a."], ["b."]], "utterances": ["hi \\ud800 there", "x"]}',
+        '{"personas": ' + "[" * 1000 + "]" * 1000 + ', "utterances": ["a", "b"]}',
+        json.dumps({"user 1 personas": "a.", "user 2 personas": "b.", "Best Generated Conversation": 5}),
+    ]
+    jsonl = tmp_path / "chats.jsonl"
+    jsonl.write_text("\n".join([*good, *bad]) + "\n")
+    table = _as_csv(tmp_path / "chats.csv")
+    with open(table, "a", newline="") as handle:
+        csv.writer(handle).writerow(["i like tea.", "i like coffee.", "User 1: " + "x" * 140_000])
+    expected = {
+        jsonl: {"invalid Unicode": 1, "JSON nested too deeply": 1, "conversation not text": 1},
+        table: {"unreadable CSV row": 1},
+    }
+    for path, skipped in expected.items():
+        args = DataArguments(
+            dataset_path=str(path), dataset_cache=str(tmp_path / f"cache-{path.suffix}"), eval_num_candidates=2
+        )
+        corpus = prepare_corpus(args, ReferenceLayout.for_tokenizer(tokenizer), max_positions=128)
+        assert corpus.stats["skipped"] == skipped and len(corpus.features["train"]) > 0
 
 
 def test_unusable_records_are_skipped_with_warnings_and_counted(tmp_path, tokenizer, caplog):
@@ -504,3 +532,37 @@ def test_persona_data_with_a_tokenizer_alone_takes_its_limit_without_looking_for
     assert json.loads((tmp_path / "stats.json").read_text())["max_input_length"] == 512  # its model_max_length
     assert "No model named: inputs cut to the tokenizer's 512 tokens." in caplog.text
     assert "WARNING" not in caplog.text
+
+
+def test_a_download_cut_short_never_enters_the_cache(tmp_path):
+    """A server that announces 1,000 bytes and sends 10: a clear error, nothing in the cache; whole, it is cached."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from persona.data.sources import download
+    from persona.errors import DataError
+
+    body = json.dumps({"train": [], "valid": []}).encode()
+
+    class Corpus(BaseHTTPRequestHandler):
+        def do_GET(self):
+            cut = self.path.endswith("cut.json")
+            self.send_response(200)
+            self.send_header("Content-Length", "1000" if cut else str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[:10] if cut else body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Corpus)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with pytest.raises(DataError, match="the download ended at 10 of its 1,000 bytes"):
+            download(f"{base}/cut.json", str(tmp_path))
+        assert not [p for p in (tmp_path / "downloads").iterdir()]
+        assert download(f"{base}/whole.json", str(tmp_path)).read_bytes() == body
+    finally:
+        server.shutdown()
+        server.server_close()

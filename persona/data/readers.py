@@ -41,6 +41,7 @@ a :class:`~persona.data.skips.SkipLog`: skipped and counted, or an error in stri
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import re
@@ -209,11 +210,28 @@ def reference_dialog(record: Any, where: str, skips: SkipLog, split: str) -> Dia
 def _guarded(skips: SkipLog, split: str, read: Callable[..., list[Dialog]], *args: Any) -> Stream:
     """The dialogs ``read(*args)`` gives, as ``(split, dialog)`` pairs; none when it raises a :class:`RecordError`,
     which ``skips`` counts (or raises in strict mode)."""
-    dialogs: list[Dialog] = []
+    checked: list[Dialog] = []
     with skips.guard(split):
         dialogs = read(*args)
-    for dialog in dialogs:
+        for dialog in dialogs:
+            _check_unicode(dialog)
+        checked = dialogs
+    for dialog in checked:
         yield split, dialog
+
+
+def _check_unicode(dialog: Dialog) -> None:
+    """A :class:`RecordError` for a dialog holding text that is not valid Unicode (a lone surrogate, which a JSON
+    ``\\ud800`` escape can write): no tokenizer, and no Arrow file, takes it."""
+    try:
+        json.dumps(dialog, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise RecordError(
+            f"text that is not valid Unicode ({error.reason})",
+            where=dialog.get("record", "a record"),
+            fix="repair the record's text (a lone surrogate escape such as \\ud800), or drop the record.",
+            reason="invalid Unicode",
+        ) from None
 
 
 def _reference_dialogs(record: Any, where: str, skips: SkipLog, split: str) -> list[Dialog]:
@@ -387,7 +405,16 @@ def record_dialogs(
         return [reference_dialog(record, where, skips, split)]
     if isinstance(record, dict) and all(column in record for column in _SPC_COLUMNS):
         personas = [_string_list(record[c] or "", where, c, allow_empty=True) for c in _SPC_COLUMNS[:2]]
-        utterances, first_speaker = parse_conversation_text(record[_SPC_COLUMNS[2]] or "", where)
+        conversation = record[_SPC_COLUMNS[2]] or ""
+        if not isinstance(conversation, str):
+            raise RecordError(
+                f"'{_SPC_COLUMNS[2]}' must be text ('User 1: ...' and 'User 2: ...' lines), not "
+                f"{type(conversation).__name__}",
+                where=where,
+                fix="write the conversation as one text, a line per utterance.",
+                reason="conversation not text",
+            )
+        utterances, first_speaker = parse_conversation_text(conversation, where)
         return conversation_dialogs(personas, utterances, bot_side, where, first_speaker)
     _require(record, ("personas", "utterances"), where)
     personas = record["personas"]
@@ -416,20 +443,42 @@ def _jsonl_records(file: CorpusFile, skips: SkipLog, split: str) -> Iterator[tup
                     fix="repair the line, or check the file is not truncated.",
                     reason="invalid JSON line",
                 ) from None
+            except RecursionError:
+                raise RecordError(
+                    "JSON nested too deeply to read",
+                    where=where,
+                    fix="a record is an object of personas and utterances: repair or drop the line.",
+                    reason="JSON nested too deeply",
+                ) from None
         for record in records:
             yield record, where
 
 
-def _csv_records(file: CorpusFile) -> Iterator[tuple[Any, str]]:
-    """``(row, where)`` of each row of a Synthetic-Persona-Chat CSV."""
+def _csv_records(file: CorpusFile, skips: SkipLog, split: str) -> Iterator[tuple[Any, str]]:
+    """``(row, where)`` of each row of a Synthetic-Persona-Chat CSV; a row that the CSV reader refuses (a field over
+    its 128 KiB limit) is skipped into ``skips``."""
     reader = csv.DictReader(line for _, line in file.lines(keepends=True))
     missing = [c for c in _SPC_COLUMNS if c not in (reader.fieldnames or [])]
     if missing:
         raise DataError(
             f"the CSV lacks column(s) {missing}", where=str(file.path), fix="use the Synthetic-Persona-Chat columns."
         )
-    for index, row in enumerate(reader):
-        yield row, f"{file.path}, row {index + 2}"
+    for row_number in itertools.count(2):  # the header is row 1
+        where = f"{file.path}, row {row_number}"
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            with skips.guard(split):
+                raise RecordError(
+                    f"a row the CSV reader cannot read ({error})",
+                    where=where,
+                    fix="shorten the field (a conversation is a few KB) or repair its quoting.",
+                    reason="unreadable CSV row",
+                ) from None
+            continue
+        yield row, where
 
 
 def read_conversations(
@@ -443,7 +492,7 @@ def read_conversations(
     elif head.startswith("{"):
         records = _jsonl_records(file, skips, split)
     else:
-        records = _csv_records(file)
+        records = _csv_records(file, skips, split)
     for record, where in records:
         yield from _guarded(skips, split, record_dialogs, record, where, bot_side, skips, split, chat_format)
 

@@ -31,7 +31,8 @@ def is_url(path: str) -> bool:
 
 
 def download(url: str, cache_dir: str) -> Path:
-    """Download ``url`` once into ``cache_dir/downloads`` (atomically) and return the local file."""
+    """Download ``url`` once into ``cache_dir/downloads`` (atomically: a download cut short, fewer bytes than its
+    ``Content-Length``, never enters the cache) and return the local file."""
     target = (
         Path(cache_dir) / "downloads" / (hashlib.sha256(url.encode()).hexdigest()[:16] + "-" + url.rsplit("/", 1)[-1])
     )
@@ -41,8 +42,12 @@ def download(url: str, cache_dir: str) -> Path:
     handle, partial = tempfile.mkstemp(dir=target.parent, prefix=".partial-")
     try:
         with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+            announced, received = response.headers.get("Content-Length"), 0
             while chunk := response.read(1 << 20):
                 out.write(chunk)
+                received += len(chunk)
+        if announced is not None and announced.isdigit() and received != int(announced):
+            raise OSError(f"the download ended at {received:,} of its {int(announced):,} bytes")
         os.replace(partial, target)
     except OSError as error:
         Path(partial).unlink(missing_ok=True)
@@ -93,13 +98,23 @@ def _load_hub_dataset(source: str):
     return loaded
 
 
+KNOWN_FILES = {  # where a corpus file a recipe names comes from, for a machine that lacks it
+    "Synthetic-Persona-Chat": "it is Synthetic-Persona-Chat (Google Research, CC BY 4.0), the Hub dataset "
+    "google/Synthetic-Persona-Chat: hf download google/Synthetic-Persona-Chat --repo-type dataset --local-dir DIR, "
+    "then pass --dataset_path with the CSV in DIR",
+}
+
+
 def fingerprint(source: str) -> str:
     """A digest of the corpus content: file bytes for local files and folders, the dataset fingerprint for Hub ids."""
     digest = hashlib.sha256()
     path = Path(source)
     if not path.exists() and not is_hub_dataset(source):
+        known = next((how for name, how in KNOWN_FILES.items() if name in path.name), None)
         raise DataError(
-            "file not found", where=source, fix="check dataset_path (a file, a folder, a URL or a Hub id)."
+            "file not found",
+            where=source,
+            fix=f"{known}." if known else "check dataset_path (a file, a folder, a URL or a Hub id).",
         )
     if path.is_file():
         files = [path]
