@@ -638,6 +638,35 @@ def test_a_client_whose_event_loop_closed_ends_its_row_not_the_batch(trained_mod
     assert events[-1].finish_reason in ("stop", "length") and events[-1].error is None
 
 
+def test_a_client_that_hangs_up_on_a_request_not_streamed_stops_its_rows_and_its_queued_replies(trained_model_dir):
+    """A request for four replies of 200 tokens, not streamed, two rows decoding and two queued: its client hangs up
+    after a few steps, and decoding stops within a few steps more (not 400), the queued replies never started."""
+    import json
+    import socket
+
+    decoding = DecodingArguments(do_sample=True, max_length=200, min_length=200)
+    args = ServeArguments(port=free_port(), max_batch_size=2, max_queue=4, max_tokens_cap=200)
+    model_args = ModelArguments(model_name_or_path=str(trained_model_dir))
+    with running_server(model_args, DataArguments(), args, decoding) as (url, batcher):
+        steps: list[float] = []
+        hook = batcher.loaded.model.register_forward_hook(lambda *unused: steps.append(time.monotonic()))
+        body = json.dumps({"messages": ASK, "n": 4, "max_tokens": 200}).encode()
+        head = "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        try:
+            with socket.create_connection(("127.0.0.1", args.port), timeout=30) as client:
+                client.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body)
+                deadline = time.monotonic() + 60
+                while len(steps) < 5 and time.monotonic() < deadline:
+                    time.sleep(0.02)
+            left_at = len(steps)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and (not steps or time.monotonic() - steps[-1] < 2.0):
+                time.sleep(0.1)  # until no step for 2 s
+        finally:
+            hook.remove()
+    assert left_at >= 5 and len(steps) - left_at < 40, (left_at, len(steps))
+
+
 def test_a_client_that_leaves_stops_its_row_and_a_batch_nobody_awaits_stops(trained_model_dir, join_sizes):
     """Two requests of 200 tokens in one batch whose clients both leave after their first delta: the batch stops
     within a few steps instead of generating 200."""

@@ -15,6 +15,7 @@ import sys
 from persona.commands.cli import cli_entry, parse_recipe, setup_logging
 from persona.configs import DataArguments, ModelArguments
 from persona.model.generation import DecodingArguments
+from persona.serving.deadlines import connection_limits
 from persona.serving.server import ServeArguments, build_server
 from persona.serving.shutdown import CANCEL_AFTER_S, Drain, DrainingServer
 
@@ -42,7 +43,8 @@ def main(argv: list[str]) -> int:
         ", API key required" if args.api_key else "",
     )
     app = Drain(app)
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning")
+    limits = connection_limits(args.request_timeout_s, args.max_connections)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", **limits)
     server = DrainingServer(config, app, args.shutdown_grace_s, healthy=engine.alive)
     try:
         server.run()

@@ -21,8 +21,8 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import aclosing
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing, suppress
 from dataclasses import dataclass, replace
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -274,7 +274,11 @@ def create_app(engine: Engine, model_id: str, *, defaults: DecodingArguments, pe
         if chat.stream:
             stream = _sse(completion, events, chat.choices, chat.include_usage, metrics.count_tokens, logprobs)
             return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
-        whole = await _completion(completion, events, chat.choices, metrics.count_tokens, logprobs)
+        whole = await _unless_disconnected(
+            request, _completion(completion, events, chat.choices, metrics.count_tokens, logprobs)
+        )
+        if whole is None:  # the client has gone: nobody reads this answer
+            return Response(status_code=499)
         return JSONResponse(whole, headers=headers)
 
     app.include_router(keyed)  # before the catch-all below, which answers whatever these routes do not
@@ -295,6 +299,7 @@ def create_app(engine: Engine, model_id: str, *, defaults: DecodingArguments, pe
 
 
 HISTORY_CUT_HEADER = "X-Persona-History-Cut"
+DISCONNECT_POLL_S = 0.25  # how often a request that is not streamed checks that its client is still there
 
 
 async def _refuse_early_errors(firsts: list[ReplyEvent], replies: list[AsyncIterator[ReplyEvent]]) -> None:
@@ -347,6 +352,26 @@ async def _merged(
     finally:
         for task in tasks:
             task.cancel()
+
+
+async def _unless_disconnected(request: Request, answer: Awaitable[dict]) -> dict | None:
+    """``answer``'s result, or None once the client has disconnected: the answer is then cancelled, and with it its
+    replies (their rows leave the running batch at the next step, their queued requests are dropped), as a stream's
+    are when its client leaves."""
+    task = asyncio.ensure_future(answer)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                logger.info("A client left before its answer: its replies are stopped")
+                return None
+    finally:
+        if not task.done():
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
 
 
 async def _completion(

@@ -29,6 +29,7 @@ from persona.model.generation import DecodingArguments
 from persona.model.loading import load_for_inference, refuse_training_fields
 from persona.serving.batching import ReplyBatcher
 from persona.serving.body_limit import BodyLimit
+from persona.serving.deadlines import connection_limits
 from persona.serving.engine import Engine
 from persona.serving.hosts import OnlyAllowedHosts
 from persona.serving.openai_api import HISTORY_CUT_HEADER, create_app
@@ -92,6 +93,16 @@ class ServeArguments:
     )
     max_tokens_cap: int = field(default=256, metadata={"help": "The largest max_tokens a request may ask for."})
     max_body_bytes: int = field(default=256 * 1024, metadata={"help": "The largest request body (413 beyond)."})
+    request_timeout_s: float = field(
+        default=60.0,
+        metadata={
+            "help": "Seconds a request has to arrive whole, headers and body (then 408 and the connection closed), "
+            "against clients that send part of a request and hold the connection."
+        },
+    )
+    max_connections: int = field(
+        default=1000, metadata={"help": "Most connections and requests in flight at once (503 beyond)."}
+    )
     seed: int = field(default=0, metadata={"help": "Seed of the default persona's draw."})
     engine_url: str | None = field(
         default=None,
@@ -236,12 +247,12 @@ def build_server(
 
 
 @contextmanager
-def serving_in_thread(app, host: str, port: int):
-    """An ASGI ``app`` served by uvicorn on ``host:port`` in a thread of this process (tests, benchmarks): yields its
-    base URL once it listens; stops it on exit."""
+def serving_in_thread(app, host: str, port: int, **options):
+    """An ASGI ``app`` served by uvicorn on ``host:port`` (and uvicorn ``Config`` ``options``) in a thread of this
+    process (tests, benchmarks): yields its base URL once it listens; stops it on exit."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", **options))
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
@@ -264,7 +275,8 @@ def running_server(
     base URL and its engine; stops it and closes the engine on exit."""
     app, engine = build_server(model_args, data_args, args, decoding)
     try:
-        with serving_in_thread(app, args.host, args.port) as url:
+        limits = connection_limits(args.request_timeout_s, args.max_connections)
+        with serving_in_thread(app, args.host, args.port, **limits) as url:
             yield url, engine
     finally:
         engine.close()
