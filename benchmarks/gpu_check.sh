@@ -3,13 +3,13 @@
 #
 #   bash benchmarks/gpu_check.sh
 #
-# 1. persona-train recipes/quickstart/train.yaml --bf16 true on CUDA: it finishes, eval_hits@1 is at least twice
+# 1. persona-train recipes/tiny-gpt2/train.yaml --bf16 true on CUDA: it finishes, eval_hits@1 is at least twice
 #    chance (20 candidates: 0.10), and the run records mixed_precision bf16;
 # 2. the packed fast path equals the classic path on CUDA (benchmarks/fast_path_equivalence.py: loss and MC logits,
 #    tiny GPT-2 and tiny Llama, SDPA and eager attention; float32 within 1e-4, bfloat16 within its stated tolerance);
 # 3. benchmarks/train_throughput.py for the GPT-2-small-sized model on CUDA in bf16 at batch sizes 8 and 32:
 #    examples/s and peak GPU memory, packed against classic;
-# 4. persona-eval recipes/quickstart/eval.yaml on CUDA (scoring and batched generation).
+# 4. persona-eval recipes/tiny-gpt2/eval.yaml on CUDA (scoring and batched generation).
 #
 # A machine without CUDA is refused at once (exit 3, "no CUDA device"). A GPU machine that cannot reach a package
 # registry installs what its Python lacks (datasets, evaluate, ...) from wheels carried in .whl/ beside the project,
@@ -33,10 +33,10 @@ fi
 failed=0
 out=$(mktemp -d)
 
-echo "== 1. quickstart training in bf16 on CUDA"
-if timeout 180 "$PYTHON" -m persona.commands.train recipes/quickstart/train.yaml --bf16 true --output_dir "$out/quickstart" --dataset_cache "$out/cache" \
+echo "== 1. the tiny GPT-2 trained in bf16 on CUDA"
+if timeout 180 "$PYTHON" -m persona.commands.train recipes/tiny-gpt2/train.yaml --bf16 true --output_dir "$out/tiny-gpt2" --dataset_cache "$out/cache" \
      > "$out/train.log" 2>&1; then
-  "$PYTHON" - "$out/quickstart" <<'PY' || failed=1
+  "$PYTHON" - "$out/tiny-gpt2" <<'PY' || failed=1
 import json, sys
 from pathlib import Path
 run = Path(sys.argv[1])
@@ -58,8 +58,8 @@ echo "== 3. training and scoring throughput, GPT-2-small size, bf16, batch 8 and
 timeout 200 "$PYTHON" benchmarks/train_throughput.py --device cuda --bf16 --batch_sizes 8 32 --models "GPT-2 small size (12x768)" \
   2> "$out/throughput.log" || { failed=1; tail -5 "$out/throughput.log"; }
 
-echo "== 4. persona-eval of the quickstart model on CUDA"
-if timeout 120 "$PYTHON" -m persona.commands.eval recipes/quickstart/eval.yaml --model_name_or_path "$out/quickstart" --output_dir "$out/eval" \
+echo "== 4. persona-eval of the tiny GPT-2 on CUDA"
+if timeout 120 "$PYTHON" -m persona.commands.eval recipes/tiny-gpt2/eval.yaml --model_name_or_path "$out/tiny-gpt2" --output_dir "$out/eval" \
      --dataset_cache "$out/cache" > "$out/eval.log" 2>&1; then
   grep "INFO persona: perplexity" "$out/eval.log"
 else

@@ -77,13 +77,14 @@ def main() -> None:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from persona.configs import ModelArguments
     from persona.training.time_budget import TimeBudget
 
     args.output_dir = str(Path(args.output_dir).resolve())
     os.chdir(REPO)  # a recipe's paths are relative to the repository
     recipe = yaml.safe_load(Path(args.recipe).read_text())
     source = {"gguf_file": recipe["gguf_file"]} if recipe.get("gguf_file") else {}
-    name = recipe["model_name_or_path"]
+    name = ModelArguments(model_name_or_path=recipe["model_name_or_path"], **source).model_name_or_path
     tokenizer = AutoTokenizer.from_pretrained(name, **source)
     chats = conversations(args.recipe, tokenizer)
     model = AutoModelForCausalLM.from_pretrained(name, **source)

@@ -639,18 +639,18 @@ def test_a_client_whose_event_loop_closed_ends_its_row_not_the_batch(trained_mod
 
 
 def test_a_client_that_hangs_up_on_a_request_not_streamed_stops_its_rows_and_its_queued_replies(trained_model_dir):
-    """A request for four replies of 200 tokens, not streamed, two rows decoding and two queued: its client hangs up
-    after a few steps, and decoding stops within a few steps more (not 400), the queued replies never started."""
+    """A request for four replies of 90 tokens, not streamed, two rows decoding and two queued: its client hangs up
+    after a few steps, and decoding stops within a few steps more (not 180), the queued replies never started."""
     import json
     import socket
 
-    decoding = DecodingArguments(do_sample=True, max_length=200, min_length=200)
-    args = ServeArguments(port=free_port(), max_batch_size=2, max_queue=4, max_tokens_cap=200)
+    decoding = DecodingArguments(do_sample=True, max_length=90, min_length=90)  # the tiny model has 128 positions
+    args = ServeArguments(port=free_port(), max_batch_size=2, max_queue=4, max_tokens_cap=90)
     model_args = ModelArguments(model_name_or_path=str(trained_model_dir))
     with running_server(model_args, DataArguments(), args, decoding) as (url, batcher):
         steps: list[float] = []
         hook = batcher.loaded.model.register_forward_hook(lambda *unused: steps.append(time.monotonic()))
-        body = json.dumps({"messages": ASK, "n": 4, "max_tokens": 200}).encode()
+        body = json.dumps({"messages": ASK, "n": 4, "max_tokens": 90}).encode()
         head = "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         try:
             with socket.create_connection(("127.0.0.1", args.port), timeout=30) as client:

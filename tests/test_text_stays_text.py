@@ -124,12 +124,18 @@ def test_persona_serve_counts_a_typed_control_token_as_its_text(plain_chat_model
 
 
 def test_in_front_of_an_engine_a_typed_control_token_is_a_400_naming_the_messages(plain_chat_model):
+    import asyncio
+
+    import gradio as gr
+
+    from persona.model.generation import DecodingArguments
+    from persona.serving.web_page import responder
     from tests.test_remote_engine import in_front_of
     from tests.test_serve import live_server
 
     with live_server(plain_chat_model) as (engine_url, _):
         for model_dir in (None, plain_chat_model):  # the known control tokens; those of the model's own tokenizer
-            with in_front_of(engine_url, model_dir) as (url, _):
+            with in_front_of(engine_url, model_dir) as (url, remote):
                 for control in ("<|im_end|>", "<|end|>" if model_dir else "[INST]"):
                     for messages in (
                         [{"role": "system", "content": f"i like cats.{control}"}, {"role": "user", "content": "hi"}],
@@ -147,3 +153,10 @@ def test_in_front_of_an_engine_a_typed_control_token_is_a_400_naming_the_message
                     timeout=60,
                 )
                 assert fine.status_code == 200
+                page_answer = responder(remote, DecodingArguments(max_length=2), max_message_chars=4096)
+
+                async def typed_on_the_page(respond=page_answer):
+                    return [update async for update in respond("hi <|im_end|> there", [], "i like cats.")]
+
+                with pytest.raises(gr.Error, match="im_end"):
+                    asyncio.run(typed_on_the_page())

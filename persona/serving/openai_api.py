@@ -266,7 +266,12 @@ def create_app(engine: Engine, model_id: str, *, defaults: DecodingArguments, pe
         _check_context(engine, chat, chat.persona or persona)
         completion = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_id}
         replies = _queued_replies(engine, chat, chat.persona or persona, completion["id"])
-        firsts = await asyncio.gather(*(anext(events) for events in replies))  # queued at once: they join together
+        # queued at once, they join together; a choice queued behind others waits here, as its client may not
+        firsts = await _unless_disconnected(request, asyncio.gather(*(anext(events) for events in replies)))
+        if firsts is None:
+            for events in replies:
+                await events.aclose()
+            return Response(status_code=499)
         await _refuse_early_errors(firsts, replies)
         events = _merged(list(zip(firsts, replies)))
         headers = _window_note(chat.history, engine.max_history)
@@ -299,7 +304,6 @@ def create_app(engine: Engine, model_id: str, *, defaults: DecodingArguments, pe
 
 
 HISTORY_CUT_HEADER = "X-Persona-History-Cut"
-DISCONNECT_POLL_S = 0.25  # how often a request that is not streamed checks that its client is still there
 
 
 async def _refuse_early_errors(firsts: list[ReplyEvent], replies: list[AsyncIterator[ReplyEvent]]) -> None:
@@ -329,7 +333,8 @@ async def _merged(
     replies: list[tuple[ReplyEvent, AsyncIterator[ReplyEvent]]],
 ) -> AsyncIterator[tuple[int, ReplyEvent]]:
     """The events of several replies (each its first event and the rest) as they come, with the index of each; a
-    reply whose events fail (a time-out) ends with an error event. Stopped early, it stops every reply."""
+    reply whose events fail (a time-out) ends with an error event. Stopped early (closed or cancelled), it stops every
+    reply."""
     arrived: asyncio.Queue[tuple[int, ReplyEvent]] = asyncio.Queue()
 
     async def pump(index: int, event: ReplyEvent, events: AsyncIterator[ReplyEvent]) -> None:
@@ -352,26 +357,34 @@ async def _merged(
     finally:
         for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for _, events in replies:  # a reply whose pump never ran, or stopped at its yield, stops its row too
+            await events.aclose()
 
 
 async def _unless_disconnected(request: Request, answer: Awaitable[dict]) -> dict | None:
     """``answer``'s result, or None once the client has disconnected: the answer is then cancelled, and with it its
     replies (their rows leave the running batch at the next step, their queued requests are dropped), as a stream's
     are when its client leaves."""
-    task = asyncio.ensure_future(answer)
+    task, gone = asyncio.ensure_future(answer), asyncio.ensure_future(_disconnection(request))
     try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
-            if done:
-                return task.result()
-            if await request.is_disconnected():
-                logger.info("A client left before its answer: its replies are stopped")
-                return None
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        logger.info("A client left before its answer: its replies are stopped")
+        return None
     finally:
-        if not task.done():
-            task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
+        for pending in (task, gone):
+            if not pending.done():
+                pending.cancel()
+                with suppress(asyncio.CancelledError):
+                    await pending
+
+
+async def _disconnection(request: Request) -> None:
+    """Returns when the client disconnects: its request's body read, the next ASGI message is its disconnection."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _completion(
