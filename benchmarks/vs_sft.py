@@ -109,6 +109,7 @@ def main() -> None:
         save_strategy="no",
         report_to="none",
         use_cpu=True,
+        bf16=False,  # TRL's default: bf16 autocast, single-threaded and slow on a CPU; persona trains in float32
     )
     budget = TimeBudget(args.max_train_seconds) if args.max_train_seconds else None
     trainer = SFTTrainer(

@@ -248,12 +248,7 @@ def create_app(engine: Engine, model_id: str, *, defaults: DecodingArguments, pe
     @keyed.get("/v1/models/{name:path}")
     async def model(name: str) -> dict:
         if name != model_id:
-            raise APIError(
-                404,
-                f"the model '{name}' is not served here; this server serves '{model_id}'",
-                param="model",
-                code="model_not_found",
-            )
+            raise _model_not_found(name, model_id)
         return model_card.model_dump()
 
     @keyed.post("/v1/chat/completions")
@@ -261,8 +256,7 @@ def create_app(engine: Engine, model_id: str, *, defaults: DecodingArguments, pe
         body = await _read_request(request, settings.max_body_bytes)
         chat = chat_request(body, defaults, settings.max_tokens_cap)
         if body.model not in (None, model_id):
-            message = f"the model '{body.model}' is not served here; this server serves '{model_id}'"
-            raise APIError(404, message, param="model", code="model_not_found")
+            raise _model_not_found(body.model, model_id)
         _check_context(engine, chat, chat.persona or persona)
         completion = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_id}
         replies = _queued_replies(engine, chat, chat.persona or persona, completion["id"])
@@ -288,19 +282,27 @@ def create_app(engine: Engine, model_id: str, *, defaults: DecodingArguments, pe
 
     app.include_router(keyed)  # before the catch-all below, which answers whatever these routes do not
 
-    @app.api_route("/v1/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"])
-    async def elsewhere(path: str, request: Request):
-        allowed = {"models": "GET", "chat/completions": "POST"}.get(path)
-        if allowed:
-            raise APIError(
-                405,
-                f"/v1/{path} takes {allowed}, not {request.method}",
-                code="method_not_allowed",
-                headers={"Allow": allowed},
-            )
-        raise APIError(404, f"no route /v1/{path}: the API has /v1/models and /v1/chat/completions", code="not_found")
-
+    app.api_route("/v1/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"])(_elsewhere)
     return app
+
+
+def _model_not_found(name: str, model_id: str) -> APIError:
+    """The 404 for a request that names a model this server does not serve."""
+    message = f"the model '{name}' is not served here; this server serves '{model_id}'"
+    return APIError(404, message, param="model", code="model_not_found")
+
+
+async def _elsewhere(path: str, request: Request):
+    """Any other route under /v1: a 405 naming the method a known route takes, else a 404 naming the routes."""
+    allowed = {"models": "GET", "chat/completions": "POST"}.get(path)
+    if allowed:
+        raise APIError(
+            405,
+            f"/v1/{path} takes {allowed}, not {request.method}",
+            code="method_not_allowed",
+            headers={"Allow": allowed},
+        )
+    raise APIError(404, f"no route /v1/{path}: the API has /v1/models and /v1/chat/completions", code="not_found")
 
 
 HISTORY_CUT_HEADER = "X-Persona-History-Cut"
