@@ -67,6 +67,8 @@ VARIANTS = {  # each a set of overrides of the recipe as written (recipes/smollm
     "16 turns an update": ["--per_device_train_batch_size", "16"],
     "head lr 1e-3": ["--head_learning_rate", "1e-3"],
     "LoRA (lr 5e-4)": ["--use_peft", "true", "--learning_rate", "5e-4"],
+    "persona contrast 1": ["--persona_contrast", "1"],
+    "persona contrast 3": ["--persona_contrast", "3"],
 }
 SFT = "TRL SFTTrainer (assistant-only loss)"
 COLUMNS = ("hits@1", "lm_hits@1", "pmi_hits@1", "perplexity", "f1", "ended")

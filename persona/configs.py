@@ -227,6 +227,15 @@ class DataArguments:
             "reply only, as the reference does. Evaluation always scores the gold reply alone."
         },
     )
+    persona_contrast: int = field(
+        default=0,
+        metadata={
+            "help": "Other personas each training turn is also built after (drawn from other dialogs, seeded by "
+            "sampling_seed): the persona-contrastive loss (persona_coef) teaches the model to find the gold reply "
+            "likelier after its own persona than after these. Each costs one more sequence (its prefix and the gold "
+            "reply) per training turn; 0: none."
+        },
+    )
     max_input_length: int | None = field(
         default=None,
         metadata={
@@ -259,6 +268,12 @@ class DataArguments:
     def __post_init__(self):
         from persona.data.input_layouts import layout_class  # persona.data reads these recipe fields
 
+        if self.persona_contrast < 0:
+            raise ConfigError(
+                f"persona_contrast is {self.persona_contrast}",
+                where="persona_contrast",
+                fix="give the number of other personas each training turn is contrasted with (0: none).",
+            )
         if self.label_history and not layout_class(self.input_layout).labels_history:
             raise ConfigError(
                 f"label_history needs input_layout: {CHAT_TEMPLATE_LAYOUT}",
@@ -305,6 +320,7 @@ class PersonaTrainingArguments(TrainingArguments, ForwardArguments):
 
     - ``lm_coef`` (default 1.0): weight of the language-modelling loss (the reference's ``lm_coef``).
     - ``mc_coef`` (default 1.0): weight of the multiple-choice loss (the reference's ``mc_coef``).
+    - ``persona_coef`` (default 1.0): weight of the persona-contrastive loss (with ``persona_contrast``).
     - ``head_learning_rate`` (default: ``learning_rate``): the multiple-choice head's own peak learning rate.
     - ``max_train_seconds`` (default: none): a training budget in seconds that the learning-rate schedule follows
       (:mod:`persona.training.time_budget`).
@@ -325,6 +341,14 @@ class PersonaTrainingArguments(TrainingArguments, ForwardArguments):
 
     lm_coef: float = field(default=1.0, metadata={"help": "Weight of the language-modelling loss."})
     mc_coef: float = field(default=1.0, metadata={"help": "Weight of the multiple-choice (next-utterance) loss."})
+    persona_coef: float = field(
+        default=1.0,
+        metadata={
+            "help": "Weight of the persona-contrastive loss, where the corpus has persona_contrast > 0: the "
+            "cross-entropy of finding the gold reply likeliest (mean token log-likelihood) after its own persona "
+            "among it and the persona_contrast others."
+        },
+    )
     head_learning_rate: float | None = field(
         default=None,
         metadata={

@@ -12,6 +12,8 @@ from persona.data.layout import IGNORE_INDEX, build_candidate, gold_index, token
 from persona.data.special_tokens import SpecialIds
 
 CONTEXT_FREE = "context_free_"  # the prefix of the keys of the candidates' batch after an empty conversation
+PERSONA_SWAP = "persona_swap_"  # the prefix of the keys of the gold replies' batch after other personas
+SWAP_OWNER = PERSONA_SWAP + "owner"  # [S]: the turn (row of the batch) each swapped-persona row belongs to
 
 
 def _pad(rows: list[list[int]], value: int) -> tuple[np.ndarray, np.ndarray]:
@@ -157,6 +159,9 @@ class PersonaCollator:
     ``empty_prefix`` (the prefix of a conversation with no persona and no history, in the model's layout) adds the
     same candidates after that prefix, as a second batch of the same layout whose keys start with
     :data:`CONTEXT_FREE` (pointwise mutual information scores a candidate against its likelihood there).
+    Examples that carry ``persona_swaps`` (their prefix after other personas, :mod:`persona.data.features`) add
+    each turn's gold reply after each of those prefixes, one candidate a row, as a batch of the same layout whose
+    keys start with :data:`PERSONA_SWAP` (LM labels on the gold reply), and :data:`SWAP_OWNER`, the turn of each row.
     """
 
     ids: SpecialIds
@@ -174,11 +179,26 @@ class PersonaCollator:
                 for name, value in self._build(unconditioned).items()
                 if name != "gold_copies"
             )
+        batch.update(self._swapped(examples))
         return {
             name: torch.from_numpy(np.ascontiguousarray(value))
             for name, value in batch.items()
             if self.token_types or not name.endswith("type_ids")
         }
+
+    def _swapped(self, examples: list[dict]) -> dict[str, np.ndarray]:
+        """The gold replies after other personas (see the class), or nothing where no example has any."""
+        rows, owners = [], []
+        for turn, example in enumerate(examples):
+            gold = example["candidates"][gold_index(example["candidates"])]
+            for prefix in example.get("persona_swaps") or ():
+                rows.append({"prefix_ids": prefix, "candidates": [gold]})
+                owners.append(turn)
+        if not rows:
+            return {}
+        unscored = ("candidate_labels", "gold_copies")  # the gold reply is every row's one candidate and its label
+        swapped = {PERSONA_SWAP + name: value for name, value in self._build(rows).items() if name not in unscored}
+        return {**swapped, SWAP_OWNER: np.array(owners)}
 
     def _build(self, examples: list[dict]) -> dict[str, np.ndarray]:
         build = packed_batch if self.packed else classic_batch

@@ -4,7 +4,9 @@ Each example stores its persona+history prefix once and its candidates beside it
 :class:`~persona.data.input_layouts.Layout` builds them: in the reference layout the reply tokens, which the collator
 wraps in ``<speaker1> ... <eos>``; in the chat-template layout whole blocks up to the end-of-turn token, and with
 ``label_history`` the ``label_spans`` of its prefix that carry LM labels too (the bot's earlier replies; empty
-otherwise). A turn whose gold reply cannot fit the model's positions even alone is skipped (its record named in the
+otherwise); with ``persona_contrast`` K, also ``persona_swaps``: the same turn's prefix after K other personas of
+the batch (the persona-contrastive loss scores the gold reply after each, :mod:`persona.training.trainer`). A turn
+whose gold reply cannot fit the model's positions even alone is skipped (its record named in the
 :class:`~persona.data.skips.SkipLog`), or is an error in strict mode.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from pathlib import Path
 
 import datasets
@@ -29,6 +32,7 @@ FEATURES = datasets.Features(
         "length": datasets.Value("int32"),
         "truncated": datasets.Value("bool"),
         "label_spans": datasets.Sequence(datasets.Sequence(datasets.Value("int32"))),
+        "persona_swaps": datasets.Sequence(datasets.Sequence(datasets.Value("int32"))),
     }
 )
 
@@ -40,6 +44,13 @@ def rotations(persona: list, count: int) -> list[list]:
         previous = orderings[-1]
         orderings.append([previous[-1], *previous[:-1]])
     return orderings
+
+
+def other_personas(personas: list[list[str]], own: int, count: int, seed: int) -> list[list[str]]:
+    """``count`` distinct personas of ``personas`` (a map batch's), none equal to the ``own``-th one, drawn with a
+    generator seeded by ``seed`` (fewer where the batch has fewer others)."""
+    others = sorted({tuple(persona) for persona in personas} - {tuple(personas[own])})
+    return [list(persona) for persona in random.Random(seed).sample(others, min(count, len(others)))]
 
 
 def _too_long(tokens: int, max_input_length: int, where: str) -> RecordError:
@@ -62,27 +73,36 @@ def tokenize_batch(
     strict: bool,
     skip_log: str,
     label_history: bool = False,
+    persona_contrast: int = 0,
+    seed: int = 0,
 ) -> dict:
     """The ``datasets.map`` function: a batch of dialogs in, their examples out, built by the ``layout``'s turn
-    builder (with ``label_history``, the label spans too). A turn whose gold reply cannot fit gives no example; it is
-    appended, as JSON ``[dialog_id, turn_id, where, what]``, to this process's file ``skip_log-PID.jsonl`` (a map
-    worker has no other way to tell; strict: a :class:`RecordError`)."""
+    builder (with ``label_history``, the label spans too; with ``persona_contrast`` K, each turn's prefix after K
+    other personas of the batch, drawn per dialog with ``seed``). A turn whose gold reply cannot fit gives no
+    example; it is appended, as JSON ``[dialog_id, turn_id, where, what]``, to this process's file
+    ``skip_log-PID.jsonl`` (a map worker has no other way to tell; strict: a :class:`RecordError`)."""
     build = layout.turn_builder(batch, max_input_length=max_input_length, label_history=label_history)
     out = {name: [] for name in FEATURES}
     skipped = []
-    for dialog_id, persona, turns, record in zip(indices, batch["persona"], batch["turns"], batch["record"]):
+    for position, (dialog_id, persona, turns, record) in enumerate(
+        zip(indices, batch["persona"], batch["turns"], batch["record"])
+    ):
+        others = other_personas(batch["persona"], position, persona_contrast, seed * 1_000_003 + dialog_id)
         for ordering in rotations(persona, permutations):
             for turn_id, turn in enumerate(turns):
                 try:
                     prefix, candidates, truncated, spans = build(ordering, turn)
+                    swaps = [build(other, turn)[0] for other in others]  # fitted as the turn is, candidates and all
                 except GoldTooLong as too_long:
                     error = _too_long(too_long.tokens, max_input_length, f"{record}, turn {turn_id}")
                     if strict:
                         raise error from None
                     skipped.append([dialog_id, turn_id, error.where, error.what])
                     continue
+                gold = len(candidates[-1]) + layout.reply_overhead
                 length = len(prefix) + sum(len(c) + layout.reply_overhead for c in candidates)
-                values = (dialog_id, turn_id, prefix, candidates, length, truncated, spans)
+                length += sum(len(swap) + gold for swap in swaps)
+                values = (dialog_id, turn_id, prefix, candidates, length, truncated, spans, swaps)
                 for name, value in zip(FEATURES, values):
                     out[name].append(value)
     if skipped:
@@ -114,6 +134,8 @@ def build_features(
     folder: Path,
     scratch: Path,
     label_history: bool = False,
+    persona_contrast: int = 0,
+    seed: int = 0,
 ) -> datasets.Dataset:
     """Tokenized features of one split's dialogs in the input ``layout`` (batched ``datasets.map``, ``num_proc``
     workers), inputs of at most ``max_input_length`` tokens, written as Arrow files into ``folder`` (one per worker),
@@ -121,7 +143,8 @@ def build_features(
 
     Turns whose gold reply cannot fit are skipped into ``skips`` (as ``split``), told by the workers through files in
     ``scratch``; ``desc`` names the progress bar; ``label_history`` (the chat-template layout) names the label spans
-    of each prefix.
+    of each prefix; ``persona_contrast`` and ``seed``: each turn's prefixes after other personas
+    (:func:`tokenize_batch`).
     """
     skip_log = scratch / f"skipped-{folder.name}"
     with deferred_interrupts():
@@ -138,6 +161,8 @@ def build_features(
                 "label_history": label_history,
                 "max_input_length": max_input_length,
                 "permutations": permutations,
+                "persona_contrast": persona_contrast,
+                "seed": seed,
                 "strict": skips.strict,
                 "skip_log": str(skip_log),
             },

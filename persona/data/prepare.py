@@ -389,6 +389,8 @@ def _prepare_role(
         folder=_role_folder(folder, "features", role),
         scratch=folder / READ,
         label_history=args.label_history and role == "train",  # evaluation scores the gold reply alone
+        persona_contrast=args.persona_contrast if role == "train" else 0,
+        seed=args.sampling_seed,
     )
     if not len(features):
         raise DataError(

@@ -40,7 +40,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from transformers.utils import ModelOutput
 
 from persona import configs
-from persona.data.collator import CONTEXT_FREE, PersonaCollator
+from persona.data.collator import CONTEXT_FREE, PERSONA_SWAP, PersonaCollator
 from persona.data.layout import IGNORE_INDEX
 from persona.data.special_tokens import SpecialIds
 from persona.errors import ModelLoadError
@@ -62,7 +62,8 @@ class DualOutput(ModelOutput):
     """What the dual forward returns, per example: the gold reply's summed token NLL and token count, and
     the multiple-choice logits (slots that pad a turn's candidates set to the dtype's minimum). Given
     ``candidate_labels``, also every candidate's summed token NLL and token count, [B, C] (likelihood ranking); given
-    the collator's context-free batch, every candidate's summed token NLL after an empty conversation, [B, C]."""
+    the collator's context-free batch, every candidate's summed token NLL after an empty conversation, [B, C]; given
+    its swapped-persona batch, the gold reply's summed token NLL and token count after each other persona, [S]."""
 
     nll_sum: torch.Tensor | None = None
     tokens: torch.Tensor | None = None
@@ -70,6 +71,8 @@ class DualOutput(ModelOutput):
     candidate_nll_sum: torch.Tensor | None = None
     candidate_tokens: torch.Tensor | None = None
     context_free_nll_sum: torch.Tensor | None = None
+    persona_swap_nll_sum: torch.Tensor | None = None
+    persona_swap_tokens: torch.Tensor | None = None
 
     def mean_log_likelihood(self) -> torch.Tensor:
         """Each candidate's mean token log-likelihood after the conversation, [B, C]."""
@@ -321,19 +324,25 @@ class PersonaDualHeads:
         if dual_path is None:
             return self.forward_full(*args, **kwargs)
         kwargs.pop("gold_copies", None)  # the collator's note for scoring (PersonaTrainer), not an input
-        context_free = {
-            name.removeprefix(CONTEXT_FREE): kwargs.pop(name) for name in list(kwargs) if name.startswith(CONTEXT_FREE)
-        }
+        context_free, swapped = _sub_batch(kwargs, CONTEXT_FREE), _sub_batch(kwargs, PERSONA_SWAP)
         output = _PATHS[dual_path](self, **kwargs)
         if context_free:  # a baseline, not trained: the gradient flows through the conversation's likelihood only
             with torch.no_grad():
                 output.context_free_nll_sum = _PATHS[dual_path](self, **context_free).candidate_nll_sum
+        if swapped:  # trained: the persona-contrastive loss lowers the gold reply's likelihood after other personas
+            after_others = _PATHS[dual_path](self, **swapped)
+            output.persona_swap_nll_sum, output.persona_swap_tokens = after_others.nll_sum, after_others.tokens
         facts = PersonaFacts.of(self.config)
         if facts.likelihood_prior:
             output.mc_logits = _with_likelihood_prior(
                 output, kwargs["candidate_valid"], self.persona_prior_scale, facts.prior_pmi_weight
             )
         return output
+
+
+def _sub_batch(inputs: dict, prefix: str) -> dict:
+    """The collator's sub-batch whose keys start with ``prefix``, taken out of ``inputs``, the prefix dropped."""
+    return {name.removeprefix(prefix): inputs.pop(name) for name in list(inputs) if name.startswith(prefix)}
 
 
 def _with_likelihood_prior(

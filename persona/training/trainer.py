@@ -1,8 +1,9 @@
 """``PersonaTrainer``: the Hugging Face Trainer with TransferTransfo's dual loss and ConvAI2's metrics.
 
 loss = ``lm_coef`` × LM loss (mean NLL of the gold reply's tokens) + ``mc_coef`` × multiple-choice loss
-(cross-entropy of picking the gold reply among the candidates). Both parts are logged (``lm_loss``,
-``mc_loss``). Evaluation reports ``eval_loss``, ``eval_lm_loss``, ``eval_mc_loss``,
+(cross-entropy of picking the gold reply among the candidates), + ``persona_coef`` × the persona-contrastive loss
+where the corpus was built with ``persona_contrast`` (:func:`persona_contrast_loss`). Each part is logged
+(``lm_loss``, ``mc_loss``, ``persona_loss``). Evaluation reports ``eval_loss``, ``eval_lm_loss``, ``eval_mc_loss``,
 ``eval_perplexity`` (exp of the gold tokens' mean NLL over the whole split, so the batch size does not
 change it), ``eval_hits@1`` (the multiple-choice head's ranking), ``eval_lm_hits@1`` (the candidates ranked by
 their mean token log-likelihood), with a PMI weight ``eval_pmi_hits@1`` (ranked by their pointwise mutual information
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from transformers import EvalPrediction, Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 
-from persona.data.collator import CONTEXT_FREE
+from persona.data.collator import CONTEXT_FREE, SWAP_OWNER
 from persona.metrics import gold_ranks, hits_from_ranks
 from persona.model.dual_heads import DualOutput, choose_dual_path, collator_for, is_head_parameter
 from persona.model.loading import LoadedModel
@@ -36,6 +37,30 @@ def dual_loss(
     lm_loss = output.nll_sum.sum() / output.tokens.sum().clamp(min=1)
     mc_loss = F.cross_entropy(output.mc_logits, mc_labels)
     return lm_coef * lm_loss + mc_coef * mc_loss, lm_loss, mc_loss
+
+
+def persona_contrast_loss(own: torch.Tensor, swapped: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+    """The persona-contrastive loss: over the turns that have other personas, the mean cross-entropy of picking the
+    turn's own persona by the gold reply's mean token log-likelihood after it (``own`` [B]) among it and after each
+    other persona (``swapped`` [S], row ``s`` a swap of turn ``owner[s]``). It rises the reply's likelihood after its
+    own persona and lowers it after the others: the model learns to say what its persona says, which neither the LM
+    loss (a reply that fits the conversation) nor the multiple-choice loss (other conversations' replies) asks."""
+    counts = torch.bincount(owner, minlength=len(own))
+    starts = torch.cumsum(counts, 0) - counts
+    slots = torch.arange(len(owner), device=owner.device) - starts[owner] + 1
+    scores = own.new_full((len(own), int(counts.max()) + 1), -torch.inf)
+    scores[:, 0] = own
+    scores[owner, slots] = swapped
+    contrasted = counts > 0
+    return F.cross_entropy(scores[contrasted], torch.zeros_like(owner[: int(contrasted.sum())]))
+
+
+def _persona_loss(output: DualOutput, mc_labels: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+    """:func:`persona_contrast_loss` of a batch's forward: the gold reply's likelihood after its own persona (among
+    the candidates' scores) and after the others (the swapped-persona batch)."""
+    own = output.mean_log_likelihood().gather(1, mc_labels[:, None])[:, 0]
+    swapped = -output.persona_swap_nll_sum / output.persona_swap_tokens.clamp(min=1)
+    return persona_contrast_loss(own, swapped, owner)
 
 
 def _tied_to_gold(scores: torch.Tensor, gold_copies: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
@@ -172,9 +197,12 @@ class PersonaTrainer(Trainer):
             write_model_card(self.args.output_dir, hub_model_id=self.hub_model_id or self.args.hub_model_id)
 
     def _forward(self, model, inputs, rank_candidates: bool = False) -> DualOutput:
-        """The dual forward; ``rank_candidates`` (and, always, a model with the likelihood prior) also scores every
-        candidate's likelihood (LM logits over all of them), and after an empty conversation too where PMI ranks."""
-        if not (rank_candidates or self.scores_every_candidate):
+        """The dual forward; ``rank_candidates`` (and, always, a model with the likelihood prior or a batch with
+        swapped personas) also scores every candidate's likelihood (LM logits over all of them), and after an empty
+        conversation too where PMI ranks."""
+        swapped = SWAP_OWNER in inputs
+        inputs = {name: value for name, value in inputs.items() if name != SWAP_OWNER}
+        if not (rank_candidates or self.scores_every_candidate or swapped):
             inputs = {name: value for name, value in inputs.items() if name != "candidate_labels"}
         if not (rank_candidates or self.prior_needs_context_free):
             inputs = {name: value for name, value in inputs.items() if not name.startswith(CONTEXT_FREE)}
@@ -183,9 +211,13 @@ class PersonaTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         output = self._forward(model, inputs)
         loss, lm_loss, mc_loss = dual_loss(output, inputs["mc_labels"], self.args.lm_coef, self.args.mc_coef)
+        parts = {"lm_loss": lm_loss, "mc_loss": mc_loss}
+        if SWAP_OWNER in inputs:
+            parts["persona_loss"] = _persona_loss(output, inputs["mc_labels"], inputs[SWAP_OWNER])
+            loss = loss + self.args.persona_coef * parts["persona_loss"]
         if model.training:
-            self._loss_parts["lm_loss"].append(lm_loss.detach())
-            self._loss_parts["mc_loss"].append(mc_loss.detach())
+            for name, value in parts.items():
+                self._loss_parts[name].append(value.detach())
         return (loss, output) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
