@@ -33,54 +33,18 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 
-import numpy as np
-
 from persona.data.layout import history_window
 from persona.data.tokenize import InvalidText
 from persona.model.generation import DecodingArguments, prompt_inputs
 from persona.model.loading import LoadedModel
 from persona.model.running_batch import RunningBatch
 from persona.serving.context import check_context
+from persona.serving.engine import REPLY_TIMEOUT_S, QueueFull, QueueTooSmall, ReplyEvent, WorkerStopped
 from persona.serving.logprobs import TokenTexts
 from persona.serving.row_decoding import Choice, RowDecoder, TokenLogprob, choose_tokens
 from persona.serving.streaming import ReplyStream
 
 logger = logging.getLogger(__name__)
-REPLY_TIMEOUT_S = 300  # a request that waited this long for its reply ends with an error
-
-
-class QueueFull(Exception):
-    """More requests are waiting than the batcher's queue holds."""
-
-
-class WorkerStopped(Exception):
-    """The decoding worker has ended: nothing queued now would be answered."""
-
-
-class QueueTooSmall(Exception):
-    """More requests at once than the batcher's queue could ever hold (its ``limit``): waiting does not help."""
-
-    def __init__(self, asked: int, limit: int):
-        super().__init__(f"{asked} replies asked for at once, but the queue holds at most {limit}")
-        self.asked, self.limit = asked, limit
-
-
-@dataclass
-class ReplyEvent:
-    """What a request receives: a ``delta`` of text (with the log-probabilities of the tokens it completes, when
-    asked for), or its end (``finish_reason``: stop, length or error). An error's ``status`` is 400 when the request
-    caused it (its ``error`` says how), 503 when the decoding worker stopped, 500 otherwise (its ``error`` names the
-    request id the log has); its ``code`` names the error in the API's answer. ``logprobs`` are the delta's tokens in
-    OpenAI's ``logprobs.content`` shape."""
-
-    delta: str = ""
-    finish_reason: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    error: str | None = None
-    status: int = 200
-    code: str | None = None  # the error's code in the API's answer
-    logprobs: list[dict] = field(default_factory=list)  # OpenAI's logprobs.content entries of the delta's tokens
 
 
 def error_event(error: BaseException, request_id: str, during: str) -> ReplyEvent:
@@ -115,14 +79,6 @@ class ReplyRequest:
     def fail(self, error: BaseException, during: str) -> None:
         """End the request with ``error`` (see :func:`error_event`)."""
         self.deliver(error_event(error, self.request_id, during))
-
-
-def choice_seed(seed: int | None, index: int) -> int | None:
-    """The seed of choice ``index`` of a request seeded with ``seed``: the seed itself for the first, one derived
-    from both for the others (so that ``n`` choices are ``n`` draws, the same ones for the same seed)."""
-    if seed is None or index == 0:
-        return seed
-    return int(np.random.SeedSequence([seed % 2**64, index]).generate_state(1, np.uint64)[0])
 
 
 class _Row:

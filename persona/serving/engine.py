@@ -5,16 +5,81 @@ one running batch; the only one for models that read token types or rerank with 
 :class:`~persona.serving.remote_engine.RemoteEngine` (an OpenAI-compatible server that decodes: llama.cpp's
 ``llama-server`` on a file from ``persona-export``, vLLM, TGI, Ollama). The persona layer stays in persona-serve
 either way: the page, the default persona, the history window, the key, CORS, the limits and ``/metrics``.
+
+The contract's types live here, beside the protocol, so that neither engine imports the other: the events a reply
+is made of (:class:`ReplyEvent`), the refusals (:class:`QueueFull`, :class:`QueueTooSmall`, :class:`WorkerStopped`),
+the seed of each of a request's choices (:func:`choice_seed`) and the rule of what streamed text is final
+(:func:`held_back`).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
+from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
+
 from persona.model.generation import DecodingArguments
-from persona.serving.batching import ReplyEvent
+
+REPLY_TIMEOUT_S = 300  # a request that waited this long for its reply ends with an error
+
+
+class QueueFull(Exception):
+    """More replies are waiting than the engine's queue holds."""
+
+
+class WorkerStopped(Exception):
+    """The decoding worker (or the engine) has ended: nothing queued now would be answered."""
+
+
+class QueueTooSmall(Exception):
+    """More replies at once than the engine's queue could ever hold (its ``limit``): waiting does not help."""
+
+    def __init__(self, asked: int, limit: int):
+        super().__init__(f"{asked} replies asked for at once, but the queue holds at most {limit}")
+        self.asked, self.limit = asked, limit
+
+
+@dataclass
+class ReplyEvent:
+    """What a request receives: a ``delta`` of text (with the log-probabilities of the tokens it completes, when
+    asked for), or its end (``finish_reason``: stop, length or error). An error's ``status`` is 400 when the request
+    caused it (its ``error`` says how), 503 when the decoding worker stopped, 500 otherwise (its ``error`` names the
+    request id the log has); its ``code`` names the error in the API's answer. ``logprobs`` are the delta's tokens in
+    OpenAI's ``logprobs.content`` shape."""
+
+    delta: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None
+    status: int = 200
+    code: str | None = None  # the error's code in the API's answer
+    logprobs: list[dict] = field(default_factory=list)  # OpenAI's logprobs.content entries of the delta's tokens
+
+
+def choice_seed(seed: int | None, index: int) -> int | None:
+    """The seed of choice ``index`` of a request seeded with ``seed``: the seed itself for the first, one derived
+    from both for the others (so that ``n`` choices are ``n`` draws, the same ones for the same seed)."""
+    if seed is None or index == 0:
+        return seed
+    return int(np.random.SeedSequence([seed % 2**64, index]).generate_state(1, np.uint64)[0])
+
+
+def held_back(text: str, stops: list[str]) -> int:
+    """How many trailing characters of ``text`` may still change: a half-decoded character, white space, or the
+    longest ending that starts a stop string."""
+    keep = len(text) - len(text.rstrip())
+    if text.endswith("\ufffd"):
+        keep = max(keep, 1)
+    for stop in stops:
+        for size in range(min(len(stop) - 1, len(text)), 0, -1):
+            if text.endswith(stop[:size]):
+                keep = max(keep, size)
+                break
+    return keep
 
 
 class Engine(Protocol):
@@ -56,8 +121,8 @@ class Engine(Protocol):
         request_id: str | None,
     ) -> list[AsyncIterator[ReplyEvent]]:
         """One reply per seed, queued together, all or none
-        (:class:`~persona.serving.batching.QueueFull`, :class:`~persona.serving.batching.QueueTooSmall`,
-        :class:`~persona.serving.batching.WorkerStopped`), each as its events as they come, its end last. Call it
+        (:class:`QueueFull`, :class:`QueueTooSmall`,
+        :class:`WorkerStopped`), each as its events as they come, its end last. Call it
         inside the event loop that reads them."""
 
     def close(self, timeout_s: float = 60.0) -> None:
@@ -73,7 +138,7 @@ async def reply_events(
     stop: list[str] = (),
     seed: int | None = None,
 ) -> AsyncIterator[ReplyEvent]:
-    """One reply's events as they come, its end last (:class:`~persona.serving.batching.QueueFull` at once when the
+    """One reply's events as they come, its end last (:class:`QueueFull` at once when the
     engine's queue is full)."""
     (events,) = engine.replies(
         persona, history, decoding, seeds=[seed], stop=list(stop), top_logprobs=None, request_id=None

@@ -32,9 +32,8 @@ from starlette.requests import ClientDisconnect
 
 from persona.data.chat_records import split_sentences
 from persona.model.generation import DecodingArguments
-from persona.serving.batching import QueueFull, QueueTooSmall, ReplyEvent, WorkerStopped, choice_seed
 from persona.serving.context import ContextTooLong, ControlTextRefused
-from persona.serving.engine import Engine
+from persona.serving.engine import Engine, QueueFull, QueueTooSmall, ReplyEvent, WorkerStopped, choice_seed
 from persona.serving.metrics import ServerMetrics
 from persona.serving.protocol import (
     APIError,

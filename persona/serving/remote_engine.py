@@ -6,7 +6,7 @@ persona keeps its part: the page, the default persona, the history window, the k
 persona as the system message, the window of the conversation as alternating user and assistant messages (as
 persona's chat-template layout renders a turn, :func:`~persona.data.chat_layout.chat_messages`), and the decoding
 settings translated by :func:`engine_request`. The engine's chunks come back as
-:class:`~persona.serving.batching.ReplyEvent`\\ s, with the reply's leading and trailing white space held back as
+:class:`~persona.serving.engine.ReplyEvent`\\ s, with the reply's leading and trailing white space held back as
 persona's own engine holds it; the engine's refusals keep their meaning: its 400 (a context too long for it, a bad
 value) is the client's 400, its 429 or 503 a 429 or 503, anything else (a key it refused, a crash, no answer, a chunk
 that is not a JSON object) a 502. What clients are told never holds the engine's address (which may carry
@@ -29,9 +29,8 @@ from persona.data.layout import history_window
 from persona.errors import ConfigError
 from persona.model.generation import GREEDY_BELOW, DecodingArguments
 from persona.model.loading import LoadedModel
-from persona.serving.batching import REPLY_TIMEOUT_S, QueueFull, QueueTooSmall, ReplyEvent
 from persona.serving.context import ControlTextRefused, check_context
-from persona.serving.streaming import held_back
+from persona.serving.engine import REPLY_TIMEOUT_S, QueueFull, QueueTooSmall, ReplyEvent, held_back
 
 logger = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 10.0

@@ -11,21 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from persona.serving.engine import held_back
+
 Send = Callable[[str], None]
-
-
-def held_back(text: str, stops: list[str]) -> int:
-    """How many trailing characters of ``text`` may still change: a half-decoded character, white space, or the
-    longest ending that starts a stop string."""
-    keep = len(text) - len(text.rstrip())
-    if text.endswith("\ufffd"):
-        keep = max(keep, 1)
-    for stop in stops:
-        for size in range(min(len(stop) - 1, len(text)), 0, -1):
-            if text.endswith(stop[:size]):
-                keep = max(keep, size)
-                break
-    return keep
 
 
 class ReplyStream:

@@ -12,9 +12,8 @@ import gradio as gr
 
 from persona.data.chat_records import split_sentences
 from persona.model.generation import DecodingArguments
-from persona.serving.batching import QueueFull, WorkerStopped
 from persona.serving.context import ContextTooLong, ControlTextRefused
-from persona.serving.engine import Engine, reply_events
+from persona.serving.engine import Engine, QueueFull, WorkerStopped, reply_events
 
 INTRODUCTION = """# Chat with a persona bot
 Write to the bot below and press Enter. It answers as the person described on the right: change those sentences
