@@ -94,6 +94,8 @@ def test_the_persona_loss_is_the_cross_entropy_of_the_own_persona_by_the_replys_
             others = [_mean_log_likelihood(tiny_model, swap, gold, layout.ids) for swap in example["persona_swaps"]]
             expected.append(-F.log_softmax(torch.tensor([own, *others]), dim=0)[0].item())
     assert loss == pytest.approx(sum(expected) / len(expected), rel=1e-4)
+    trained = tiny_model(**{k: v for k, v in batch.items() if k != "gold_copies"}, dual_path=path)
+    assert trained.persona_swap_nll_sum.requires_grad  # the likelihood after other personas is trained, not a baseline
 
 
 def test_turns_without_other_personas_take_no_part_in_the_loss():

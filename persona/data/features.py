@@ -88,11 +88,14 @@ def tokenize_batch(
         zip(indices, batch["persona"], batch["turns"], batch["record"])
     ):
         others = other_personas(batch["persona"], position, persona_contrast, seed * 1_000_003 + dialog_id)
+        swaps_of: dict[int, list] = {}  # per turn: the same for every rotation of the dialog's own persona
         for ordering in rotations(persona, permutations):
             for turn_id, turn in enumerate(turns):
                 try:
                     prefix, candidates, truncated, spans = build(ordering, turn)
-                    swaps = [build(other, turn)[0] for other in others]  # fitted as the turn is, candidates and all
+                    if turn_id not in swaps_of:  # fitted as the turn is, candidates and all
+                        swaps_of[turn_id] = [build(other, turn)[0] for other in others]
+                    swaps = swaps_of[turn_id]
                 except GoldTooLong as too_long:
                     error = _too_long(too_long.tokens, max_input_length, f"{record}, turn {turn_id}")
                     if strict:

@@ -121,8 +121,8 @@ class Engine(Protocol):
         request_id: str | None,
     ) -> list[AsyncIterator[ReplyEvent]]:
         """One reply per seed, queued together, all or none
-        (:class:`QueueFull`, :class:`QueueTooSmall`,
-        :class:`WorkerStopped`), each as its events as they come, its end last. Call it
+        (:class:`QueueFull`, :class:`QueueTooSmall`, :class:`WorkerStopped`), each as its events as they come, its end
+        last. Call it
         inside the event loop that reads them."""
 
     def close(self, timeout_s: float = 60.0) -> None:
