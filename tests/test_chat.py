@@ -66,7 +66,8 @@ def test_interactive_loop_in_a_pseudo_terminal(trained_model_dir):
 
 def test_history_is_kept_and_reset(trained_model_dir):
     from persona.commands.chat import chat_loop
-    from persona.model.generation import Bot, DecodingArguments
+    from persona.model.decoding import Bot
+    from persona.model.generation import DecodingArguments
     from tests.conftest import load_folder
 
     seen = []
@@ -131,7 +132,8 @@ def test_json_lines_answer_each_request(trained_model_dir, tmp_path):
 
 def test_a_message_that_is_not_valid_unicode_is_not_sent_and_the_chat_goes_on(trained_model_dir):
     from persona.commands.chat import chat_loop
-    from persona.model.generation import Bot, DecodingArguments
+    from persona.model.decoding import Bot
+    from persona.model.generation import DecodingArguments
     from tests.conftest import load_folder
 
     inputs, out = iter(["\udcff broken bytes", "hello!", "/quit"]), []

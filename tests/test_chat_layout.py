@@ -198,21 +198,18 @@ def test_a_template_trained_model_keeps_its_own_template_and_layout(template_tra
 def test_chat_and_eval_of_a_template_trained_model_go_through_its_template(template_trained, tmp_path):
     from persona.commands.eval import main as eval_main
     from persona.data.chat_layout import generation_prompt
-    from persona.model.generation import Bot, DecodingArguments
+    from persona.model.decoding import Bot
+    from persona.model.generation import DecodingArguments
 
     loaded = load_folder(template_trained)
-    seen = {}
-    original = loaded.model.generate
-
-    def recording(**kwargs):
-        seen.update(kwargs)
-        return original(**kwargs)
-
-    loaded.model.generate = recording
+    seen = []
+    loaded.model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs), with_kwargs=True)
     persona, history = ["i like cats."], ["hi!", "hello.", "what do you do?"]
-    assert isinstance(Bot(loaded, DecodingArguments(do_sample=False, max_length=4), 2).reply(persona, history), str)
-    assert seen["input_ids"][0].tolist() == generation_prompt(loaded.tokenizer, persona, history)
-    assert "token_type_ids" not in seen and seen["generation_config"].eos_token_id == loaded.ids.eos
+    decoding = DecodingArguments(do_sample=False, max_length=4)
+    assert isinstance(Bot(loaded, decoding, 2).reply(persona, history), str)
+    assert seen[0]["input_ids"][0].tolist() == generation_prompt(loaded.tokenizer, persona, history)
+    assert all("token_type_ids" not in inputs for inputs in seen)
+    assert decoding.generation_config(loaded).eos_token_id == loaded.ids.eos
     argv = [
         "--model_name_or_path",
         str(template_trained),

@@ -154,7 +154,8 @@ def test_llama_cpp_renders_tokenizes_and_answers_as_persona_chat(trained, tmp_pa
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
     from persona.data.chat_layout import chat_messages
-    from persona.model.generation import Bot, DecodingArguments, prompt_inputs
+    from persona.model.decoding import Bot
+    from persona.model.generation import DecodingArguments, prompt_inputs
 
     path = tmp_path / "bot.gguf"
     assert export_main([str(trained), "--gguf", str(path), "--outtype", "f32"]) == 0

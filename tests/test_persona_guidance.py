@@ -7,7 +7,8 @@ import torch
 
 from persona.configs import DataArguments
 from persona.errors import ConfigError
-from persona.model.generation import DecodingArguments, generate_batch, generate_replies, prompt_inputs
+from persona.model.decoding import decode, generate_replies
+from persona.model.generation import DecodingArguments, prompt_inputs
 from persona.serving.server import ServeArguments, build_engine
 from tests.conftest import as_loaded, load_folder
 
@@ -60,15 +61,16 @@ def test_each_guided_token_is_the_formulas_in_a_left_padded_batch(loaded):
     decoding = DecodingArguments(do_sample=False, max_length=6, persona_weight=1.5)
     prompts = [prompt_inputs(persona, history, loaded, 6) for persona, history in CHATS]
     alone = [prompt_inputs([], history, loaded, 6) for _, history in CHATS]
-    generated = generate_batch(loaded, prompts, decoding, alone)
+    generated = decode(loaded, prompts, decoding, unconditional=alone)
     expected = [_guided_greedy(loaded, p, a, 1.5, 6) for p, a in zip(prompts, alone)]
     assert [tokens for tokens, _ in generated] == expected
-    plain = generate_batch(loaded, prompts, DecodingArguments(do_sample=False, max_length=6))
-    assert [_guided_greedy(loaded, p, a, 0.0, 6) for p, a in zip(prompts, alone)] == [t for t, _ in plain]
+    plain = [tokens for tokens, _ in decode(loaded, prompts, DecodingArguments(do_sample=False, max_length=6))]
+    assert [_guided_greedy(loaded, p, a, 0.0, 6) for p, a in zip(prompts, alone)] == plain
+    assert expected != plain, "the guidance changed no token: this test could not tell it from plain decoding"
 
 
 def test_the_weights_extremes(tiny_model, tokenizer):
-    """The largest weight samples finite replies (sampled and greedy); past the range, NaN, beam search and
+    """The largest weight samples finite replies (sampled and greedy); past the range, NaN and an engine behind
     persona-serve are refused with the field named."""
     loaded = as_loaded(tiny_model, tokenizer)
     for decoding in (
@@ -80,7 +82,49 @@ def test_the_weights_extremes(tiny_model, tokenizer):
     for value in (10.5, -0.1, float("nan"), float("inf")):
         with pytest.raises(ConfigError, match="persona_weight"):
             DecodingArguments(persona_weight=value)
-    with pytest.raises(ConfigError, match="num_beams"):
-        DecodingArguments(persona_weight=1.0, do_sample=False, num_beams=2)
-    with pytest.raises(ConfigError, match="persona-serve does not weigh the persona"):
-        build_engine(None, DataArguments(), ServeArguments(), DecodingArguments(persona_weight=1.0))
+    in_front = ServeArguments(engine_url="http://127.0.0.1:9")
+    with pytest.raises(ConfigError, match="an OpenAI-compatible engine does not weigh the persona"):
+        build_engine(None, DataArguments(), in_front, DecodingArguments(persona_weight=1.0))
+
+
+def test_persona_serve_guides_a_request_as_persona_chat_does_and_an_engine_behind_it_refuses(
+    trained_model_dir, join_sizes
+):
+    """``persona_weight: 2`` in a request to persona's own engine: the greedy reply persona-chat's bot gives with
+    that weight (which differs from the unguided one here), joined with an unguided request (two rows, one pair
+    without the persona); the same request to a persona-serve in front of it is a 400 naming the field."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from persona.configs import ModelArguments
+    from persona.model.decoding import Bot
+    from persona.serving.server import free_port, running_server
+
+    persona, history = CHATS[0]
+    messages = [{"role": "system", "content": " ".join(persona)}, {"role": "user", "content": history[0]}]
+    body = {"messages": messages, "temperature": 0, "max_tokens": 8}
+    loaded = load_folder(trained_model_dir)
+    guided, plain = (
+        Bot(loaded, DecodingArguments(do_sample=False, max_length=8, persona_weight=weight), 2).reply(persona, history)
+        for weight in (2.0, 0.0)
+    )
+    assert guided != plain
+    join_sizes.clear()
+    model = ModelArguments(model_name_or_path=str(trained_model_dir))
+    serve = ServeArguments(port=free_port(), batch_wait_ms=500)
+    with running_server(model, DataArguments(), serve, DecodingArguments()) as (url, _):
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(
+                pool.map(
+                    lambda extra: httpx.post(f"{url}/v1/chat/completions", json={**body, **extra}, timeout=60),
+                    ({"persona_weight": 2.0}, {}),
+                )
+            )
+        assert [a.json()["choices"][0]["message"]["content"] for a in answers] == [guided, plain]
+        assert join_sizes == [2, 1]
+        in_front = ServeArguments(port=free_port(), engine_url=url)
+        with running_server(None, DataArguments(), in_front, DecodingArguments()) as (front, _):
+            refused = httpx.post(f"{front}/v1/chat/completions", json={**body, "persona_weight": 2.0}, timeout=60)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "persona_weight" and "own engine" in refused.json()["error"]["message"]

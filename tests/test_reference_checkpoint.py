@@ -50,21 +50,16 @@ def _reference_encode(tokenizer, text: str) -> list[int]:
 
 @pytest.mark.parametrize("family", CLASSES)
 def test_persona_chat_feeds_a_reference_checkpoint_the_reference_prompt(family, tmp_path):
-    from persona.model.generation import Bot, DecodingArguments
+    from persona.model.decoding import Bot
+    from persona.model.generation import DecodingArguments
 
     reference_tokenizer = _reference_checkpoint(tmp_path, family)
     loaded = load_folder(tmp_path)
     model, tokenizer = loaded.model, loaded.tokenizer
     assert type(model).__name__ == CLASSES[family][0].__name__
     persona, history = ["i like cats.", "i am a nurse."], ["hi! what do you do?", "i sing.", "nice, where?"]
-    seen = {}
-    original = model.generate
-
-    def recording(**kwargs):
-        seen.update(kwargs)
-        return original(**kwargs)
-
-    model.generate = recording
+    seen = []  # each forward's inputs: the first reads the prompt
+    model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs), with_kwargs=True)
     reply = Bot(loaded, DecodingArguments(do_sample=False, max_length=5), max_history=2).reply(persona, history)
     assert isinstance(reply, str)
     expected = reference_build_input_from_segments(
@@ -74,8 +69,8 @@ def test_persona_chat_feeds_a_reference_checkpoint_the_reference_prompt(family, 
         tokenizer_ids(tokenizer),
         with_eos=False,
     )
-    assert seen["input_ids"][0].tolist() == expected["input_ids"]
-    assert seen["token_type_ids"][0].tolist() == expected["token_type_ids"]
+    assert seen[0]["input_ids"][0].tolist() == expected["input_ids"]
+    assert seen[0]["token_type_ids"][0].tolist() == expected["token_type_ids"]
 
 
 def tokenizer_ids(tokenizer):

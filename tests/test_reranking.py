@@ -8,7 +8,8 @@ import torch
 from persona.data.chat_layout import template_turn
 from persona.data.layout import build_inputs
 from persona.errors import ConfigError
-from persona.model.generation import DecodingArguments, generate_batch, generate_replies, prompt_inputs
+from persona.model.decoding import decode, generate_replies
+from persona.model.generation import DecodingArguments, prompt_inputs
 from persona.model.scoring import reply_scores
 from tests.conftest import load_folder
 
@@ -56,7 +57,7 @@ def test_reranking_answers_with_the_sample_the_head_ranks_first(trained_model_di
     decoding = DecodingArguments(do_sample=True, temperature=1.0, top_p=1.0, max_length=6, rerank_samples=3)
     prompt = prompt_inputs(PERSONA, HISTORY, loaded, decoding.max_length)
     torch.manual_seed(3)
-    samples = generate_batch(loaded, [prompt] * 3, decoding)
+    samples = decode(loaded, [prompt] * 3, decoding)
     scores = reply_scores(loaded, prompt["input_ids"], [tokens for tokens, _ in samples])
     best = samples[max(range(3), key=lambda index: (scores[index], -index))][0]
     torch.manual_seed(3)

@@ -8,11 +8,11 @@ import threading
 import pytest
 import torch
 
-from persona.model.generation import DecodingArguments, generate_batch, prompt_inputs
+from persona.model.generation import DecodingArguments, prompt_inputs
 from persona.model.running_batch import RunningBatch
 from persona.serving.batching import ReplyBatcher, ReplyRequest
 from persona.serving.streaming import ReplyStream
-from tests.conftest import load_folder
+from tests.conftest import load_folder, transformers_generate
 
 PERSONA = ["i like cats.", "i am a nurse."]
 HISTORIES = {
@@ -29,7 +29,7 @@ def loaded(request, trained_model_dir, template_trained):
 
 def alone(loaded, history: list[str], decoding: DecodingArguments) -> str:
     """The text a stream sends for the reply ``generate`` gives to ``history`` alone (one row, no batch)."""
-    ((tokens, ended),) = generate_batch(
+    ((tokens, ended),) = transformers_generate(
         loaded, [prompt_inputs(PERSONA, history, loaded, decoding.max_length)], decoding
     )
     sent: list[str] = []
@@ -166,3 +166,30 @@ def test_a_sliding_window_model_decodes_in_the_running_batch_as_it_does_alone():
             alone = model(torch.tensor([prompt + fed])).logits[0, len(prompt) - 1 :]
         got = torch.stack([first[row], steps[0][row], steps[1][row]])
         torch.testing.assert_close(got, alone, atol=1e-5, rtol=0)
+
+
+def test_a_model_without_a_cache_decodes_in_a_running_batch_by_reading_whole_rows(tokenizer):
+    """openai-gpt keeps no key/value cache: its running batch (two prompts joined one after the other, a step, the
+    first row dropped, a step) reads whole rows, and the logits are one forward pass over the row alone."""
+    from persona.model.running_batch import RecomputingBatch, running_batch
+    from tests.conftest import TINY_OPENAI_GPT, as_loaded, build_tiny
+
+    loaded = as_loaded(build_tiny(TINY_OPENAI_GPT), tokenizer)
+    batch = running_batch(loaded)
+    assert isinstance(batch, RecomputingBatch)
+    prompts = [prompt_inputs(PERSONA, [text], loaded, 4) for text in ("hi!", "where do you live? in paris")]
+    first = [batch.join([prompt])[0] for prompt in prompts]
+    steps = [batch.step([5, 6])]
+    batch.keep([1])
+    steps.append(batch.step([7])[0])
+
+    def alone(prompt: dict, fed: list[int]) -> torch.Tensor:
+        ids = torch.tensor([prompt["input_ids"] + fed])
+        types = torch.tensor([prompt["token_type_ids"] + prompt["token_type_ids"][-1:] * len(fed)])
+        with torch.no_grad():
+            return loaded.model(input_ids=ids, token_type_ids=types).logits[0, -1]
+
+    torch.testing.assert_close(first[0], alone(prompts[0], []), atol=1e-5, rtol=0)
+    torch.testing.assert_close(first[1], alone(prompts[1], []), atol=1e-5, rtol=0)
+    torch.testing.assert_close(steps[0][0], alone(prompts[0], [5]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(steps[1], alone(prompts[1], [6, 7]), atol=1e-5, rtol=0)

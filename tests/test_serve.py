@@ -46,7 +46,7 @@ def _client(url: str, key: str = "none"):
 
 
 def test_the_openai_client_gets_a_reply_and_a_streamed_reply_as_persona_chat_makes_them(served, trained_model_dir):
-    from persona.model.generation import Bot
+    from persona.model.decoding import Bot
     from tests.conftest import load_folder
 
     url, _, model_id = served
@@ -97,7 +97,8 @@ def test_logprobs_are_the_models_own_whole_and_streamed(served, trained_model_di
     reply and whose bytes decode to it; each log-probability equals the model's log-softmax at that position
     (recomputed here in one forward over prompt and reply), the alternatives are the three likeliest in order; the
     streamed chunks carry the same entries."""
-    from persona.model.generation import generate_batch, prompt_inputs
+    from persona.model.decoding import decode
+    from persona.model.generation import prompt_inputs
     from tests.conftest import load_folder
 
     url, _, model_id = served
@@ -112,7 +113,7 @@ def test_logprobs_are_the_models_own_whole_and_streamed(served, trained_model_di
     assert len(entries) == reply.usage.completion_tokens
     loaded = load_folder(trained_model_dir)
     prompt = prompt_inputs(PERSONA.replace(". ", ".|").split("|"), [ASK[1]["content"]], loaded, 10)
-    ((tokens, _),) = generate_batch(loaded, [prompt], DecodingArguments(do_sample=False, max_length=10))
+    ((tokens, _),) = decode(loaded, [prompt], DecodingArguments(do_sample=False, max_length=10))
     ids = torch.tensor([prompt["input_ids"] + tokens])
     types = torch.tensor([prompt["token_type_ids"] + prompt["token_type_ids"][-1:] * len(tokens)])
     with torch.no_grad():

@@ -22,7 +22,8 @@ from persona.data.layout import history_window
 from persona.data.personas import draw_persona
 from persona.data.tokenize import InvalidText
 from persona.errors import Interrupted
-from persona.model.generation import Bot, DecodingArguments
+from persona.model.decoding import Bot
+from persona.model.generation import DecodingArguments
 from persona.model.loading import load_for_inference, refuse_training_fields
 
 

@@ -36,6 +36,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import GenerationMixin, GPT2DoubleHeadsModel, OpenAIGPTDoubleHeadsModel, OpenAIGPTLMHeadModel
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, and_masks, causal_mask_function
+from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 from transformers.utils import ModelOutput
 
@@ -418,9 +419,14 @@ class GPTDualHeads(PersonaDualHeads):
             picked[:, :, None], torch.zeros(picked.shape[:2], dtype=torch.long, device=picked.device)
         ).squeeze(-1)
 
-    def forward_full(self, *args, **kwargs):
-        """The base double-heads model's own forward (all logits)."""
-        return super(PersonaDualHeads, self).forward(*args, **kwargs)
+    def forward_full(self, *args, logits_to_keep: int = 0, **kwargs):
+        """The base double-heads model's own forward (all logits); with ``logits_to_keep`` k, the body and the LM
+        logits of the last k positions alone (what decoding reads), as transformers' causal LMs give."""
+        if not logits_to_keep:
+            return super(PersonaDualHeads, self).forward(*args, **kwargs)
+        body = self.transformer(*args, **kwargs)
+        logits = self.lm_head(body.last_hidden_state[:, -logits_to_keep:])
+        return CausalLMOutputWithPast(logits=logits, cache=getattr(body, "cache", None))  # openai-gpt keeps none
 
 
 class MultipleChoiceHead(nn.Module):
@@ -510,7 +516,9 @@ def persona_class(base: type) -> type:
     def forward(self, *args, dual_path: str | None = None, **kwargs):
         return PersonaDualHeads.forward(self, *args, dual_path=dual_path, **kwargs)
 
-    forward.__signature__ = _with_extra_arguments(inspect.signature(base.forward), ("dual_path", "token_type_ids"))
+    forward.__signature__ = _with_extra_arguments(
+        inspect.signature(base.forward), ("dual_path", "token_type_ids", "logits_to_keep")
+    )
     forward.__doc__ = PersonaDualHeads.forward.__doc__
     cls.forward = forward
     return cls

@@ -1,7 +1,7 @@
-"""Reply generation with ``model.generate``: batched, left-padded, only ``<eos>`` among the special tokens.
-
-Evaluation, chat (:class:`Bot`) and serving all build prompts with :func:`prompt_inputs` and generate them with
-:func:`generate_batch`.
+"""How replies are decoded (:class:`DecodingArguments`, the reference's interact.py settings and their bounds) and
+the prompt a reply follows (:func:`prompt_inputs`): what chat, evaluation and serving share. The decoding loop is
+:mod:`persona.model.decoding` (chat and evaluation) and :mod:`persona.serving.batching` (serving), over the same
+:class:`~persona.model.running_batch.RunningBatch` and :class:`~persona.model.row_decoding.RowDecoder`.
 """
 
 from __future__ import annotations
@@ -10,15 +10,10 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from persona.data.layout import history_window
 from persona.errors import ConfigError
 from persona.model.loading import LoadedModel
-from persona.model.persona_guidance import PersonaGuidance
-from persona.model.running_batch import left_padded
-from persona.model.scoring import best_reply, check_rerankable
 
 NEUTRAL_SAMPLING = {"temperature": 1.0, "top_p": 1.0, "top_k": 50}
 GREEDY_BELOW = 1e-5  # a sampling temperature below this decodes greedily, as vLLM does (dividing by it overflows)
@@ -34,11 +29,10 @@ class DecodingArguments:
     included) decodes greedily (one sample, whatever ``rerank_samples`` says); a negative or non-finite
     temperature, a ``top_p`` outside [0, 1], a ``repetition_penalty`` outside :data:`REPETITION_PENALTY_RANGE` and
     ``rerank_samples`` below 1 (or above 1 without sampling) and a ``persona_weight`` outside
-    :data:`PERSONA_WEIGHT_RANGE` (or above 0 with beam search) are a :class:`~persona.errors.ConfigError`.
+    :data:`PERSONA_WEIGHT_RANGE` are a :class:`~persona.errors.ConfigError`.
     """
 
-    do_sample: bool = field(default=True, metadata={"help": "Sample (nucleus/top-k); false: greedy or beam search."})
-    num_beams: int = field(default=1, metadata={"help": "Beam width when not sampling (1: greedy)."})
+    do_sample: bool = field(default=True, metadata={"help": "Sample (nucleus/top-k); false: greedy."})
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature."})
     top_p: float = field(
         default=0.9, metadata={"help": "Nucleus sampling: keep the smallest token set of this probability."}
@@ -73,7 +67,7 @@ class DecodingArguments:
             "help": "Weigh the persona while decoding (0: off; 0 to 10): each next token's log-probability after the "
             "persona and the conversation plus this weight times its difference from the one after the conversation "
             "alone, classifier-free guidance by the persona (transformers' guidance_scale 1 + weight). Costs a "
-            "second forward pass per token; not with beam search."
+            "second forward pass per token."
         },
     )
 
@@ -94,19 +88,13 @@ class DecodingArguments:
                 where="rerank_samples",
                 fix="give rerank_samples 1 (off) or more with do_sample true: greedy decoding has one reply to rank.",
             )
-        if self.persona_weight and self.num_beams > 1 and not self.do_sample:
-            raise ConfigError(
-                f"persona_weight {self.persona_weight} with num_beams {self.num_beams}",
-                where="persona_weight",
-                fix="weigh the persona with greedy decoding or sampling (num_beams 1), or drop persona_weight.",
-            )
         if self.do_sample and self.temperature < GREEDY_BELOW:
             self.do_sample = False
 
     def settings(self) -> dict:
         """These settings as ``GenerationConfig`` fields, whatever the tokenizer."""
-        # Greedy and beam search get transformers' neutral values: left unset, a model's saved sampling settings
-        # would fill them in, and generate would warn about flags that only sampling uses.
+        # Greedy decoding gets transformers' neutral values: left unset, a model's saved sampling settings would fill
+        # them in, and generate would warn about flags that only sampling uses.
         sampling = (
             {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
             if self.do_sample
@@ -114,7 +102,6 @@ class DecodingArguments:
         )
         return {
             "do_sample": self.do_sample,
-            "num_beams": 1 if self.do_sample else self.num_beams,
             "max_new_tokens": self.max_length,
             "min_new_tokens": self.min_length,
             **({"repetition_penalty": self.repetition_penalty} if self.repetition_penalty != 1.0 else {}),
@@ -158,92 +145,3 @@ def prompt_inputs(persona: list[str], history: list[str], loaded: LoadedModel, r
     <speaker2> last utterance <speaker1>`` with its token types, in the chat-template layout the template's
     generation prompt (no token types)."""
     return loaded.layout.prompt_inputs(persona, history, reply_budget, loaded.max_positions)
-
-
-@dataclass
-class Reply:
-    """A generated reply: its text, and whether it ended by itself (its end token before the length limit)."""
-
-    text: str
-    ended: bool
-
-
-@torch.no_grad()
-def generate_batch(
-    loaded: LoadedModel, prompts: list[dict], decoding: DecodingArguments, unconditional: list[dict] | None = None
-) -> list[tuple[list[int], bool]]:
-    """The reply token ids (up to its end token, excluded) of each prompt of :func:`prompt_inputs` and whether that
-    end token came, generated in one left-padded batch (with token types if the model takes them) as ``decoding``
-    says; with ``decoding.persona_weight``, guided by ``unconditional``, each prompt's without the persona
-    (:class:`~persona.model.persona_guidance.PersonaGuidance`)."""
-    ids, model = loaded.ids, loaded.model
-    device = next(model.parameters()).device
-    input_ids, mask = left_padded([p["input_ids"] for p in prompts], ids.pad)
-    types = {}
-    if loaded.token_types:
-        types["token_type_ids"] = left_padded([p["token_type_ids"] for p in prompts], ids.pad)[0].to(device)
-    processors = decoding.logits_processors(input_ids.shape[1])
-    if decoding.persona_weight:
-        if unconditional is None or len(unconditional) != len(prompts):
-            raise ValueError("persona_weight needs each prompt's unconditional prompt (without the persona)")
-        processors.append(PersonaGuidance(loaded, unconditional, decoding.persona_weight))
-    output = model.generate(
-        input_ids=input_ids.to(device),
-        attention_mask=mask.to(device),
-        generation_config=decoding.generation_config(loaded),
-        logits_processor=processors,
-        **types,
-    )
-    rows = output[:, input_ids.shape[1] :].tolist()
-    return [(row[: row.index(ids.eos)], True) if ids.eos in row else (row, False) for row in rows]
-
-
-def generate_replies(
-    loaded: LoadedModel,
-    dialogs: list[tuple[list[str], list[str]]],
-    decoding: DecodingArguments,
-    *,
-    batch_size: int = 32,
-    progress: bool = False,
-) -> list[Reply]:
-    """One reply per ``(persona sentences, history utterances)``, generated in left-padded batches (with
-    ``rerank_samples`` n, n sampled replies per prompt in the same batch, the one the multiple-choice head ranks first
-    kept; with ``persona_weight``, guided by the persona); ``progress`` shows a bar."""
-    replies: list[Reply] = []
-    samples = decoding.rerank_samples if decoding.do_sample else 1
-    if samples > 1:
-        check_rerankable(loaded)
-    for start in tqdm(
-        range(0, len(dialogs), batch_size), desc="Generating replies", unit="batch", disable=not progress
-    ):
-        batch = dialogs[start : start + batch_size]
-        prompts = [prompt_inputs(p, h, loaded, decoding.max_length) for p, h in batch]
-        unconditional = None
-        if decoding.persona_weight:
-            alone = [prompt_inputs([], h, loaded, decoding.max_length) for _, h in batch]
-            unconditional = [prompt for prompt in alone for _ in range(samples)]
-        generated = generate_batch(
-            loaded, [prompt for prompt in prompts for _ in range(samples)], decoding, unconditional
-        )
-        if samples > 1:
-            groups = [generated[index : index + samples] for index in range(0, len(generated), samples)]
-            generated = [
-                group[best_reply(loaded, prompt["input_ids"], [tokens for tokens, _ in group])]
-                for prompt, group in zip(prompts, groups)
-            ]
-        texts = loaded.tokenizer.batch_decode([tokens for tokens, _ in generated], skip_special_tokens=True)
-        replies += [Reply(text.strip(), ended) for text, (_, ended) in zip(texts, generated)]
-    return replies
-
-
-class Bot:
-    """A loaded model and decoding settings: replies to a persona and a history, as persona-chat does."""
-
-    def __init__(self, loaded: LoadedModel, decoding: DecodingArguments, max_history: int):
-        self.loaded, self.decoding, self.max_history = loaded, decoding, max_history
-
-    def reply(self, persona: list[str], history: list[str]) -> str:
-        """The bot's next utterance to the last ``max_history`` exchanges of ``history``."""
-        window = history_window(history, self.max_history)
-        (reply,) = generate_replies(self.loaded, [(persona, window)], self.decoding)
-        return reply.text

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from transformers import AutoConfig, AutoTokenizer, GgufConfig
 
-from persona.configs import ModelArguments
+from persona.configs import INFERENCE_DTYPES, ModelArguments
 from persona.data.input_layouts import ChatTemplateLayout, Layout, ReferenceLayout, layout_class
 from persona.data.special_tokens import SpecialIds, has_persona_tokens, resize_embeddings, special_ids
 from persona.errors import ConfigError, ModelLoadError, first_line
@@ -99,8 +99,9 @@ def base_config(model_args: ModelArguments):
 
 
 def _pretrained(model_args: ModelArguments, config):
-    """The pretrained weights of ``model_args`` in persona's class for ``config`` (a GGUF de-quantized to floats)."""
-    options = _hub_options(model_args)
+    """The pretrained weights of ``model_args`` in persona's class for ``config`` (a GGUF de-quantized to floats), in
+    the precision ``dtype`` names."""
+    options = {**_hub_options(model_args), "dtype": INFERENCE_DTYPES[model_args.dtype]}
     if model_args.gguf_file:
         options.update(gguf_file=model_args.gguf_file, quantization_config=GgufConfig(dequantize=True))
     try:
@@ -135,6 +136,12 @@ def load_for_training(
     likelihood ranking. A persona model given as the base keeps the token types it was trained with unless
     ``use_token_types`` says otherwise.
     """
+    if model_args.dtype != "auto":
+        raise ConfigError(
+            f"dtype {model_args.dtype} is for chatting, evaluating and serving; training loads the checkpoint's own",
+            where="dtype",
+            fix="drop dtype; train in mixed precision with bf16: true (or fp16: true on a GPU).",
+        )
     layout, added = layout_for_training(model_args, input_layout)
     tokenizer, ids = layout.tokenizer, layout.ids
     config = base_config(model_args)

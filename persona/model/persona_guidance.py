@@ -4,33 +4,71 @@ At each step a token's score is its log-probability after the persona and the co
 the difference from its log-probability after the conversation alone (no persona):
 ``log p(t | persona, history) + weight * (log p(t | persona, history) - log p(t | history))``, transformers'
 ``guidance_scale`` of ``1 + weight``. A token the persona makes likelier than the conversation alone gains, a generic
-one loses: the PMI ranking of whole replies (``pmi_weight``), token by token. The conversation-alone prompts run as
-their own :class:`~persona.model.running_batch.RunningBatch` beside ``generate``'s (their own positions and, in the
-reference layout, token types), one row per generated row, fed the same tokens.
+one loses: the PMI ranking of whole replies (``pmi_weight``), token by token. Both decoding loops
+(:mod:`~persona.model.decoding`, and persona-serve's batcher) run each guided row's prompt without the persona as a
+paired row of a second :class:`~persona.model.running_batch.RunningBatch` (its own positions and, in the reference
+layout, token types), fed the same tokens (:class:`GuidedBatch`); :func:`guided_scores` combines them.
 """
 
 from __future__ import annotations
 
 import torch
-from transformers import LogitsProcessor
 
 from persona.model.loading import LoadedModel
-from persona.model.running_batch import RunningBatch
+from persona.model.prefix_cache import PrefixCache
+from persona.model.running_batch import running_batch
 
 
-class PersonaGuidance(LogitsProcessor):
-    """Scores guided by the persona (see the module): ``unconditional`` holds the prompt without the persona of each
-    row ``generate`` decodes (:func:`~persona.model.generation.prompt_inputs` of an empty persona), in row order."""
+def guided_scores(scores: torch.Tensor, unconditional: torch.Tensor, weight: torch.Tensor | float) -> torch.Tensor:
+    """``scores`` [rows, vocabulary] (after the persona and the conversation, processed up to the warpers) guided by
+    the ``unconditional`` logits of the same rows (after the conversation alone), each row by its ``weight``."""
+    conditional = scores.float().log_softmax(-1)
+    alone = unconditional.float().log_softmax(-1)
+    return conditional + weight * (conditional - alone)
 
-    def __init__(self, loaded: LoadedModel, unconditional: list[dict], weight: float):
-        self.batch, self.unconditional, self.weight = RunningBatch(loaded), unconditional, weight
-        self.started = False
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if self.started:
-            logits = self.batch.step(input_ids[:, -1].tolist())
-        else:
-            logits, self.started = self.batch.join(self.unconditional), True
-        guided = scores.float().log_softmax(-1)
-        alone = logits.to(guided.device).log_softmax(-1)
-        return (guided + self.weight * (guided - alone)).to(scores.dtype)
+class GuidedBatch:
+    """A :class:`~persona.model.running_batch.RunningBatch` and, for its rows decoded with a persona weight, their
+    paired rows without the persona in a second one (the same tokens fed to both), in row order; rows without a
+    weight have no pair."""
+
+    def __init__(self, loaded: LoadedModel, prefixes: PrefixCache | None = None):
+        self.rows, self.pairs = running_batch(loaded, prefixes), running_batch(loaded, prefixes)
+        self.guided: list[bool] = []  # whether each row has a pair
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def join(self, prompts: list[dict], unconditional: list[dict | None]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add rows for ``prompts`` and pairs for those whose ``unconditional`` prompt (without the persona) is given:
+        the logits [len(prompts), vocabulary] of the token after each prompt, and after each pair's (zeros for a row
+        without one). Nothing joins if either batch fails to."""
+        running = len(self.rows)
+        logits = self.rows.join(prompts)
+        alone = torch.zeros_like(logits)
+        paired = [row for row, prompt in enumerate(unconditional) if prompt is not None]
+        if paired:
+            try:
+                alone[paired] = self.pairs.join([unconditional[row] for row in paired])
+            except Exception:
+                self.rows.keep(list(range(running)))
+                raise
+        self.guided += [prompt is not None for prompt in unconditional]
+        return logits, alone
+
+    def step(self, tokens: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Feed each row (and its pair) its next token: the logits after each row and after each pair (zeros without
+        one), as :meth:`join` gives them."""
+        logits = self.rows.step(tokens)
+        alone = torch.zeros_like(logits)
+        paired = [row for row, guided in enumerate(self.guided) if guided]
+        if paired:
+            alone[paired] = self.pairs.step([tokens[row] for row in paired])
+        return logits, alone
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep only ``rows`` (indices in row order) and their pairs."""
+        pair_of = {row: pair for pair, row in enumerate(row for row, guided in enumerate(self.guided) if guided)}
+        self.pairs.keep([pair_of[row] for row in rows if row in pair_of])
+        self.rows.keep(rows)
+        self.guided = [self.guided[row] for row in rows]

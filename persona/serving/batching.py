@@ -3,12 +3,15 @@
 A :class:`ReplyBatcher` owns the model on one worker thread. :meth:`ReplyBatcher.submit` queues a
 :class:`ReplyRequest` (a bounded queue: :class:`QueueFull` beyond it). While rows are decoding, the requests that
 have arrived join the running batch before the next step, up to ``max_batch_size`` rows
-(:class:`~persona.model.running_batch.RunningBatch`); an idle batcher waits ``batch_wait_ms`` after a first
-request for others to start with it. Each row decodes with its own settings, seed and stop strings
-(:class:`~persona.serving.row_decoding.RowDecoder`), from the prompt persona-chat builds
-(:func:`~persona.model.generation.prompt_inputs`). Each request receives its reply's text deltas and then its end
-(:class:`ReplyEvent`) through the callback it brought, the moment its row ends (``<eos>``, a stop string, its
-token budget); a row whose client has gone (a dropped stream) leaves the batch at the next step;
+(:class:`~persona.model.persona_guidance.GuidedBatch`: a running batch, and for a request with a persona weight
+its pair without the persona); an idle batcher waits ``batch_wait_ms`` after a first request for others to start
+with it. Each row decodes with its own settings, seed and stop strings
+(:class:`~persona.model.row_decoding.RowDecoder`, the same token choice as persona-chat's loop,
+:mod:`~persona.model.decoding`), from the prompt persona-chat builds
+(:func:`~persona.model.generation.prompt_inputs`), reading only what it adds to a prompt read before (the
+batcher's :class:`~persona.model.prefix_cache.PrefixCache`). Each request receives its reply's text deltas and then
+its end (:class:`ReplyEvent`) through the callback it brought, the moment its row ends (``<eos>``, a stop string,
+its token budget); a row whose client has gone (a dropped stream) leaves the batch at the next step;
 :func:`reply_streams` turns the callbacks into async iterators (the ``n`` choices of a request queued
 together, all or none): the batcher is persona-serve's own :class:`~persona.serving.engine.Engine`. Each prompt is
 built on its own: a request whose text cannot be encoded fails alone.
@@ -37,11 +40,12 @@ from persona.data.layout import history_window
 from persona.data.tokenize import InvalidText
 from persona.model.generation import DecodingArguments, prompt_inputs
 from persona.model.loading import LoadedModel
-from persona.model.running_batch import RunningBatch
+from persona.model.persona_guidance import GuidedBatch
+from persona.model.prefix_cache import PrefixCache
+from persona.model.row_decoding import Choice, RowDecoder, TokenLogprob, choose_tokens
 from persona.serving.context import check_context
 from persona.serving.engine import REPLY_TIMEOUT_S, QueueFull, QueueTooSmall, ReplyEvent, WorkerStopped
 from persona.serving.logprobs import TokenTexts
-from persona.serving.row_decoding import Choice, RowDecoder, TokenLogprob, choose_tokens
 from persona.serving.streaming import ReplyStream
 
 logger = logging.getLogger(__name__)
@@ -129,12 +133,22 @@ class ReplyBatcher:
     persona-serve's, :class:`~persona.serving.server.ServeArguments`). The worker alone uses ``loaded``; the event
     loop's checks use ``front``, the same model facts with a tokenizer of their own (a fast tokenizer is not safe to
     use from two threads: each call may change its settings while the other encodes); ``on_step`` (the server's
-    metrics set it) is called with the batch's row count at each decoding step."""
+    metrics set it) is called with the batch's row count at each decoding step. ``prefix_cache_bytes`` (0: none)
+    keeps the keys and values of the prompts read, for later prompts that start as they do
+    (:class:`~persona.model.prefix_cache.PrefixCache`)."""
 
     def __init__(
-        self, loaded: LoadedModel, *, max_history: int, max_batch_size: int, max_queue: int, batch_wait_ms: float
+        self,
+        loaded: LoadedModel,
+        *,
+        max_history: int,
+        max_batch_size: int,
+        max_queue: int,
+        batch_wait_ms: float,
+        prefix_cache_bytes: int = 0,
     ):
         self.loaded, self.max_history = loaded, max_history
+        self.prefixes = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
         tokenizer = copy.deepcopy(loaded.tokenizer)
         self.front = replace(loaded, tokenizer=tokenizer, layout=loaded.layout.with_tokenizer(tokenizer))
         self.texts = TokenTexts(loaded.tokenizer)  # the worker's: replies and their log-probabilities as text
@@ -231,7 +245,7 @@ class ReplyBatcher:
         return arrived, self._closing.is_set() and self.pending.empty()
 
     def _work(self) -> None:
-        batch, rows, arrived, closed = RunningBatch(self.loaded), [], [], False
+        batch, rows, arrived, closed = GuidedBatch(self.loaded, self.prefixes), [], [], False
         try:
             while rows or not closed:
                 try:
@@ -246,7 +260,7 @@ class ReplyBatcher:
                         "The decoding loop failed with %d rows; it goes on empty", len(rows) + len(arrived)
                     )
                     self._fail_all(rows, arrived, error, "in the running batch")
-                    batch, rows, arrived = RunningBatch(self.loaded), [], []
+                    batch, rows, arrived = GuidedBatch(self.loaded, self.prefixes), [], []
         except BaseException as error:
             logger.critical("The decoding worker stopped: %s", error, exc_info=error)
             stopped = WorkerStopped("the decoding worker has stopped; the server is exiting")
@@ -271,15 +285,19 @@ class ReplyBatcher:
             if request is not None:
                 request.fail(error, "when the decoding worker stopped")
 
-    def _join(self, batch: RunningBatch, arrived: list[ReplyRequest]) -> list[_Row]:
-        """Start the rows of the requests that arrived (those whose prompt could be built) with their first token."""
-        joining, prompts = [], []
+    def _join(self, batch: GuidedBatch, arrived: list[ReplyRequest]) -> list[_Row]:
+        """Start the rows of the requests that arrived (those whose prompt could be built) with their first token;
+        a request with a persona weight brings its prompt without the persona too."""
+        joining, prompts, unconditional = [], [], []
         for request in arrived:
             if request.gone.is_set():  # its client left while it waited
                 continue
             try:
                 window = history_window(request.history, self.max_history)
                 prompt = prompt_inputs(request.persona, window, self.loaded, request.decoding.max_length)
+                alone = None
+                if request.decoding.persona_weight:
+                    alone = prompt_inputs([], window, self.loaded, request.decoding.max_length)
                 decoder = RowDecoder(
                     request.decoding,
                     self.loaded,
@@ -291,18 +309,19 @@ class ReplyBatcher:
                 request.fail(error, "building its prompt")
                 continue
             prompts.append(prompt)
+            unconditional.append(alone)
             joining.append(_Row(request, decoder, len(prompt["input_ids"]), self.texts))
         if not joining:
             return []
         try:
-            logits = batch.join(prompts)
+            logits, alone_logits = batch.join(prompts, unconditional)
         except Exception as error:  # the joining rows fail; the running ones go on
             for row in joining:
                 row.fail(error, f"reading its prompt (with {len(joining) - 1} other joining)")
             return []
-        return self._take(joining, logits)
+        return self._take(joining, logits, alone_logits)
 
-    def _step(self, batch: RunningBatch, rows: list[_Row]) -> list[_Row]:
+    def _step(self, batch: GuidedBatch, rows: list[_Row]) -> list[_Row]:
         """Drop the rows that ended or were abandoned, then one decoding step for the others; the rows still going."""
         for row in rows:
             if row.stream.finish_reason is None and row.request.gone.is_set():
@@ -314,18 +333,19 @@ class ReplyBatcher:
             return []
         self.on_step(len(rows))
         try:
-            logits = batch.step([row.next_token for row in rows])
+            logits, alone_logits = batch.step([row.next_token for row in rows])
         except Exception as error:  # a failed step answers its rows with the error and empties the batch
             batch.keep([])
             for row in rows:
                 row.fail(error, f"in a decoding step of {len(rows)} rows")
             return []
-        return self._take(rows, logits)
+        return self._take(rows, logits, alone_logits)
 
-    def _take(self, rows: list[_Row], logits) -> list[_Row]:
-        """Each row's next token from its logits, handed to its stream; a row whose choice failed ends with its
-        error. The rows, all of them (those that ended leave at the next step)."""
-        choices = choose_tokens([row.decoder for row in rows], logits)
+    def _take(self, rows: list[_Row], logits, alone_logits) -> list[_Row]:
+        """Each row's next token from its logits (guided by those after its pair without the persona, where it has a
+        persona weight), handed to its stream; a row whose choice failed ends with its error. The rows, all of them
+        (those that ended leave at the next step)."""
+        choices = choose_tokens([row.decoder for row in rows], logits, alone_logits)
         for row, choice in zip(rows, choices):
             self._give(row, choice)
         return rows

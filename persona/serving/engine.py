@@ -7,7 +7,8 @@ one running batch; the only one for models that read token types or rerank with 
 either way: the page, the default persona, the history window, the key, CORS, the limits and ``/metrics``.
 
 The contract's types live here, beside the protocol, so that neither engine imports the other: the events a reply
-is made of (:class:`ReplyEvent`), the refusals (:class:`QueueFull`, :class:`QueueTooSmall`, :class:`WorkerStopped`),
+is made of (:class:`ReplyEvent`), the refusals (:class:`QueueFull`, :class:`QueueTooSmall`, :class:`WorkerStopped`,
+:class:`Unsupported`),
 the seed of each of a request's choices (:func:`choice_seed`) and the rule of what streamed text is final
 (:func:`held_back`).
 """
@@ -40,6 +41,14 @@ class QueueTooSmall(Exception):
     def __init__(self, asked: int, limit: int):
         super().__init__(f"{asked} replies asked for at once, but the queue holds at most {limit}")
         self.asked, self.limit = asked, limit
+
+
+class Unsupported(Exception):
+    """A decoding setting the engine cannot apply (``field`` names it; the message says why and what to do)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass

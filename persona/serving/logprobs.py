@@ -11,7 +11,7 @@ from functools import lru_cache
 
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from persona.serving.row_decoding import TokenLogprob
+from persona.model.row_decoding import TokenLogprob
 
 UNICODE_TO_BYTE = {char: byte for byte, char in bytes_to_unicode().items()}
 

@@ -33,7 +33,15 @@ from starlette.requests import ClientDisconnect
 from persona.data.chat_records import split_sentences
 from persona.model.generation import DecodingArguments
 from persona.serving.context import ContextTooLong, ControlTextRefused
-from persona.serving.engine import Engine, QueueFull, QueueTooSmall, ReplyEvent, WorkerStopped, choice_seed
+from persona.serving.engine import (
+    Engine,
+    QueueFull,
+    QueueTooSmall,
+    ReplyEvent,
+    Unsupported,
+    WorkerStopped,
+    choice_seed,
+)
 from persona.serving.metrics import ServerMetrics
 from persona.serving.protocol import (
     APIError,
@@ -54,7 +62,7 @@ from persona.serving.protocol import (
 
 logger = logging.getLogger(__name__)
 PERSONA_ROLES = ("system", "developer")
-PENALTIES = ("presence_penalty", "frequency_penalty", "repetition_penalty")
+PER_REQUEST = ("presence_penalty", "frequency_penalty", "repetition_penalty", "persona_weight")  # as they are
 
 
 def generation_error(event: ReplyEvent) -> APIError:
@@ -120,8 +128,8 @@ def chat_request(body: ChatCompletionRequest, defaults: DecodingArguments, max_t
         if value is not None and value > max_tokens_cap:
             raise APIError(400, f"'{name}' must be at most {max_tokens_cap}, not {value}", param=name)
     max_tokens = body.max_completion_tokens or body.max_tokens
-    penalties = {name: getattr(body, name) for name in PENALTIES if getattr(body, name) is not None}
-    decoding = replace(defaults, max_length=max_tokens or defaults.max_length, **penalties)
+    given = {name: getattr(body, name) for name in PER_REQUEST if getattr(body, name) is not None}
+    decoding = replace(defaults, max_length=max_tokens or defaults.max_length, **given)
     if body.temperature is not None or body.top_p is not None:  # a temperature below GREEDY_BELOW decodes greedily
         temperature = defaults.temperature if body.temperature is None else body.temperature
         decoding = replace(
@@ -170,6 +178,8 @@ def _queued_replies(engine: Engine, chat: ChatRequest, persona: list[str], reque
         raise APIError(400, message + " (persona-serve --max_queue)", param="n", code="too_many_choices") from None
     except WorkerStopped as error:
         raise APIError(503, str(error), type="server_error", code="worker_stopped") from None
+    except Unsupported as error:
+        raise APIError(400, str(error), param=error.field, code="unsupported_field") from None
     except QueueFull as error:
         message = f"the server is busy ({error}); try again shortly"
         raise APIError(

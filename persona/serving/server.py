@@ -14,6 +14,7 @@ It binds 127.0.0.1 unless ``host`` says otherwise; with ``api_key`` every ``/v1`
 from __future__ import annotations
 
 import hmac
+import math
 import os
 import socket
 import threading
@@ -91,6 +92,13 @@ class ServeArguments:
             "answers 429."
         },
     )
+    prefix_cache_mb: float = field(
+        default=512.0,
+        metadata={
+            "help": "Memory for the keys and values of prompts already read, in MB (0: none): a request that starts "
+            "as an earlier one (a chat's next turn repeats the last) reads only what follows. Persona's own engine."
+        },
+    )
     max_tokens_cap: int = field(default=256, metadata={"help": "The largest max_tokens a request may ask for."})
     max_body_bytes: int = field(default=256 * 1024, metadata={"help": "The largest request body (413 beyond)."})
     request_timeout_s: float = field(
@@ -139,6 +147,8 @@ class ServeArguments:
                     "the first line is empty", where=self.api_key_file, fix="write the key on its first line."
                 )
         self.api_key = self.api_key or os.environ.get("PERSONA_API_KEY") or None
+        if not (math.isfinite(self.prefix_cache_mb) and self.prefix_cache_mb >= 0):
+            raise ConfigError(f"prefix_cache_mb is {self.prefix_cache_mb}", fix="give 0 (none) or more megabytes.")
         self.engine_api_key = self.engine_api_key or os.environ.get("PERSONA_ENGINE_API_KEY") or None
 
 
@@ -160,23 +170,17 @@ def build_engine(
             where="rerank_samples",
             fix="drop rerank_samples; persona-chat and persona-eval rerank (the API's n returns every sample).",
         )
-    if decoding.persona_weight:
-        raise ConfigError(
-            "persona-serve does not weigh the persona while decoding",
-            where="persona_weight",
-            fix="drop persona_weight; persona-chat and persona-eval take it.",
-        )
     options = {
         "max_history": data_args.max_history,
         "max_batch_size": args.max_batch_size,
         "max_queue": args.max_queue,
     }
     if args.engine_url:
-        if decoding.num_beams > 1:
+        if decoding.persona_weight:
             raise ConfigError(
-                "an OpenAI-compatible engine does not beam search",
-                where="num_beams",
-                fix="drop num_beams, or serve the model with persona's own engine (no --engine_url).",
+                "an OpenAI-compatible engine does not weigh the persona while decoding",
+                where="persona_weight",
+                fix="drop persona_weight, or serve the model with persona's own engine (no --engine_url).",
             )
         front = None if model_args is None else load_for_inference(model_args, weights=False)
         if front is not None and front.token_types:
@@ -192,7 +196,12 @@ def build_engine(
             where="command line",
             fix="pass --model_name_or_path DIR_OR_HUB_ID, or --engine_url URL of an engine that serves one.",
         )
-    return ReplyBatcher(load_for_inference(model_args), batch_wait_ms=args.batch_wait_ms, **options)
+    return ReplyBatcher(
+        load_for_inference(model_args),
+        batch_wait_ms=args.batch_wait_ms,
+        prefix_cache_bytes=int(args.prefix_cache_mb * 2**20),
+        **options,
+    )
 
 
 def build_server(

@@ -4,7 +4,7 @@ The batcher hands each step's new token of a row to its stream; the row's text i
 far (byte-level BPE joins bytes across tokens), cut at ``<eos>`` or at the first stop string, and only what can no
 longer change is sent: not a half-decoded character, not trailing white space, not the start of what may become a
 stop string. The deltas of a row add up to its final reply, which is what
-:func:`persona.model.generation.generate_replies` returns for the same tokens (stripped).
+:func:`persona.model.decoding.generate_replies` returns for the same tokens (stripped).
 """
 
 from __future__ import annotations

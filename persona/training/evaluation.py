@@ -32,7 +32,8 @@ from persona.data import prepare_corpus
 from persona.data.layout import gold_reply
 from persona.errors import ConfigError
 from persona.metrics import load_metric
-from persona.model.generation import DecodingArguments, generate_replies
+from persona.model.decoding import generate_replies
+from persona.model.generation import DecodingArguments
 from persona.model.loading import LoadedModel, load_for_inference, refuse_training_fields
 from persona.training.consistency import consistency, load_judge
 from persona.training.persona_use import persona_use

@@ -46,11 +46,7 @@ def metrics_table(results: dict) -> list[str]:
 def write_report(results: dict, records: list[dict], path: Path, samples: int = 5) -> None:
     """Write the metrics table, the settings and ``samples`` dialogs with their generated replies."""
     decoding = results["decoding"]
-    mode = (
-        "sampling"
-        if decoding["do_sample"]
-        else ("greedy" if decoding["num_beams"] == 1 else f"beam search ({decoding['num_beams']} beams)")
-    )
+    mode = "sampling" if decoding["do_sample"] else "greedy"
     lines = [
         f"# Evaluation of `{results['model']}`",
         "",

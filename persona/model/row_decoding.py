@@ -1,12 +1,15 @@
 """How the rows of a running batch pick their next tokens: the logits processors ``generate`` applies for each row's
-:class:`~persona.model.generation.DecodingArguments`, each row's own random generator, and the log-probabilities a
-client asked for.
+:class:`~persona.model.generation.DecodingArguments`, the persona's guidance, each row's own random generator, and
+the log-probabilities a client asked for.
 
-Rows of one batch decode with their own settings. The processors that read a row's ids (repetition and OpenAI's
-penalties, the fewest new tokens) run per row over its own ids (prompt and reply, no padding); those that read only
-the scores (suppressed tokens, temperature, top-k, top-p) run once for all the rows that share their settings, as
-``generate`` runs them over a batch. A seeded row draws from its own ``torch.Generator``, so a seeded reply does not
-depend on the rows beside it: it is what ``generate`` draws after ``torch.manual_seed(seed)`` for a batch of one.
+Rows of one batch decode with their own settings, in ``generate``'s order. The processors that read a row's ids
+(repetition and OpenAI's penalties, the fewest new tokens) run per row over its own ids (prompt and reply, no
+padding); the suppressed tokens (every special token but the end token, the same for every row) once for all
+rows; then, for a row with a ``persona_weight``, the guidance by the persona
+(:mod:`~persona.model.persona_guidance`, from the logits of its paired row without the persona); then those that
+read only the scores (temperature, top-k, top-p) once for all the rows that share their settings, as ``generate``
+runs them over a batch. A seeded row draws from its own ``torch.Generator``, so a seeded reply does not depend on the
+rows beside it: it is what ``generate`` draws after ``torch.manual_seed(seed)`` for a batch of one.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from transformers import (
 
 from persona.model.generation import DecodingArguments
 from persona.model.loading import LoadedModel
+from persona.model.persona_guidance import guided_scores
 
 
 @dataclass
@@ -39,10 +43,11 @@ class TokenLogprob:
 
 
 class RowDecoder:
-    """The token choice of one row (see :func:`choose_tokens`): its ids so far, the processors over them (in
-    ``generate``'s order, those that read the ids in ``own``, the others in ``shared``, which rows with the same
-    ``shared_key`` run together), its generator (``seed``; the global one without), and ``top_logprobs`` (None: no
-    log-probabilities; 0 or more: the chosen token's and that many alternatives)."""
+    """The token choice of one row (see :func:`choose_tokens`): its ids so far, the processors over them (those
+    that read the ids in ``own``, the suppressed tokens in ``suppress``, the guidance's ``persona_weight``, the
+    others in ``shared``, which rows with the same ``shared_key`` run together), its generator (``seed``; the global
+    one without), and ``top_logprobs`` (None: no log-probabilities; 0 or more: the chosen token's and that many
+    alternatives)."""
 
     def __init__(
         self,
@@ -65,7 +70,9 @@ class RowDecoder:
                 MinNewTokensLengthLogitsProcessor(len(prompt_ids), config.min_new_tokens, config.eos_token_id)
             )
         self.own.extend(decoding.logits_processors(len(prompt_ids)))
-        self.shared = LogitsProcessorList([SuppressTokensLogitsProcessor(config.suppress_tokens)])
+        self.suppress = SuppressTokensLogitsProcessor(config.suppress_tokens)
+        self.persona_weight = decoding.persona_weight
+        self.shared = LogitsProcessorList()
         self.shared_key: tuple = (False,)
         if config.do_sample:
             self.shared_key = (True, config.temperature, config.top_k, config.top_p)
@@ -120,11 +127,14 @@ def _group_tokens(decoders: list[RowDecoder], scores: torch.Tensor) -> torch.Ten
     return tokens
 
 
-def choose_tokens(decoders: list[RowDecoder], logits: torch.Tensor) -> list[Choice]:
+def choose_tokens(
+    decoders: list[RowDecoder], logits: torch.Tensor, unconditional: torch.Tensor | None = None
+) -> list[Choice]:
     """The next token of each row from the rows' float32 ``logits`` [rows, vocabulary] (and its log-probability
-    where asked for); each row's ids grow by its token. A row whose processors or draw fail gets its error instead,
-    and the other rows their tokens: rows that share processors are chosen together, and one by one when that
-    fails, so that the failure is pinned on its row."""
+    where asked for), guided where a row has a ``persona_weight`` by its row of ``unconditional`` (the logits after
+    the conversation alone; rows without a weight may hold anything there); each row's ids grow by its token. A row
+    whose processors or draw fail gets its error instead, and the other rows their tokens: rows that share
+    processors are chosen together, and one by one when that fails, so that the failure is pinned on its row."""
     logits = logits.cpu()
     scores = logits.clone()
     choices = [Choice() for _ in decoders]
@@ -134,6 +144,11 @@ def choose_tokens(decoders: list[RowDecoder], logits: torch.Tensor) -> list[Choi
                 scores[row : row + 1] = decoder.own(decoder.ids, scores[row : row + 1])
         except Exception as error:
             choices[row].error = error
+    scores = decoders[0].suppress(decoders[0].ids, scores)  # the same tokens for every row of a model
+    guided = [row for row, decoder in enumerate(decoders) if decoder.persona_weight]
+    if guided:
+        weights = torch.tensor([decoders[row].persona_weight for row in guided])[:, None]
+        scores[guided] = guided_scores(scores[guided], unconditional.cpu()[guided], weights)
     groups: dict[tuple, list[int]] = {}
     for row, decoder in enumerate(decoders):
         if choices[row].error is None:
