@@ -104,10 +104,10 @@ class ModelArguments:
         default="auto",
         metadata={
             "help": "Precision of the weights persona-chat, persona-eval and persona-serve load: auto (the "
-            "checkpoint's own: float32 for what persona-train saves), float32, bfloat16 (about 1.6x the speed on a "
-            "CPU with AVX512-BF16, and on GPUs; replies may differ from float32's where two tokens are nearly tied) "
-            "or float16 (GPUs). persona-train loads the checkpoint's own (its bf16 and fp16 flags train in mixed "
-            "precision)."
+            "checkpoint's own: float32 for what persona-train saves), float32, bfloat16 (1.3 to 2 times the speed "
+            "on a CPU with AVX512-BF16, and faster on GPUs; replies may differ from float32's where two tokens are "
+            "nearly tied) or float16 (GPUs). persona-train loads the checkpoint's own (its bf16 and fp16 flags train "
+            "in mixed precision)."
         },
     )
     revision: str = field(default="main", metadata={"help": "Branch, tag or commit of a Hub model."})

@@ -62,7 +62,7 @@ from persona.serving.protocol import (
 
 logger = logging.getLogger(__name__)
 PERSONA_ROLES = ("system", "developer")
-PER_REQUEST = ("presence_penalty", "frequency_penalty", "repetition_penalty", "persona_weight")  # as they are
+PER_REQUEST = ("presence_penalty", "frequency_penalty", "repetition_penalty", "persona_weight")  # copied to decoding
 
 
 def generation_error(event: ReplyEvent) -> APIError:
