@@ -193,3 +193,25 @@ def test_a_model_without_a_cache_decodes_in_a_running_batch_by_reading_whole_row
     torch.testing.assert_close(first[1], alone(prompts[1], []), atol=1e-5, rtol=0)
     torch.testing.assert_close(steps[0][0], alone(prompts[0], [5]), atol=1e-5, rtol=0)
     torch.testing.assert_close(steps[1], alone(prompts[1], [6, 7]), atol=1e-5, rtol=0)
+
+
+def test_a_join_reads_each_distinct_prompt_once_and_only_its_last_position_through_the_lm_head(loaded):
+    """Three samples of one prompt beside another: the model reads two rows, once, asked for the last position's
+    logits alone (which equal the last of all the logits), and each of the four rows gets its prompt's logits."""
+    prompts = [prompt_inputs(PERSONA, HISTORIES[name], loaded, 4) for name in ("short", "short", "long", "short")]
+    seen: list[dict] = []
+    hook = loaded.model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs), with_kwargs=True)
+    try:
+        logits = RunningBatch(loaded).join(prompts)
+    finally:
+        hook.remove()
+    assert len(seen) == 1 and seen[0]["input_ids"].shape[0] == 2 and seen[0]["logits_to_keep"] == 1
+    assert len(logits) == 4 and torch.equal(logits[0], logits[1]) and torch.equal(logits[0], logits[3])
+    ids = torch.tensor([prompts[2]["input_ids"]])
+    types = {"token_type_ids": torch.tensor([prompts[2]["token_type_ids"]])} if loaded.token_types else {}
+    with torch.no_grad():
+        last = loaded.model(input_ids=ids, logits_to_keep=1, **types).logits
+        whole = loaded.model(input_ids=ids, **types).logits
+    assert last.shape[1] == 1
+    torch.testing.assert_close(last[0, -1], whole[0, -1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits[2], whole[0, -1].float(), atol=1e-5, rtol=0)
