@@ -128,3 +128,28 @@ def test_persona_serve_guides_a_request_as_persona_chat_does_and_an_engine_behin
             refused = httpx.post(f"{front}/v1/chat/completions", json={**body, "persona_weight": 2.0}, timeout=60)
     assert refused.status_code == 400
     assert refused.json()["error"]["param"] == "persona_weight" and "own engine" in refused.json()["error"]["message"]
+
+
+def test_a_guided_batch_keeps_each_rows_pair_when_rows_leave(trained_model_dir):
+    """Three rows, the first and the last with a pair: after the first row leaves, the last row's pair logits are
+    still its own (its prompt without the persona, fed the same tokens); a batch without pairs computes none."""
+    from persona.model.persona_guidance import GuidedBatch
+    from persona.model.running_batch import RunningBatch
+
+    loaded = load_folder(trained_model_dir)
+    histories = [["hi."], ["where do you live?"], ["do you like cats? i have two of them."]]
+    prompts = [prompt_inputs(CHATS[0][0], history, loaded, 4) for history in histories]
+    alone = [prompt_inputs([], history, loaded, 4) for history in histories]
+    batch = GuidedBatch(loaded)
+    _, pairs = batch.join(prompts, [alone[0], None, alone[2]])
+    assert pairs.shape[0] == 3 and not pairs[1].any()
+    batch.step([5, 6, 7])
+    batch.keep([1, 2])
+    _, pairs = batch.step([8, 9])
+    reference = RunningBatch(loaded)
+    reference.join([alone[2]])
+    reference.step([7])
+    torch.testing.assert_close(pairs[1], reference.step([9])[0], atol=1e-5, rtol=0)
+    assert not pairs[0].any()
+    plain = GuidedBatch(loaded)
+    assert plain.join(prompts[:2], [None, None])[1] is None and plain.step([5, 6])[1] is None

@@ -39,32 +39,27 @@ class GuidedBatch:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def join(self, prompts: list[dict], unconditional: list[dict | None]) -> tuple[torch.Tensor, torch.Tensor]:
+    def join(self, prompts: list[dict], unconditional: list[dict | None]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Add rows for ``prompts`` and pairs for those whose ``unconditional`` prompt (without the persona) is given:
-        the logits [len(prompts), vocabulary] of the token after each prompt, and after each pair's (zeros for a row
-        without one). Nothing joins if either batch fails to."""
+        the logits [len(prompts), vocabulary] of the token after each prompt, and after each pair's (see
+        :func:`_beside`). Nothing joins if either batch fails to."""
         running = len(self.rows)
         logits = self.rows.join(prompts)
-        alone = torch.zeros_like(logits)
         paired = [row for row, prompt in enumerate(unconditional) if prompt is not None]
-        if paired:
-            try:
-                alone[paired] = self.pairs.join([unconditional[row] for row in paired])
-            except Exception:
-                self.rows.keep(list(range(running)))
-                raise
+        try:
+            alone = _beside(logits, paired, lambda: self.pairs.join([unconditional[row] for row in paired]))
+        except Exception:
+            self.rows.keep(list(range(running)))
+            raise
         self.guided += [prompt is not None for prompt in unconditional]
         return logits, alone
 
-    def step(self, tokens: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Feed each row (and its pair) its next token: the logits after each row and after each pair (zeros without
-        one), as :meth:`join` gives them."""
+    def step(self, tokens: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Feed each row (and its pair) its next token: the logits after each row and after each pair, as
+        :meth:`join` gives them."""
         logits = self.rows.step(tokens)
-        alone = torch.zeros_like(logits)
         paired = [row for row, guided in enumerate(self.guided) if guided]
-        if paired:
-            alone[paired] = self.pairs.step([tokens[row] for row in paired])
-        return logits, alone
+        return logits, _beside(logits, paired, lambda: self.pairs.step([tokens[row] for row in paired]))
 
     def keep(self, rows: list[int]) -> None:
         """Keep only ``rows`` (indices in row order) and their pairs."""
@@ -72,3 +67,13 @@ class GuidedBatch:
         self.pairs.keep([pair_of[row] for row in rows if row in pair_of])
         self.rows.keep(rows)
         self.guided = [self.guided[row] for row in rows]
+
+
+def _beside(logits: torch.Tensor, paired: list[int], pair_logits) -> torch.Tensor | None:
+    """The ``paired`` rows' pair logits (``pair_logits()``, in pair order) at those rows of a tensor shaped as
+    ``logits`` (the other rows zeros), or None when no row has a pair (nothing to guide, nothing computed)."""
+    if not paired:
+        return None
+    alone = torch.zeros_like(logits)
+    alone[paired] = pair_logits()
+    return alone

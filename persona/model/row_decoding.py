@@ -132,7 +132,8 @@ def choose_tokens(
 ) -> list[Choice]:
     """The next token of each row from the rows' float32 ``logits`` [rows, vocabulary] (and its log-probability
     where asked for), guided where a row has a ``persona_weight`` by its row of ``unconditional`` (the logits after
-    the conversation alone; rows without a weight may hold anything there); each row's ids grow by its token. A row
+    the conversation alone; rows without a weight may hold anything there, and it is None when no row has one); each
+    row's ids grow by its token. A row
     whose processors or draw fail gets its error instead, and the other rows their tokens: rows that share
     processors are chosen together, and one by one when that fails, so that the failure is pinned on its row."""
     logits = logits.cpu()

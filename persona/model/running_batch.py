@@ -34,6 +34,11 @@ def left_padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Te
     return ids, mask
 
 
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    """The position of each token of left-padded rows (their ``mask``): 0 at each row's first real token."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
 def _layers(cache: DynamicCache) -> Layers:
     return [(layer.keys, layer.values) for layer in cache.layers]
 
@@ -90,7 +95,7 @@ class RunningBatch:
     def _read_together(self, prompts: list[dict]) -> tuple[Layers, torch.Tensor, torch.Tensor]:
         """One forward pass over ``prompts`` left-padded together: their keys and values, mask and last logits."""
         ids, mask = (t.to(self.device) for t in left_padded([p["input_ids"] for p in prompts], self.loaded.ids.pad))
-        inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
+        inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": _positions(mask)}
         if self.loaded.token_types:
             types = left_padded([p["token_type_ids"] for p in prompts], self.loaded.ids.pad)[0]
             inputs["token_type_ids"] = types.to(self.device)
@@ -178,7 +183,7 @@ class RecomputingBatch(RunningBatch):
         """Add rows for ``prompts``; the float32 logits of the token after each."""
         pad = self.loaded.ids.pad
         ids, mask = (t.to(self.device) for t in left_padded([p["input_ids"] for p in prompts], pad))
-        types = ids
+        types = torch.zeros_like(ids)  # kept beside the ids either way; fed only where the model reads types
         if self.loaded.token_types:
             types = left_padded([p["token_type_ids"] for p in prompts], pad)[0].to(self.device)
         logits = self._last_logits(ids, types, mask)
@@ -208,7 +213,7 @@ class RecomputingBatch(RunningBatch):
         self.ids, self.all_types = self.ids[index, start:], self.all_types[index, start:]
 
     def _last_logits(self, ids: torch.Tensor, types: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
+        inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": _positions(mask)}
         if self.loaded.token_types:
             inputs["token_type_ids"] = types
         return self.loaded.model(**inputs).logits[:, -1].float()
