@@ -90,12 +90,15 @@ def exported(folder: Path, outtype: str) -> Path:
 
 def requests(count: int) -> list[list[dict]]:
     """``count`` chat-completions message lists: the bot's persona as the system message, the conversation so far."""
-    from persona.data.chat_layout import chat_messages
+    from persona.data.conversation import conversation_messages
     from persona.data.sources import read_corpus
 
     dialogs = read_corpus(str(VALID_CONVERSATIONS), bot_side="user2")
     return [
-        chat_messages(d["persona"], t["history"]) for split in dialogs.values() for d in split for t in d["turns"]
+        conversation_messages(d["persona"], t["history"])
+        for split in dialogs.values()
+        for d in split
+        for t in d["turns"]
     ][:count]
 
 

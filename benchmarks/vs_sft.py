@@ -43,7 +43,7 @@ def conversations(recipe: str, tokenizer) -> list[dict]:
     from persona.commands.cli import parse_recipe
     from persona.configs import DataArguments, ModelArguments, PersonaTrainingArguments
     from persona.data import prepare_corpus
-    from persona.data.chat_layout import chat_messages
+    from persona.data.conversation import conversation_messages
     from persona.data.input_layouts import ChatTemplateLayout
 
     argv = [recipe, "--max_history", "1000000", "--num_candidates", "1", "--output_dir", "/tmp/unused"]
@@ -53,7 +53,7 @@ def conversations(recipe: str, tokenizer) -> list[dict]:
     chats = []
     for dialog in corpus.dialogs["train"]:
         last = dialog["turns"][-1]
-        messages = chat_messages(dialog["persona"], last["history"])
+        messages = conversation_messages(dialog["persona"], last["history"])
         chats.append({"messages": [*messages, {"role": "assistant", "content": last["candidates"][-1]}]})
     return chats
 

@@ -10,7 +10,7 @@ import torch
 
 from persona.configs import CHAT_TEMPLATE_LAYOUT, DataArguments, ModelArguments, PersonaTrainingArguments
 from persona.data import prepare_corpus
-from persona.data.chat_layout import chat_messages
+from persona.data.conversation import conversation_messages
 from persona.data.input_layouts import ChatTemplateLayout
 from persona.data.layout import IGNORE_INDEX
 from persona.model.dual_heads import DualPath, collator_for
@@ -46,7 +46,7 @@ def test_template_features_are_the_tokenizers_own_rendering(plain_chat_model, tm
     assert len(examples) == len(turns) > 0
     batch = collator_for(DualPath.PACKED, loaded.ids, token_types=False, wrap_candidates=False)(examples)
     for row, ((persona, turn), example) in enumerate(zip(turns, examples)):
-        messages = chat_messages(persona, turn["history"])
+        messages = conversation_messages(persona, turn["history"])
         for candidate, block in zip(turn["candidates"], example["candidates"]):
             rendered = tokenizer.apply_chat_template(
                 [*messages, {"role": "assistant", "content": candidate}], tokenize=True, return_dict=False
@@ -415,7 +415,7 @@ def test_replies_the_wrapper_does_not_vouch_for_are_rendered_whole(smollm2_token
     from persona.data import chat_layout
 
     tokenizer = smollm2_tokenizer
-    messages = chat_layout.chat_messages(["i like cats."], ["hi!"])
+    messages = conversation_messages(["i like cats."], ["hi!"])
     prompt = chat_layout.generation_prompt(tokenizer, ["i like cats."], ["hi!"])
     replies = [" spaced ", "two\nlines", "plain reply.", "<|im_end|> forged"]
     specials = set(tokenizer.all_special_ids)

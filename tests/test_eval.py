@@ -145,7 +145,8 @@ def test_parlai_turns_keep_their_own_candidates(trained, tmp_path):
 def test_a_prompted_baseline_scores_each_candidate_through_the_chat_template(plain_chat_model):
     from transformers import AutoTokenizer
 
-    from persona.data.chat_layout import chat_messages, template_turn
+    from persona.data.chat_layout import template_turn
+    from persona.data.conversation import conversation_messages
 
     tokenizer = AutoTokenizer.from_pretrained(plain_chat_model)
     persona, history, candidates = (
@@ -154,7 +155,7 @@ def test_a_prompted_baseline_scores_each_candidate_through_the_chat_template(pla
         ["i sing.", "i am a nurse."],
     )
     example = template_turn(tokenizer, persona, history, candidates)
-    messages = chat_messages(persona, history)
+    messages = conversation_messages(persona, history)
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
     for candidate, block in zip(candidates, example["candidates"]):
         full = tokenizer.apply_chat_template(

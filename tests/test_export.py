@@ -60,7 +60,7 @@ def trained(request, untyped_gpt2, template_trained):
 
 
 def test_an_f32_file_reads_back_with_the_saved_models_next_token_logits(trained, tmp_path):
-    from persona.data.chat_layout import chat_messages
+    from persona.data.conversation import conversation_messages
     from persona.model.generation import prompt_inputs
 
     path = tmp_path / "bot.gguf"
@@ -71,7 +71,7 @@ def test_an_f32_file_reads_back_with_the_saved_models_next_token_logits(trained,
     worst = 0.0
     for persona, history in _prompts():
         rendered = tokenizer.apply_chat_template(
-            chat_messages(persona, history), add_generation_prompt=True, tokenize=True, return_dict=False
+            conversation_messages(persona, history), add_generation_prompt=True, tokenize=True, return_dict=False
         )
         assert rendered == list(prompt_inputs(persona, history, saved, 20)["input_ids"])
         worst = max(worst, (_last_logits(model, rendered) - _last_logits(saved.model, rendered)).abs().max().item())
@@ -153,7 +153,7 @@ def test_llama_cpp_renders_tokenizes_and_answers_as_persona_chat(trained, tmp_pa
     import numpy as np
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-    from persona.data.chat_layout import chat_messages
+    from persona.data.conversation import conversation_messages
     from persona.model.decoding import Bot
     from persona.model.generation import DecodingArguments, prompt_inputs
 
@@ -175,7 +175,7 @@ def test_llama_cpp_renders_tokenizes_and_answers_as_persona_chat(trained, tmp_pa
     bot = Bot(saved, DecodingArguments(do_sample=False, max_length=12), 2)
     for persona, history in _prompts(5):
         ids = list(prompt_inputs(persona, history, saved, 12)["input_ids"])
-        prompt = render(messages=chat_messages(persona, history)).prompt
+        prompt = render(messages=conversation_messages(persona, history)).prompt
         assert llm.tokenize(prompt.encode(), add_bos=False, special=True) == ids
         llm.reset()
         llm.eval(ids)

@@ -14,6 +14,7 @@ from huggingface_hub.hf_api import RepoUrl
 from persona.commands.push import main as push_main
 from persona.commands.train import main as train_main
 from persona.data import build_inputs
+from persona.data.dialog import SILENCE
 from persona.data.reference_template import add_chat_template
 from persona.data.special_tokens import special_ids
 from persona.data.tokenize import encode_texts
@@ -23,9 +24,9 @@ PERSONA = "i like cats and i am a nurse."
 HISTORY = ["hi! how are you?", "good, and you?", "fine. what do you do?"]
 
 
-def _messages(history, roles=("user", "assistant")):
+def _messages(history):
     return [{"role": "system", "content": PERSONA}] + [
-        {"role": roles[i % 2], "content": h} for i, h in enumerate(history)
+        {"role": ("user", "assistant")[i % 2], "content": h} for i, h in enumerate(history)
     ]
 
 
@@ -52,21 +53,11 @@ def test_chat_template_renders_build_inputs(which, tokenizer):
         asked = tokenizer.apply_chat_template(
             _messages(history), add_generation_prompt=True, tokenize=True, return_dict=False
         )
-        assert asked == _reference(tokenizer, history)
+        assert asked == _reference(tokenizer, history or [SILENCE])  # a bot that opens answers silence
         assert asked[-1] == special_ids(tokenizer).speaker1  # the bot, as in the reference
     answered = tokenizer.apply_chat_template(_messages([*HISTORY, "i am a nurse."]), tokenize=True, return_dict=False)
     assert answered == _reference(tokenizer, HISTORY, "i am a nurse.")
     assert answered[-1] == special_ids(tokenizer).eos
-
-
-def test_chat_template_refuses_what_build_inputs_cannot_express(tokenizer):
-    add_chat_template(tokenizer, leading_space=True)
-    with pytest.raises(Exception, match="must alternate"):
-        tokenizer.apply_chat_template(
-            _messages(["hi", "hello"], roles=("user", "user")), add_generation_prompt=True, tokenize=False
-        )
-    with pytest.raises(Exception, match="last message must be the user's"):
-        tokenizer.apply_chat_template(_messages(["hi", "hello"]), add_generation_prompt=True, tokenize=False)
 
 
 def test_plain_transformers_loads_and_prompts_the_saved_model(trained_model_dir):

@@ -10,6 +10,7 @@ from transformers import AutoTokenizer
 
 from persona.data import chat_layout
 from persona.data.chat_render import render_ids, renders_faithfully
+from persona.data.conversation import conversation_messages
 from persona.data.tokenize import encode_texts
 from tests.test_chat_layout import smollm2_tokenizer  # noqa: F401 (a fixture)
 
@@ -69,7 +70,7 @@ def test_a_candidate_holding_a_control_token_is_not_cut_there(which, plain_chat_
     tokenizer = _tokenizers(which, plain_chat_model, request)
     end = chat_layout.end_of_turn_id(tokenizer)
     reply = f"i am here{tokenizer.convert_ids_to_tokens(end)} forged and more"
-    messages = chat_layout.chat_messages(["i like cats."], ["hi!"])
+    messages = conversation_messages(["i like cats."], ["hi!"])
     prompt = chat_layout.generation_prompt(tokenizer, ["i like cats."], ["hi!"])
     (wrapped,) = chat_layout.reply_blocks(tokenizer, messages, prompt, [reply])
     whole = chat_layout._reply_block(tokenizer, messages, prompt, reply, set(tokenizer.all_special_ids))

@@ -17,7 +17,7 @@ from transformers import set_seed
 
 from persona.commands.cli import cli_entry, parse_recipe
 from persona.configs import DataArguments, ModelArguments
-from persona.data.chat_records import split_sentences
+from persona.data.conversation import split_sentences
 from persona.data.layout import history_window
 from persona.data.personas import draw_persona
 from persona.data.tokenize import InvalidText

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from persona.data.chat_render import render_ids
+from persona.data.conversation import conversation_messages
 from persona.data.special_tokens import SpecialIds
 from persona.data.tokenize import encode_texts
 from persona.errors import DataError, ModelLoadError
@@ -31,19 +32,9 @@ from persona.errors import DataError, ModelLoadError
 PROBE = "hello"  # a reply rendered once to find the template's end-of-turn token
 
 
-def chat_messages(persona: list[str], history: list[str]) -> list[dict]:
-    """The chat of a turn: the persona as the system message, then the history, the partner's last utterance as the
-    user's."""
-    roles = ["user" if (len(history) - index) % 2 else "assistant" for index in range(len(history))]
-    return [
-        {"role": "system", "content": " ".join(persona)},
-        *({"role": r, "content": u} for r, u in zip(roles, history)),
-    ]
-
-
 def generation_prompt(tokenizer, persona: list[str], history: list[str]) -> list[int]:
     """The ids of the chat up to the assistant's turn (``add_generation_prompt``)."""
-    return _prompt(tokenizer, chat_messages(persona, history))
+    return _prompt(tokenizer, conversation_messages(persona, history))
 
 
 def generation_prompts(tokenizer, chats: list[tuple[list[str], list[str]]]) -> dict[tuple, list[int]]:
@@ -52,7 +43,7 @@ def generation_prompts(tokenizer, chats: list[tuple[list[str], list[str]]]) -> d
     keys = list(dict.fromkeys((tuple(persona), tuple(history)) for persona, history in chats))
     if not keys:
         return {}
-    conversations = [chat_messages(list(persona), list(history)) for persona, history in keys]
+    conversations = [conversation_messages(list(persona), list(history)) for persona, history in keys]
     return dict(zip(keys, render_ids(tokenizer, conversations, add_generation_prompt=True)))
 
 
@@ -121,7 +112,7 @@ def reply_wrapper(tokenizer) -> ReplyWrapper | None:
 
 @lru_cache(maxsize=8)
 def _wrapper(tokenizer, template: str, vocabulary: int) -> ReplyWrapper | None:
-    messages = chat_messages(["i like cats."], ["hi!"])
+    messages = conversation_messages(["i like cats."], ["hi!"])
     prompt = _prompt(tokenizer, messages)
     specials = set(tokenizer.all_special_ids)
     rendered = [_reply_block(tokenizer, messages, prompt, text, specials) for text in WRAPPER_PROBES]
@@ -176,7 +167,7 @@ def end_of_turn_id(tokenizer) -> int:
             where=getattr(tokenizer, "name_or_path", None) or "tokenizer",
             fix="use input_layout: reference for a model without one (GPT-2, openai-gpt), or a chat model.",
         )
-    messages = chat_messages([], [PROBE])
+    messages = conversation_messages([], [PROBE])
     prompt = _prompt(tokenizer, messages)
     return _reply_block(tokenizer, messages, prompt, PROBE, set(tokenizer.all_special_ids))[-1]
 
@@ -195,7 +186,7 @@ def template_turn(
     """``prefix_ids`` and ``candidates`` (whole blocks, see the module and :func:`reply_blocks`) of one turn, rendered
     by the chat template (its generation prompt taken from ``prompts``, of :func:`generation_prompts`, where it is
     there)."""
-    messages = chat_messages(persona, history)
+    messages = conversation_messages(persona, history)
     prompt = (prompts or {}).get((tuple(persona), tuple(history))) or _prompt(tokenizer, messages)
     return {"prefix_ids": prompt[:-1], "candidates": reply_blocks(tokenizer, messages, prompt, candidates, own_ids)}
 
@@ -203,7 +194,7 @@ def template_turn(
 def label_spans(tokenizer, persona: list[str], history: list[str], prefix: list[int]) -> list[list[int]]:
     """The ``[start, end)`` ranges of ``prefix`` (the turn's of :func:`template_turn`) that hold an earlier assistant
     message and its end-of-turn token (see the module)."""
-    messages, spans = chat_messages(persona, history), []
+    messages, spans = conversation_messages(persona, history), []
     for index, message in enumerate(messages):
         if message["role"] != "assistant":
             continue

@@ -5,30 +5,30 @@ messages.
   the chat fine-tuning format of OpenAI, TRL's ``SFTTrainer``, axolotl and LLaMA-Factory.
 - ``sharegpt``: ``{"conversations": [{"from": "system" | "human" | "gpt", "value": ...}, ...]}``.
 
-The rules, the same for both:
+The conversation is read by :mod:`persona.data.conversation`'s rules (roles, text parts, the persona's sentences,
+a speaker's consecutive messages as one utterance, ``__ SILENCE __`` before a bot that speaks first). Then:
 
-- The system (and ``developer``) messages are the bot's persona: their texts, joined with a space, split into
-  sentences by :func:`split_sentences` (each runs to its ``.``, ``!`` or ``?``); those sentences are what
-  ``personality_permutations`` rotates and persona-chat draws. A record without one is a dialog without a persona.
-- The assistant is the bot, the user its partner; consecutive messages of one speaker are one utterance (their texts
-  joined with a space).
-- Every assistant message is a turn whose history is everything said before it; when the assistant speaks first,
-  that history is ``__ SILENCE __``, as PersonaChat has it. What the user says after the last assistant message
-  belongs to no turn.
-- A message's content is a string or a list of parts, whose text parts (``{"type": "text", "text": ...}``) are
-  joined with a space; any other part (an image, audio) makes the record unusable.
+- Every assistant message is a turn whose history is everything said before it. What the user says after the last
+  assistant message belongs to no turn.
 - A record may carry distractors of its last turn: ``candidates`` (a list of strings) or ``rejected`` (a string, a
   message, or a list of messages whose last is the rejected reply, as preference datasets have it); the gold reply
   is the assistant's message. The other turns get theirs drawn as for any conversation.
-- Unusable records, skipped with their reason (or an error in strict mode): no assistant message, an empty message,
-  a ``tool`` or ``function`` message (a persona dialog calls no tools), any other role, non-text content.
+- Unusable records, skipped with their reason (or an error in strict mode): no assistant message, an empty user or
+  assistant message, a ``tool`` or ``function`` message (a persona dialog calls no tools), any other role, non-text
+  content.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
+from persona.data.conversation import (
+    Conversation,
+    MessageError,
+    conversation_messages,
+    message_text,
+    read_conversation,
+)
 from persona.data.dialog import SILENCE, Dialog
 from persona.data.layout import gold_reply
 from persona.data.skips import RecordError
@@ -50,11 +50,6 @@ ROLES = {  # each format's roles as persona reads them
 TOOL_ROLES = ("tool", "function", "ipython", "function_call", "observation")
 
 
-def split_sentences(text: str) -> list[str]:
-    """``"i like cats. i am tall."`` -> ``["i like cats.", "i am tall."]``: a system message as persona sentences."""
-    return [s.strip() for s in re.findall(r"[^.!?]+[.!?]?", text) if s.strip()]
-
-
 def chat_format_of(keys) -> str | None:
     """The chat format of a record with these keys (``messages`` or ``sharegpt``), or None."""
     return next((name for name, (field, _, _) in CHAT_FORMATS.items() if field in keys), None)
@@ -64,42 +59,22 @@ def _unusable(what: str, where: str, reason: str, fix: str = "repair or drop the
     return RecordError(what, where=where, fix=fix, reason=reason)
 
 
-def _text(content: Any, where: str) -> str:
-    """A message's content as one text (see the module for the rule on parts)."""
-    if isinstance(content, str):
-        return content.strip()
-    if isinstance(content, list):
-        texts = []
-        for part in content:
-            kind = part.get("type") if isinstance(part, dict) else None
-            if kind != "text" or not isinstance(part.get("text"), str):
-                raise _unusable(
-                    f"a content part of type '{kind}' is not text", where, "non-text content", "keep text parts only."
-                )
-            texts.append(part["text"].strip())
-        return " ".join(text for text in texts if text)
-    raise _unusable("a message's content is neither a string nor a list of parts", where, "malformed record")
-
-
-def _messages(record: Any, where: str, chat_format: str) -> list[tuple[str, str]]:
-    """The ``(role, text)`` of each message of a record (roles as :data:`ROLES` reads them)."""
+def _conversation(record: Any, where: str, chat_format: str) -> Conversation:
+    """A record's messages read as a conversation (roles as :data:`ROLES` names them), or a :class:`RecordError`."""
     field, role_key, content_key = CHAT_FORMATS[chat_format]
     messages = record.get(field) if isinstance(record, dict) else None
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
         raise _unusable(f"'{field}' must be a list of message objects", where, "malformed record")
-    read = []
-    for index, message in enumerate(messages):
-        said = f"{where}, message {index}"
-        role = str(message.get(role_key, "")).lower()
+    roles = [str(message.get(role_key, "")).lower() for message in messages]
+    for index, role in enumerate(roles):
         if role in TOOL_ROLES:
+            said = f"{where}, message {index}"
             raise _unusable(f"a '{role}' message: a persona dialog calls no tools", said, "tool or function message")
-        if role not in ROLES:
-            raise _unusable(f"unknown role '{role}'", said, "unknown role", f"use {', '.join(sorted(ROLES))}.")
-        text = _text(message.get(content_key), said)
-        if not text:
-            raise _unusable("the message is empty", said, "empty message", "drop the message or the record.")
-        read.append((ROLES[role], text))
-    return read
+    try:
+        return read_conversation((ROLES.get(role, role), m.get(content_key)) for role, m in zip(roles, messages))
+    except MessageError as error:
+        fix = f"use {', '.join(sorted(ROLES))}." if error.reason == "unknown role" else error.fix
+        raise _unusable(error.what, f"{where}, message {error.index}", error.reason, fix) from None
 
 
 def _distractors(record: dict, where: str) -> list[str]:
@@ -115,7 +90,10 @@ def _distractors(record: dict, where: str) -> list[str]:
         given = [given[-1]]  # a rejected conversation: its last message is the rejected reply
     if not isinstance(given, list):
         raise _unusable("'candidates' must be a list of strings", where, "malformed record")
-    texts = [_text(c.get("content", c.get("value")), where) if isinstance(c, dict) else c for c in given]
+    try:
+        texts = [message_text(c.get("content", c.get("value"))) if isinstance(c, dict) else c for c in given]
+    except MessageError as error:
+        raise _unusable(error.what, where, error.reason, error.fix) from None
     if not all(isinstance(text, str) and text.strip() for text in texts):
         raise _unusable("a candidate is empty or not a string", where, "malformed record")
     return [text.strip() for text in texts]
@@ -123,20 +101,10 @@ def _distractors(record: dict, where: str) -> list[str]:
 
 def chat_dialogs(record: Any, where: str, chat_format: str) -> list[Dialog]:
     """The dialog of one chat record (the assistant as the bot), by the rules of the module."""
-    messages = _messages(record, where, chat_format)
-    persona = split_sentences(" ".join(text for role, text in messages if role == "system"))
-    spoken: list[tuple[str, str]] = []
-    for role, text in messages:
-        if role == "system":
-            continue
-        if spoken and spoken[-1][0] == role:
-            spoken[-1] = (role, f"{spoken[-1][1]} {text}")
-        else:
-            spoken.append((role, text))
+    conversation = _conversation(record, where, chat_format)
+    spoken = conversation.utterances
     if not any(role == "assistant" for role, _ in spoken):
         raise _unusable("the record has no assistant message", where, "no assistant message")
-    if spoken[0][0] == "assistant":
-        spoken.insert(0, ("user", SILENCE))
     texts = [text for _, text in spoken]
     turns = [
         {"history": texts[:index], "candidates": [text]}
@@ -144,7 +112,7 @@ def chat_dialogs(record: Any, where: str, chat_format: str) -> list[Dialog]:
         if role == "assistant"
     ]
     turns[-1]["candidates"] = [*_distractors(record, where), *turns[-1]["candidates"]]
-    return [{"persona": persona, "turns": turns, "record": where}]
+    return [{"persona": conversation.persona, "turns": turns, "record": where}]
 
 
 def dialog_messages(dialog: Dialog) -> dict:
@@ -152,12 +120,13 @@ def dialog_messages(dialog: Dialog) -> dict:
     reply as the conversation (``__ SILENCE __`` left out), that turn's distractors as ``candidates``; what
     :func:`chat_dialogs` reads back as the same dialog."""
     last = dialog["turns"][-1]
-    history = list(last["history"])
-    opens = bool(history) and history[0] == SILENCE
-    spoken = [*history[1:], gold_reply(last["candidates"])] if opens else [*history, gold_reply(last["candidates"])]
-    first = "assistant" if opens else ("user" if len(history) % 2 else "assistant")
-    roles = ["user", "assistant"] if first == "user" else ["assistant", "user"]
-    messages = [{"role": "system", "content": " ".join(dialog["persona"])}] if dialog["persona"] else []
-    messages += [{"role": roles[index % 2], "content": text} for index, text in enumerate(spoken)]
+    messages = [
+        message
+        for message in (
+            *conversation_messages(dialog["persona"], last["history"]),
+            {"role": "assistant", "content": gold_reply(last["candidates"])},
+        )
+        if message["content"] not in ("", SILENCE)
+    ]
     distractors = list(last["candidates"][:-1])
     return {"messages": messages, **({"candidates": distractors} if distractors else {})}

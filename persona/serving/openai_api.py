@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 
-from persona.data.chat_records import split_sentences
+from persona.data.conversation import MessageError, read_conversation
 from persona.model.generation import DecodingArguments
 from persona.serving.context import ContextTooLong, ControlTextRefused
 from persona.serving.engine import (
@@ -61,7 +61,6 @@ from persona.serving.protocol import (
 )
 
 logger = logging.getLogger(__name__)
-PERSONA_ROLES = ("system", "developer")
 PER_REQUEST = ("presence_penalty", "frequency_penalty", "repetition_penalty", "persona_weight")  # copied to decoding
 
 
@@ -94,30 +93,17 @@ class ChatRequest:
 
 
 def parse_messages(messages: list[Message]) -> tuple[list[str], list[str]]:
-    """The persona (the system message's sentences) and the history (user and assistant turns, ending with the
-    user's)."""
-    persona: list[str] = []
-    history: list[str] = []
-    expected = "user"
-    for index, message in enumerate(messages):
-        param = f"messages[{index}]"
-        if message.role in PERSONA_ROLES:
-            if index:
-                raise APIError(400, f"{param}: the {message.role} message (the persona) must come first", param=param)
-            persona = split_sentences(message.content)
-            continue
-        if message.role != expected:
-            raise APIError(
-                400,
-                f"{param}: user and assistant messages must alternate, starting with the user's; this one is the "
-                f"{message.role}'s",
-                param=param,
-            )
-        history.append(message.content)
-        expected = "assistant" if message.role == "user" else "user"
-    if not history or expected != "assistant":
+    """The persona and the history of a request's messages, read by the rules of
+    :mod:`persona.data.conversation`, or an :class:`APIError` naming the message; the user must have spoken last (or
+    nobody yet: the bot then opens the conversation)."""
+    try:
+        conversation = read_conversation((message.role, message.content) for message in messages)
+    except MessageError as error:
+        param = f"messages[{error.index}]"
+        raise APIError(400, f"{param}: {error.what}; {error.fix}", param=param) from None
+    if not conversation.awaits_reply:
         raise APIError(400, "the last message must be the user's: the bot answers it", param="messages")
-    return persona, history
+    return conversation.persona, conversation.history
 
 
 def chat_request(body: ChatCompletionRequest, defaults: DecodingArguments, max_tokens_cap: int) -> ChatRequest:

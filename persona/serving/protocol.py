@@ -26,6 +26,8 @@ from typing import Annotated, Any, Literal
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from persona.data.conversation import MessageError, message_text
+
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.manual_seed accepts
 MAX_CHOICES = 8  # ``n``: replies generated for one request (rows of the running batch)
 MAX_TOP_LOGPROBS = 20  # OpenAI's limit
@@ -44,14 +46,12 @@ class Message(BaseModel):
     @field_validator("content", mode="before")
     @classmethod
     def text_of_parts(cls, content: Any) -> str:
-        """A string as it is; a list of text parts joined with spaces; anything else refused."""
-        if isinstance(content, str):
-            return content
-        if isinstance(content, list) and all(
-            isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
-        ):
-            return " ".join(p["text"] for p in content)
-        raise ValueError("must be a string or a list of text parts ({'type': 'text', 'text': '...'})")
+        """The content as one text, by the conversation model's rule
+        (:func:`persona.data.conversation.message_text`)."""
+        try:
+            return message_text(content)
+        except MessageError:
+            raise ValueError("must be a string or a list of text parts ({'type': 'text', 'text': '...'})") from None
 
 
 class StreamOptions(BaseModel):

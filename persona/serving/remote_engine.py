@@ -4,8 +4,8 @@ from ``persona-export``, vLLM, TGI, Ollama, or another persona-serve.
 persona keeps its part: the page, the default persona, the history window, the key, CORS, the limits and
 ``/metrics``; the engine decodes. Each reply is one streamed ``/v1/chat/completions`` request to the engine: the
 persona as the system message, the window of the conversation as alternating user and assistant messages (as
-persona's chat-template layout renders a turn, :func:`~persona.data.chat_layout.chat_messages`), and the decoding
-settings translated by :func:`engine_request`. The engine's chunks come back as
+persona's chat-template layout renders a turn, :func:`~persona.data.conversation.conversation_messages`), and the
+decoding settings translated by :func:`engine_request`. The engine's chunks come back as
 :class:`~persona.serving.engine.ReplyEvent`\\ s, with the reply's leading and trailing white space held back as
 persona's own engine holds it; the engine's refusals keep their meaning: its 400 (a context too long for it, a bad
 value) is the client's 400, its 429 or 503 a 429 or 503, anything else (a key it refused, a crash, no answer, a chunk
@@ -23,8 +23,8 @@ from collections.abc import AsyncIterator, Callable
 
 import httpx
 
-from persona.data.chat_layout import chat_messages
 from persona.data.chat_render import control_texts
+from persona.data.conversation import conversation_messages
 from persona.data.layout import history_window
 from persona.errors import ConfigError
 from persona.model.generation import GREEDY_BELOW, DecodingArguments
@@ -87,7 +87,7 @@ def engine_request(
     (``repeat_penalty``); ``min_length`` above 1 as ``min_tokens``."""
     body = {
         "model": model,
-        "messages": chat_messages(persona, history),
+        "messages": conversation_messages(persona, history),
         "max_tokens": decoding.max_length,
         "stream": True,
         "stream_options": {"include_usage": True},
@@ -248,7 +248,7 @@ class RemoteEngine:
         engine renders the chat itself and would read it as the token: :data:`KNOWN_CONTROL_TEXTS` and ``front``'s
         own), then the length check on ``front`` when there is one (see :class:`RemoteEngine`)."""
         controls = KNOWN_CONTROL_TEXTS + (control_texts(self.front.tokenizer) if self.front is not None else ())
-        for message in chat_messages(persona, history):
+        for message in conversation_messages(persona, history):
             control = next((c for c in controls if c in message["content"]), None)
             if control is not None:
                 raise ControlTextRefused(message["role"], control)

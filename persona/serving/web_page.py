@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from persona.data.chat_records import split_sentences
+from persona.data.conversation import Conversation, MessageError, message_text, read_conversation
 from persona.model.generation import DecodingArguments
 from persona.serving.context import ContextTooLong, ControlTextRefused
 from persona.serving.engine import Engine, QueueFull, WorkerStopped, reply_events
@@ -20,15 +20,14 @@ Write to the bot below and press Enter. It answers as the person described on th
 to give it another persona, and **Reset** to start a new conversation."""
 
 
-def message_text(content) -> str:
-    """The text of a chat message as the page sends it back: a string, or a list of parts (``{"type": "text", "text":
-    ...}``)."""
-    if isinstance(content, str):
-        return content
-    parts = content if isinstance(content, list) else [content]
-    return " ".join(
-        part if isinstance(part, str) else str(part.get("text", "")) for part in parts if isinstance(part, (str, dict))
-    )
+def page_conversation(persona_text: str, chat: list[dict], message: str) -> Conversation:
+    """The persona box, the page's chat and the new message as one conversation, by the rules of
+    :mod:`persona.data.conversation`; a bot message left empty (a reply that failed) is no utterance, so the user's
+    messages on either side of it are one, as they would be had it never been shown."""
+    said = [
+        (turn["role"], turn["content"]) for turn in chat if turn["role"] == "user" or message_text(turn["content"])
+    ]
+    return read_conversation([("system", persona_text), *said, ("user", message)])
 
 
 def responder(engine: Engine, decoding: DecodingArguments, max_message_chars: int):
@@ -45,8 +44,11 @@ def responder(engine: Engine, decoding: DecodingArguments, max_message_chars: in
             raise gr.Error(
                 f"That message is too long: keep the persona and the message under {max_message_chars:,} characters."
             )
-        persona = split_sentences(persona_text)
-        history = [*(message_text(turn["content"]) for turn in chat), message]
+        try:
+            conversation = page_conversation(persona_text, chat, message)
+        except MessageError as error:
+            raise gr.Error(f"The conversation cannot be read: {error.what}. Reset it.") from None
+        persona, history = conversation.persona, conversation.history
         try:
             engine.check_context(persona, history, decoding.max_length)
         except ContextTooLong as error:

@@ -156,7 +156,7 @@ def _chat_section(repo: str, config: dict) -> list[str]:
         "```",
         "",
         "With plain transformers, through the chat template saved with the tokenizer (the system message is the",
-        "persona, user and assistant messages alternate):",
+        "persona; a speaker's consecutive messages are one utterance):",
         "",
         "```python",
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
