@@ -83,7 +83,7 @@ def test_the_weights_extremes(tiny_model, tokenizer):
         with pytest.raises(ConfigError, match="persona_weight"):
             DecodingArguments(persona_weight=value)
     in_front = ServeArguments(engine_url="http://127.0.0.1:9")
-    with pytest.raises(ConfigError, match="an OpenAI-compatible engine does not weigh the persona"):
+    with pytest.raises(ConfigError, match="cannot decode persona_weight"):
         build_engine(None, DataArguments(), in_front, DecodingArguments(persona_weight=1.0))
 
 

@@ -89,7 +89,7 @@ def generate_replies(
     kept; with ``persona_weight``, guided by the persona); ``progress`` shows a bar; ``prefixes``: see
     :func:`decode`."""
     replies: list[Reply] = []
-    samples = decoding.rerank_samples if decoding.do_sample else 1
+    samples = decoding.samples
     if samples > 1:
         check_rerankable(loaded)
     for start in tqdm(

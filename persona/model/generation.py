@@ -91,6 +91,11 @@ class DecodingArguments:
         if self.do_sample and self.temperature < GREEDY_BELOW:
             self.do_sample = False
 
+    @property
+    def samples(self) -> int:
+        """How many replies are sampled for one answer: ``rerank_samples`` when sampling, else 1."""
+        return self.rerank_samples if self.do_sample else 1
+
     def settings(self) -> dict:
         """These settings as ``GenerationConfig`` fields, whatever the tokenizer."""
         # Greedy decoding gets transformers' neutral values: left unset, a model's saved sampling settings would fill

@@ -13,8 +13,9 @@ batcher's :class:`~persona.model.prefix_cache.PrefixCache`). Each request receiv
 its end (:class:`ReplyEvent`) through the callback it brought, the moment its row ends (``<eos>``, a stop string,
 its token budget); a row whose client has gone (a dropped stream) leaves the batch at the next step;
 :func:`reply_streams` turns the callbacks into async iterators (the ``n`` choices of a request queued
-together, all or none): the batcher is persona-serve's own :class:`~persona.serving.engine.Engine`. Each prompt is
-built on its own: a request whose text cannot be encoded fails alone.
+together, all or none; a reranked request as its samples, :mod:`~persona.serving.reranking`): the batcher is
+persona-serve's own :class:`~persona.serving.engine.Engine`. Each prompt is built on its own: a request whose text
+cannot be encoded fails alone.
 
 The worker's loop does not die of a request. An exception raised while a row is started or its token chosen fails
 that row alone (:class:`ReplyEvent` ``status`` 400 when the request's own text caused it, 500 otherwise, logged with
@@ -43,9 +44,18 @@ from persona.model.loading import LoadedModel
 from persona.model.persona_guidance import GuidedBatch
 from persona.model.prefix_cache import PrefixCache
 from persona.model.row_decoding import Choice, RowDecoder, TokenLogprob, choose_tokens
+from persona.model.scoring import best_reply
 from persona.serving.context import check_context
-from persona.serving.engine import REPLY_TIMEOUT_S, QueueFull, QueueTooSmall, ReplyEvent, WorkerStopped
+from persona.serving.engine import (
+    REPLY_TIMEOUT_S,
+    QueueFull,
+    QueueTooSmall,
+    ReplyEvent,
+    Unsupported,
+    WorkerStopped,
+)
 from persona.serving.logprobs import TokenTexts
+from persona.serving.reranking import SampleGroup
 from persona.serving.streaming import ReplyStream
 
 logger = logging.getLogger(__name__)
@@ -68,7 +78,8 @@ def error_event(error: BaseException, request_id: str, during: str) -> ReplyEven
 class ReplyRequest:
     """One reply to generate: the persona, the conversation so far (oldest first, the partner last), how to
     decode it, and ``deliver``, called (from the worker thread) with each :class:`ReplyEvent`; ``top_logprobs``
-    (0 or more) asks for each token's log-probability and that many alternatives."""
+    (0 or more) asks for each token's log-probability and that many alternatives; ``on_reply``, when given, is called
+    with the prompt's and the reply's token ids as the reply ends, before its end is delivered."""
 
     persona: list[str]
     history: list[str]
@@ -79,6 +90,7 @@ class ReplyRequest:
     top_logprobs: int | None = None
     gone: threading.Event = field(default_factory=threading.Event)  # set when the client stops listening
     request_id: str = field(default_factory=lambda: f"req-{uuid.uuid4().hex}")  # names it in the log and errors
+    on_reply: Callable[[list[int], list[int]], None] | None = None  # given the prompt's and reply's ids at its end
 
     def fail(self, error: BaseException, during: str) -> None:
         """End the request with ``error`` (see :func:`error_event`)."""
@@ -89,8 +101,8 @@ class _Row:
     """A request being decoded: its stream (whose deltas and end go to the request with the log-probabilities
     gathered since the last event, in OpenAI's shape by ``texts``), its token choice, and the token it feeds next."""
 
-    def __init__(self, request: ReplyRequest, decoder: RowDecoder, prompt_tokens: int, texts: TokenTexts):
-        self.request, self.decoder, self.prompt_tokens, self.texts = request, decoder, prompt_tokens, texts
+    def __init__(self, request: ReplyRequest, decoder: RowDecoder, prompt_ids: list[int], texts: TokenTexts):
+        self.request, self.decoder, self.prompt_ids, self.texts = request, decoder, prompt_ids, texts
         self.stream = ReplyStream(texts.decode, request.stop, self._send, self._ended)
         self.next_token = -1
         self.logprobs: list[TokenLogprob] = []
@@ -118,10 +130,12 @@ class _Row:
         self.request.deliver(ReplyEvent(delta=delta, logprobs=self._taken_logprobs()))
 
     def _ended(self, stream: ReplyStream) -> None:
+        if self.request.on_reply is not None:
+            self.request.on_reply(self.prompt_ids, list(stream.tokens))
         self.request.deliver(
             ReplyEvent(
                 finish_reason=stream.finish_reason,
-                prompt_tokens=self.prompt_tokens,
+                prompt_tokens=len(self.prompt_ids),
                 completion_tokens=len(stream.tokens),
                 logprobs=self._taken_logprobs(),
             )
@@ -175,6 +189,10 @@ class ReplyBatcher:
                 raise QueueFull(f"{waiting} of {limit} places taken, {len(requests)} asked for")
             for request in requests:
                 self.pending.put_nowait(request)
+
+    def rank(self, prompt_ids: list[int], replies: list[list[int]]) -> int:
+        """The reply the multiple-choice head ranks first among ``replies`` to ``prompt_ids`` (on the worker)."""
+        return best_reply(self.loaded, prompt_ids, replies)
 
     def alive(self) -> bool:
         """Whether the worker is decoding or waiting for requests (False once it has ended, closed or not)."""
@@ -310,7 +328,7 @@ class ReplyBatcher:
                 continue
             prompts.append(prompt)
             unconditional.append(alone)
-            joining.append(_Row(request, decoder, len(prompt["input_ids"]), self.texts))
+            joining.append(_Row(request, decoder, prompt["input_ids"], self.texts))
         if not joining:
             return []
         try:
@@ -372,7 +390,16 @@ def reply_streams(
 ) -> list[AsyncIterator[ReplyEvent]]:
     """Queue one request per seed (the choices of one API request, which share ``request_id``) together, all or none
     (see :meth:`ReplyBatcher.submit`: nothing is queued when it raises), and return the events of each as they come,
-    its end last. Call it inside the event loop that reads them."""
+    its end last; with ``rerank_samples`` k (sampling), each request is k sampled rows, the one the multiple-choice
+    head ranks first its answer (:mod:`~persona.serving.reranking`; :class:`Unsupported` for a prompted model). Call
+    it inside the event loop that reads them."""
+    samples = decoding.samples
+    if samples > 1 and batcher.loaded.prompted:
+        raise Unsupported(
+            "rerank_samples",
+            f"rerank_samples needs a trained multiple-choice head; {batcher.loaded.name} is a prompted model: drop "
+            "rerank_samples",
+        )
     loop = asyncio.get_running_loop()
     queued = []
     for seed in seeds:
@@ -383,7 +410,10 @@ def reply_streams(
         if request_id:
             options["request_id"] = request_id
         queued.append((ReplyRequest(persona, history, decoding, deliver, **options), events))
-    batcher.submit(*(request for request, _ in queued))
+    rows = [request for request, _ in queued]
+    if samples > 1:
+        rows = [sample for request in rows for sample in SampleGroup(request, samples, batcher.rank).samples()]
+    batcher.submit(*rows)
     return [_events(request, events) for request, events in queued]
 
 

@@ -51,6 +51,19 @@ class Unsupported(Exception):
         self.field = field
 
 
+OWN_ENGINE_ONLY = {  # decoding settings an OpenAI-compatible engine's API cannot carry, and why
+    "persona_weight": "a second row without the persona, fed each token",
+    "rerank_samples": "the samples scored by persona's multiple-choice head",
+}
+
+
+def own_engine_only(decoding: DecodingArguments) -> str | None:
+    """The first setting of ``decoding`` in use that only persona's own engine decodes (:data:`OWN_ENGINE_ONLY`), or
+    None."""
+    used = {"persona_weight": decoding.persona_weight > 0, "rerank_samples": decoding.samples > 1}
+    return next((name for name in OWN_ENGINE_ONLY if used[name]), None)
+
+
 @dataclass
 class ReplyEvent:
     """What a request receives: a ``delta`` of text (with the log-probabilities of the tokens it completes, when

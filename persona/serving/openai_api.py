@@ -31,6 +31,7 @@ from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 
 from persona.data.conversation import MessageError, read_conversation
+from persona.errors import ConfigError
 from persona.model.generation import DecodingArguments
 from persona.serving.context import ContextTooLong, ControlTextRefused
 from persona.serving.engine import (
@@ -61,7 +62,13 @@ from persona.serving.protocol import (
 )
 
 logger = logging.getLogger(__name__)
-PER_REQUEST = ("presence_penalty", "frequency_penalty", "repetition_penalty", "persona_weight")  # copied to decoding
+PER_REQUEST = (  # copied to the decoding settings
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "persona_weight",
+    "rerank_samples",
+)
 
 
 def generation_error(event: ReplyEvent) -> APIError:
@@ -115,15 +122,14 @@ def chat_request(body: ChatCompletionRequest, defaults: DecodingArguments, max_t
             raise APIError(400, f"'{name}' must be at most {max_tokens_cap}, not {value}", param=name)
     max_tokens = body.max_completion_tokens or body.max_tokens
     given = {name: getattr(body, name) for name in PER_REQUEST if getattr(body, name) is not None}
-    decoding = replace(defaults, max_length=max_tokens or defaults.max_length, **given)
     if body.temperature is not None or body.top_p is not None:  # a temperature below GREEDY_BELOW decodes greedily
-        temperature = defaults.temperature if body.temperature is None else body.temperature
-        decoding = replace(
-            decoding,
-            do_sample=True,
-            temperature=temperature,
-            top_p=defaults.top_p if body.top_p is None else body.top_p,
-        )
+        given["do_sample"] = True
+        given["temperature"] = defaults.temperature if body.temperature is None else body.temperature
+        given["top_p"] = defaults.top_p if body.top_p is None else body.top_p
+    try:
+        decoding = replace(defaults, max_length=max_tokens or defaults.max_length, **given)
+    except ConfigError as error:  # settings that are each in range but not together (rerank_samples, greedy)
+        raise APIError(400, str(error), param=error.where) from None
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     top_logprobs = (body.top_logprobs or 0) if body.logprobs else None
     return ChatRequest(
@@ -160,7 +166,10 @@ def _queued_replies(engine: Engine, chat: ChatRequest, persona: list[str], reque
             request_id=request_id,
         )
     except QueueTooSmall as error:
-        message = f"n is {error.asked}, but this server queues at most {error.limit} replies at once"
+        asked = f"n is {chat.choices}"
+        if error.asked > chat.choices:  # each choice is its samples
+            asked += f" with rerank_samples {chat.decoding.samples} ({error.asked} replies)"
+        message = f"{asked}, but this server queues at most {error.limit} replies at once"
         raise APIError(400, message + " (persona-serve --max_queue)", param="n", code="too_many_choices") from None
     except WorkerStopped as error:
         raise APIError(503, str(error), type="server_error", code="worker_stopped") from None

@@ -13,6 +13,9 @@ The numbers, field by field (each bound keeps every score finite, so no legal re
 - ``repetition_penalty``: 0.01 to 10 (1: off; below 1 favours repeating), over the prompt's and the reply's tokens.
 - ``persona_weight``: 0 to 10 (0: off), persona's own field: each token guided by the persona (a paired row without
   it; persona's own engine only, an engine behind ``--engine_url`` refuses it with a 400 naming it).
+- ``rerank_samples``: 1 to 8 (1: off), persona's own field: that many sampled replies, the one the trained
+  multiple-choice head ranks first the answer (sampling only; persona's own engine with a trained model only, an
+  engine behind ``--engine_url`` refuses it with a 400 naming it).
 - ``max_tokens`` / ``max_completion_tokens``: at least 1, at most the server's ``--max_tokens_cap``.
 - ``seed``: what ``torch.manual_seed`` takes, -2**63 to 2**64 - 1.
 - ``n``: 1 to 8; ``top_logprobs``: 0 to 20, with ``logprobs: true``.
@@ -80,6 +83,7 @@ class ChatCompletionRequest(BaseModel):
     frequency_penalty: Annotated[Number | None, Field(ge=-2, le=2)] = None
     repetition_penalty: Annotated[Number | None, Field(ge=0.01, le=10)] = None  # not OpenAI's: vLLM's and HF's extra
     persona_weight: Annotated[Number | None, Field(ge=0, le=10)] = None  # persona's own: guidance by the persona
+    rerank_samples: Annotated[int | None, Field(strict=True, ge=1, le=MAX_CHOICES)] = None  # persona's own
     logprobs: Annotated[bool, Field(strict=True)] = False
     top_logprobs: Annotated[int | None, Field(strict=True, ge=0, le=MAX_TOP_LOGPROBS)] = None
 

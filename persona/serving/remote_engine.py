@@ -30,7 +30,16 @@ from persona.errors import ConfigError
 from persona.model.generation import GREEDY_BELOW, DecodingArguments
 from persona.model.loading import LoadedModel
 from persona.serving.context import ControlTextRefused, check_context
-from persona.serving.engine import REPLY_TIMEOUT_S, QueueFull, QueueTooSmall, ReplyEvent, Unsupported, held_back
+from persona.serving.engine import (
+    OWN_ENGINE_ONLY,
+    REPLY_TIMEOUT_S,
+    QueueFull,
+    QueueTooSmall,
+    ReplyEvent,
+    Unsupported,
+    held_back,
+    own_engine_only,
+)
 
 logger = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 10.0
@@ -267,12 +276,14 @@ class RemoteEngine:
         request_id: str | None,
     ) -> list[AsyncIterator[ReplyEvent]]:
         """One streamed engine request per seed (see :class:`~persona.serving.engine.Engine`); an
-        :class:`~persona.serving.engine.Unsupported` for a persona weight, which an engine's API does not take."""
-        if decoding.persona_weight:
+        :class:`~persona.serving.engine.Unsupported` for a setting that an engine's API does not take
+        (:data:`~persona.serving.engine.OWN_ENGINE_ONLY`)."""
+        unsupported = own_engine_only(decoding)
+        if unsupported:
             raise Unsupported(
-                "persona_weight",
-                "persona_weight needs persona's own engine (a second row without the persona, fed each token); the "
-                "engine behind this server decodes alone: drop persona_weight",
+                unsupported,
+                f"{unsupported} needs persona's own engine ({OWN_ENGINE_ONLY[unsupported]}); the engine behind this "
+                f"server decodes alone: drop {unsupported}",
             )
         limit = self.max_batch_size + self.queue_limit if self.queue_limit else 0
         if limit and len(seeds) > limit:

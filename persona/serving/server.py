@@ -28,10 +28,11 @@ from persona.data.personas import draw_persona
 from persona.errors import ConfigError
 from persona.model.generation import DecodingArguments
 from persona.model.loading import load_for_inference, refuse_training_fields
+from persona.model.scoring import check_rerankable
 from persona.serving.batching import ReplyBatcher
 from persona.serving.body_limit import BodyLimit
 from persona.serving.deadlines import connection_limits
-from persona.serving.engine import Engine
+from persona.serving.engine import OWN_ENGINE_ONLY, Engine, own_engine_only
 from persona.serving.hosts import OnlyAllowedHosts
 from persona.serving.openai_api import HISTORY_CUT_HEADER, create_app
 from persona.serving.origins import OnlyAllowedOrigins
@@ -164,23 +165,18 @@ def build_engine(
 ) -> Engine:
     """The engine that decodes: the engine at ``engine_url`` (``model_args``, if any, read without weights for the
     length check), else persona's own on the model of ``model_args``."""
-    if decoding.rerank_samples > 1:
-        raise ConfigError(
-            "persona-serve does not rerank sampled replies",
-            where="rerank_samples",
-            fix="drop rerank_samples; persona-chat and persona-eval rerank (the API's n returns every sample).",
-        )
     options = {
         "max_history": data_args.max_history,
         "max_batch_size": args.max_batch_size,
         "max_queue": args.max_queue,
     }
     if args.engine_url:
-        if decoding.persona_weight:
+        unsupported = own_engine_only(decoding)
+        if unsupported:
             raise ConfigError(
-                "an OpenAI-compatible engine does not weigh the persona while decoding",
-                where="persona_weight",
-                fix="drop persona_weight, or serve the model with persona's own engine (no --engine_url).",
+                f"an OpenAI-compatible engine cannot decode {unsupported} ({OWN_ENGINE_ONLY[unsupported]})",
+                where=unsupported,
+                fix=f"drop {unsupported}, or serve the model with persona's own engine (no --engine_url).",
             )
         front = None if model_args is None else load_for_inference(model_args, weights=False)
         if front is not None and front.token_types:
@@ -196,8 +192,11 @@ def build_engine(
             where="command line",
             fix="pass --model_name_or_path DIR_OR_HUB_ID, or --engine_url URL of an engine that serves one.",
         )
+    loaded = load_for_inference(model_args)
+    if decoding.samples > 1:
+        check_rerankable(loaded)
     return ReplyBatcher(
-        load_for_inference(model_args),
+        loaded,
         batch_wait_ms=args.batch_wait_ms,
         prefix_cache_bytes=int(args.prefix_cache_mb * 2**20),
         **options,
