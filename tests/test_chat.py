@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import select
 import subprocess
 import sys
@@ -128,6 +129,7 @@ def test_json_lines_answer_each_request(trained_model_dir, tmp_path):
     assert result.returncode == 0 and len(lines) == 5, result.stderr[-2000:]
     assert all(isinstance(line["reply"], str) for line in (*lines[:2], lines[4])) and "line 3" in lines[2]["error"]
     assert lines[3]["error"].startswith("line 4: text 1 is not valid Unicode (surrogates not allowed")
+    assert re.search(r"persona-chat: \d+ reply tokens in [\d.]+ s, [\d.]+ tokens/s", result.stderr)
 
 
 def test_a_message_that_is_not_valid_unicode_is_not_sent_and_the_chat_goes_on(trained_model_dir):
@@ -137,15 +139,13 @@ def test_a_message_that_is_not_valid_unicode_is_not_sent_and_the_chat_goes_on(tr
     from tests.conftest import load_folder
 
     inputs, out = iter(["\udcff broken bytes", "hello!", "/quit"]), []
-    chat_loop(
-        Bot(load_folder(trained_model_dir), DecodingArguments(do_sample=False, max_length=4), 2),
-        ["i like cats."],
-        lambda _: next(inputs),
-        out.append,
-    )
+    bot = Bot(load_folder(trained_model_dir), DecodingArguments(do_sample=False, max_length=4), 2)
+    chat_loop(bot, ["i like cats."], lambda _: next(inputs), out.append)
     assert (
         out[2].startswith("(not sent: text ") and "not valid Unicode" in out[2] and not out[3].startswith("(not sent")
     )
+    assert 1 <= bot.speed.tokens <= 4 and out[4:] == [f"({bot.speed})"]  # the one reply's tokens, said at the end
+    assert re.fullmatch(r"\(\d reply tokens in \d+\.\d s, \d+\.\d tokens/s\)", out[4])
 
 
 def test_model_without_persona_tokens_is_a_clear_message(tmp_path, capsys):

@@ -118,8 +118,14 @@ def test_eval_writes_metrics_generations_and_report(trained, tmp_path):
         predictions=[line["prediction"] for line in lines], references=[line["gold"] for line in lines]
     )
     assert results["f1"] == pytest.approx(recomputed["f1"])
+    speed = results["generation_speed"]
+    assert speed["tokens"] == sum(line["tokens"] for line in lines) and speed["seconds"] > 0
+    assert speed["tokens_per_s"] == pytest.approx(speed["tokens"] / speed["seconds"])
+    assert all(line["tokens"] <= 8 and (line["tokens"] < 8 or not line["ended"]) for line in lines)
     report = (tmp_path / "a" / "report.md").read_text()
     assert "| hits@1 |" in report and "generated:" in report
+    said = f"{speed['tokens']} reply tokens in {speed['seconds']:.1f} s, {speed['tokens_per_s']:.1f} tokens/s"
+    assert said in report
     again = _evaluate(trained, tmp_path / "b", "--per_device_eval_batch_size", "7", "--generation_batch_size", "5")
     for key in ("perplexity", "hits@1", "hits@5", "f1"):
         assert again[key] == pytest.approx(results[key], rel=1e-6, abs=1e-6), key

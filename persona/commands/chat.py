@@ -5,6 +5,7 @@ reference's interact.py does; ``persona/resources/quickstart`` offline) and prin
 ``/persona`` shows the persona, ``/persona TEXT`` sets it (one sentence per ``.``-ended phrase), ``/reset`` clears
 the history, ``/quit`` (or Ctrl-D, Ctrl-C) leaves. ``--json`` reads one JSON object per line on stdin
 (``{"persona": [...], "history": [...]}``) and writes one per line (``{"reply": "..."}``), for scripts and services.
+Either way, the bot's speed (its replies' tokens per second of generating them) is written when it ends.
 """
 
 from __future__ import annotations
@@ -57,10 +58,17 @@ def serve_json(bot: Bot, stdin, stdout) -> None:
 
 
 def chat_loop(bot: Bot, persona: list[str], read=input, write=print) -> None:
-    """The prompt loop: history kept, ``/persona``, ``/reset``, ``/quit``, Ctrl-D and Ctrl-C."""
-    history: list[str] = []
+    """The prompt loop: history kept, ``/persona``, ``/reset``, ``/quit``, Ctrl-D and Ctrl-C; the bot's speed said
+    when it ends."""
     write("Persona: " + " ".join(persona))
     write("Type a message; /persona [TEXT] shows or sets the persona, /reset clears the history, /quit leaves.")
+    _conversation(bot, persona, read, write)
+    if bot.speed.tokens:
+        write(f"({bot.speed})")
+
+
+def _conversation(bot: Bot, persona: list[str], read, write) -> None:
+    history: list[str] = []
     while True:
         try:
             text = read(">>> ").strip()
@@ -99,6 +107,7 @@ def main(argv: list[str]) -> int:
     bot = Bot(load_for_inference(model_args), decoding, data_args.max_history)
     if args.json:
         serve_json(bot, sys.stdin, sys.stdout)
+        sys.stderr.write(f"persona-chat: {bot.speed}\n")
         return 0
     chat_loop(bot, args.persona or draw_persona(data_args, args.seed))
     return 0

@@ -13,6 +13,7 @@ does, so that a batch drawn after ``torch.manual_seed`` gives ``generate``'s rep
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -69,10 +70,30 @@ def decode(
 
 @dataclass
 class Reply:
-    """A generated reply: its text, and whether it ended by itself (its end token before the length limit)."""
+    """A generated reply: its text, whether it ended by itself (its end token before the length limit), and its
+    token count (its end token excluded)."""
 
     text: str
     ended: bool
+    tokens: int
+
+
+@dataclass
+class DecodingSpeed:
+    """Replies' tokens and the seconds spent generating them (prompts read, tokens chosen, samples ranked): the
+    tokens/s that persona-chat, persona-eval and persona-serve's benchmark (``benchmarks/serve_load.py``) report,
+    each counting the tokens of the replies given (a reranked reply's own, not its other samples')."""
+
+    tokens: int = 0
+    seconds: float = 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Reply tokens per second (0 before any)."""
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def __str__(self) -> str:
+        return f"{self.tokens} reply tokens in {self.seconds:.1f} s, {self.tokens_per_s:.1f} tokens/s"
 
 
 def generate_replies(
@@ -83,11 +104,13 @@ def generate_replies(
     batch_size: int = 32,
     progress: bool = False,
     prefixes: PrefixCache | None = None,
+    speed: DecodingSpeed | None = None,
 ) -> list[Reply]:
     """One reply per ``(persona sentences, history utterances)``, generated in left-padded batches (with
     ``rerank_samples`` n, n sampled replies per prompt in the same batch, the one the multiple-choice head ranks first
     kept; with ``persona_weight``, guided by the persona); ``progress`` shows a bar; ``prefixes``: see
-    :func:`decode`."""
+    :func:`decode`; ``speed``, when given, gains the replies' tokens and the time they took."""
+    started = time.perf_counter()
     replies: list[Reply] = []
     samples = decoding.samples
     if samples > 1:
@@ -110,20 +133,27 @@ def generate_replies(
                 for prompt, group in zip(prompts, groups)
             ]
         texts = loaded.tokenizer.batch_decode([tokens for tokens, _ in generated], skip_special_tokens=True)
-        replies += [Reply(text.strip(), ended) for text, (_, ended) in zip(texts, generated)]
+        replies += [Reply(text.strip(), ended, len(tokens)) for text, (tokens, ended) in zip(texts, generated)]
+    if speed is not None:
+        speed.tokens += sum(reply.tokens for reply in replies)
+        speed.seconds += time.perf_counter() - started
     return replies
 
 
 class Bot:
     """A loaded model and decoding settings: replies to a persona and a history, as persona-chat does (each turn
-    reads only what it adds to the prompts of the turns before, :data:`BOT_PREFIX_CACHE_BYTES` of them kept)."""
+    reads only what it adds to the prompts of the turns before, :data:`BOT_PREFIX_CACHE_BYTES` of them kept);
+    ``speed`` adds up its replies' tokens and time."""
 
     def __init__(self, loaded: LoadedModel, decoding: DecodingArguments, max_history: int):
         self.loaded, self.decoding, self.max_history = loaded, decoding, max_history
         self.prefixes = PrefixCache(BOT_PREFIX_CACHE_BYTES)
+        self.speed = DecodingSpeed()
 
     def reply(self, persona: list[str], history: list[str]) -> str:
         """The bot's next utterance to the last ``max_history`` exchanges of ``history``."""
         window = history_window(history, self.max_history)
-        (reply,) = generate_replies(self.loaded, [(persona, window)], self.decoding, prefixes=self.prefixes)
+        (reply,) = generate_replies(
+            self.loaded, [(persona, window)], self.decoding, prefixes=self.prefixes, speed=self.speed
+        )
         return reply.text

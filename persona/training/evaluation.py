@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from persona.data import prepare_corpus
 from persona.data.layout import gold_reply
 from persona.errors import ConfigError
 from persona.metrics import load_metric
-from persona.model.decoding import generate_replies
+from persona.model.decoding import DecodingSpeed, generate_replies
 from persona.model.generation import DecodingArguments
 from persona.model.loading import LoadedModel, load_for_inference, refuse_training_fields
 from persona.training.consistency import consistency, load_judge
@@ -123,9 +124,13 @@ def ranking_metrics(
     return metrics_from_scores(scores, args.lm_coef, args.mc_coef, ks=tuple(hits_k))
 
 
-def generate_turns(loaded: LoadedModel, dialogs, args: EvalArguments, decoding: DecodingArguments) -> list[dict]:
+def generate_turns(
+    loaded: LoadedModel, dialogs, args: EvalArguments, decoding: DecodingArguments
+) -> tuple[list[dict], DecodingSpeed]:
     """A generated reply for each turn (the first ``max_generation_turns``), sharded over processes, in the model's
-    layout (a prompted baseline through its chat template); each record says whether the reply ended by itself."""
+    layout (a prompted baseline through its chat template); each record says whether the reply ended by itself and
+    its token count. With them, the speed: every process's reply tokens over the seconds until all were gathered."""
+    started = time.perf_counter()
     turns = [
         {
             "persona": d["persona"],
@@ -144,8 +149,9 @@ def generate_turns(loaded: LoadedModel, dialogs, args: EvalArguments, decoding: 
         replies = generate_replies(
             loaded, pairs, decoding, batch_size=args.generation_batch_size, progress=state.is_main_process
         )
-        records = [{**t, "prediction": r.text, "ended": r.ended} for t, r in zip(shard, replies)]
-    return gather_object(records) if state.num_processes > 1 else records
+        records = [{**t, "prediction": r.text, "ended": r.ended, "tokens": r.tokens} for t, r in zip(shard, replies)]
+    records = gather_object(records) if state.num_processes > 1 else records
+    return records, DecodingSpeed(sum(r["tokens"] for r in records), time.perf_counter() - started)
 
 
 def write_outputs(out: Path, results: dict, records: list[dict], samples: int) -> None:
@@ -161,6 +167,7 @@ def write_outputs(out: Path, results: dict, records: list[dict], samples: int) -
                 "gold",
                 "f1",
                 "ended",
+                "tokens",
                 "contradicts",
                 "nearest_contradiction",
             )
@@ -169,7 +176,8 @@ def write_outputs(out: Path, results: dict, records: list[dict], samples: int) -
     hits = f"{results['hits@1']:.3f}" if "hits@1" in results else "(no head)"
     pmi_hits = f", pmi_hits@1 {results['pmi_hits@1']:.3f}" if "pmi_hits@1" in results else ""
     generated = (
-        f"f1 {results['f1']:.3f} and {results['ended']:.2f} of replies ended by themselves over {len(records)} turns"
+        f"f1 {results['f1']:.3f} and {results['ended']:.2f} of replies ended by themselves over {len(records)} turns "
+        f"({results['generation_speed']['tokens_per_s']:.1f} tokens/s)"
         if records
         else "no replies generated"
     )
@@ -237,7 +245,7 @@ OPTIONAL_METRICS = (  # in the results where their option computed them
 )
 
 
-def _results(loaded, data_args, run_args, eval_args, decoding, metrics, f1, split, records, recipe) -> dict:
+def _results(loaded, data_args, run_args, eval_args, decoding, metrics, f1, split, records, speed, recipe) -> dict:
     """``eval_results.json``: the metrics (a prompted baseline has no ``hits@k`` nor ``mc_loss``) and the settings."""
     head = not loaded.prompted
     return {
@@ -254,6 +262,7 @@ def _results(loaded, data_args, run_args, eval_args, decoding, metrics, f1, spli
         **(_contradictions(metrics, head) if eval_args.contradiction_set else {}),
         **({} if eval_args.pmi_weight is None else {"pmi_weight": eval_args.pmi_weight}),
         **({"f1": f1, "ended": sum(r["ended"] for r in records) / len(records)} if records else {}),
+        **({"generation_speed": {**dataclasses.asdict(speed), "tokens_per_s": speed.tokens_per_s}} if records else {}),
         "num_turns": {"perplexity": metrics["num_turns"], "hits": metrics["num_turns"], "f1": len(records)},
         "num_candidates": metrics["num_candidates"],
         "skipped": split["skipped"],
@@ -294,7 +303,7 @@ def evaluate_model(
     if eval_args.persona_swaps:
         longest, batch_size = data_args.input_length(loaded.max_positions), run_args.per_device_eval_batch_size
         metrics |= persona_use(loaded, dialogs, eval_args.persona_swaps, data_args.sampling_seed, longest, batch_size)
-    records = generate_turns(loaded, dialogs, eval_args, decoding)
+    records, speed = generate_turns(loaded, dialogs, eval_args, decoding)
     f1 = {"f1": None, "f1_per_example": []}  # max_generation_turns 0: nothing generated, no F1
     if records:
         f1_metric = load_metric("convai2_f1")
@@ -308,7 +317,9 @@ def evaluate_model(
     if state.is_main_process:
         if judge is not None and records:
             metrics |= consistency(judge, records)
-        results = _results(loaded, data_args, run_args, eval_args, decoding, metrics, f1["f1"], split, records, recipe)
+        results = _results(
+            loaded, data_args, run_args, eval_args, decoding, metrics, f1["f1"], split, records, speed, recipe
+        )
         write_outputs(Path(run_args.output_dir), results, records, eval_args.report_samples)
     state.wait_for_everyone()
     state.destroy_process_group()  # before the interpreter exits (see persona.training.fine_tune)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from persona.data.readers import SILENCE
 from persona.metrics import metric_definition
+from persona.model.decoding import DecodingSpeed
 
 
 def metrics_table(results: dict) -> list[str]:
@@ -43,6 +44,14 @@ def metrics_table(results: dict) -> list[str]:
     return rows
 
 
+def _speed(results: dict) -> str:
+    """The generation's speed as a sentence (nothing where no reply was generated)."""
+    speed = results.get("generation_speed")
+    if not speed:
+        return ""
+    return f" {DecodingSpeed(speed['tokens'], speed['seconds'])} on the machine that ran it."
+
+
 def write_report(results: dict, records: list[dict], path: Path, samples: int = 5) -> None:
     """Write the metrics table, the settings and ``samples`` dialogs with their generated replies."""
     decoding = results["decoding"]
@@ -51,7 +60,7 @@ def write_report(results: dict, records: list[dict], path: Path, samples: int = 
         f"# Evaluation of `{results['model']}`",
         "",
         f"Data: `{results['dataset']}`, split `{results['split']}`. Replies decoded by {mode}, at most "
-        f"{decoding['max_length']} tokens.",
+        f"{decoding['max_length']} tokens.{_speed(results)}",
         "",
         *metrics_table(results),
         "",
