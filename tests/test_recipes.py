@@ -18,7 +18,7 @@ from persona.hub_names import is_hub_id
 from tests.conftest import QUICKSTART, REPO, TINY_GPT2, TINY_LLAMA, TINY_OPENAI_GPT
 
 TRAIN_RECIPES = sorted((REPO / "recipes").glob("*/train.yaml"))
-EVAL_RECIPES = sorted((REPO / "recipes").glob("*/eval.yaml"))
+EVAL_RECIPES = sorted(p for p in (REPO / "recipes").glob("*/*.yaml") if p.name != "train.yaml")  # eval.yaml and others
 STAND_INS = {"gpt2": TINY_GPT2, "openai-gpt": TINY_OPENAI_GPT, "llama": TINY_LLAMA}
 LLAMA_LIKE = ("smollm", "llama", "qwen", "mistral")
 
@@ -131,7 +131,7 @@ def stand_in_models(tmp_path_factory) -> dict[str, Path]:
     return folders
 
 
-@pytest.mark.parametrize("recipe_path", EVAL_RECIPES, ids=lambda p: p.parent.name)
+@pytest.mark.parametrize("recipe_path", EVAL_RECIPES, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_eval_recipe_runs_as_written(recipe_path, personachat_stand_in, stand_in_models, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     recipe = yaml.safe_load(recipe_path.read_text())

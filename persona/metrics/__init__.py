@@ -41,6 +41,12 @@ _DEFINITIONS = {
     "generated_contradict": "on a contradiction set, the fraction of generated replies nearer (unigram F1) to a "
     "candidate that contradicts the persona than to the gold reply: replies that state another value of the fact "
     "asked about",
+    "drift_first_right": "persona drift: the fraction of persona questions, asked at a conversation's first turn, "
+    "whose answer names (is strictly nearest, by unigram F1, to) the persona's own value",
+    "drift_kept": "persona drift: of the questions whose first answer names a value, the fraction whose answer to the "
+    "same question after six turns of small talk names the same value",
+    "drift_changed": "persona drift: of the questions whose first answer names a value, the fraction whose answer "
+    "after six turns of small talk names another value",
     "ended": "fraction of generated replies that ended by themselves (their end token before the length limit)",
     "f1": "unigram F1 between the generated and the gold reply after ConvAI2's normalisation (mean over turns)",
 }

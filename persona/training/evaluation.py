@@ -37,6 +37,7 @@ from persona.model.decoding import DecodingSpeed, generate_replies
 from persona.model.generation import DecodingArguments
 from persona.model.loading import LoadedModel, load_for_inference, refuse_training_fields
 from persona.training.consistency import consistency, load_judge
+from persona.training.persona_drift import drift_questions, persona_drift
 from persona.training.persona_use import persona_use
 from persona.training.report import write_report
 from persona.training.trainer import PersonaTrainer, metrics_from_scores
@@ -95,6 +96,15 @@ class EvalArguments:
             "contradicting candidate and nearer to one of those than to the gold reply."
         },
     )
+    drift_questions: int = field(
+        default=0,
+        metadata={
+            "help": "Persona drift, on a contradiction set: ask the first N of its questions at the first turn of a "
+            "new conversation and again after six turns of small talk, every reply generated (8 replies a question), "
+            "for drift_kept (the second answer names the value the first named) and drift_first_right "
+            "(persona.training.persona_drift; drift.jsonl). 0: off."
+        },
+    )
     max_generation_turns: int | None = field(
         default=None, metadata={"help": "Generate (for F1) on the first N turns only; default all."}
     )
@@ -103,6 +113,12 @@ class EvalArguments:
     def __post_init__(self):
         if self.contradiction_set and 1 not in self.hits_k:
             self.hits_k = [1, *self.hits_k]
+        if self.drift_questions and not self.contradiction_set:
+            raise ConfigError(
+                "drift_questions needs the questions of a contradiction set",
+                where="drift_questions",
+                fix="set contradiction_set true with a contradiction set's dataset_path, or drift_questions 0.",
+            )
         if self.persona_swaps < 0:
             raise ConfigError(
                 f"{self.persona_swaps} is negative", where="persona_swaps", fix="give 0 (off) or more (9 is usual)."
@@ -154,10 +170,13 @@ def generate_turns(
     return records, DecodingSpeed(sum(r["tokens"] for r in records), time.perf_counter() - started)
 
 
-def write_outputs(out: Path, results: dict, records: list[dict], samples: int) -> None:
-    """``eval_results.json``, ``generations.jsonl`` and ``report.md`` into ``out``."""
+def write_outputs(out: Path, results: dict, records: list[dict], samples: int, drifted: list[dict]) -> None:
+    """``eval_results.json``, ``generations.jsonl``, ``report.md`` and, where persona drift was measured, its
+    conversations as ``drift.jsonl`` into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval_results.json").write_text(json.dumps(results, indent=2))
+    if drifted:
+        (out / "drift.jsonl").write_text("".join(json.dumps(record) + "\n" for record in drifted))
     with open(out / "generations.jsonl", "w") as handle:
         for record in records:
             fields = (
@@ -242,6 +261,10 @@ OPTIONAL_METRICS = (  # in the results where their option computed them
     "consistency_model",
     "generated_right",
     "generated_contradict",
+    "drift_first_right",
+    "drift_kept",
+    "drift_changed",
+    "drift_questions",
 )
 
 
@@ -312,6 +335,14 @@ def evaluate_model(
             metrics |= generated_answers(records, f1_metric)
     for record, score in zip(records, f1["f1_per_example"]):
         record["f1"] = score
+    drifted = []
+    if eval_args.drift_questions:
+        questions = drift_questions(dialogs, eval_args.drift_questions)
+        f1_metric, history = load_metric("convai2_f1"), data_args.max_history
+        drift, drifted = persona_drift(
+            loaded, questions, decoding, f1_metric, max_history=history, batch_size=eval_args.generation_batch_size
+        )
+        metrics |= drift
     state = PartialState()
     results = None
     if state.is_main_process:
@@ -320,7 +351,7 @@ def evaluate_model(
         results = _results(
             loaded, data_args, run_args, eval_args, decoding, metrics, f1["f1"], split, records, speed, recipe
         )
-        write_outputs(Path(run_args.output_dir), results, records, eval_args.report_samples)
+        write_outputs(Path(run_args.output_dir), results, records, eval_args.report_samples, drifted)
     state.wait_for_everyone()
     state.destroy_process_group()  # before the interpreter exits (see persona.training.fine_tune)
     return results

@@ -37,6 +37,9 @@ def metrics_table(results: dict) -> list[str]:
     for key in ("generated_right", "generated_contradict"):
         if key in results:
             rows.append(f"| {key} | {results[key]:.3f} | {turns['f1']} | {metric_definition(key)} |")
+    for key in ("drift_first_right", "drift_kept", "drift_changed"):
+        if key in results:
+            rows.append(f"| {key} | {results[key]:.3f} | {results['drift_questions']} | {metric_definition(key)} |")
     if "f1" in results:
         rows.append(f"| F1 | {results['f1']:.3f} | {turns['f1']} | {metric_definition('f1')} |")
     if "ended" in results:
