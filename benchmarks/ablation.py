@@ -69,6 +69,7 @@ VARIANTS = {  # each a set of overrides of the recipe as written (recipes/smollm
     "LoRA (lr 5e-4)": ["--use_peft", "true", "--learning_rate", "5e-4"],
     "persona contrast 1": ["--persona_contrast", "1"],
     "persona contrast 3": ["--persona_contrast", "3"],
+    "persona contrast 1, weight 3": ["--persona_contrast", "1", "--persona_coef", "3"],
     "persona contrast 1, weight 10": ["--persona_contrast", "1", "--persona_coef", "10"],
 }
 SFT = "TRL SFTTrainer (assistant-only loss)"

@@ -114,6 +114,11 @@ def test_persona_serve_reranks_a_request_as_the_head_ranks_its_samples(trained_m
             chosen.append(max(range(3), key=lambda index: (scores[index], -index)))
             assert answer == samples[chosen[-1]], (seed, samples, scores)
         whole = ask(seed=0, rerank_samples=3)["choices"][0]["message"]["content"]
+        alone = ranked[-1][1]
+        two = [choice["message"]["content"] for choice in ask(seed=0, n=2, rerank_samples=3)["choices"]]
+        groups = [replies for _, replies in ranked[-2:]]
+        assert two[0] == whole and alone in groups
+        assert not {tuple(r) for r in groups[0]} & {tuple(r) for r in groups[1]}  # the choices share no sample
         streamed = httpx.post(
             f"{url}/v1/chat/completions", json={**body, "seed": 0, "rerank_samples": 3, "stream": True}, timeout=60
         )

@@ -160,7 +160,8 @@ def _queued_replies(engine: Engine, chat: ChatRequest, persona: list[str], reque
             persona,
             chat.history,
             chat.decoding,
-            seeds=[choice_seed(chat.seed, index) for index in range(chat.choices)],
+            # a reranked choice's samples are seeded from its own seed on: choices k samples apart never share one
+            seeds=[choice_seed(chat.seed, index * chat.decoding.samples) for index in range(chat.choices)],
             stop=chat.stop,
             top_logprobs=chat.top_logprobs,
             request_id=request_id,

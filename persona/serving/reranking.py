@@ -3,7 +3,8 @@ batch, the one the multiple-choice head ranks first answered, as persona-chat an
 (:func:`persona.model.decoding.generate_replies`).
 
 Sample i of a reply seeded with ``seed`` is seeded ``choice_seed(seed, i)``: the samples of a reranked reply are the
-replies that ``n`` k would return, and the answer is the one of them the head ranks first. Nothing of a reranked
+replies that ``n`` k would return, and the answer is the one of them the head ranks first (with ``n`` choices too,
+choice j is seeded as choice j·k would be, so that no two choices share a sample). Nothing of a reranked
 reply is streamed before its last sample ends (the ranking needs them all); then the chosen sample's text comes as
 one delta, with its tokens' log-probabilities when asked for, and its end (its finish reason and token count).
 A sample that fails ends the reply with its error and stops the others.
