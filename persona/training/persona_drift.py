@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from accelerate import PartialState
 from accelerate.utils import gather_object
+from tqdm.auto import tqdm
 
 from persona.data.layout import history_window
 from persona.model.decoding import generate_replies
@@ -60,12 +61,17 @@ def named_candidate(scores: list[float]) -> int | None:
 
 
 def _conversations(
-    loaded: LoadedModel, questions: list[dict], decoding: DecodingArguments, max_history: int, batch_size: int
+    loaded: LoadedModel,
+    questions: list[dict],
+    decoding: DecodingArguments,
+    max_history: int,
+    batch_size: int,
+    progress: bool,
 ) -> list[list[str]]:
     """Each question's whole generated conversation: the question, six small-talk exchanges, the question again (with
-    the bot's answers after each)."""
+    the bot's answers after each); ``progress`` shows a bar over the turns."""
     histories: list[list[str]] = [[] for _ in questions]
-    for step in range(DRIFT_TURNS + 2):
+    for step in tqdm(range(DRIFT_TURNS + 2), desc="Persona drift", unit="turn", disable=not progress):
         for index, (history, question) in enumerate(zip(histories, questions)):
             asked = step in (0, DRIFT_TURNS + 1)
             history.append(question["question"] if asked else SMALL_TALK[(index + step - 1) % len(SMALL_TALK)])
@@ -90,7 +96,9 @@ def persona_drift(
     with state.split_between_processes(questions) as shard:
         records = [
             {**question, "conversation": conversation, "first": conversation[1], "second": conversation[-1]}
-            for question, conversation in zip(shard, _conversations(loaded, shard, decoding, max_history, batch_size))
+            for question, conversation in zip(
+                shard, _conversations(loaded, shard, decoding, max_history, batch_size, state.is_main_process)
+            )
         ]
     records = gather_object(records) if state.num_processes > 1 else records
     pairs = [(r[answer], c) for r in records for answer in ("first", "second") for c in r["candidates"]]
