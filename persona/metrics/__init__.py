@@ -78,3 +78,14 @@ def hits_from_ranks(ranks: Iterable[int], ks: Iterable[int]) -> dict[str, float]
 def load_metric(name: str) -> evaluate.EvaluationModule:
     """``convai2_f1`` or ``hits_at_k``, loaded with ``evaluate.load`` from this package."""
     return evaluate.load(str(_HERE / name))
+
+
+def f1_to_candidates(f1_metric, answers: list[str], candidates: list[list[str]]) -> list[list[float]]:
+    """Each answer's unigram F1 (``f1_metric``: ``convai2_f1``) to each of its own candidates, in one computation."""
+    pairs = [(answer, candidate) for answer, own in zip(answers, candidates) for candidate in own]
+    scores = f1_metric.compute(predictions=[a for a, _ in pairs], references=[c for _, c in pairs])["f1_per_example"]
+    rows, start = [], 0
+    for own in candidates:
+        rows.append(scores[start : start + len(own)])
+        start += len(own)
+    return rows

@@ -168,7 +168,7 @@ def _queued_replies(engine: Engine, chat: ChatRequest, persona: list[str], reque
         )
     except QueueTooSmall as error:
         asked = f"n is {chat.choices}"
-        if error.asked > chat.choices:  # each choice is its samples
+        if chat.decoding.samples > 1:  # each choice is its samples
             asked += f" with rerank_samples {chat.decoding.samples} ({error.asked} replies)"
         message = f"{asked}, but this server queues at most {error.limit} replies at once"
         raise APIError(400, message + " (persona-serve --max_queue)", param="n", code="too_many_choices") from None

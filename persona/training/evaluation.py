@@ -32,7 +32,7 @@ from persona.configs import DataArguments, ModelArguments, PersonaTrainingArgume
 from persona.data import prepare_corpus
 from persona.data.layout import gold_reply
 from persona.errors import ConfigError
-from persona.metrics import load_metric
+from persona.metrics import f1_to_candidates, load_metric
 from persona.model.decoding import DecodingSpeed, generate_replies
 from persona.model.generation import DecodingArguments
 from persona.model.loading import LoadedModel, load_for_inference, refuse_training_fields
@@ -241,12 +241,9 @@ def generated_answers(records: list[dict], f1_metric) -> dict[str, float]:
     strictly nearer to a contradicting candidate than to the gold reply (each such record gets that candidate as
     ``nearest_contradiction``), and ``generated_right``, the share strictly nearer to the gold reply than to every
     contradicting one. A reply that names no value of the fact is as near to all: neither."""
-    pairs = [(record["prediction"], candidate) for record in records for candidate in record["candidates"]]
-    scores = f1_metric.compute(predictions=[p for p, _ in pairs], references=[c for _, c in pairs])["f1_per_example"]
-    contradicting, right, start = 0, 0, 0
-    for record in records:
-        own = scores[start : start + len(record["candidates"])]
-        start += len(own)
+    scores = f1_to_candidates(f1_metric, [r["prediction"] for r in records], [r["candidates"] for r in records])
+    contradicting, right = 0, 0
+    for record, own in zip(records, scores):
         nearest = max(range(len(own) - 1), key=own.__getitem__, default=None)
         if nearest is not None and own[nearest] > own[-1]:
             record["nearest_contradiction"] = record["candidates"][nearest]
@@ -328,8 +325,8 @@ def evaluate_model(
         metrics |= persona_use(loaded, dialogs, eval_args.persona_swaps, data_args.sampling_seed, longest, batch_size)
     records, speed = generate_turns(loaded, dialogs, eval_args, decoding)
     f1 = {"f1": None, "f1_per_example": []}  # max_generation_turns 0: nothing generated, no F1
+    f1_metric = load_metric("convai2_f1") if records or eval_args.drift_questions else None
     if records:
-        f1_metric = load_metric("convai2_f1")
         f1 = f1_metric.compute(predictions=[r["prediction"] for r in records], references=[r["gold"] for r in records])
         if eval_args.contradiction_set:
             metrics |= generated_answers(records, f1_metric)
@@ -337,8 +334,7 @@ def evaluate_model(
         record["f1"] = score
     drifted = []
     if eval_args.drift_questions:
-        questions = drift_questions(dialogs, eval_args.drift_questions)
-        f1_metric, history = load_metric("convai2_f1"), data_args.max_history
+        questions, history = drift_questions(dialogs, eval_args.drift_questions), data_args.max_history
         drift, drifted = persona_drift(
             loaded, questions, decoding, f1_metric, max_history=history, batch_size=eval_args.generation_batch_size
         )

@@ -24,6 +24,7 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from persona.data.layout import history_window
+from persona.metrics import f1_to_candidates
 from persona.model.decoding import generate_replies
 from persona.model.generation import DecodingArguments
 from persona.model.loading import LoadedModel
@@ -101,13 +102,9 @@ def persona_drift(
             )
         ]
     records = gather_object(records) if state.num_processes > 1 else records
-    pairs = [(r[answer], c) for r in records for answer in ("first", "second") for c in r["candidates"]]
-    scores = f1_metric.compute(predictions=[p for p, _ in pairs], references=[c for _, c in pairs])["f1_per_example"]
-    start = 0
-    for record in records:
-        for answer in ("first", "second"):
-            own = scores[start : start + len(record["candidates"])]
-            start += len(own)
+    for answer in ("first", "second"):
+        scores = f1_to_candidates(f1_metric, [r[answer] for r in records], [r["candidates"] for r in records])
+        for record, own in zip(records, scores):
             named = named_candidate(own)
             record[f"{answer}_named"] = None if named is None else record["candidates"][named]
     gold = [record["candidates"][-1] for record in records]
