@@ -252,6 +252,18 @@ class DataArguments:
             "reply) per training turn; 0: none."
         },
     )
+    guidance_distillation: bool = field(
+        default=False,
+        metadata={
+            "help": "Also build each training turn's prefix without its persona (the conversation alone, as persona "
+            "guidance pairs it at decoding), and keep a frozen copy of the model as training starts, the teacher: "
+            "the guidance-distillation loss (guidance_coef) teaches the model to give, after its persona, the "
+            "distribution over each gold-reply token that guidance by guidance_weight makes of the teacher, so that "
+            "plain decoding says what guided decoding said. Start it from a model already trained on persona chat "
+            "(a second stage). Costs the teacher's forward passes (the turn, and the conversation alone with the gold "
+            "reply), without gradients, and a copy of the weights."
+        },
+    )
     max_input_length: int | None = field(
         default=None,
         metadata={
@@ -337,6 +349,8 @@ class PersonaTrainingArguments(TrainingArguments, ForwardArguments):
     - ``lm_coef`` (default 1.0): weight of the language-modelling loss (the reference's ``lm_coef``).
     - ``mc_coef`` (default 1.0): weight of the multiple-choice loss (the reference's ``mc_coef``).
     - ``persona_coef`` (default 1.0): weight of the persona-contrastive loss (with ``persona_contrast``).
+    - ``guidance_coef`` (default 1.0) and ``guidance_weight`` (default 1.0): weight of the guidance-distillation loss
+      (with ``guidance_distillation``) and the persona guidance it distills.
     - ``head_learning_rate`` (default: ``learning_rate``): the multiple-choice head's own peak learning rate.
     - ``max_train_seconds`` (default: none): a training budget in seconds that the learning-rate schedule follows
       (:mod:`persona.training.time_budget`).
@@ -363,6 +377,22 @@ class PersonaTrainingArguments(TrainingArguments, ForwardArguments):
             "help": "Weight of the persona-contrastive loss, where the corpus has persona_contrast > 0: the "
             "cross-entropy of finding the gold reply likeliest (mean token log-likelihood) after its own persona "
             "among it and the persona_contrast others."
+        },
+    )
+    guidance_coef: float = field(
+        default=1.0,
+        metadata={
+            "help": "Weight of the guidance-distillation loss, where the corpus has guidance_distillation: the "
+            "Kullback-Leibler divergence, over each gold-reply token, from the teacher's guided distribution (its "
+            "own after the persona, guided by guidance_weight against its own after the conversation alone) to the "
+            "model's after the persona."
+        },
+    )
+    guidance_weight: float = field(
+        default=1.0,
+        metadata={
+            "help": "The persona guidance the guidance-distillation loss distills: persona_weight's guidance, "
+            "log p(t | persona, history) + guidance_weight x (log p(t | persona, history) - log p(t | history))."
         },
     )
     head_learning_rate: float | None = field(
@@ -407,6 +437,12 @@ class PersonaTrainingArguments(TrainingArguments, ForwardArguments):
     )
 
     def __post_init__(self):
+        if self.guidance_weight < 0:
+            raise ConfigError(
+                f"guidance_weight is {self.guidance_weight}",
+                where="guidance_weight",
+                fix="give the persona guidance to distill, 0 or more (persona_weight's scale; 1 is persona-eval's).",
+            )
         # Ranks launched without a GPU (accelerate_configs/multi_cpu.yaml) must join on the CPU with gloo;
         # transformers only does so when use_cpu is set, otherwise each rank trains alone.
         if not self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():

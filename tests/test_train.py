@@ -181,7 +181,9 @@ def test_two_processes_under_accelerate_launch_follow_one_time_budget(tmp_path):
         "persona.commands.train",
         *_args(out, "--max_steps", "1000", "--max_train_seconds", "8"),
     ]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    # A rank that aborts says where: faulthandler prints every thread's Python stack on SIGABRT.
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     train = json.loads((out / "train_results.json").read_text())
     assert train["world_size"] == 2

@@ -14,6 +14,7 @@ from persona.data.special_tokens import SpecialIds
 CONTEXT_FREE = "context_free_"  # the prefix of the keys of the candidates' batch after an empty conversation
 PERSONA_SWAP = "persona_swap_"  # the prefix of the keys of the gold replies' batch after other personas
 SWAP_OWNER = PERSONA_SWAP + "owner"  # [S]: the turn (row of the batch) each swapped-persona row belongs to
+PERSONA_FREE = "persona_free_"  # the prefix of the keys of the gold replies' batch after no persona, turn by turn
 
 
 def _pad(rows: list[list[int]], value: int) -> tuple[np.ndarray, np.ndarray]:
@@ -145,6 +146,11 @@ def classic_batch(examples: list[dict], ids: SpecialIds, wrap: bool = True) -> d
     }
 
 
+def _gold(example: dict) -> list[int]:
+    """An example's gold candidate."""
+    return example["candidates"][gold_index(example["candidates"])]
+
+
 @dataclass
 class PersonaCollator:
     """Pads a list of feature rows into tensors: packed rows (the fast path, ``packed=True``) or the classic
@@ -162,6 +168,8 @@ class PersonaCollator:
     Examples that carry ``persona_swaps`` (their prefix after other personas, :mod:`persona.data.features`) add
     each turn's gold reply after each of those prefixes, one candidate a row, as a batch of the same layout whose
     keys start with :data:`PERSONA_SWAP` (LM labels on the gold reply), and :data:`SWAP_OWNER`, the turn of each row.
+    Examples that carry a ``persona_free_prefix`` (their prefix without a persona) add each turn's gold reply after
+    it, one row a turn in turn order, as a batch whose keys start with :data:`PERSONA_FREE`.
     """
 
     ids: SpecialIds
@@ -180,6 +188,7 @@ class PersonaCollator:
                 if name != "gold_copies"
             )
         batch.update(self._swapped(examples))
+        batch.update(self._persona_free(examples))
         return {
             name: torch.from_numpy(np.ascontiguousarray(value))
             for name, value in batch.items()
@@ -190,7 +199,7 @@ class PersonaCollator:
         """The gold replies after other personas (see the class), or nothing where no example has any."""
         rows, owners = [], []
         for turn, example in enumerate(examples):
-            gold = example["candidates"][gold_index(example["candidates"])]
+            gold = _gold(example)
             for prefix in example.get("persona_swaps") or ():
                 rows.append({"prefix_ids": prefix, "candidates": [gold]})
                 owners.append(turn)
@@ -199,6 +208,17 @@ class PersonaCollator:
         unscored = ("candidate_labels", "gold_copies")  # the gold reply is every row's one candidate and its label
         swapped = {PERSONA_SWAP + name: value for name, value in self._build(rows).items() if name not in unscored}
         return {**swapped, SWAP_OWNER: np.array(owners)}
+
+    def _persona_free(self, examples: list[dict]) -> dict[str, np.ndarray]:
+        """The gold replies after no persona (see the class), or nothing where no example has a persona-free prefix;
+        a batch where only some have one is an error (its rows must pair with the batch's turns)."""
+        having = sum(bool(example.get("persona_free_prefix")) for example in examples)
+        if not having:
+            return {}
+        if having < len(examples):
+            raise ValueError(f"{having} of the batch's {len(examples)} turns have a persona-free prefix: all or none")
+        rows = [{"prefix_ids": example["persona_free_prefix"], "candidates": [_gold(example)]} for example in examples]
+        return {PERSONA_FREE + name: value for name, value in self._build(rows).items() if name != "gold_copies"}
 
     def _build(self, examples: list[dict]) -> dict[str, np.ndarray]:
         build = packed_batch if self.packed else classic_batch

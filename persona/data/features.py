@@ -5,7 +5,9 @@ Each example stores its persona+history prefix once and its candidates beside it
 wraps in ``<speaker1> ... <eos>``; in the chat-template layout whole blocks up to the end-of-turn token, and with
 ``label_history`` the ``label_spans`` of its prefix that carry LM labels too (the bot's earlier replies; empty
 otherwise); with ``persona_contrast`` K, also ``persona_swaps``: the same turn's prefix after K other personas of
-the batch (the persona-contrastive loss scores the gold reply after each, :mod:`persona.training.trainer`). A turn
+the batch (the persona-contrastive loss scores the gold reply after each, :mod:`persona.training.trainer`); with
+``guidance_distillation``, also ``persona_free_prefix``: the same turn's prefix without any persona (the guidance-
+distillation loss guides the gold reply's tokens by the model's distribution after it). A turn
 whose gold reply cannot fit the model's positions even alone is skipped (its record named in the
 :class:`~persona.data.skips.SkipLog`), or is an error in strict mode.
 """
@@ -33,6 +35,7 @@ FEATURES = datasets.Features(
         "truncated": datasets.Value("bool"),
         "label_spans": datasets.Sequence(datasets.Sequence(datasets.Value("int32"))),
         "persona_swaps": datasets.Sequence(datasets.Sequence(datasets.Value("int32"))),
+        "persona_free_prefix": datasets.Sequence(datasets.Value("int32")),
     }
 )
 
@@ -74,11 +77,13 @@ def tokenize_batch(
     skip_log: str,
     label_history: bool = False,
     persona_contrast: int = 0,
+    guidance_distillation: bool = False,
     seed: int = 0,
 ) -> dict:
     """The ``datasets.map`` function: a batch of dialogs in, their examples out, built by the ``layout``'s turn
     builder (with ``label_history``, the label spans too; with ``persona_contrast`` K, each turn's prefix after K
-    other personas of the batch, drawn per dialog with ``seed``). A turn whose gold reply cannot fit gives no
+    other personas of the batch, drawn per dialog with ``seed``; with ``guidance_distillation``, its prefix without a
+    persona). A turn whose gold reply cannot fit gives no
     example; it is appended, as JSON ``[dialog_id, turn_id, where, what]``, to this process's file
     ``skip_log-PID.jsonl`` (a map worker has no other way to tell; strict: a :class:`RecordError`)."""
     build = layout.turn_builder(batch, max_input_length=max_input_length, label_history=label_history)
@@ -88,14 +93,15 @@ def tokenize_batch(
         zip(indices, batch["persona"], batch["turns"], batch["record"])
     ):
         others = other_personas(batch["persona"], position, persona_contrast, seed * 1_000_003 + dialog_id)
-        swaps_of: dict[int, list] = {}  # per turn: the same for every rotation of the dialog's own persona
+        swaps_of: dict[int, tuple] = {}  # per turn: the same for every rotation of the dialog's own persona
         for ordering in rotations(persona, permutations):
             for turn_id, turn in enumerate(turns):
                 try:
                     prefix, candidates, truncated, spans = build(ordering, turn)
                     if turn_id not in swaps_of:  # fitted as the turn is, candidates and all
-                        swaps_of[turn_id] = [build(other, turn)[0] for other in others]
-                    swaps = swaps_of[turn_id]
+                        free = build([], turn)[0] if guidance_distillation else []
+                        swaps_of[turn_id] = [build(other, turn)[0] for other in others], free
+                    swaps, free = swaps_of[turn_id]
                 except GoldTooLong as too_long:
                     error = _too_long(too_long.tokens, max_input_length, f"{record}, turn {turn_id}")
                     if strict:
@@ -104,8 +110,8 @@ def tokenize_batch(
                     continue
                 gold = len(candidates[-1]) + layout.reply_overhead
                 length = len(prefix) + sum(len(c) + layout.reply_overhead for c in candidates)
-                length += sum(len(swap) + gold for swap in swaps)
-                values = (dialog_id, turn_id, prefix, candidates, length, truncated, spans, swaps)
+                length += sum(len(swap) + gold for swap in swaps) + (len(free) + gold if free else 0)
+                values = (dialog_id, turn_id, prefix, candidates, length, truncated, spans, swaps, free)
                 for name, value in zip(FEATURES, values):
                     out[name].append(value)
     if skipped:
@@ -138,6 +144,7 @@ def build_features(
     scratch: Path,
     label_history: bool = False,
     persona_contrast: int = 0,
+    guidance_distillation: bool = False,
     seed: int = 0,
 ) -> datasets.Dataset:
     """Tokenized features of one split's dialogs in the input ``layout`` (batched ``datasets.map``, ``num_proc``
@@ -146,8 +153,8 @@ def build_features(
 
     Turns whose gold reply cannot fit are skipped into ``skips`` (as ``split``), told by the workers through files in
     ``scratch``; ``desc`` names the progress bar; ``label_history`` (the chat-template layout) names the label spans
-    of each prefix; ``persona_contrast`` and ``seed``: each turn's prefixes after other personas
-    (:func:`tokenize_batch`).
+    of each prefix; ``persona_contrast`` and ``seed``: each turn's prefixes after other personas;
+    ``guidance_distillation``: each turn's prefix without a persona (:func:`tokenize_batch`).
     """
     skip_log = scratch / f"skipped-{folder.name}"
     with deferred_interrupts():
@@ -165,6 +172,7 @@ def build_features(
                 "max_input_length": max_input_length,
                 "permutations": permutations,
                 "persona_contrast": persona_contrast,
+                "guidance_distillation": guidance_distillation,
                 "seed": seed,
                 "strict": skips.strict,
                 "skip_log": str(skip_log),

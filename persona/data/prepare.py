@@ -390,6 +390,7 @@ def _prepare_role(
         scratch=folder / READ,
         label_history=args.label_history and role == "train",  # evaluation scores the gold reply alone
         persona_contrast=args.persona_contrast if role == "train" else 0,
+        guidance_distillation=args.guidance_distillation and role == "train",
         seed=args.sampling_seed,
     )
     if not len(features):

@@ -41,7 +41,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from transformers.utils import ModelOutput
 
 from persona import configs
-from persona.data.collator import CONTEXT_FREE, PERSONA_SWAP, PersonaCollator
+from persona.data.collator import CONTEXT_FREE, PERSONA_FREE, PERSONA_SWAP, PersonaCollator
 from persona.data.layout import IGNORE_INDEX
 from persona.data.special_tokens import SpecialIds
 from persona.errors import ModelLoadError
@@ -64,7 +64,9 @@ class DualOutput(ModelOutput):
     the multiple-choice logits (slots that pad a turn's candidates set to the dtype's minimum). Given
     ``candidate_labels``, also every candidate's summed token NLL and token count, [B, C] (likelihood ranking); given
     the collator's context-free batch, every candidate's summed token NLL after an empty conversation, [B, C]; given
-    its swapped-persona batch, the gold reply's summed token NLL and token count after each other persona, [S]."""
+    its swapped-persona batch, the gold reply's summed token NLL and token count after each other persona, [S]; asked
+    to keep them, the LM logits (float32) before each token of each turn's gold reply, turn by turn, [N, vocabulary];
+    given its persona-free batch, the same logits after the conversation alone (computed without gradients)."""
 
     nll_sum: torch.Tensor | None = None
     tokens: torch.Tensor | None = None
@@ -74,6 +76,8 @@ class DualOutput(ModelOutput):
     context_free_nll_sum: torch.Tensor | None = None
     persona_swap_nll_sum: torch.Tensor | None = None
     persona_swap_tokens: torch.Tensor | None = None
+    gold_logits: torch.Tensor | None = None
+    persona_free_gold_logits: torch.Tensor | None = None
 
     def mean_log_likelihood(self) -> torch.Tensor:
         """Each candidate's mean token log-likelihood after the conversation, [B, C]."""
@@ -115,6 +119,12 @@ def _label_nll(
     )
 
 
+def _labelled_logits(hidden: torch.Tensor, labels: torch.Tensor, lm_head) -> torch.Tensor:
+    """The LM logits (float32) [N, vocabulary] at the positions of ``hidden`` [B, L, H] whose next token has a label
+    in ``labels`` [B, L], row by row."""
+    return lm_head(hidden[:, :-1][labels[:, 1:] != IGNORE_INDEX]).float()
+
+
 def _token_nll(hidden: torch.Tensor, targets: torch.Tensor, lm_head) -> torch.Tensor:
     return F.cross_entropy(lm_head(hidden).float(), targets, reduction="none")
 
@@ -153,6 +163,18 @@ def _mc_logits(model, hidden: torch.Tensor, index: torch.Tensor, valid: torch.Te
     return logits.masked_fill(~valid.bool(), torch.finfo(logits.dtype).min)
 
 
+def _dual_output(nll_sum, tokens, mc_logits, ranked: tuple, gold_logits) -> DualOutput:
+    """A path's :class:`DualOutput`: ``ranked`` is every candidate's NLL sum and token count (or two Nones)."""
+    return DualOutput(
+        nll_sum=nll_sum,
+        tokens=tokens,
+        mc_logits=mc_logits,
+        candidate_nll_sum=ranked[0],
+        candidate_tokens=ranked[1],
+        gold_logits=gold_logits,
+    )
+
+
 def _flat(tensor: torch.Tensor | None, length: int) -> torch.Tensor | None:
     return None if tensor is None else tensor.reshape(-1, length)
 
@@ -167,6 +189,7 @@ def _classic(
     mc_labels,
     token_type_ids=None,
     candidate_labels=None,
+    keep_gold_logits=False,
 ) -> DualOutput:
     # The mask flattened to [B*C, L]: openai-gpt's own forward flattens the ids and types but not the mask.
     output = model.forward_full(
@@ -186,13 +209,12 @@ def _classic(
     nll_sum, tokens = summed(labels)
     mc_logits = output.mc_logits.float().masked_fill(~candidate_valid.bool(), torch.finfo(torch.float32).min)
     ranked = summed(candidate_labels) if candidate_labels is not None else (None, None)
-    return DualOutput(
-        nll_sum=nll_sum.sum(-1),
-        tokens=tokens.sum(-1),
-        mc_logits=mc_logits,
-        candidate_nll_sum=ranked[0],
-        candidate_tokens=ranked[1],
-    )
+    gold_logits = None
+    if keep_gold_logits:
+        rows = torch.arange(len(mc_labels), device=mc_labels.device)
+        gold = candidate_labels[rows, mc_labels][:, 1:] != IGNORE_INDEX
+        gold_logits = output.logits[rows, mc_labels][:, :-1][gold].float()
+    return _dual_output(nll_sum.sum(-1), tokens.sum(-1), mc_logits, ranked, gold_logits)
 
 
 def _full_sequences(
@@ -205,6 +227,7 @@ def _full_sequences(
     mc_labels,
     token_type_ids=None,
     candidate_labels=None,
+    keep_gold_logits=False,
 ) -> DualOutput:
     batch, count, length = input_ids.shape
     hidden = model.persona_backbone(
@@ -221,9 +244,10 @@ def _full_sequences(
             for t in _label_nll(hidden.flatten(0, 1), candidate_labels.flatten(0, 1), model.lm_head)
         )
     mc_logits = _mc_logits(model, *_candidate_ends(hidden, mc_token_ids), candidate_valid)
-    return DualOutput(
-        nll_sum=nll_sum, tokens=tokens, mc_logits=mc_logits, candidate_nll_sum=ranked[0], candidate_tokens=ranked[1]
-    )
+    gold_logits = None
+    if keep_gold_logits:
+        gold_logits = _labelled_logits(hidden[rows, mc_labels], candidate_labels[rows, mc_labels], model.lm_head)
+    return _dual_output(nll_sum, tokens, mc_logits, ranked, gold_logits)
 
 
 def _block_causal_mask(
@@ -266,6 +290,7 @@ def _packed(
     mc_labels,
     token_type_ids=None,
     candidate_labels=None,
+    keep_gold_logits=False,
 ) -> DualOutput:
     embeds = model.persona_embeddings(input_ids, token_type_ids)
     mask = _block_causal_mask(model, block_ids, attention_mask, embeds.dtype)
@@ -282,9 +307,11 @@ def _packed(
             for t in _label_nll(hidden, candidate_labels, model.lm_head, groups, len(block_ids) * count)
         )
     mc_logits = _mc_logits(model, hidden, mc_token_ids, candidate_valid)
-    return DualOutput(
-        nll_sum=nll_sum, tokens=tokens, mc_logits=mc_logits, candidate_nll_sum=ranked[0], candidate_tokens=ranked[1]
-    )
+    gold_logits = None
+    if keep_gold_logits:  # the gold candidate's block of each row (block 0 is the prefix)
+        gold_labels = candidate_labels.masked_fill(block_ids != mc_labels[:, None] + 1, IGNORE_INDEX)
+        gold_logits = _labelled_logits(hidden, gold_labels, model.lm_head)
+    return _dual_output(nll_sum, tokens, mc_logits, ranked, gold_logits)
 
 
 class PersonaDualHeads:
@@ -319,20 +346,26 @@ class PersonaDualHeads:
         """The transformer body (no LM head): hidden states of ``inputs_embeds``."""
         return self.base_model(**kwargs)
 
-    def forward(self, *args, dual_path: str | None = None, **kwargs):
-        """A persona batch with its ``dual_path`` (see :func:`choose_dual_path`) gives a :class:`DualOutput`; anything
-        else, the base forward."""
+    def forward(self, *args, dual_path: str | None = None, keep_gold_logits: bool = False, **kwargs):
+        """A persona batch with its ``dual_path`` (see :func:`choose_dual_path`) gives a :class:`DualOutput` (with
+        ``keep_gold_logits`` or a persona-free batch, the gold tokens' logits too); anything else, the base
+        forward."""
         if dual_path is None:
             return self.forward_full(*args, **kwargs)
         kwargs.pop("gold_copies", None)  # the collator's note for scoring (PersonaTrainer), not an input
         context_free, swapped = _sub_batch(kwargs, CONTEXT_FREE), _sub_batch(kwargs, PERSONA_SWAP)
-        output = _PATHS[dual_path](self, **kwargs)
+        persona_free = _sub_batch(kwargs, PERSONA_FREE)
+        output = _PATHS[dual_path](self, **kwargs, keep_gold_logits=keep_gold_logits or bool(persona_free))
         if context_free:  # a baseline, not trained: the gradient flows through the conversation's likelihood only
             with torch.no_grad():
                 output.context_free_nll_sum = _PATHS[dual_path](self, **context_free).candidate_nll_sum
         if swapped:  # trained: the persona-contrastive loss lowers the gold reply's likelihood after other personas
             after_others = _PATHS[dual_path](self, **swapped)
             output.persona_swap_nll_sum, output.persona_swap_tokens = after_others.nll_sum, after_others.tokens
+        if persona_free:  # the guidance-distillation loss's target (the teacher's), not trained through
+            with torch.no_grad():
+                alone = _PATHS[dual_path](self, **persona_free, keep_gold_logits=True)
+            output.persona_free_gold_logits = alone.gold_logits
         facts = PersonaFacts.of(self.config)
         if facts.likelihood_prior:
             output.mc_logits = _with_likelihood_prior(

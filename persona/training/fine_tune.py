@@ -81,6 +81,7 @@ def _trainer(
         training_args,
         train_dataset=corpus.features["train"],
         eval_dataset=corpus.features["eval"] if evaluating else None,
+        guidance_teacher=data_args.guidance_distillation,
     )
     return trainer, corpus.stats
 

@@ -2,16 +2,19 @@
 
 loss = ``lm_coef`` × LM loss (mean NLL of the gold reply's tokens) + ``mc_coef`` × multiple-choice loss
 (cross-entropy of picking the gold reply among the candidates), + ``persona_coef`` × the persona-contrastive loss
-where the corpus was built with ``persona_contrast`` (:func:`persona_contrast_loss`). Each part is logged
-(``lm_loss``, ``mc_loss``, ``persona_loss``). Evaluation reports ``eval_loss``, ``eval_lm_loss``, ``eval_mc_loss``,
-``eval_perplexity`` (exp of the gold tokens' mean NLL over the whole split, so the batch size does not
-change it), ``eval_hits@1`` (the multiple-choice head's ranking), ``eval_lm_hits@1`` (the candidates ranked by
-their mean token log-likelihood), with a PMI weight ``eval_pmi_hits@1`` (ranked by their pointwise mutual information
-with the conversation) and ``eval_num_candidates``. Everything else is the Trainer's own.
+where the corpus was built with ``persona_contrast`` (:func:`persona_contrast_loss`), + ``guidance_coef`` × the
+guidance-distillation loss where it was built with ``guidance_distillation`` (:func:`guidance_distillation_loss`).
+Each part is logged (``lm_loss``, ``mc_loss``, ``persona_loss``, ``guidance_loss``). Evaluation reports
+``eval_loss``, ``eval_lm_loss``, ``eval_mc_loss``, ``eval_perplexity`` (exp of the gold tokens' mean NLL over the
+whole split, so the batch size does not change it), ``eval_hits@1`` (the multiple-choice head's ranking),
+``eval_lm_hits@1`` (the candidates ranked by their mean token log-likelihood), with a PMI weight ``eval_pmi_hits@1``
+(ranked by their pointwise mutual information with the conversation) and ``eval_num_candidates``. Everything else is
+the Trainer's own.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -22,10 +25,11 @@ import torch.nn.functional as F
 from transformers import EvalPrediction, Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 
-from persona.data.collator import CONTEXT_FREE, SWAP_OWNER
+from persona.data.collator import CONTEXT_FREE, PERSONA_FREE, SWAP_OWNER
 from persona.metrics import gold_ranks, hits_from_ranks
 from persona.model.dual_heads import DualOutput, choose_dual_path, collator_for, is_head_parameter
 from persona.model.loading import LoadedModel
+from persona.model.persona_guidance import guided_scores
 from persona.training.model_card import write_model_card
 
 
@@ -55,12 +59,37 @@ def persona_contrast_loss(own: torch.Tensor, swapped: torch.Tensor, owner: torch
     return F.cross_entropy(scores[contrasted], torch.zeros_like(owner[: int(contrasted.sum())]))
 
 
+def guidance_distillation_loss(
+    student: torch.Tensor, teacher: torch.Tensor, teacher_alone: torch.Tensor, weight: float
+) -> torch.Tensor:
+    """The guidance-distillation loss: the mean, over the gold replies' tokens, of the Kullback-Leibler divergence
+    from the teacher's guided distribution to the student's. ``student`` and ``teacher`` [N, vocabulary]: their logits
+    before each gold token after the persona and the conversation; ``teacher_alone``: the teacher's after the
+    conversation alone. The target is persona guidance by ``weight`` of the teacher's logits
+    (:func:`~persona.model.persona_guidance.guided_scores`, as persona_weight decodes): the student learns to give,
+    without guidance, what guidance makes of the teacher, so that greedy replies in persona-serve or behind an engine
+    use the persona as guided ones do. The teacher is fixed (the model as training started): a target taken from the
+    student itself moves away as fast as the student follows it."""
+    if not len(student):
+        return student.sum() * 0.0
+    with torch.no_grad():
+        target = guided_scores(teacher, teacher_alone, weight).log_softmax(-1)
+    return F.kl_div(student.log_softmax(-1), target, log_target=True, reduction="batchmean")
+
+
 def _persona_loss(output: DualOutput, mc_labels: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
     """:func:`persona_contrast_loss` of a batch's forward: the gold reply's likelihood after its own persona (among
     the candidates' scores) and after the others (the swapped-persona batch)."""
     own = output.mean_log_likelihood().gather(1, mc_labels[:, None])[:, 0]
     swapped = -output.persona_swap_nll_sum / output.persona_swap_tokens.clamp(min=1)
     return persona_contrast_loss(own, swapped, owner)
+
+
+def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` as it is now, in evaluation mode and without gradients (the guidance teacher)."""
+    teacher = copy.deepcopy(model).eval()
+    teacher.requires_grad_(False)
+    return teacher
 
 
 def _tied_to_gold(scores: torch.Tensor, gold_copies: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
@@ -135,10 +164,21 @@ class PersonaTrainer(Trainer):
     decided here, once, from ``args.forward_mode``, the model and its facts (token types; in the chat-template
     layout the candidates come as whole blocks, see :mod:`persona.data.chat_layout`). ``pmi_weight`` also ranks the
     evaluated turns by PMI (``pmi_hits@k``); by default, a model whose likelihood prior is PMI is ranked with its
-    prior's weight.
+    prior's weight. ``guidance_teacher`` keeps a frozen copy of the model as it is given (before any update, or any
+    checkpoint resumed into it): the teacher of the guidance-distillation loss, for a corpus built with
+    ``guidance_distillation``.
     """
 
-    def __init__(self, loaded: LoadedModel, args, *, pmi_weight: float | None = None, compute_metrics=None, **kwargs):
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        args,
+        *,
+        pmi_weight: float | None = None,
+        guidance_teacher: bool = False,
+        compute_metrics=None,
+        **kwargs,
+    ):
         self.dual_path = choose_dual_path(loaded.model, args.forward_mode)
         facts = loaded.facts
         self.scores_every_candidate = facts.likelihood_prior
@@ -166,6 +206,7 @@ class PersonaTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         self.loss_is_scaled_for_ga = False
         self._loss_parts: dict[str, list[float]] = defaultdict(list)
+        self.guidance_teacher = _frozen_copy(self.model) if guidance_teacher else None
 
     def create_optimizer(self, model=None):
         """The Trainer's optimizer, with the multiple-choice head (and the likelihood prior's scale) in groups of their
@@ -196,29 +237,45 @@ class PersonaTrainer(Trainer):
         if self.is_world_process_zero():
             write_model_card(self.args.output_dir, hub_model_id=self.hub_model_id or self.args.hub_model_id)
 
-    def _forward(self, model, inputs, rank_candidates: bool = False) -> DualOutput:
-        """The dual forward; ``rank_candidates`` (and, always, a model with the likelihood prior or a batch with
-        swapped personas) also scores every candidate's likelihood (LM logits over all of them), and after an empty
-        conversation too where PMI ranks."""
+    def _forward(self, model, inputs, rank_candidates: bool = False, keep_gold_logits: bool = False) -> DualOutput:
+        """The dual forward; ``rank_candidates`` (and, always, a model with the likelihood prior, a batch with
+        swapped personas or the gold tokens' logits kept) also scores every candidate's likelihood (LM logits over
+        all of them), and after an empty conversation too where PMI ranks."""
         swapped = SWAP_OWNER in inputs
         inputs = {name: value for name, value in inputs.items() if name != SWAP_OWNER}
-        if not (rank_candidates or self.scores_every_candidate or swapped):
+        if not (rank_candidates or self.scores_every_candidate or swapped or keep_gold_logits):
             inputs = {name: value for name, value in inputs.items() if name != "candidate_labels"}
         if not (rank_candidates or self.prior_needs_context_free):
             inputs = {name: value for name, value in inputs.items() if not name.startswith(CONTEXT_FREE)}
-        return model(**inputs, dual_path=self.dual_path)
+        return model(**inputs, dual_path=self.dual_path, keep_gold_logits=keep_gold_logits)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        output = self._forward(model, inputs)
+        persona_free = {name: value for name, value in inputs.items() if name.startswith(PERSONA_FREE)}
+        inputs = {name: value for name, value in inputs.items() if name not in persona_free}
+        output = self._forward(model, inputs, keep_gold_logits=bool(persona_free))
         loss, lm_loss, mc_loss = dual_loss(output, inputs["mc_labels"], self.args.lm_coef, self.args.mc_coef)
         parts = {"lm_loss": lm_loss, "mc_loss": mc_loss}
         if SWAP_OWNER in inputs:
             parts["persona_loss"] = _persona_loss(output, inputs["mc_labels"], inputs[SWAP_OWNER])
             loss = loss + self.args.persona_coef * parts["persona_loss"]
+        if persona_free:
+            parts["guidance_loss"] = self._guidance_loss(output, {**inputs, **persona_free})
+            loss = loss + self.args.guidance_coef * parts["guidance_loss"]
         if model.training:
             for name, value in parts.items():
                 self._loss_parts[name].append(value.detach())
         return (loss, output) if return_outputs else loss
+
+    def _guidance_loss(self, student: DualOutput, inputs: dict) -> torch.Tensor:
+        """:func:`guidance_distillation_loss` of the student's forward, the teacher run on the same batch and on its
+        persona-free batch."""
+        if self.guidance_teacher is None:
+            raise ValueError("the batch has persona-free prefixes but the trainer keeps no guidance_teacher")
+        with torch.no_grad():
+            teacher = self._forward(self.guidance_teacher, inputs, keep_gold_logits=True)
+        return guidance_distillation_loss(
+            student.gold_logits, teacher.gold_logits, teacher.persona_free_gold_logits, self.args.guidance_weight
+        )
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Adds the mean LM and MC losses since the last log (averaged over processes) to training logs."""
