@@ -181,3 +181,19 @@ def test_persona_train_distills_the_teachers_guidance_into_the_model(tmp_path, t
     assert sum(losses[-3:]) < 0.5 * sum(losses[:3])
     before = _persona_divergence(runs["off"], tokenizer)
     assert _persona_divergence(runs["distilled"], tokenizer) > 1.5 * before
+
+
+def test_guidance_distillation_trains_beside_the_persona_contrastive_loss(tmp_path):
+    """Both losses in one run, each logged at every update and summed with its weight (the teacher scores the turns
+    and their persona-free prefixes, the student the swapped personas too)."""
+    out = tmp_path / "both"
+    argv = tiny_train_args(out, "--max_train_dialogs", "6", "--max_eval_dialogs", "2", "--eval_num_candidates", "2")
+    argv += ["--num_candidates", "2", "--guidance_distillation", "true", "--persona_contrast", "1", "--guidance_coef"]
+    argv += ["2.0", "--max_steps", "2", "--logging_steps", "1", "--gradient_accumulation_steps", "1"]
+    assert train_main(argv) == 0
+    logs = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    logs = [entry for entry in logs if "guidance_loss" in entry and "persona_loss" in entry]
+    assert len(logs) == 2
+    for entry in logs:
+        total = entry["lm_loss"] + entry["mc_loss"] + entry["persona_loss"] + 2.0 * entry["guidance_loss"]
+        assert entry["loss"] == pytest.approx(total, abs=2e-3)

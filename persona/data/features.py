@@ -7,8 +7,8 @@ wraps in ``<speaker1> ... <eos>``; in the chat-template layout whole blocks up t
 otherwise); with ``persona_contrast`` K, also ``persona_swaps``: the same turn's prefix after K other personas of
 the batch (the persona-contrastive loss scores the gold reply after each, :mod:`persona.training.trainer`); with
 ``guidance_distillation``, also ``persona_free_prefix``: the same turn's prefix without any persona (the guidance-
-distillation loss guides the gold reply's tokens by the model's distribution after it). A turn
-whose gold reply cannot fit the model's positions even alone is skipped (its record named in the
+distillation loss guides the teacher's distribution over the gold reply's tokens by its distribution after it). A
+turn whose gold reply cannot fit the model's positions even alone is skipped (its record named in the
 :class:`~persona.data.skips.SkipLog`), or is an error in strict mode.
 """
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from transformers import EvalPrediction, Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 
-from persona.data.collator import CONTEXT_FREE, PERSONA_FREE, SWAP_OWNER
+from persona.data.collator import CONTEXT_FREE, PERSONA_FREE, PERSONA_SWAP, SWAP_OWNER
 from persona.metrics import gold_ranks, hits_from_ranks
 from persona.model.dual_heads import DualOutput, choose_dual_path, collator_for, is_head_parameter
 from persona.model.loading import LoadedModel
@@ -259,20 +259,22 @@ class PersonaTrainer(Trainer):
             parts["persona_loss"] = _persona_loss(output, inputs["mc_labels"], inputs[SWAP_OWNER])
             loss = loss + self.args.persona_coef * parts["persona_loss"]
         if persona_free:
-            parts["guidance_loss"] = self._guidance_loss(output, {**inputs, **persona_free})
+            parts["guidance_loss"] = self._guidance_loss(output, inputs, persona_free)
             loss = loss + self.args.guidance_coef * parts["guidance_loss"]
         if model.training:
             for name, value in parts.items():
                 self._loss_parts[name].append(value.detach())
         return (loss, output) if return_outputs else loss
 
-    def _guidance_loss(self, student: DualOutput, inputs: dict) -> torch.Tensor:
-        """:func:`guidance_distillation_loss` of the student's forward, the teacher run on the same batch and on its
-        persona-free batch."""
+    def _guidance_loss(self, student: DualOutput, inputs: dict, persona_free: dict) -> torch.Tensor:
+        """:func:`guidance_distillation_loss` of the student's forward, the teacher run on the same turns (not on
+        their swapped personas, which only the student's persona-contrastive loss scores) and on their persona-free
+        batch."""
         if self.guidance_teacher is None:
             raise ValueError("the batch has persona-free prefixes but the trainer keeps no guidance_teacher")
+        turns = {name: value for name, value in inputs.items() if not name.startswith(PERSONA_SWAP)}
         with torch.no_grad():
-            teacher = self._forward(self.guidance_teacher, inputs, keep_gold_logits=True)
+            teacher = self._forward(self.guidance_teacher, {**turns, **persona_free}, keep_gold_logits=True)
         return guidance_distillation_loss(
             student.gold_logits, teacher.gold_logits, teacher.persona_free_gold_logits, self.args.guidance_weight
         )
