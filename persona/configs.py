@@ -119,6 +119,14 @@ class ModelArguments:
     def __post_init__(self):
         if is_packaged(self.model_name_or_path):
             self.model_name_or_path = packaged_model_folder(self.model_name_or_path, self.gguf_file)
+        name = self.model_name_or_path
+        if self.gguf_file and os.path.isdir(name) and not os.path.isfile(os.path.join(name, self.gguf_file)):
+            raise ConfigError(
+                f"the folder {name} holds no {self.gguf_file}",
+                where="gguf_file",
+                fix=f"pass --gguf_file '' (or gguf_file: null) to load the model {name} was saved with, "
+                "or name a GGUF file it holds.",
+            )
         if is_packaged(self.tokenizer_name_or_path):
             self.tokenizer_name_or_path = packaged_model_folder(
                 self.tokenizer_name_or_path, None, field="tokenizer_name_or_path"

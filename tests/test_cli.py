@@ -122,3 +122,16 @@ def test_training_only_model_fields_are_refused_in_one_line(command, extra, name
         and err.startswith(f"error: command line: {named} only applies when training")
         and "Fix: drop" in err
     )
+
+
+def test_a_recipes_gguf_file_with_a_trained_folder_is_refused_with_its_fix(tmp_path):
+    """The offline recipe names the GGUF inside its base model; pointed at a folder persona-train saved, it says so
+    and how to load the folder's own weights, which ``--gguf_file ''`` does."""
+    from persona.errors import ConfigError
+
+    recipe = "recipes/smollm2-135m-offline/train.yaml"
+    refused = rf"the folder {tmp_path} holds no SmolLM2-135M-Instruct.Q4_1.gguf.*--gguf_file ''"
+    with pytest.raises(ConfigError, match=refused):
+        parse_recipe([recipe, "--model_name_or_path", str(tmp_path)])
+    (model, *_), _ = parse_recipe([recipe, "--model_name_or_path", str(tmp_path), "--gguf_file", ""])
+    assert (model.model_name_or_path, model.gguf_file) == (str(tmp_path), "")

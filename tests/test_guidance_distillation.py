@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from persona.commands.train import main as train_main
 from persona.configs import CHAT_TEMPLATE_LAYOUT, ModelArguments, PersonaTrainingArguments
-from persona.data.collator import PERSONA_FREE, PersonaCollator
+from persona.data.collator import PERSONA_FREE, WITH_PERSONA, PersonaCollator
 from persona.data.features import tokenize_batch
 from persona.data.input_layouts import ChatTemplateLayout, ReferenceLayout
 from persona.data.layout import build_candidate, token_types
@@ -81,13 +81,24 @@ def _gold_logits(model, prefix: list[int], block: list[int], ids, types: bool) -
     return logits[len(prefix) : sequence.shape[1] - 1]
 
 
+def _guidance_batches(batch: dict) -> tuple[dict, dict, dict]:
+    """A collated batch as the trainer splits it: the turns, and the gold replies after their own persona and
+    after none."""
+    guidance = (WITH_PERSONA, PERSONA_FREE)
+    turns = {k: v for k, v in batch.items() if k != "gold_copies" and not k.startswith(guidance)}
+    own, alone = ({k.removeprefix(key): v for k, v in batch.items() if k.startswith(key)} for key in guidance)
+    return turns, own, alone
+
+
 def _check_gold_logits(model, layout, examples: list[dict], path: DualPath, types: bool) -> None:
+    """The gold tokens' logits of the training forward (with gradients) and the teacher's readings of the two
+    guidance batches (without) against plain forward passes."""
     collator = PersonaCollator(
         layout.ids, packed=path is DualPath.PACKED, token_types=types, wrap_candidates=layout.wraps_candidates
     )
-    batch = collator(examples)
-    assert any(name.startswith(PERSONA_FREE) for name in batch)
-    output = model(**{k: v for k, v in batch.items() if k != "gold_copies"}, dual_path=path)
+    turns, with_persona, persona_free = _guidance_batches(collator(examples))
+    assert len(with_persona["input_ids"]) == len(persona_free["input_ids"]) == len(examples)
+    output = model(**turns, dual_path=path, keep_gold_logits=True)
     blocks = [
         build_candidate(e["candidates"][-1], layout.ids) if layout.wraps_candidates else e["candidates"][-1]
         for e in examples
@@ -99,8 +110,10 @@ def _check_gold_logits(model, layout, examples: list[dict], path: DualPath, type
         )
     assert output.gold_logits.shape == own.shape and output.gold_logits.requires_grad
     assert torch.allclose(output.gold_logits, own, atol=1e-4)
-    assert not output.persona_free_gold_logits.requires_grad  # a target, not trained through
-    assert torch.allclose(output.persona_free_gold_logits, alone, atol=1e-4)
+    for batch, expected in ((with_persona, own), (persona_free, alone)):
+        read = model.gold_logits(batch, path)
+        assert not read.requires_grad  # a target, not trained through
+        assert torch.allclose(read, expected, atol=1e-4)
 
 
 @pytest.mark.parametrize("path", [DualPath.PACKED, DualPath.CLASSIC])
@@ -151,10 +164,10 @@ def _persona_divergence(folder, tokenizer) -> float:
 
     model = load_folder(folder).model.eval()
     layout = ReferenceLayout.for_tokenizer(tokenizer)
-    batch = PersonaCollator(layout.ids)(_examples(layout, guidance_distillation=True))
-    with torch.no_grad():
-        output = model(**{k: v for k, v in batch.items() if k != "gold_copies"}, dual_path=DualPath.PACKED)
-    own, alone = output.gold_logits.log_softmax(-1), output.persona_free_gold_logits.log_softmax(-1)
+    _, with_persona, persona_free = _guidance_batches(
+        PersonaCollator(layout.ids)(_examples(layout, guidance_distillation=True))
+    )
+    own, alone = (model.gold_logits(batch, DualPath.PACKED).log_softmax(-1) for batch in (with_persona, persona_free))
     return F.kl_div(alone, own, log_target=True, reduction="batchmean").item()
 
 
@@ -184,8 +197,8 @@ def test_persona_train_distills_the_teachers_guidance_into_the_model(tmp_path, t
 
 
 def test_guidance_distillation_trains_beside_the_persona_contrastive_loss(tmp_path):
-    """Both losses in one run, each logged at every update and summed with its weight (the teacher scores the turns
-    and their persona-free prefixes, the student the swapped personas too)."""
+    """Both losses in one run, each logged at every update and summed with its weight (the teacher reads each
+    turn's gold reply after its persona and after none, the student the swapped personas too)."""
     out = tmp_path / "both"
     argv = tiny_train_args(out, "--max_train_dialogs", "6", "--max_eval_dialogs", "2", "--eval_num_candidates", "2")
     argv += ["--num_candidates", "2", "--guidance_distillation", "true", "--persona_contrast", "1", "--guidance_coef"]

@@ -15,6 +15,7 @@ CONTEXT_FREE = "context_free_"  # the prefix of the keys of the candidates' batc
 PERSONA_SWAP = "persona_swap_"  # the prefix of the keys of the gold replies' batch after other personas
 SWAP_OWNER = PERSONA_SWAP + "owner"  # [S]: the turn (row of the batch) each swapped-persona row belongs to
 PERSONA_FREE = "persona_free_"  # the prefix of the keys of the gold replies' batch after no persona, turn by turn
+WITH_PERSONA = "with_persona_"  # the same after each turn's own prefix: the gold reply alone, turn by turn
 
 
 def _pad(rows: list[list[int]], value: int) -> tuple[np.ndarray, np.ndarray]:
@@ -169,7 +170,9 @@ class PersonaCollator:
     each turn's gold reply after each of those prefixes, one candidate a row, as a batch of the same layout whose
     keys start with :data:`PERSONA_SWAP` (LM labels on the gold reply), and :data:`SWAP_OWNER`, the turn of each row.
     Examples that carry a ``persona_free_prefix`` (their prefix without a persona) add each turn's gold reply after
-    it, one row a turn in turn order, as a batch whose keys start with :data:`PERSONA_FREE`.
+    it, one row a turn in turn order, as a batch whose keys start with :data:`PERSONA_FREE`, and the gold reply
+    alone after the turn's own prefix (no other candidate, no labels on the prefix) as one whose keys start with
+    :data:`WITH_PERSONA`: the guidance teacher reads the two.
     """
 
     ids: SpecialIds
@@ -188,7 +191,7 @@ class PersonaCollator:
                 if name != "gold_copies"
             )
         batch.update(self._swapped(examples))
-        batch.update(self._persona_free(examples))
+        batch.update(self._guidance_pair(examples))
         return {
             name: torch.from_numpy(np.ascontiguousarray(value))
             for name, value in batch.items()
@@ -209,16 +212,20 @@ class PersonaCollator:
         swapped = {PERSONA_SWAP + name: value for name, value in self._build(rows).items() if name not in unscored}
         return {**swapped, SWAP_OWNER: np.array(owners)}
 
-    def _persona_free(self, examples: list[dict]) -> dict[str, np.ndarray]:
-        """The gold replies after no persona (see the class), or nothing where no example has a persona-free prefix;
-        a batch where only some have one is an error (its rows must pair with the batch's turns)."""
+    def _guidance_pair(self, examples: list[dict]) -> dict[str, np.ndarray]:
+        """The gold replies after no persona and after their own (see the class), or nothing where no example has a
+        persona-free prefix; a batch where only some have one is an error (its rows must pair with the batch's
+        turns)."""
         having = sum(bool(example.get("persona_free_prefix")) for example in examples)
         if not having:
             return {}
         if having < len(examples):
             raise ValueError(f"{having} of the batch's {len(examples)} turns have a persona-free prefix: all or none")
-        rows = [{"prefix_ids": example["persona_free_prefix"], "candidates": [_gold(example)]} for example in examples]
-        return {PERSONA_FREE + name: value for name, value in self._build(rows).items() if name != "gold_copies"}
+        pair = {}
+        for key, prefix in ((PERSONA_FREE, "persona_free_prefix"), (WITH_PERSONA, "prefix_ids")):
+            rows = [{"prefix_ids": example[prefix], "candidates": [_gold(example)]} for example in examples]
+            pair.update((key + name, value) for name, value in self._build(rows).items() if name != "gold_copies")
+        return pair
 
     def _build(self, examples: list[dict]) -> dict[str, np.ndarray]:
         build = packed_batch if self.packed else classic_batch

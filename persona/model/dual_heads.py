@@ -41,7 +41,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from transformers.utils import ModelOutput
 
 from persona import configs
-from persona.data.collator import CONTEXT_FREE, PERSONA_FREE, PERSONA_SWAP, PersonaCollator
+from persona.data.collator import CONTEXT_FREE, PERSONA_SWAP, PersonaCollator
 from persona.data.layout import IGNORE_INDEX
 from persona.data.special_tokens import SpecialIds
 from persona.errors import ModelLoadError
@@ -65,8 +65,8 @@ class DualOutput(ModelOutput):
     ``candidate_labels``, also every candidate's summed token NLL and token count, [B, C] (likelihood ranking); given
     the collator's context-free batch, every candidate's summed token NLL after an empty conversation, [B, C]; given
     its swapped-persona batch, the gold reply's summed token NLL and token count after each other persona, [S]; asked
-    to keep them, the LM logits (float32) before each token of each turn's gold reply, turn by turn, [N, vocabulary];
-    given its persona-free batch, the same logits after the conversation alone (computed without gradients)."""
+    to keep them, the LM logits (float32) before each token of each turn's gold reply, turn by turn, [N, vocabulary]
+    (the history's labels left out)."""
 
     nll_sum: torch.Tensor | None = None
     tokens: torch.Tensor | None = None
@@ -77,7 +77,6 @@ class DualOutput(ModelOutput):
     persona_swap_nll_sum: torch.Tensor | None = None
     persona_swap_tokens: torch.Tensor | None = None
     gold_logits: torch.Tensor | None = None
-    persona_free_gold_logits: torch.Tensor | None = None
 
     def mean_log_likelihood(self) -> torch.Tensor:
         """Each candidate's mean token log-likelihood after the conversation, [B, C]."""
@@ -348,30 +347,31 @@ class PersonaDualHeads:
 
     def forward(self, *args, dual_path: str | None = None, keep_gold_logits: bool = False, **kwargs):
         """A persona batch with its ``dual_path`` (see :func:`choose_dual_path`) gives a :class:`DualOutput` (with
-        ``keep_gold_logits`` or a persona-free batch, the gold tokens' logits too); anything else, the base
-        forward."""
+        ``keep_gold_logits``, the gold tokens' logits too); anything else, the base forward."""
         if dual_path is None:
             return self.forward_full(*args, **kwargs)
         kwargs.pop("gold_copies", None)  # the collator's note for scoring (PersonaTrainer), not an input
         context_free, swapped = _sub_batch(kwargs, CONTEXT_FREE), _sub_batch(kwargs, PERSONA_SWAP)
-        persona_free = _sub_batch(kwargs, PERSONA_FREE)
-        output = _PATHS[dual_path](self, **kwargs, keep_gold_logits=keep_gold_logits or bool(persona_free))
+        output = _PATHS[dual_path](self, **kwargs, keep_gold_logits=keep_gold_logits)
         if context_free:  # a baseline, not trained: the gradient flows through the conversation's likelihood only
             with torch.no_grad():
                 output.context_free_nll_sum = _PATHS[dual_path](self, **context_free).candidate_nll_sum
         if swapped:  # trained: the persona-contrastive loss lowers the gold reply's likelihood after other personas
             after_others = _PATHS[dual_path](self, **swapped)
             output.persona_swap_nll_sum, output.persona_swap_tokens = after_others.nll_sum, after_others.tokens
-        if persona_free:  # the guidance-distillation loss's target (the teacher's), not trained through
-            with torch.no_grad():
-                alone = _PATHS[dual_path](self, **persona_free, keep_gold_logits=True)
-            output.persona_free_gold_logits = alone.gold_logits
         facts = PersonaFacts.of(self.config)
         if facts.likelihood_prior:
             output.mc_logits = _with_likelihood_prior(
                 output, kwargs["candidate_valid"], self.persona_prior_scale, facts.prior_pmi_weight
             )
         return output
+
+    @torch.no_grad()
+    def gold_logits(self, batch: dict, dual_path: str) -> torch.Tensor:
+        """The LM logits (float32, no gradients) before each gold-reply token of a collated batch whose turns each
+        hold their gold reply alone, turn by turn, [N, vocabulary]: the guidance teacher's reading of the collator's
+        persona-free and own-persona batches."""
+        return _PATHS[dual_path](self, **batch, keep_gold_logits=True).gold_logits
 
 
 def _sub_batch(inputs: dict, prefix: str) -> dict:

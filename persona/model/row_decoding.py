@@ -7,8 +7,9 @@ Rows of one batch decode with their own settings, in ``generate``'s order. The p
 padding); the suppressed tokens (every special token but the end token, the same for every row) once for all
 rows; then, for a row with a ``persona_weight``, the guidance by the persona
 (:mod:`~persona.model.persona_guidance`, from the logits of its paired row without the persona); then those that
-read only the scores (temperature, top-k, top-p) once for all the rows that share their settings, as ``generate``
-runs them over a batch. A seeded row draws from its own ``torch.Generator``, so a seeded reply does not depend on the
+read only the scores (temperature, top-k, top-p: :class:`~persona.model.top_p.TopPFromBest`, transformers' filter
+without a sort of the vocabulary) once for all the rows that share their settings, as ``generate`` runs them over a
+batch. A seeded row draws from its own ``torch.Generator``, so a seeded reply does not depend on the
 rows beside it: it is what ``generate`` draws after ``torch.manual_seed(seed)`` for a batch of one.
 """
 
@@ -24,12 +25,12 @@ from transformers import (
     SuppressTokensLogitsProcessor,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
-    TopPLogitsWarper,
 )
 
 from persona.model.generation import DecodingArguments
 from persona.model.loading import LoadedModel
 from persona.model.persona_guidance import guided_scores
+from persona.model.top_p import TopPFromBest
 
 
 @dataclass
@@ -40,6 +41,16 @@ class TokenLogprob:
     token: int
     logprob: float
     top: list[tuple[int, float]]
+
+
+class MinNewTokens(MinNewTokensLengthLogitsProcessor):
+    """transformers' processor that bars the end token while a reply is shorter than ``min_new_tokens``, returning
+    the scores untouched (no copy, no mask) once it is long enough."""
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        if input_ids.shape[-1] - self.prompt_length_to_skip >= self.min_new_tokens:
+            return scores
+        return super().__call__(input_ids, scores)
 
 
 class RowDecoder:
@@ -66,9 +77,7 @@ class RowDecoder:
         if config.repetition_penalty not in (None, 1.0):
             self.own.append(RepetitionPenaltyLogitsProcessor(config.repetition_penalty))
         if config.min_new_tokens:
-            self.own.append(
-                MinNewTokensLengthLogitsProcessor(len(prompt_ids), config.min_new_tokens, config.eos_token_id)
-            )
+            self.own.append(MinNewTokens(len(prompt_ids), config.min_new_tokens, config.eos_token_id))
         self.own.extend(decoding.logits_processors(len(prompt_ids)))
         self.suppress = SuppressTokensLogitsProcessor(config.suppress_tokens)
         self.persona_weight = decoding.persona_weight
@@ -81,7 +90,7 @@ class RowDecoder:
             if config.top_k:
                 self.shared.append(TopKLogitsWarper(config.top_k))
             if config.top_p < 1.0:
-                self.shared.append(TopPLogitsWarper(config.top_p))
+                self.shared.append(TopPFromBest(config.top_p))
 
 
 class NonFiniteScores(ArithmeticError):

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from transformers import EvalPrediction, Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 
-from persona.data.collator import CONTEXT_FREE, PERSONA_FREE, PERSONA_SWAP, SWAP_OWNER
+from persona.data.collator import CONTEXT_FREE, PERSONA_FREE, SWAP_OWNER, WITH_PERSONA
 from persona.metrics import gold_ranks, hits_from_ranks
 from persona.model.dual_heads import DualOutput, choose_dual_path, collator_for, is_head_parameter
 from persona.model.loading import LoadedModel
@@ -250,34 +250,36 @@ class PersonaTrainer(Trainer):
         return model(**inputs, dual_path=self.dual_path, keep_gold_logits=keep_gold_logits)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        persona_free = {name: value for name, value in inputs.items() if name.startswith(PERSONA_FREE)}
-        inputs = {name: value for name, value in inputs.items() if name not in persona_free}
-        output = self._forward(model, inputs, keep_gold_logits=bool(persona_free))
+        guidance = {name: value for name, value in inputs.items() if name.startswith((PERSONA_FREE, WITH_PERSONA))}
+        inputs = {name: value for name, value in inputs.items() if name not in guidance}
+        output = self._forward(model, inputs, keep_gold_logits=bool(guidance))
         loss, lm_loss, mc_loss = dual_loss(output, inputs["mc_labels"], self.args.lm_coef, self.args.mc_coef)
         parts = {"lm_loss": lm_loss, "mc_loss": mc_loss}
         if SWAP_OWNER in inputs:
             parts["persona_loss"] = _persona_loss(output, inputs["mc_labels"], inputs[SWAP_OWNER])
             loss = loss + self.args.persona_coef * parts["persona_loss"]
-        if persona_free:
-            parts["guidance_loss"] = self._guidance_loss(output, inputs, persona_free)
+        if guidance:
+            parts["guidance_loss"] = self._guidance_loss(output, guidance)
             loss = loss + self.args.guidance_coef * parts["guidance_loss"]
         if model.training:
             for name, value in parts.items():
                 self._loss_parts[name].append(value.detach())
         return (loss, output) if return_outputs else loss
 
-    def _guidance_loss(self, student: DualOutput, inputs: dict, persona_free: dict) -> torch.Tensor:
-        """:func:`guidance_distillation_loss` of the student's forward, the teacher run on the same turns (not on
-        their swapped personas, which only the student's persona-contrastive loss scores) and on their persona-free
-        batch."""
+    def _guidance_loss(self, student: DualOutput, guidance: dict) -> torch.Tensor:
+        """:func:`guidance_distillation_loss` of the student's forward, the teacher reading each turn's gold reply
+        alone after its persona and after the conversation alone (the collator's two guidance batches), not the
+        other candidates."""
         if self.guidance_teacher is None:
             raise ValueError("the batch has persona-free prefixes but the trainer keeps no guidance_teacher")
-        turns = {name: value for name, value in inputs.items() if not name.startswith(PERSONA_SWAP)}
-        with torch.no_grad():
-            teacher = self._forward(self.guidance_teacher, {**turns, **persona_free}, keep_gold_logits=True)
-        return guidance_distillation_loss(
-            student.gold_logits, teacher.gold_logits, teacher.persona_free_gold_logits, self.args.guidance_weight
+        own, alone = (
+            self.guidance_teacher.gold_logits(
+                {name.removeprefix(key): value for name, value in guidance.items() if name.startswith(key)},
+                self.dual_path,
+            )
+            for key in (WITH_PERSONA, PERSONA_FREE)
         )
+        return guidance_distillation_loss(student.gold_logits, own, alone, self.args.guidance_weight)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Adds the mean LM and MC losses since the last log (averaged over processes) to training logs."""
