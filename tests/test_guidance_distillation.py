@@ -81,13 +81,11 @@ def _gold_logits(model, prefix: list[int], block: list[int], ids, types: bool) -
     return logits[len(prefix) : sequence.shape[1] - 1]
 
 
-def _guidance_batches(batch: dict) -> tuple[dict, dict, dict]:
-    """A collated batch as the trainer splits it: the turns, and the gold replies after their own persona and
-    after none."""
-    guidance = (WITH_PERSONA, PERSONA_FREE)
-    turns = {k: v for k, v in batch.items() if k != "gold_copies" and not k.startswith(guidance)}
-    own, alone = ({k.removeprefix(key): v for k, v in batch.items() if k.startswith(key)} for key in guidance)
-    return turns, own, alone
+def _guidance_batches(batch: dict) -> tuple[dict, dict]:
+    """A collated batch as the trainer splits it: the turns, and the two guidance batches (their keys kept)."""
+    guidance = {k: v for k, v in batch.items() if k.startswith((WITH_PERSONA, PERSONA_FREE))}
+    turns = {k: v for k, v in batch.items() if k != "gold_copies" and k not in guidance}
+    return turns, guidance
 
 
 def _check_gold_logits(model, layout, examples: list[dict], path: DualPath, types: bool) -> None:
@@ -96,8 +94,8 @@ def _check_gold_logits(model, layout, examples: list[dict], path: DualPath, type
     collator = PersonaCollator(
         layout.ids, packed=path is DualPath.PACKED, token_types=types, wrap_candidates=layout.wraps_candidates
     )
-    turns, with_persona, persona_free = _guidance_batches(collator(examples))
-    assert len(with_persona["input_ids"]) == len(persona_free["input_ids"]) == len(examples)
+    turns, guidance = _guidance_batches(collator(examples))
+    assert len(guidance[WITH_PERSONA + "input_ids"]) == len(guidance[PERSONA_FREE + "input_ids"]) == len(examples)
     output = model(**turns, dual_path=path, keep_gold_logits=True)
     blocks = [
         build_candidate(e["candidates"][-1], layout.ids) if layout.wraps_candidates else e["candidates"][-1]
@@ -110,8 +108,7 @@ def _check_gold_logits(model, layout, examples: list[dict], path: DualPath, type
         )
     assert output.gold_logits.shape == own.shape and output.gold_logits.requires_grad
     assert torch.allclose(output.gold_logits, own, atol=1e-4)
-    for batch, expected in ((with_persona, own), (persona_free, alone)):
-        read = model.gold_logits(batch, path)
+    for read, expected in zip(model.guidance_logits(guidance, path), (own, alone)):
         assert not read.requires_grad  # a target, not trained through
         assert torch.allclose(read, expected, atol=1e-4)
 
@@ -164,10 +161,8 @@ def _persona_divergence(folder, tokenizer) -> float:
 
     model = load_folder(folder).model.eval()
     layout = ReferenceLayout.for_tokenizer(tokenizer)
-    _, with_persona, persona_free = _guidance_batches(
-        PersonaCollator(layout.ids)(_examples(layout, guidance_distillation=True))
-    )
-    own, alone = (model.gold_logits(batch, DualPath.PACKED).log_softmax(-1) for batch in (with_persona, persona_free))
+    _, guidance = _guidance_batches(PersonaCollator(layout.ids)(_examples(layout, guidance_distillation=True)))
+    own, alone = (logits.log_softmax(-1) for logits in model.guidance_logits(guidance, DualPath.PACKED))
     return F.kl_div(alone, own, log_target=True, reduction="batchmean").item()
 
 

@@ -41,7 +41,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 from transformers.utils import ModelOutput
 
 from persona import configs
-from persona.data.collator import CONTEXT_FREE, PERSONA_SWAP, PersonaCollator
+from persona.data.collator import CONTEXT_FREE, PERSONA_FREE, PERSONA_SWAP, WITH_PERSONA, PersonaCollator
 from persona.data.layout import IGNORE_INDEX
 from persona.data.special_tokens import SpecialIds
 from persona.errors import ModelLoadError
@@ -367,11 +367,16 @@ class PersonaDualHeads:
         return output
 
     @torch.no_grad()
-    def gold_logits(self, batch: dict, dual_path: str) -> torch.Tensor:
-        """The LM logits (float32, no gradients) before each gold-reply token of a collated batch whose turns each
-        hold their gold reply alone, turn by turn, [N, vocabulary]: the guidance teacher's reading of the collator's
-        persona-free and own-persona batches."""
-        return _PATHS[dual_path](self, **batch, keep_gold_logits=True).gold_logits
+    def guidance_logits(self, guidance: dict, dual_path: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The LM logits (float32, no gradients) before each gold-reply token after its turn's persona and after the
+        conversation alone, each [N, vocabulary] turn by turn: this model's reading of the collator's two guidance
+        batches (keys starting with :data:`~persona.data.collator.WITH_PERSONA` and
+        :data:`~persona.data.collator.PERSONA_FREE`), as the guidance teacher reads them."""
+        guidance = dict(guidance)
+        return tuple(
+            _PATHS[dual_path](self, **_sub_batch(guidance, key), keep_gold_logits=True).gold_logits
+            for key in (WITH_PERSONA, PERSONA_FREE)
+        )
 
 
 def _sub_batch(inputs: dict, prefix: str) -> dict:

@@ -272,13 +272,7 @@ class PersonaTrainer(Trainer):
         other candidates."""
         if self.guidance_teacher is None:
             raise ValueError("the batch has persona-free prefixes but the trainer keeps no guidance_teacher")
-        own, alone = (
-            self.guidance_teacher.gold_logits(
-                {name.removeprefix(key): value for name, value in guidance.items() if name.startswith(key)},
-                self.dual_path,
-            )
-            for key in (WITH_PERSONA, PERSONA_FREE)
-        )
+        own, alone = self.guidance_teacher.guidance_logits(guidance, self.dual_path)
         return guidance_distillation_loss(student.gold_logits, own, alone, self.args.guidance_weight)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
