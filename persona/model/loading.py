@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import torch
 from transformers import AutoConfig, AutoTokenizer, GgufConfig
 
 from persona.configs import INFERENCE_DTYPES, ModelArguments
@@ -21,6 +22,7 @@ from persona.data.special_tokens import SpecialIds, has_persona_tokens, resize_e
 from persona.errors import ConfigError, ModelLoadError, first_line
 from persona.model.dual_heads import init_likelihood_prior, model_class
 from persona.model.facts import PersonaFacts
+from persona.model.packed_linears import pack_linears
 
 logger = logging.getLogger(__name__)
 
@@ -235,7 +237,7 @@ def load_for_inference(
     persona-serve needs in front of an engine that holds the weights)."""
     tokenizer, config = load_tokenizer(model_args), base_config(model_args)
     if PersonaFacts.read(config) is not None or has_persona_tokens(tokenizer):
-        return _trained(model_args, tokenizer, config, use_token_types, weights)
+        return _packed(_trained(model_args, tokenizer, config, use_token_types, weights))
     if not tokenizer.chat_template:
         special_ids(tokenizer)  # the error that says which tokens are missing and how to get a persona model
     logger.info(
@@ -246,7 +248,17 @@ def load_for_inference(
     facts = PersonaFacts(layout.name, layout.token_types(use_token_types), layout.leading_space)
     model = _pretrained(model_args, config).eval() if weights else None
     name = model_args.model_name_or_path
-    return LoadedModel(model, tokenizer, layout, max_positions(config), False, facts, prompted=True, name=name)
+    loaded = LoadedModel(model, tokenizer, layout, max_positions(config), False, facts, prompted=True, name=name)
+    return _packed(loaded)
+
+
+def _packed(loaded: LoadedModel) -> LoadedModel:
+    """``loaded`` with its linear layers packed for oneDNN where it runs on the CPU (no accelerator here; in bfloat16,
+    :func:`~persona.model.packed_linears.pack_linears`): the same numbers, sooner (``benchmarks/decode_step.py``)."""
+    packed = 0 if loaded.model is None or torch.accelerator.is_available() else pack_linears(loaded.model)
+    if packed:
+        logger.info("%d linear layers of %s packed for oneDNN", packed, loaded.name)
+    return loaded
 
 
 TOKENIZER_LIMIT = 1024  # where the tokenizer states no limit of its own

@@ -31,6 +31,7 @@ from persona.model.loading import load_for_inference, refuse_training_fields
 from persona.model.scoring import check_rerankable
 from persona.serving.batching import ReplyBatcher
 from persona.serving.body_limit import BodyLimit
+from persona.serving.compute_threads import one_thread
 from persona.serving.deadlines import connection_limits
 from persona.serving.engine import OWN_ENGINE_ONLY, Engine, own_engine_only
 from persona.serving.hosts import OnlyAllowedHosts
@@ -192,7 +193,8 @@ def build_engine(
             where="command line",
             fix="pass --model_name_or_path DIR_OR_HUB_ID, or --engine_url URL of an engine that serves one.",
         )
-    loaded = load_for_inference(model_args)
+    with one_thread():  # the worker's OpenMP team the only one (persona.serving.compute_threads)
+        loaded = load_for_inference(model_args)
     if decoding.samples > 1:
         check_rerankable(loaded)
     return ReplyBatcher(
