@@ -88,13 +88,15 @@ def main() -> None:
             runs[arm].append(json.loads(child.stdout.strip().splitlines()[-1]))
             print(f"round {round_ + 1}: {arm} done", file=sys.stderr)
     print(f"{'arm':46} {'rows':>4} {'step ms':>8} {'prompts ms':>10}")
-    base = next(iter(ARMS))
-    for arm, results in runs.items():
-        for count in map(str, args.rows):
-            step = statistics.median(r[count]["step"] for r in results)
-            read = statistics.median(r[count]["read"] for r in results)
-            first = statistics.median(r[count]["step"] for r in runs[base])
-            print(f"{arm:46} {count:>4} {step:8.1f} {read:10.0f}   step {first / step:.2f}x the first arm's speed")
+    medians = {
+        (arm, count): [statistics.median(r[count][part] for r in results) for part in ("step", "read")]
+        for arm, results in runs.items()
+        for count in map(str, args.rows)
+    }
+    first = next(iter(ARMS))
+    for (arm, count), (step, read) in medians.items():
+        speed = medians[first, count][0] / step
+        print(f"{arm:46} {count:>4} {step:8.1f} {read:10.0f}   step {speed:.2f}x the first arm's speed")
 
 
 if __name__ == "__main__":
