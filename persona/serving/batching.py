@@ -37,6 +37,8 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 
+import torch
+
 from persona.data.layout import history_window
 from persona.data.tokenize import InvalidText
 from persona.model.generation import DecodingArguments, prompt_inputs
@@ -263,6 +265,12 @@ class ReplyBatcher:
         return arrived, self._closing.is_set() and self.pending.empty()
 
     def _work(self) -> None:
+        """The worker's loop, in inference mode: none of the autograd bookkeeping (version counters, view tracking)
+        that ``no_grad`` alone still does for every tensor it makes."""
+        with torch.inference_mode():
+            self._decode_until_closed()
+
+    def _decode_until_closed(self) -> None:
         batch, rows, arrived, closed = GuidedBatch(self.loaded, self.prefixes), [], [], False
         try:
             while rows or not closed:

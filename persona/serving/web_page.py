@@ -15,6 +15,9 @@ from persona.model.generation import DecodingArguments
 from persona.serving.context import ContextTooLong, ControlTextRefused
 from persona.serving.engine import Engine, QueueFull, WorkerStopped, reply_events
 
+QUEUE_POLL_S = 0.05  # how often Gradio's queue, while free, looks for a page message waiting to start
+PROGRESS_POLL_S = 0.1  # how often it looks for progress to send (the page reports none)
+
 INTRODUCTION = """# Chat with a persona bot
 Write to the bot below and press Enter. It answers as the person described on the right: change those sentences
 to give it another persona, and **Reset** to start a new conversation."""
@@ -107,4 +110,15 @@ def build_page(
         )
         reset.click(lambda: ([], ""), None, [conversation, message])
     page.queue(max_size=engine.queue_limit or None)
+    poll_slowly(page)
     return page
+
+
+def poll_slowly(page: gr.Blocks) -> None:
+    """Make the queue of ``page`` look for waiting messages every :data:`QUEUE_POLL_S` and for progress every
+    :data:`PROGRESS_POLL_S` while it is free, not every 1 and 10 ms as Gradio does: each look takes the event loop's
+    thread, and with it Python's lock, away from the decoding worker (a step of one row of persona's own engine took
+    38-42 ms in the server with Gradio's polling, 34 ms alone: docs/serving.md, "Throughput"). A page message starts
+    at most :data:`QUEUE_POLL_S` later."""
+    page._queue.sleep_when_free = QUEUE_POLL_S
+    page._queue.progress_update_sleep_when_free = PROGRESS_POLL_S
