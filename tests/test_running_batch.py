@@ -215,3 +215,28 @@ def test_a_join_reads_each_distinct_prompt_once_and_only_its_last_position_throu
     assert last.shape[1] == 1
     torch.testing.assert_close(last[0, -1], whole[0, -1], atol=1e-5, rtol=0)
     torch.testing.assert_close(logits[2], whole[0, -1].float(), atol=1e-5, rtol=0)
+
+
+def test_the_batcher_and_the_chat_loop_read_the_model_in_inference_mode(trained_model_dir):
+    """Every forward pass of persona-serve's worker (a prompt read, its steps) and of persona-chat's and
+    persona-eval's loop runs in inference mode, not under ``no_grad`` alone."""
+    from persona.model.decoding import decode
+
+    loaded = load_folder(trained_model_dir)
+    modes: list[bool] = []
+    hook = loaded.model.register_forward_pre_hook(lambda module, args: modes.append(torch.is_inference_mode_enabled()))
+    greedy = DecodingArguments(do_sample=False, max_length=4, min_length=4)
+    try:
+        decode(loaded, [prompt_inputs(PERSONA, HISTORIES["short"], loaded, 4)], greedy)
+        assert len(modes) == 4 and all(modes)
+        modes.clear()
+        ended = threading.Event()
+        batcher = ReplyBatcher(loaded, max_history=2, max_batch_size=2, max_queue=2, batch_wait_ms=0)
+        batcher.submit(ReplyRequest(PERSONA, HISTORIES["short"], greedy, lambda e: e.finish_reason and ended.set()))
+        try:
+            assert ended.wait(60)
+        finally:
+            batcher.close()
+        assert len(modes) == 4 and all(modes)
+    finally:
+        hook.remove()
