@@ -230,13 +230,8 @@ def test_the_batcher_and_the_chat_loop_read_the_model_in_inference_mode(trained_
         decode(loaded, [prompt_inputs(PERSONA, HISTORIES["short"], loaded, 4)], greedy)
         assert len(modes) == 4 and all(modes)
         modes.clear()
-        ended = threading.Event()
         batcher = ReplyBatcher(loaded, max_history=2, max_batch_size=2, max_queue=2, batch_wait_ms=0)
-        batcher.submit(ReplyRequest(PERSONA, HISTORIES["short"], greedy, lambda e: e.finish_reason and ended.set()))
-        try:
-            assert ended.wait(60)
-        finally:
-            batcher.close()
+        _run(batcher, {"long": ReplyRequest(PERSONA, HISTORIES["short"], greedy, lambda event: None)})
         assert len(modes) == 4 and all(modes)
     finally:
         hook.remove()
