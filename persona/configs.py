@@ -455,6 +455,9 @@ class PersonaTrainingArguments(TrainingArguments, ForwardArguments):
         # transformers only does so when use_cpu is set, otherwise each rank trains alone.
         if not self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
             self.use_cpu = True
+        # Without an accelerator, bf16 autocasts on the CPU, which transformers only allows with use_cpu set.
+        if (self.bf16 or self.bf16_full_eval) and not self.use_cpu and not torch.accelerator.is_available():
+            self.use_cpu = True
         super().__post_init__()
 
 

@@ -15,6 +15,7 @@ import yaml
 from persona.commands.train import main as train_main
 from persona.serving.server import free_port
 from persona.training.allocator import hint_lean_allocator, preloaded_allocator
+from persona.training.cpu_precision import hint_cpu_precision
 from tests.conftest import QUICKSTART, REPO, TINY_GPT2, TINY_OPENAI_GPT, as_loaded, tiny_train_args
 
 
@@ -108,7 +109,8 @@ def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path):
 
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
 def test_bf16_mixed_precision_on_cpu(precision, tmp_path, monkeypatch):
-    """The forward runs in the precision asked for (the LM head's output dtype, seen from inside the training step)."""
+    """The forward runs in the precision asked for (the LM head's output dtype, seen from inside the training step),
+    on a machine without an accelerator with bf16 alone (no use_cpu)."""
     import torch
 
     from persona.training.trainer import PersonaTrainer
@@ -127,10 +129,7 @@ def test_bf16_mixed_precision_on_cpu(precision, tmp_path, monkeypatch):
 
     monkeypatch.setattr(PersonaTrainer, "compute_loss", recording)
     out = tmp_path / precision
-    assert (
-        train_main(_args(out, "--max_steps", "2", "--bf16", str(precision == "bf16").lower(), "--use_cpu", "true"))
-        == 0
-    )
+    assert train_main(_args(out, "--max_steps", "2", "--bf16", str(precision == "bf16").lower())) == 0
     assert json.loads((out / "train_results.json").read_text())["mixed_precision"] == (
         "bf16" if precision == "bf16" else "no"
     )
@@ -223,6 +222,25 @@ def test_every_accelerate_config_parses():
 
 GLIBC_MAPS = "7f3a2c000000-7f3a2c028000 r--p 00000000 fe:01 1234 /usr/lib/x86_64-linux-gnu/libc.so.6\n"
 TCMALLOC_MAPS = GLIBC_MAPS + "7f3a2d000000-7f3a2d010000 r-xp 00000000 fe:01 5678 /usr/lib/libtcmalloc_minimal.so.4\n"
+
+
+def test_a_cpu_run_hears_whether_its_precision_suits_the_cpu(caplog):
+    """bf16 on a CPU without native bfloat16 is warned against; float32 on one with it hears of --bf16 true; bf16 on
+    a native CPU, float32 on a plain one and any run on an accelerator hear nothing."""
+    with caplog.at_level("INFO", logger="persona"):
+        hint_cpu_precision(on_cpu=True, bf16=True, native_bf16=False)
+        assert [r.levelname for r in caplog.records] == ["WARNING"]
+        assert "without native bfloat16 (AVX512-BF16 or AMX)" in caplog.text and "leave bf16 off" in caplog.text
+        caplog.clear()
+        hint_cpu_precision(on_cpu=True, bf16=False, native_bf16=True)
+        assert [r.levelname for r in caplog.records] == ["INFO"]
+        assert "bf16: true (or --bf16 true) makes more updates" in caplog.text
+        caplog.clear()
+        hint_cpu_precision(on_cpu=True, bf16=True, native_bf16=True)
+        hint_cpu_precision(on_cpu=True, bf16=False, native_bf16=False)
+        hint_cpu_precision(on_cpu=False, bf16=True, native_bf16=False)
+        hint_cpu_precision(on_cpu=False, bf16=False, native_bf16=True)
+    assert caplog.text == ""
 
 
 def test_a_cpu_run_on_glibc_malloc_says_how_to_preload_tcmalloc(tmp_path, caplog):

@@ -25,6 +25,7 @@ from persona.model.loading import load_for_training
 from persona.model.lora import merged, with_lora
 from persona.training.allocator import hint_lean_allocator
 from persona.training.checkpoints import resolve_checkpoint
+from persona.training.cpu_precision import hint_cpu_precision
 from persona.training.plots import plot_losses
 from persona.training.preemption import StopOnSignal
 from persona.training.publishing import ready_to_publish
@@ -142,6 +143,7 @@ def fine_tune(
     output_dir = Path(training_args.output_dir)
     if trainer.is_world_process_zero():
         hint_lean_allocator(on_cpu=training_args.device.type == "cpu")
+        hint_cpu_precision(on_cpu=training_args.device.type == "cpu", bf16=training_args.bf16)
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "persona_recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
     _train_and_save(trainer, checkpoint, stats)
