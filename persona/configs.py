@@ -359,6 +359,10 @@ class PersonaTrainingArguments(TrainingArguments, ForwardArguments):
     - ``persona_coef`` (default 1.0): weight of the persona-contrastive loss (with ``persona_contrast``).
     - ``guidance_coef`` (default 1.0) and ``guidance_weight`` (default 1.0): weight of the guidance-distillation loss
       (with ``guidance_distillation``) and the persona guidance it distills.
+    - ``guidance_start`` (default 0.0): the share of the schedule after which the guidance-distillation loss starts,
+      its teacher the model as it is then.
+    - ``guidance_min_gain`` (default: none, every gold token): distill only at the gold tokens whose log-likelihood
+      the persona raises by at least this many nats for the teacher.
     - ``head_learning_rate`` (default: ``learning_rate``): the multiple-choice head's own peak learning rate.
     - ``max_train_seconds`` (default: none): a training budget in seconds that the learning-rate schedule follows
       (:mod:`persona.training.time_budget`).
@@ -401,6 +405,25 @@ class PersonaTrainingArguments(TrainingArguments, ForwardArguments):
         metadata={
             "help": "The persona guidance the guidance-distillation loss distills: persona_weight's guidance, "
             "log p(t | persona, history) + guidance_weight x (log p(t | persona, history) - log p(t | history))."
+        },
+    )
+    guidance_start: float = field(
+        default=0.0,
+        metadata={
+            "help": "The share of the schedule (of its updates, or of max_train_seconds where the budget is further "
+            "on) after which the guidance-distillation loss starts, the teacher then a frozen copy of the model as "
+            "it is at that update: 0.67 distills in the last third of one schedule, from the model that two thirds "
+            "of it made. Default 0: from the first update, the teacher the model as training starts (a second "
+            "stage after a fine-tuned model)."
+        },
+    )
+    guidance_min_gain: float | None = field(
+        default=None,
+        metadata={
+            "help": "Distill the guidance only at the gold-reply tokens t that the persona makes likelier to the "
+            "teacher by at least this many nats, log p(t | persona, history) - log p(t | history): where the gold "
+            "reply says what its persona says, not where the persona has no part in it (training logs the share "
+            "of gold tokens kept, guided_token_share). Default: every gold token."
         },
     )
     head_learning_rate: float | None = field(
@@ -450,6 +473,12 @@ class PersonaTrainingArguments(TrainingArguments, ForwardArguments):
                 f"guidance_weight is {self.guidance_weight}",
                 where="guidance_weight",
                 fix="give the persona guidance to distill, 0 or more (persona_weight's scale; 1 is persona-eval's).",
+            )
+        if not 0.0 <= self.guidance_start < 1.0:
+            raise ConfigError(
+                f"guidance_start is {self.guidance_start}",
+                where="guidance_start",
+                fix="give the share of the schedule after which guidance distillation starts, from 0 up to below 1.",
             )
         # Ranks launched without a GPU (accelerate_configs/multi_cpu.yaml) must join on the CPU with gloo;
         # transformers only does so when use_cpu is set, otherwise each rank trains alone.

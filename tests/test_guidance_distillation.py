@@ -6,10 +6,12 @@ model's distribution after its persona depart from its distribution without one.
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import TrainerState
 
 from persona.commands.train import main as train_main
 from persona.configs import CHAT_TEMPLATE_LAYOUT, ModelArguments, PersonaTrainingArguments
@@ -20,7 +22,8 @@ from persona.data.layout import build_candidate, token_types
 from persona.errors import ConfigError
 from persona.model.dual_heads import DualPath
 from persona.model.loading import load_for_training
-from persona.training.trainer import guidance_distillation_loss
+from persona.training.time_budget import TimeBudget, schedule_progress
+from persona.training.trainer import guidance_distillation_loss, persona_token_gain
 from tests.conftest import tiny_train_args
 
 PERSONAS = [["i like cats."], ["i am a nurse.", "i live in paris."], ["i play the drums."]]
@@ -108,6 +111,7 @@ def _check_gold_logits(model, layout, examples: list[dict], path: DualPath, type
         )
     assert output.gold_logits.shape == own.shape and output.gold_logits.requires_grad
     assert torch.allclose(output.gold_logits, own, atol=1e-4)
+    assert output.gold_targets.tolist() == [token for block in blocks for token in block[1:]]
     for read, expected in zip(model.guidance_logits(guidance, path), (own, alone)):
         assert not read.requires_grad  # a target, not trained through
         assert torch.allclose(read, expected, atol=1e-4)
@@ -147,6 +151,79 @@ def test_the_loss_is_the_divergence_from_the_teachers_guided_distribution():
     assert guidance_distillation_loss(teacher.clone(), teacher, alone, 0.0).item() == pytest.approx(0.0, abs=1e-6)
     empty = torch.zeros(0, 11)
     assert guidance_distillation_loss(empty, empty, empty, weight).item() == 0.0
+
+
+def test_the_persona_gain_of_a_gold_token_is_its_log_likelihood_after_the_persona_less_without():
+    """By hand: token 2 goes from a third to a half with the persona (+log 1.5), token 0 from a half to a quarter."""
+    with_persona = torch.tensor([[1.0, 1.0, 2.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]).log()
+    alone = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [2.0, 1.0, 1.0]]).log()
+    gain = persona_token_gain(with_persona, alone, torch.tensor([2, 1, 0]))
+    expected = [math.log(0.5 / (1 / 3)), 0.0, math.log((1 / 3) / 0.5)]
+    assert gain.tolist() == pytest.approx(expected, abs=1e-6)
+
+
+def _guidance_logs(folder) -> list[dict]:
+    logs = json.loads((folder / "trainer_state.json").read_text())["log_history"]
+    return [entry for entry in logs if "guidance_loss" in entry]
+
+
+def test_guidance_min_gain_distills_only_the_gold_tokens_the_persona_makes_likelier(tmp_path):
+    """The gate at minus infinity keeps every gold token (the same losses as no gate, a share of 1); at 0 it keeps
+    the tokens the persona does not make less likely, some and not all (another guidance loss); above every gain,
+    none (no guidance loss)."""
+    runs = {}
+    for name, gate in (("all", None), ("open", "-1e9"), ("zero", "0"), ("shut", "1e9")):
+        out = tmp_path / name
+        argv = tiny_train_args(out, "--max_train_dialogs", "2", "--max_eval_dialogs", "1", "--eval_num_candidates")
+        argv += ["2", "--num_candidates", "2", "--guidance_distillation", "true", "--guidance_weight", "2.0"]
+        argv += ["--max_steps", "2", "--logging_steps", "1", "--gradient_accumulation_steps", "1", "--seed", "3"]
+        assert train_main(argv + ([f"--guidance_min_gain={gate}"] if gate else [])) == 0
+        runs[name] = _guidance_logs(out)
+    assert all(len(logs) == 2 for logs in runs.values())
+    assert all("guided_token_share" not in entry for entry in runs["all"])
+    for ungated, opened in zip(runs["all"], runs["open"]):
+        assert opened["guided_token_share"] == 1.0
+        assert opened["guidance_loss"] == pytest.approx(ungated["guidance_loss"], abs=1e-4)
+    assert all(0.0 < entry["guided_token_share"] < 1.0 for entry in runs["zero"])
+    assert runs["zero"][0]["guidance_loss"] != pytest.approx(runs["all"][0]["guidance_loss"], abs=1e-4)
+    assert all(entry["guided_token_share"] == 0.0 and entry["guidance_loss"] == 0.0 for entry in runs["shut"])
+
+
+def test_guidance_start_freezes_the_teacher_and_starts_the_loss_that_far_into_the_schedule(tmp_path, caplog):
+    """At guidance_weight 0 the target is the teacher itself: started halfway through 4 updates, the loss is absent
+    from the first two, 0 at the third (the teacher is the model as it is then) and above 0 at the fourth; a teacher
+    frozen at the start has moved away from the model by the third."""
+    runs = {}
+    for start in ("0.5", "0"):
+        out = tmp_path / start
+        argv = tiny_train_args(out, "--max_train_dialogs", "2", "--max_eval_dialogs", "1", "--eval_num_candidates")
+        argv += ["2", "--num_candidates", "2", "--guidance_distillation", "true", "--guidance_weight", "0"]
+        argv += ["--guidance_start", start, "--max_steps", "4", "--logging_steps", "1", "--lr", "5e-3"]
+        argv += ["--gradient_accumulation_steps", "1", "--seed", "3"]
+        with caplog.at_level("INFO", logger="persona"):
+            assert train_main(argv) == 0
+        logs = json.loads((out / "trainer_state.json").read_text())["log_history"]
+        runs[start] = {entry["step"]: entry.get("guidance_loss") for entry in logs if "loss" in entry}
+    assert runs["0.5"][1] is None and runs["0.5"][2] is None
+    assert runs["0.5"][3] == pytest.approx(0.0, abs=1e-4) and runs["0.5"][4] > 0
+    assert runs["0"][3] > 1e-3, runs
+    assert "Guidance distillation starts at update 3, 50% of the schedule" in caplog.text
+
+
+def test_schedule_progress_is_the_further_of_updates_and_budget():
+    state = TrainerState(global_step=3, max_steps=12)
+    budget = TimeBudget(100.0)
+    assert schedule_progress(state, []) == 0.25
+    budget.share = 0.6
+    assert schedule_progress(state, [object(), budget]) == 0.6
+    budget.share = 0.1
+    assert schedule_progress(state, [budget]) == 0.25
+
+
+@pytest.mark.parametrize("start", [-0.1, 1.0])
+def test_a_guidance_start_outside_the_schedule_is_refused(start):
+    with pytest.raises(ConfigError, match="guidance_start"):
+        PersonaTrainingArguments(output_dir="unused", guidance_start=start)
 
 
 def test_a_negative_guidance_weight_is_refused():

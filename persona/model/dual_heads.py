@@ -66,7 +66,7 @@ class DualOutput(ModelOutput):
     the collator's context-free batch, every candidate's summed token NLL after an empty conversation, [B, C]; given
     its swapped-persona batch, the gold reply's summed token NLL and token count after each other persona, [S]; asked
     to keep them, the LM logits (float32) before each token of each turn's gold reply, turn by turn, [N, vocabulary]
-    (the history's labels left out)."""
+    (the history's labels left out), and the gold tokens they predict, [N]."""
 
     nll_sum: torch.Tensor | None = None
     tokens: torch.Tensor | None = None
@@ -77,6 +77,7 @@ class DualOutput(ModelOutput):
     persona_swap_nll_sum: torch.Tensor | None = None
     persona_swap_tokens: torch.Tensor | None = None
     gold_logits: torch.Tensor | None = None
+    gold_targets: torch.Tensor | None = None
 
     def mean_log_likelihood(self) -> torch.Tensor:
         """Each candidate's mean token log-likelihood after the conversation, [B, C]."""
@@ -118,10 +119,11 @@ def _label_nll(
     )
 
 
-def _labelled_logits(hidden: torch.Tensor, labels: torch.Tensor, lm_head) -> torch.Tensor:
+def _labelled_logits(hidden: torch.Tensor, labels: torch.Tensor, lm_head) -> tuple[torch.Tensor, torch.Tensor]:
     """The LM logits (float32) [N, vocabulary] at the positions of ``hidden`` [B, L, H] whose next token has a label
-    in ``labels`` [B, L], row by row."""
-    return lm_head(hidden[:, :-1][labels[:, 1:] != IGNORE_INDEX]).float()
+    in ``labels`` [B, L], row by row, and those labels [N]."""
+    labelled = labels[:, 1:] != IGNORE_INDEX
+    return lm_head(hidden[:, :-1][labelled]).float(), labels[:, 1:][labelled]
 
 
 def _token_nll(hidden: torch.Tensor, targets: torch.Tensor, lm_head) -> torch.Tensor:
@@ -162,15 +164,17 @@ def _mc_logits(model, hidden: torch.Tensor, index: torch.Tensor, valid: torch.Te
     return logits.masked_fill(~valid.bool(), torch.finfo(logits.dtype).min)
 
 
-def _dual_output(nll_sum, tokens, mc_logits, ranked: tuple, gold_logits) -> DualOutput:
-    """A path's :class:`DualOutput`: ``ranked`` is every candidate's NLL sum and token count (or two Nones)."""
+def _dual_output(nll_sum, tokens, mc_logits, ranked: tuple, gold: tuple) -> DualOutput:
+    """A path's :class:`DualOutput`: ``ranked`` is every candidate's NLL sum and token count, ``gold`` the gold
+    tokens' logits and the tokens (or two Nones each)."""
     return DualOutput(
         nll_sum=nll_sum,
         tokens=tokens,
         mc_logits=mc_logits,
         candidate_nll_sum=ranked[0],
         candidate_tokens=ranked[1],
-        gold_logits=gold_logits,
+        gold_logits=gold[0],
+        gold_targets=gold[1],
     )
 
 
@@ -208,12 +212,13 @@ def _classic(
     nll_sum, tokens = summed(labels)
     mc_logits = output.mc_logits.float().masked_fill(~candidate_valid.bool(), torch.finfo(torch.float32).min)
     ranked = summed(candidate_labels) if candidate_labels is not None else (None, None)
-    gold_logits = None
+    gold = (None, None)
     if keep_gold_logits:
         rows = torch.arange(len(mc_labels), device=mc_labels.device)
-        gold = candidate_labels[rows, mc_labels][:, 1:] != IGNORE_INDEX
-        gold_logits = output.logits[rows, mc_labels][:, :-1][gold].float()
-    return _dual_output(nll_sum.sum(-1), tokens.sum(-1), mc_logits, ranked, gold_logits)
+        targets = candidate_labels[rows, mc_labels][:, 1:]
+        labelled = targets != IGNORE_INDEX
+        gold = output.logits[rows, mc_labels][:, :-1][labelled].float(), targets[labelled]
+    return _dual_output(nll_sum.sum(-1), tokens.sum(-1), mc_logits, ranked, gold)
 
 
 def _full_sequences(
@@ -243,10 +248,10 @@ def _full_sequences(
             for t in _label_nll(hidden.flatten(0, 1), candidate_labels.flatten(0, 1), model.lm_head)
         )
     mc_logits = _mc_logits(model, *_candidate_ends(hidden, mc_token_ids), candidate_valid)
-    gold_logits = None
+    gold = (None, None)
     if keep_gold_logits:
-        gold_logits = _labelled_logits(hidden[rows, mc_labels], candidate_labels[rows, mc_labels], model.lm_head)
-    return _dual_output(nll_sum, tokens, mc_logits, ranked, gold_logits)
+        gold = _labelled_logits(hidden[rows, mc_labels], candidate_labels[rows, mc_labels], model.lm_head)
+    return _dual_output(nll_sum, tokens, mc_logits, ranked, gold)
 
 
 def _block_causal_mask(
@@ -306,11 +311,11 @@ def _packed(
             for t in _label_nll(hidden, candidate_labels, model.lm_head, groups, len(block_ids) * count)
         )
     mc_logits = _mc_logits(model, hidden, mc_token_ids, candidate_valid)
-    gold_logits = None
+    gold = (None, None)
     if keep_gold_logits:  # the gold candidate's block of each row (block 0 is the prefix)
         gold_labels = candidate_labels.masked_fill(block_ids != mc_labels[:, None] + 1, IGNORE_INDEX)
-        gold_logits = _labelled_logits(hidden, gold_labels, model.lm_head)
-    return _dual_output(nll_sum, tokens, mc_logits, ranked, gold_logits)
+        gold = _labelled_logits(hidden, gold_labels, model.lm_head)
+    return _dual_output(nll_sum, tokens, mc_logits, ranked, gold)
 
 
 class PersonaDualHeads:

@@ -29,7 +29,7 @@ from persona.training.cpu_precision import hint_cpu_precision
 from persona.training.plots import plot_losses
 from persona.training.preemption import StopOnSignal
 from persona.training.publishing import ready_to_publish
-from persona.training.time_budget import TimeBudget
+from persona.training.time_budget import TimeBudget, time_budget_of
 from persona.training.trainer import PersonaTrainer
 
 logger = logging.getLogger("persona")
@@ -114,7 +114,7 @@ def _train_and_save(trainer: PersonaTrainer, checkpoint: str | None, stats: dict
     result = _train(trainer, checkpoint)
     trainer.model = merged(trainer.model)  # LoRA adapters merged: what is evaluated and saved is a plain model
     trainer.save_model()  # weights and tokenizer first: whatever fails after this, the trained model loads
-    budget = next((cb for cb in trainer.callback_handler.callbacks if isinstance(cb, TimeBudget)), None)
+    budget = time_budget_of(trainer.callback_handler.callbacks)
     train_metrics = {
         **result.metrics,
         **({"last_learning_rate": budget.last_learning_rate} if budget is not None else {}),

@@ -103,3 +103,17 @@ class TimeBudget(TrainerCallback, ExportableState):
                 self.last_learning_rate,
             )
         return control
+
+
+def time_budget_of(callbacks) -> TimeBudget | None:
+    """The run's :class:`TimeBudget` among a Trainer's ``callbacks`` (``callback_handler.callbacks``), or None."""
+    return next((callback for callback in callbacks if isinstance(callback, TimeBudget)), None)
+
+
+def schedule_progress(state, callbacks) -> float:
+    """How far the run's schedule has gone, as the learning rate reads it: the larger of the share of its updates
+    done (``state``, the Trainer's) and, with a :class:`TimeBudget` among ``callbacks``, the share of the budget
+    spent."""
+    budget = time_budget_of(callbacks)
+    done = state.global_step / state.max_steps if state.max_steps else 0.0
+    return max(done, budget.share if budget is not None else 0.0)

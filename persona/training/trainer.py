@@ -1,20 +1,22 @@
 """``PersonaTrainer``: the Hugging Face Trainer with TransferTransfo's dual loss and ConvAI2's metrics.
 
-loss = ``lm_coef`` × LM loss (mean NLL of the gold reply's tokens) + ``mc_coef`` × multiple-choice loss
-(cross-entropy of picking the gold reply among the candidates), + ``persona_coef`` × the persona-contrastive loss
-where the corpus was built with ``persona_contrast`` (:func:`persona_contrast_loss`), + ``guidance_coef`` × the
-guidance-distillation loss where it was built with ``guidance_distillation`` (:func:`guidance_distillation_loss`).
-Each part is logged (``lm_loss``, ``mc_loss``, ``persona_loss``, ``guidance_loss``). Evaluation reports
-``eval_loss``, ``eval_lm_loss``, ``eval_mc_loss``, ``eval_perplexity`` (exp of the gold tokens' mean NLL over the
-whole split, so the batch size does not change it), ``eval_hits@1`` (the multiple-choice head's ranking),
-``eval_lm_hits@1`` (the candidates ranked by their mean token log-likelihood), with a PMI weight ``eval_pmi_hits@1``
-(ranked by their pointwise mutual information with the conversation) and ``eval_num_candidates``. Everything else is
-the Trainer's own.
+loss = ``lm_coef`` × LM loss (mean NLL of the gold reply's tokens) + ``mc_coef`` × multiple-choice loss (cross-entropy
+of picking the gold reply among the candidates), + ``persona_coef`` × the persona-contrastive loss where the corpus was
+built with ``persona_contrast`` (:func:`persona_contrast_loss`), + ``guidance_coef`` × the guidance-distillation loss
+where it was built with ``guidance_distillation`` (:func:`guidance_distillation_loss`; with ``guidance_min_gain``, only
+at the gold tokens the persona makes likelier by that much, :func:`persona_token_gain`). Each part is logged
+(``lm_loss``, ``mc_loss``, ``persona_loss``, ``guidance_loss``; ``guided_token_share``, the share of gold tokens the
+gate kept). Evaluation reports ``eval_loss``, ``eval_lm_loss``, ``eval_mc_loss``, ``eval_perplexity`` (exp of the gold
+tokens' mean NLL over the whole split, so the batch size does not change it), ``eval_hits@1`` (the multiple-choice
+head's ranking), ``eval_lm_hits@1`` (the candidates ranked by their mean token log-likelihood), with a PMI weight
+``eval_pmi_hits@1`` (ranked by their pointwise mutual information with the conversation) and ``eval_num_candidates``.
+Everything else is the Trainer's own.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -31,6 +33,9 @@ from persona.model.dual_heads import DualOutput, choose_dual_path, collator_for,
 from persona.model.loading import LoadedModel
 from persona.model.persona_guidance import guided_scores
 from persona.training.model_card import write_model_card
+from persona.training.time_budget import schedule_progress
+
+logger = logging.getLogger("persona")
 
 
 def dual_loss(
@@ -75,6 +80,15 @@ def guidance_distillation_loss(
     with torch.no_grad():
         target = guided_scores(teacher, teacher_alone, weight).log_softmax(-1)
     return F.kl_div(student.log_softmax(-1), target, log_target=True, reduction="batchmean")
+
+
+def persona_token_gain(teacher: torch.Tensor, teacher_alone: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """What the persona adds to each gold token's log-likelihood for the teacher, in nats, [N]: log p(t | persona,
+    history) - log p(t | history) of the gold token ``t`` (``targets`` [N]) from the teacher's logits after the
+    persona and the conversation (``teacher``) and after the conversation alone (``teacher_alone``), [N,
+    vocabulary]. High where the gold reply says what its persona says, near 0 where the persona has no part in it."""
+    picked = targets[:, None]
+    return (teacher.log_softmax(-1).gather(1, picked) - teacher_alone.log_softmax(-1).gather(1, picked))[:, 0]
 
 
 def _persona_loss(output: DualOutput, mc_labels: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
@@ -164,9 +178,10 @@ class PersonaTrainer(Trainer):
     decided here, once, from ``args.forward_mode``, the model and its facts (token types; in the chat-template
     layout the candidates come as whole blocks, see :mod:`persona.data.chat_layout`). ``pmi_weight`` also ranks the
     evaluated turns by PMI (``pmi_hits@k``); by default, a model whose likelihood prior is PMI is ranked with its
-    prior's weight. ``guidance_teacher`` keeps a frozen copy of the model as it is given (before any update, or any
-    checkpoint resumed into it): the teacher of the guidance-distillation loss, for a corpus built with
-    ``guidance_distillation``.
+    prior's weight. ``guidance_teacher`` keeps a frozen copy of the model, the teacher of the guidance-distillation
+    loss, for a corpus built with ``guidance_distillation``: the model as it is given (before any update, or any
+    checkpoint resumed into it), or, with ``args.guidance_start``, as it is at the first update past that share of
+    the schedule (:func:`~persona.training.time_budget.schedule_progress`); the loss starts there.
     """
 
     def __init__(
@@ -206,7 +221,8 @@ class PersonaTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         self.loss_is_scaled_for_ga = False
         self._loss_parts: dict[str, list[float]] = defaultdict(list)
-        self.guidance_teacher = _frozen_copy(self.model) if guidance_teacher else None
+        self.distills_guidance = guidance_teacher
+        self.guidance_teacher = _frozen_copy(self.model) if guidance_teacher and not args.guidance_start else None
 
     def create_optimizer(self, model=None):
         """The Trainer's optimizer, with the multiple-choice head (and the likelihood prior's scale) in groups of their
@@ -252,6 +268,7 @@ class PersonaTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         guidance = {name: value for name, value in inputs.items() if name.startswith((PERSONA_FREE, WITH_PERSONA))}
         inputs = {name: value for name, value in inputs.items() if name not in guidance}
+        guidance = guidance if guidance and model.training and self._guidance_started() else {}
         output = self._forward(model, inputs, keep_gold_logits=bool(guidance))
         loss, lm_loss, mc_loss = dual_loss(output, inputs["mc_labels"], self.args.lm_coef, self.args.mc_coef)
         parts = {"lm_loss": lm_loss, "mc_loss": mc_loss}
@@ -259,24 +276,44 @@ class PersonaTrainer(Trainer):
             parts["persona_loss"] = _persona_loss(output, inputs["mc_labels"], inputs[SWAP_OWNER])
             loss = loss + self.args.persona_coef * parts["persona_loss"]
         if guidance:
-            parts["guidance_loss"] = self._guidance_loss(output, guidance)
+            parts.update(self._guidance_loss(output, guidance))
             loss = loss + self.args.guidance_coef * parts["guidance_loss"]
         if model.training:
             for name, value in parts.items():
                 self._loss_parts[name].append(value.detach())
         return (loss, output) if return_outputs else loss
 
-    def _guidance_loss(self, student: DualOutput, guidance: dict) -> torch.Tensor:
-        """:func:`guidance_distillation_loss` of the student's forward, the teacher reading each turn's gold reply
-        alone after its persona and after the conversation alone (the collator's two guidance batches), not the
-        other candidates."""
-        if self.guidance_teacher is None:
+    def _guidance_started(self) -> bool:
+        """Whether the guidance-distillation loss applies to this update: from the first with ``guidance_start`` 0,
+        else from the first past that share of the schedule, the teacher frozen then."""
+        if not self.distills_guidance:
             raise ValueError("the batch has persona-free prefixes but the trainer keeps no guidance_teacher")
+        progress = schedule_progress(self.state, self.callback_handler.callbacks)
+        if self.guidance_teacher is None and progress >= self.args.guidance_start:
+            self.guidance_teacher = _frozen_copy(self.model)
+            logger.info(
+                "Guidance distillation starts at update %d, %.0f%% of the schedule: the teacher is the model now",
+                self.state.global_step + 1,
+                100 * progress,
+            )
+        return self.guidance_teacher is not None
+
+    def _guidance_loss(self, student: DualOutput, guidance: dict) -> dict[str, torch.Tensor]:
+        """``guidance_loss``, :func:`guidance_distillation_loss` of the student's forward, the teacher reading each
+        turn's gold reply alone after its persona and after the conversation alone (the collator's two guidance
+        batches), not the other candidates; with ``guidance_min_gain``, over the gold tokens whose
+        :func:`persona_token_gain` reaches it, and their share of the gold tokens, ``guided_token_share``."""
         own, alone = self.guidance_teacher.guidance_logits(guidance, self.dual_path)
-        return guidance_distillation_loss(student.gold_logits, own, alone, self.args.guidance_weight)
+        student_logits, min_gain = student.gold_logits, self.args.guidance_min_gain
+        if min_gain is None:
+            return {"guidance_loss": guidance_distillation_loss(student_logits, own, alone, self.args.guidance_weight)}
+        kept = persona_token_gain(own, alone, student.gold_targets) >= min_gain
+        loss = guidance_distillation_loss(student_logits[kept], own[kept], alone[kept], self.args.guidance_weight)
+        return {"guidance_loss": loss, "guided_token_share": kept.float().mean()}
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Adds the mean LM and MC losses since the last log (averaged over processes) to training logs."""
+        """Adds the mean of each loss part since the last log (averaged over processes) to training logs, and of
+        ``guided_token_share`` where ``guidance_min_gain`` gates the guidance loss."""
         if "loss" in logs and self._loss_parts:
             for name, values in self._loss_parts.items():
                 mean = torch.stack(values).mean()
