@@ -421,9 +421,9 @@ class PersonaTrainingArguments(TrainingArguments, ForwardArguments):
         default=None,
         metadata={
             "help": "Distill the guidance only at the gold-reply tokens t that the persona makes likelier to the "
-            "teacher by at least this many nats, log p(t | persona, history) - log p(t | history): where the gold "
-            "reply says what its persona says, not where the persona has no part in it (training logs the share "
-            "of gold tokens kept, guided_token_share). Default: every gold token."
+            "teacher by at least this many nats, log p(t | persona, history) - log p(t | history) (training logs "
+            "the share of gold tokens kept, guided_token_share): 0 leaves out the tokens the persona makes less "
+            "likely, which the guided target would push down further. Default: every gold token."
         },
     )
     head_learning_rate: float | None = field(
