@@ -154,7 +154,8 @@ def test_the_loss_is_the_divergence_from_the_teachers_guided_distribution():
 
 
 def test_the_persona_gain_of_a_gold_token_is_its_log_likelihood_after_the_persona_less_without():
-    """By hand: token 2 goes from a third to a half with the persona (+log 1.5), token 0 from a half to a quarter."""
+    """By hand: token 2 goes from a third to a half with the persona (+log 1.5), token 1 stays at a third (0), token 0
+    goes from a half to a third (-log 1.5)."""
     with_persona = torch.tensor([[1.0, 1.0, 2.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]).log()
     alone = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [2.0, 1.0, 1.0]]).log()
     gain = persona_token_gain(with_persona, alone, torch.tensor([2, 1, 0]))
