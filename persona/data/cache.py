@@ -11,7 +11,7 @@ from pathlib import Path
 
 from persona.interrupts import raise_if_interrupted
 
-FORMAT_VERSION = 6  # raised whenever the cache's layout or the meaning of its features changes
+FORMAT_VERSION = 7  # raised whenever the cache's layout or the meaning of its features changes
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

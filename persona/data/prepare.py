@@ -5,7 +5,9 @@ Arrow file as it comes, and every later step reads those files memory-mapped, ba
 output where the cache keeps it (no copy). The cache folder holds, per role, the canonical dialogs (as the model
 sees them: history cut to the last ``2*max_history+1`` utterances, candidates to the count in use) in
 ``dialogs/ROLE/`` and their features in ``features/ROLE/`` (Arrow files, one per ``datasets.map`` worker), plus
-``stats.json``. A second run with the same corpus, tokenizer and options loads it memory-mapped.
+``stats.json``, and for the ``eval`` role ``personas/eval.json``: the distinct personas of its whole split, before
+``max_eval_dialogs`` cuts it (the pool persona-eval's persona swaps draw from). A second run with the same corpus,
+tokenizer and options loads it memory-mapped.
 """
 
 from __future__ import annotations
@@ -42,12 +44,14 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class PreparedCorpus:
-    """Features and dialogs of the training and evaluation splits, with their statistics."""
+    """Features and dialogs of the training and evaluation splits, with their statistics; ``personas``: per role
+    that has one (``eval``), the distinct personas of its whole split, each a list of sentences."""
 
     features: datasets.DatasetDict
     dialogs: datasets.DatasetDict
     stats: dict
     cache_path: Path
+    personas: dict[str, list[list[str]]]
 
 
 READ = "read"  # the build folder's scratch space: the corpus as streamed, and the views of it
@@ -249,6 +253,8 @@ def _role_views(args, corpus, splits, whole_splits, files, skips: SkipLog, folde
                 where=args.eval_dataset_path if split == EVAL_FILE else where,
                 fix="check the file: every record of the split was skipped (the warnings above name the first ones).",
             )
+        if role == "eval":
+            _write_persona_pool(folder, role, corpus[split])
         wanted = args.num_candidates if role == "train" else args.eval_num_candidates
         out[role], sampled = split_view(
             dialogs,
@@ -262,6 +268,13 @@ def _role_views(args, corpus, splits, whole_splits, files, skips: SkipLog, folde
         if sampled:
             logger.info("Sampled %d distractors for the %s split (%d candidates per turn)", sampled, split, wanted)
     return out
+
+
+def _write_persona_pool(folder: Path, role: str, split: datasets.Dataset) -> None:
+    """Write the distinct personas of ``split`` (sorted) as ``folder``'s ``personas/ROLE.json``."""
+    pool = sorted({tuple(persona) for persona in split["persona"]})
+    (folder / "personas").mkdir(exist_ok=True)
+    (folder / "personas" / f"{role}.json").write_text(json.dumps([list(persona) for persona in pool]))
 
 
 def read_splits(
@@ -435,8 +448,10 @@ def _from_cache(cache_path: Path, roles: tuple[str, ...], args: DataArguments) -
     read = {
         kind: {role: _from_files(cache_path / kind / role) for role in present} for kind in ("features", "dialogs")
     }
+    pools = {role: cache_path / "personas" / f"{role}.json" for role in present}
+    personas = {role: json.loads(pool.read_text()) for role, pool in pools.items() if pool.exists()}
     return PreparedCorpus(
-        datasets.DatasetDict(read["features"]), datasets.DatasetDict(read["dialogs"]), stats, cache_path
+        datasets.DatasetDict(read["features"]), datasets.DatasetDict(read["dialogs"]), stats, cache_path, personas
     )
 
 

@@ -72,9 +72,10 @@ class EvalArguments:
     persona_swaps: int = field(
         default=0,
         metadata={
-            "help": "Persona use: also score each turn's gold reply after this many other personas of the split (9 is "
-            "usual; 0: off), for persona_hits@1 (the own persona makes the gold reply likeliest; chance 1/(swaps+1)) "
-            "and persona_gain (nats per token the own persona adds), by the head too where the model has one."
+            "help": "Persona use: also score each turn's gold reply after this many other personas of the whole "
+            "split, not only of the max_eval_dialogs evaluated (9 is usual; 0: off), for persona_hits@1 (the own "
+            "persona makes the gold reply likeliest; chance 1/(swaps+1)) and persona_gain (nats per token the own "
+            "persona adds), by the head too where the model has one."
         },
     )
     consistency_model: str | None = field(
@@ -213,7 +214,8 @@ def write_outputs(out: Path, results: dict, records: list[dict], samples: int, d
 
 
 def _evaluated_split(loaded: LoadedModel, data_args: DataArguments) -> tuple:
-    """The features, dialogs and ``{"split", "skipped"}`` of the evaluated split, as the model reads them."""
+    """The features, dialogs and ``{"split", "skipped"}`` of the evaluated split, as the model reads them, and the
+    distinct personas of the whole split (before ``max_eval_dialogs``)."""
     if loaded.prompted:
         logger.info(
             "A prompted baseline: %s is evaluated through %s; it has no trained multiple-choice head, so hits@k is "
@@ -224,7 +226,7 @@ def _evaluated_split(loaded: LoadedModel, data_args: DataArguments) -> tuple:
     data_args = dataclasses.replace(data_args, input_layout=loaded.layout.name)
     with PartialState().main_process_first():
         corpus = prepare_corpus(data_args, loaded.layout, max_positions=loaded.max_positions, roles=("eval",))
-    return corpus.features["eval"], corpus.dialogs["eval"], corpus.stats["splits"]["eval"]
+    return corpus.features["eval"], corpus.dialogs["eval"], corpus.stats["splits"]["eval"], corpus.personas["eval"]
 
 
 def _contradictions(metrics: dict, head: bool) -> dict:
@@ -318,11 +320,13 @@ def evaluate_model(
     set_seed(run_args.seed)
     loaded = load_for_inference(model_args, run_args.use_token_types)
     run_args.use_token_types = loaded.token_types
-    features, dialogs, split = _evaluated_split(loaded, data_args)
+    features, dialogs, split, pool = _evaluated_split(loaded, data_args)
     metrics = ranking_metrics(loaded, features, run_args, eval_args.hits_k, eval_args.pmi_weight)
     if eval_args.persona_swaps:
         longest, batch_size = data_args.input_length(loaded.max_positions), run_args.per_device_eval_batch_size
-        metrics |= persona_use(loaded, dialogs, eval_args.persona_swaps, data_args.sampling_seed, longest, batch_size)
+        metrics |= persona_use(
+            loaded, dialogs, eval_args.persona_swaps, data_args.sampling_seed, longest, batch_size, pool
+        )
     records, speed = generate_turns(loaded, dialogs, eval_args, decoding)
     f1 = {"f1": None, "f1_per_example": []}  # max_generation_turns 0: nothing generated, no F1
     f1_metric = load_metric("convai2_f1") if records or eval_args.drift_questions else None
